@@ -1,0 +1,69 @@
+// swift-tools-version: 6.1
+//
+// RingPort: the I/O completion port programming model on io_uring.
+
+import PackageDescription
+
+let package = Package(
+    name: "RingPort",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "RingPort", targets: ["RingPort"]),
+        .library(name: "RingPortServer", targets: ["RingPortServer"]),
+        .executable(name: "ringport", targets: ["ringport"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+    ],
+    targets: [
+        // liburing (Debian: liburing-dev), imported as a system library, plus the few
+        // helpers Swift cannot import (macros, flag defines) as static inline shims.
+        .systemLibrary(
+            name: "CLiburing",
+            pkgConfig: "liburing",
+            providers: [.apt(["liburing-dev"])]
+        ),
+        // The proactor: completion port, per-handle and per-I/O contexts, workers.
+        .target(
+            name: "RingPort",
+            dependencies: [
+                "CLiburing",
+                .product(name: "DequeModule", package: "swift-collections"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
+        // Servers built on the proactor.
+        .target(
+            name: "RingPortServer",
+            dependencies: [
+                "RingPort",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
+        // The command-line tool.
+        .executableTarget(
+            name: "ringport",
+            dependencies: [
+                "RingPort",
+                "RingPortServer",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .testTarget(
+            name: "RingPortTests",
+            dependencies: [
+                "RingPort",
+                "RingPortServer",
+                "ringport",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,94 @@
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Thin, typed wrappers over the socket system calls a TCP server or client needs before its
+/// descriptors are associated with a ``CompletionPort``. Every failure throws a
+/// ``RingPortError`` (``RingPortError/Code/systemCallFailed``) naming the call and the `errno`.
+///
+/// Stateless; safe to call from any thread.
+public enum TCPSocket {
+    /// Options for ``makeListener(address:options:)``.
+    public struct ListenerOptions: Sendable {
+        /// The `listen(2)` backlog.
+        public var backlog: Int32 = 1024
+        /// `SO_REUSEADDR`: rebind at once after a restart.
+        public var reuseAddress = true
+        /// `SO_REUSEPORT`: let several listeners share the port.
+        public var reusePort = false
+
+        /// The defaults: backlog 1024, `SO_REUSEADDR` on, `SO_REUSEPORT` off.
+        public init() {}
+    }
+
+    /// Creates a TCP socket bound to `address` and listening. The caller owns the descriptor.
+    public static func makeListener(address: SocketAddress, options: ListenerOptions = .init()) throws(RingPortError) -> Int32 {
+        let descriptor = try makeSocket(family: address.protocolFamily)
+        do {
+            if options.reuseAddress { try setOption(descriptor, SOL_SOCKET, SO_REUSEADDR, 1, name: "SO_REUSEADDR") }
+            if options.reusePort { try setOption(descriptor, SOL_SOCKET, SO_REUSEPORT, 1, name: "SO_REUSEPORT") }
+            if address.family == .ipv6 { try setOption(descriptor, Int32(IPPROTO_IPV6), IPV6_V6ONLY, 1, name: "IPV6_V6ONLY") }
+            try check(address.withSocketAddress { bind(descriptor, $0, $1) }, "bind \(address)")
+            try check(listen(descriptor, options.backlog), "listen \(address)")
+        } catch {
+            close(descriptor)
+            throw error
+        }
+        return descriptor
+    }
+
+    /// Creates an unconnected TCP socket of `family` (`AF_INET` / `AF_INET6`), close-on-exec.
+    public static func makeSocket(family: Int32) throws(RingPortError) -> Int32 {
+        let descriptor = socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), Int32(IPPROTO_TCP))
+        try check(descriptor, "socket")
+        return descriptor
+    }
+
+    /// Connects a new socket to `address`, blocking until connected. The caller owns it.
+    public static func connect(to address: SocketAddress) throws(RingPortError) -> Int32 {
+        let descriptor = try makeSocket(family: address.protocolFamily)
+        let result = address.withSocketAddress { Glibc.connect(descriptor, $0, $1) }
+        if result != 0 {
+            let error = Errno(rawValue: Glibc.errno)
+            close(descriptor)
+            throw RingPortError(.systemCallFailed, operation: "connect \(address)", errno: error)
+        }
+        return descriptor
+    }
+
+    /// The address a socket is bound to (`getsockname`), e.g. to learn the port the kernel
+    /// chose for port 0.
+    public static func localAddress(of descriptor: Int32) throws(RingPortError) -> SocketAddress {
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let result = withUnsafeMutablePointer(to: &storage) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(descriptor, $0, &length) }
+        }
+        try check(result, "getsockname")
+        guard let address = SocketAddress(storage: storage, length: length) else {
+            throw RingPortError(.invalidArgument, operation: "getsockname: not an IP socket")
+        }
+        return address
+    }
+
+    /// Disables Nagle's algorithm (`TCP_NODELAY`).
+    public static func setNoDelay(_ descriptor: Int32) throws(RingPortError) {
+        try setOption(descriptor, Int32(IPPROTO_TCP), TCP_NODELAY, 1, name: "TCP_NODELAY")
+    }
+
+    /// Sets an integer socket option.
+    public static func setOption(
+        _ descriptor: Int32, _ level: Int32, _ option: Int32, _ value: Int32, name: String
+    ) throws(RingPortError) {
+        var value = value
+        try check(setsockopt(descriptor, level, option, &value, socklen_t(MemoryLayout<Int32>.size)), "setsockopt \(name)")
+    }
+
+    private static func check(_ result: Int32, _ operation: @autoclosure () -> String) throws(RingPortError) {
+        if result < 0 {
+            throw RingPortError(.systemCallFailed, operation: operation(), errno: Errno(rawValue: Glibc.errno))
+        }
+    }
+}

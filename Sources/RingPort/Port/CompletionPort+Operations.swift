@@ -1,0 +1,168 @@
+import CLiburing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Posting asynchronous operations.
+///
+/// Every method here returns as soon as the operation is queued for the kernel; its result
+/// arrives later as a ``Completion`` carrying the same handle and context. The context belongs
+/// to the port from the call until that completion is dequeued (see ``IOContext``).
+///
+/// Each method throws ``RingPortError`` without queuing anything when the handle is closed
+/// (``RingPortError/Code/handleClosed``), the context is already in flight
+/// (``RingPortError/Code/contextInFlight``), a range does not fit the buffer
+/// (``RingPortError/Code/invalidArgument``), the port is closed (``RingPortError/Code/portClosed``),
+/// or the submission queue is full and cannot be submitted (``RingPortError/Code/submissionFailed``).
+///
+/// All methods are thread-safe.
+extension CompletionPort {
+    /// Posts a receive into `context`'s buffer (`OP_READ`). The completion's
+    /// ``Completion/bytesTransferred`` says how many bytes arrived; 0 means the peer closed.
+    ///
+    /// - Parameter range: where in the buffer to receive; the whole buffer by default.
+    public func read(_ handle: IOHandle, into context: IOContext, range: Range<Int>? = nil) throws(RingPortError) {
+        let range = range ?? 0..<context.capacity
+        try validate(range, in: context, operation: .read)
+        let descriptor = handle.descriptor
+        let buffer = context.bytes + range.lowerBound
+        try shards[handle.shardIndex].post(.read, handle: handle, context: context) { entry in
+            io_uring_prep_recv(entry, descriptor, buffer, range.count, 0)
+        }
+    }
+
+    /// Posts a send of the bytes in `range` of `context`'s buffer (`OP_WRITE`). The kernel may
+    /// send fewer bytes than asked (``Completion/bytesTransferred``); post the rest again.
+    /// `SIGPIPE` is never raised (`MSG_NOSIGNAL`); a vanished peer completes with `EPIPE` or
+    /// `ECONNRESET`.
+    public func write(_ handle: IOHandle, from context: IOContext, range: Range<Int>) throws(RingPortError) {
+        try validate(range, in: context, operation: .write)
+        let descriptor = handle.descriptor
+        let buffer = context.bytes + range.lowerBound
+        try shards[handle.shardIndex].post(.write, handle: handle, context: context) { entry in
+            io_uring_prep_send(entry, descriptor, buffer, range.count, Int32(MSG_NOSIGNAL))
+        }
+    }
+
+    /// Posts an accept on a listening socket (`OP_ACCEPT`, like `AcceptEx`). The completion's
+    /// ``Completion/acceptedDescriptor`` is the new connection (close-on-exec), owned by the
+    /// application; ``IOContext/acceptedPeerAddress`` is the peer's address.
+    public func accept(on listener: IOHandle, context: IOContext) throws(RingPortError) {
+        let descriptor = listener.descriptor
+        let scratch = context.scratch
+        try shards[listener.shardIndex].post(.accept, handle: listener, context: context) { entry in
+            // The kernel writes the peer address into the context's scratch memory, which the
+            // context (held by the in-flight table) keeps alive until the completion.
+            scratch.pointee.addressLength = socklen_t(MemoryLayout<sockaddr_storage>.size)
+            withUnsafeMutablePointer(to: &scratch.pointee.address) { address in
+                address.withMemoryRebound(to: sockaddr.self, capacity: 1) { socketAddress in
+                    io_uring_prep_accept(entry, descriptor, socketAddress, &scratch.pointee.addressLength, Int32(SOCK_CLOEXEC.rawValue))
+                }
+            }
+        }
+    }
+
+    /// Posts a connect of the handle's socket to `address`.
+    public func connect(_ handle: IOHandle, to address: SocketAddress, context: IOContext) throws(RingPortError) {
+        let descriptor = handle.descriptor
+        let scratch = context.scratch
+        try shards[handle.shardIndex].post(.connect, handle: handle, context: context) { entry in
+            // The address lives in the context's scratch memory until the completion.
+            let length = address.write(to: &scratch.pointee.address)
+            withUnsafeMutablePointer(to: &scratch.pointee.address) { storage in
+                storage.withMemoryRebound(to: sockaddr.self, capacity: 1) { socketAddress in
+                    io_uring_prep_connect(entry, descriptor, socketAddress, length)
+                }
+            }
+        }
+    }
+
+    /// Posts a timer that completes after `duration` (``IOOperation/timeout``; ``Completion/error``
+    /// is nil when it expired, `ECANCELED` when it was cancelled with ``cancel(_:)``).
+    ///
+    /// - Parameter handle: a handle to deliver the completion with (and to serialise it with
+    ///   that handle's other completions), or nil.
+    public func timeout(after duration: Duration, context: IOContext, handle: IOHandle? = nil) throws(RingPortError) {
+        let nanoseconds = duration.nanosecondsClamped
+        let scratch = context.scratch
+        try shard(for: handle).post(.timeout, handle: handle, context: context) { entry in
+            // The kernel reads the timespec from the context's scratch memory.
+            scratch.pointee.timeout = __kernel_timespec(
+                tv_sec: Int64(nanoseconds / 1_000_000_000), tv_nsec: Int64(nanoseconds % 1_000_000_000))
+            io_uring_prep_timeout(entry, &scratch.pointee.timeout, 0, 0)
+        }
+    }
+
+    /// Posts a no-op that completes after one trip through the kernel (``IOOperation/nop``).
+    public func nop(context: IOContext? = nil, handle: IOHandle? = nil, value: UInt64 = 0) throws(RingPortError) {
+        try shard(for: handle).post(.nop, handle: handle, context: context, userValue: value) { entry in
+            io_uring_prep_nop(entry)
+        }
+    }
+
+    /// Posts a completion of the application's own, like `PostQueuedCompletionStatus`: it is
+    /// dequeued like any other, with operation ``IOOperation/user``, the given bytes as its
+    /// ``Completion/result``, and the given handle, context and value. Use it to wake workers,
+    /// hand work to them, or tell them to stop.
+    ///
+    /// - Parameter handle: when given, the completion is serialised with that handle's others.
+    public func post(
+        bytesTransferred: Int32 = 0, handle: IOHandle? = nil, context: IOContext? = nil, value: UInt64 = 0
+    ) throws(RingPortError) {
+        try shard(for: handle).post(
+            .user, handle: handle, context: context, postedResult: bytesTransferred, userValue: value
+        ) { entry in
+            io_uring_prep_nop(entry)
+        }
+    }
+
+    /// Asks the kernel to cancel the operation `context` was posted with, like `CancelIoEx`.
+    ///
+    /// The operation's completion is still delivered: with `ECANCELED` if the cancellation won,
+    /// with its real result if the operation finished first. Until then the context and its
+    /// buffer stay owned by the port and valid.
+    ///
+    /// - Returns: whether the operation was still with the kernel (false: it already completed,
+    ///   or the context is not in flight).
+    ///
+    /// - Throws: ``RingPortError`` when the cancellation cannot be queued (the ring failed).
+    @discardableResult
+    public func cancel(_ context: IOContext) throws(RingPortError) -> Bool {
+        guard let index = context.kernelShard else { return false }
+        let shard = shards[index]
+        return try shard.lock.withLock { () throws(RingPortError) -> Bool in
+            guard context.kernelShard == index else { return false }
+            try shard.cancelLocked(userData: context.userData)
+            return true
+        }
+    }
+
+    /// Cancels every operation in flight on `handle` and returns how many there were. Their
+    /// completions are delivered as described in ``cancel(_:)``.
+    ///
+    /// - Throws: ``RingPortError`` when the cancellations cannot be queued (the ring failed).
+    @discardableResult
+    public func cancelAll(on handle: IOHandle) throws(RingPortError) -> Int {
+        let shard = shards[handle.shardIndex]
+        return try shard.lock.withLock { () throws(RingPortError) -> Int in
+            try shard.cancelOperationsLocked(of: handle)
+        }
+    }
+
+    // MARK: Helpers
+
+    /// The handle's ring, or the next ring round-robin for operations without a handle.
+    private func shard(for handle: IOHandle?) -> Shard {
+        if let handle { return shards[handle.shardIndex] }
+        return shards[nextShardIndex()]
+    }
+
+    private func validate(_ range: Range<Int>, in context: IOContext, operation: IOOperation) throws(RingPortError) {
+        guard range.lowerBound >= 0, range.upperBound <= context.capacity, range.count <= Int(UInt32.max) else {
+            throw RingPortError(
+                .invalidArgument,
+                operation: "\(operation) range \(range) in a buffer of \(context.capacity) bytes")
+        }
+    }
+}

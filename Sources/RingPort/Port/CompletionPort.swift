@@ -1,0 +1,349 @@
+import CLiburing
+import Logging
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// An I/O completion port on io_uring.
+///
+/// The model is the Windows completion port's: associate descriptors with the port
+/// (``associate(descriptor:peerAddress:userState:)``), post asynchronous operations with a
+/// per-I/O context (``read(_:into:range:)``, ``write(_:from:range:)``, ``accept(on:context:)``, ...),
+/// and let worker threads take the finished operations off the port
+/// (``CompletionWorker/dequeue(timeout:)``, or a ``WorkerPool`` that calls a handler).
+///
+/// Underneath, the port is ``Configuration/ringCount`` io_uring instances ("rings"). Each handle
+/// belongs to one ring for life; workers attach to rings; one worker per ring waits in the kernel
+/// at a time and the others stand by. See `docs/ARCHITECTURE.md`.
+///
+/// ## Thread-safety
+/// Every method may be called from any thread. Completions of one handle are never handled on
+/// two threads at once (see ``CompletionWorker``).
+///
+/// The kernel ties an io_uring operation to the thread that submitted it and cancels it when
+/// that thread exits. Post long-lived operations (accepts, reads that may wait for a long time)
+/// from threads that outlive them: the port's workers, or the main thread.
+public final class CompletionPort: Sendable {
+    /// How to build a port.
+    public struct Configuration: Sendable {
+        /// The number of io_uring instances. Each handle lives on one of them. Default:
+        /// ``defaultRingCount``.
+        public var ringCount: Int = Configuration.defaultRingCount
+        /// Submission queue entries per ring (a power of two, 1...32768). The queue is submitted
+        /// and reused when it fills, so this bounds a batch, not the operations in flight.
+        public var ringEntries: UInt32 = 256
+        /// Completion queue entries per ring; nil means `max(4096, 2 × ringEntries)`. When more
+        /// completions arrive than fit, the kernel keeps the rest in its overflow list and
+        /// RingPort reaps them: none is lost, it is only slower.
+        public var completionQueueEntries: UInt32?
+        /// Threads a ``WorkerPool`` starts by default: ``defaultWorkerCount``.
+        public var workerCount: Int = Configuration.defaultWorkerCount
+        /// How long a ring's leader may spend in one completion's handler before a standby
+        /// worker takes the ring over.
+        public var stallThreshold: Duration = .milliseconds(5)
+        /// Where the port logs (submission errors, stale completions, takeovers).
+        public var logger = Logger(label: "ringport.port")
+        /// Test seam: answers `io_uring_setup` instead of the kernel (return nil to pass).
+        var setupFault: (@Sendable (_ flags: UInt32) -> Int32?)?
+
+        /// The defaults.
+        public init() {}
+
+        /// CPU count × 2 + 2: the worker count of the classic completion-port server.
+        public static var defaultWorkerCount: Int {
+            SystemInfo.availableCPUCount * 2 + 2
+        }
+
+        /// One ring per CPU: at most one ring is active per core.
+        public static var defaultRingCount: Int {
+            SystemInfo.availableCPUCount
+        }
+    }
+
+    /// Counters of a port, summed over its rings.
+    public struct Statistics: Hashable, Sendable {
+        /// Operations posted (each is one SQE).
+        public var submittedOperations: UInt64 = 0
+        /// Completions reaped (one per single-shot operation).
+        public var completedOperations: UInt64 = 0
+        /// Operations the kernel owns now.
+        public var operationsInFlight = 0
+        /// Completions reaped and waiting to be dequeued.
+        public var completionsWaiting = 0
+        /// Completions whose `user_data` matched no in-flight operation (should stay 0).
+        public var staleCompletions: UInt64 = 0
+        /// Completions the kernel dropped because its overflow list could not grow (should stay 0).
+        public var droppedCompletions: UInt64 = 0
+        /// `io_uring_enter` calls.
+        public var kernelEnters: UInt64 = 0
+        /// Times the submission queue was full and was submitted to make room.
+        public var submissionQueueFullEvents: UInt64 = 0
+        /// Times a standby worker took a ring over from a leader stuck in a handler.
+        public var leaderTakeovers: UInt64 = 0
+        /// Handles associated and not closed.
+        public var openHandles = 0
+    }
+
+    /// The configuration the port was built with.
+    public let configuration: Configuration
+    let shards: [Shard]
+    private let nextShard = Atomic<Int>(0)
+    private let attachedWorkers: Mutex<[Int]>
+    private let uncoveredShards: Atomic<Int>
+    private let closed = Atomic<Bool>(false)
+
+    /// How often a worker polls rings that have no worker attached.
+    static let uncoveredRingPollInterval: UInt64 = 1_000_000
+
+    /// Sets up the rings.
+    ///
+    /// - Throws: ``RingPortError`` with ``RingPortError/Code/ioURingUnavailable`` and an
+    ///   ``IOURingUnavailability`` naming the cause and the fix when the kernel refuses io_uring;
+    ///   ``RingPortError/Code/invalidArgument`` for impossible sizes.
+    public init(configuration: Configuration = .init()) throws(RingPortError) {
+        guard configuration.ringCount >= 1, configuration.ringCount <= 256 else {
+            throw RingPortError(.invalidArgument, operation: "ringCount \(configuration.ringCount) (1...256)")
+        }
+        guard configuration.ringEntries >= 1, configuration.ringEntries <= 32768 else {
+            throw RingPortError(.invalidArgument, operation: "ringEntries \(configuration.ringEntries) (1...32768)")
+        }
+        let completionEntries = configuration.completionQueueEntries ?? max(4096, 2 * configuration.ringEntries)
+        guard completionEntries >= configuration.ringEntries, completionEntries <= 65536 else {
+            throw RingPortError(
+                .invalidArgument,
+                operation: "completionQueueEntries \(completionEntries) (ringEntries...65536)")
+        }
+        self.configuration = configuration
+        var shards: [Shard] = []
+        for index in 0..<configuration.ringCount {
+            let ring = try IOURing(
+                entries: configuration.ringEntries, completionEntries: completionEntries,
+                setupHook: configuration.setupFault)
+            shards.append(try Shard(index: index, ring: ring, stallThreshold: configuration.stallThreshold, logger: configuration.logger))
+        }
+        self.shards = shards
+        attachedWorkers = Mutex([Int](repeating: 0, count: shards.count))
+        uncoveredShards = Atomic(shards.count)
+    }
+
+    deinit {
+        close()
+    }
+
+    /// The number of rings.
+    public var ringCount: Int { shards.count }
+
+    // MARK: Handles
+
+    /// Associates a descriptor with the port and returns its handle (the completion key).
+    ///
+    /// The handle owns the descriptor from now on; ``close(_:)`` closes it. Handles are spread
+    /// over the rings round-robin.
+    ///
+    /// - Parameters:
+    ///   - descriptor: a socket (or another descriptor io_uring can read and write).
+    ///   - peerAddress: the peer, e.g. from ``IOContext/acceptedPeerAddress``.
+    ///   - userState: the application's per-handle state.
+    public func associate(
+        descriptor: Int32, peerAddress: SocketAddress? = nil, userState: (any Sendable)? = nil
+    ) throws(RingPortError) -> IOHandle {
+        guard descriptor >= 0 else {
+            throw RingPortError(.invalidArgument, operation: "associate descriptor \(descriptor)")
+        }
+        let shard = shards[nextShardIndex()]
+        return try shard.lock.withLock { () throws(RingPortError) -> IOHandle in
+            guard !shard.isClosed else { throw RingPortError(.portClosed, operation: "associate") }
+            let address = shard.handles.insert { slot, generation in
+                IOHandle(
+                    descriptor: descriptor, peerAddress: peerAddress, userState: userState,
+                    id: IOHandle.ID(ring: shard.index, slot: slot, generation: generation))
+            }
+            return shard.handles[address.slot]
+        }
+    }
+
+    /// Closes a handle: cancels its in-flight operations (their completions still arrive,
+    /// cancelled, and their buffers stay valid until then) and closes its descriptor, like
+    /// `closesocket` on a socket associated with a completion port. Idempotent.
+    ///
+    /// Operations posted on the handle afterwards fail with ``RingPortError/Code/handleClosed``.
+    public func close(_ handle: IOHandle) {
+        let shard = shards[handle.shardIndex]
+        shard.lock.withLock {
+            guard handle.markClosed() else { return }
+            do {
+                try shard.closeLocked(handle)
+            } catch {
+                // The ring no longer accepts submissions; close the descriptor here instead.
+                shard.logger.error("ring \(shard.index): closing handle \(handle.id): \(error)")
+                Glibc.close(handle.descriptor)
+            }
+        }
+    }
+
+    /// The next ring index, round-robin.
+    func nextShardIndex() -> Int {
+        shards.count == 1 ? 0 : nextShard.wrappingAdd(1, ordering: .relaxed).oldValue % shards.count
+    }
+
+    // MARK: Workers
+
+    /// Creates a worker for the calling thread, attached to the ring with the fewest workers.
+    /// See ``CompletionWorker``.
+    public func makeWorker() -> CompletionWorker {
+        makeWorker(stopSignal: nil)
+    }
+
+    func makeWorker(stopSignal: StopSignal?) -> CompletionWorker {
+        let index = attachedWorkers.withLock { counts -> Int in
+            let index = counts.indices.min { counts[$0] < counts[$1] }!
+            counts[index] += 1
+            uncoveredShards.store(counts.count { $0 == 0 }, ordering: .releasing)
+            return index
+        }
+        let shard = shards[index]
+        shard.lock.withLock { shard.attachedWorkers += 1 }
+        return CompletionWorker(port: self, shard: shard, stopSignal: stopSignal)
+    }
+
+    func workerDetached(from index: Int) {
+        attachedWorkers.withLock { counts in
+            counts[index] -= 1
+            uncoveredShards.store(counts.count { $0 == 0 }, ordering: .releasing)
+        }
+    }
+
+    /// Whether some ring has no worker attached (then workers poll it).
+    var hasUncoveredShards: Bool {
+        uncoveredShards.load(ordering: .relaxed) > 0
+    }
+
+    /// Reaps the rings no worker is attached to and takes up to `budget` of their completions.
+    /// Called without any shard lock held.
+    func serveUncoveredShards(
+        budget: Int, worker: ObjectIdentifier, held: inout [IOHandle], deliver: (Completion) -> Void
+    ) -> Int {
+        let counts = attachedWorkers.withLock { $0 }
+        var taken = 0
+        for (index, count) in counts.enumerated() where count == 0 && taken < budget {
+            let shard = shards[index]
+            shard.lock.lock()
+            // This worker stands in for the missing leader: it submits and reaps.
+            shard.submitLoggingErrorsLocked()
+            shard.reapLocked()
+            taken += shard.takeReadyLocked(budget: budget - taken, worker: worker, held: &held, deliver: deliver)
+            shard.lock.unlock()
+        }
+        return taken
+    }
+
+    /// Wakes every worker of the port so that it notices a stop request.
+    func wakeAllWorkers() {
+        for shard in shards {
+            shard.lock.withLock {
+                shard.lock.broadcast()
+                if shard.leaderState == .waitingInKernel {
+                    shard.ringDoorbellLocked()
+                }
+            }
+        }
+    }
+
+    // MARK: Statistics
+
+    /// A snapshot of the port's counters.
+    public var statistics: Statistics {
+        var total = Statistics()
+        for shard in shards {
+            shard.lock.withLock {
+                let counters = shard.counters
+                total.submittedOperations += counters.submitted
+                total.completedOperations += counters.completed
+                total.staleCompletions += counters.stale
+                total.kernelEnters += counters.enterCalls
+                total.submissionQueueFullEvents += counters.submissionQueueFull
+                total.leaderTakeovers += counters.takeovers
+                total.operationsInFlight += shard.operations.count
+                total.completionsWaiting += shard.ready.count
+                total.droppedCompletions += shard.droppedCompletionsLocked
+                total.openHandles += shard.handles.count
+            }
+        }
+        return total
+    }
+
+    // MARK: Closing
+
+    /// Closes the port: cancels every operation still in flight, waits for the kernel to
+    /// complete them all, drops completions nobody dequeued (closing descriptors that accepts
+    /// produced), closes every handle still open, and frees the rings. Idempotent.
+    ///
+    /// Detach every worker first (``WorkerPool/shutdown()``, ``CompletionWorker/detach()``).
+    /// After this, posting and dequeuing throw ``RingPortError/Code/portClosed``.
+    public func close() {
+        guard !closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        let attached = attachedWorkers.withLock { $0.reduce(0, +) }
+        precondition(attached == 0, "CompletionPort.close() with \(attached) workers still attached")
+        for shard in shards {
+            shard.lock.withLock {
+                shard.isClosed = true
+                // No worker is attached, so this thread submits (it stands in for the leader).
+                for slot in shard.operations.liveSlots {
+                    let generation = shard.operations.generation(of: slot)
+                    try? shard.cancelLocked(userData: UserData(slot: slot, generation: generation).rawValue)
+                }
+                if shard.doorbellArmed {
+                    try? shard.cancelLocked(userData: UserData.doorbell.rawValue)
+                }
+                shard.submitLoggingErrorsLocked()
+            }
+        }
+        for shard in shards {
+            drain(shard)
+        }
+    }
+
+    /// Waits until the kernel has completed every operation of `shard`, then drops the
+    /// completions and closes the handles.
+    private func drain(_ shard: Shard) {
+        let deadline = MonotonicInstant.now.advanced(by: .seconds(10))
+        shard.lock.lock()
+        defer { shard.lock.unlock() }
+        while true {
+            shard.reapLocked()
+            if shard.operations.count == 0 && !shard.doorbellArmed { break }
+            let now = MonotonicInstant.now
+            if now >= deadline {
+                // The kernel still owns these buffers: keep them alive rather than free memory it may write.
+                shard.logger.error("ring \(shard.index): \(shard.operations.count) operations did not complete at close; their contexts are kept alive")
+                for slot in shard.operations.liveSlots {
+                    if let context = shard.operations[slot].context {
+                        _ = Unmanaged.passRetained(context)
+                    }
+                }
+                break
+            }
+            shard.lock.unlock()
+            _ = shard.ring.enter(toSubmit: 0, waitFor: 1, timeout: min(now.nanoseconds(until: deadline), 100_000_000))
+            shard.lock.lock()
+        }
+        var dropped = 0
+        func drop(_ completion: Completion) {
+            if let descriptor = completion.acceptedDescriptor { Glibc.close(descriptor) }
+            completion.context?.endFlight()
+            dropped += 1
+        }
+        while let completion = shard.ready.popFirst() { drop(completion) }
+        for slot in shard.handles.liveSlots {
+            let handle = shard.handles.remove(slot: slot)
+            while let completion = handle.deferredCompletions.popFirst() { drop(completion) }
+            if handle.markClosed() { Glibc.close(handle.descriptor) }
+        }
+        if dropped > 0 {
+            shard.logger.warning("ring \(shard.index): \(dropped) completions were not dequeued before close")
+        }
+        shard.closeRingLocked()
+    }
+}

@@ -1,0 +1,252 @@
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A thread's seat at a completion port: what a worker thread calls "get queued completion
+/// status" on.
+///
+/// Create one per thread with ``CompletionPort/makeWorker()`` and call ``dequeue(timeout:)`` in a
+/// loop; ``WorkerPool`` does exactly that. The worker is attached to one of the port's rings.
+/// While it waits, it either *leads* that ring (it is the one thread inside `io_uring_enter` for
+/// it) or parks as a standby that takes the ring over when its leader is stuck in a handler
+/// for longer than ``CompletionPort/Configuration/stallThreshold``.
+///
+/// ## Per-handle serialisation
+/// A completion's handle stays *held* by the worker that dequeued it until that worker calls
+/// ``dequeue(timeout:)`` again (or ``release()`` or ``detach()``). Meanwhile no other worker is
+/// given a completion of that handle: they are deferred, in order, and handed to the holder
+/// first when it comes back. So two completions of one handle never run at once, even with a
+/// read and a write in flight.
+///
+/// ## Thread-safety
+/// Not thread-safe: one thread uses a worker at a time (it is not `Sendable`). Create a worker
+/// for each thread that dequeues. A port with N rings needs at least N workers dequeuing for its
+/// rings to be waited on promptly; with fewer, the workers poll the uncovered rings every
+/// millisecond.
+public final class CompletionWorker {
+    /// The port this worker dequeues from.
+    public let port: CompletionPort
+    let shard: Shard
+    private let stopSignal: StopSignal?
+    private var identity: ObjectIdentifier { ObjectIdentifier(self) }
+    /// Handles whose completions this worker has been given and not yet released.
+    private var held: [IOHandle] = []
+    private var releasing: [IOHandle] = []
+    private var isDetached = false
+
+    init(port: CompletionPort, shard: Shard, stopSignal: StopSignal?) {
+        self.port = port
+        self.shard = shard
+        self.stopSignal = stopSignal
+        held.reserveCapacity(64)
+        releasing.reserveCapacity(64)
+    }
+
+    deinit {
+        detach()
+    }
+
+    /// Waits for one completion and returns it, or nil when `timeout` passed first (or the
+    /// worker's pool is stopping). `nil` timeout waits as long as it takes.
+    ///
+    /// Releases the handles of the completions this worker dequeued before.
+    ///
+    /// - Throws: ``RingPortError`` with ``RingPortError/Code/portClosed`` after
+    ///   ``CompletionPort/close()``, or ``RingPortError/Code/waitFailed`` when `io_uring_enter`
+    ///   fails for a reason other than a timeout or an interruption.
+    public func dequeue(timeout: Duration? = nil) throws(RingPortError) -> Completion? {
+        var result: Completion?
+        _ = try dequeue(budget: 1, deadline: Self.deadline(after: timeout)) { result = $0 }
+        return result
+    }
+
+    /// Waits until at least one completion is ready and appends up to `maximumCount` of them to
+    /// `completions` (reusing its storage), or returns 0 when `timeout` passed first.
+    ///
+    /// Every handle of the batch stays held until the next call. Returns the number appended.
+    public func dequeue(
+        into completions: inout [Completion], maximumCount: Int, timeout: Duration? = nil
+    ) throws(RingPortError) -> Int {
+        precondition(maximumCount > 0, "maximumCount must be positive")
+        return try dequeue(budget: maximumCount, deadline: Self.deadline(after: timeout)) { completions.append($0) }
+    }
+
+    /// Releases the handles of the completions dequeued so far without waiting for more, so that
+    /// other workers may handle their next completions (e.g. before handing work to another
+    /// thread or blocking).
+    public func release() {
+        var budget = 0
+        releaseHeld(budget: &budget) { _ in }
+    }
+
+    /// Detaches the worker from the port: releases its handles and, if it leads its ring, hands
+    /// the ring to a parked worker. The worker cannot dequeue afterwards. Called by `deinit`.
+    public func detach() {
+        guard !isDetached else { return }
+        release()
+        isDetached = true
+        shard.lock.withLock {
+            if shard.leader == identity {
+                // What this leader prepared and did not submit yet is submitted by the next
+                // leader: this thread may be about to exit, and the kernel would cancel it.
+                shard.leader = nil
+                shard.leaderState = .none
+                if shard.parkedWorkers > 0 { shard.lock.signal() }
+            }
+            shard.attachedWorkers -= 1
+        }
+        port.workerDetached(from: shard.index)
+    }
+
+    // MARK: The dequeue loop
+
+    private static func deadline(after timeout: Duration?) -> MonotonicInstant {
+        guard let timeout else { return .distantFuture }
+        return MonotonicInstant.now.advanced(by: timeout)
+    }
+
+    private func dequeue(
+        budget: Int, deadline: MonotonicInstant, deliver: (Completion) -> Void
+    ) throws(RingPortError) -> Int {
+        precondition(!isDetached, "dequeue on a detached CompletionWorker")
+        var budget = budget
+        var taken = releaseHeld(budget: &budget, deliver: deliver)
+        if taken > 0 { return taken }
+
+        let me = identity
+        let shard = self.shard
+        shard.lock.lock()
+        defer { shard.lock.unlock() }
+        while true {
+            if stopSignal?.isRequested == true { return 0 }
+            taken = shard.takeReadyLocked(budget: budget, worker: me, held: &held, deliver: deliver)
+            if taken > 0 {
+                if shard.leader == me {
+                    shard.leaderState = .running(since: .now)
+                }
+                return taken
+            }
+            if shard.isClosed {
+                throw RingPortError(.portClosed, operation: "dequeue")
+            }
+            if port.hasUncoveredShards {
+                shard.lock.unlock()
+                taken = port.serveUncoveredShards(budget: budget, worker: me, held: &held, deliver: deliver)
+                shard.lock.lock()
+                if taken > 0 { return taken }
+            }
+            let now = MonotonicInstant.now
+            if now >= deadline { return 0 }
+            if shard.leader == nil || shard.leader == me || leaderIsStalledLocked(at: now) {
+                takeLeadershipLocked()
+                try waitInKernelLocked(now: now, deadline: deadline)
+            } else {
+                parkLocked(now: now, deadline: deadline)
+            }
+        }
+    }
+
+    /// Releases every held handle. Completions of those handles that were deferred while they
+    /// were held come back to this worker (up to `budget`); returns how many were delivered.
+    @discardableResult
+    private func releaseHeld(budget: inout Int, deliver: (Completion) -> Void) -> Int {
+        guard !held.isEmpty else { return 0 }
+        swap(&held, &releasing)
+        let initialBudget = budget
+        let me = identity
+        for handle in releasing {
+            let owner = handle.shardIndex == shard.index ? shard : port.shards[handle.shardIndex]
+            owner.lock.lock()
+            owner.releaseLocked(handle, budget: &budget, worker: me, held: &held, deliver: deliver)
+            owner.lock.unlock()
+        }
+        releasing.removeAll(keepingCapacity: true)
+        let delivered = initialBudget - budget
+        if delivered > 0 {
+            shard.lock.withLock {
+                if shard.leader == me { shard.leaderState = .running(since: .now) }
+            }
+        }
+        return delivered
+    }
+
+    /// Whether the leader has been handling one batch for longer than the stall threshold while
+    /// operations or completions wait for it.
+    private func leaderIsStalledLocked(at now: MonotonicInstant) -> Bool {
+        guard case .running(let since) = shard.leaderState else { return false }
+        return since.nanoseconds(until: now) >= shard.stallThreshold
+            && (shard.operations.count > 0 || !shard.ready.isEmpty)
+    }
+
+    private func takeLeadershipLocked() {
+        let me = identity
+        if shard.leader != me {
+            if shard.leader != nil {
+                // The previous leader is stuck in a handler; it becomes a standby when it returns.
+                shard.counters.takeovers &+= 1
+                if shard.parkedWorkers > 0 && !shard.sentryParked { shard.lock.signal() }
+            }
+            shard.leader = me
+        }
+        shard.leaderThread = pthread_self()
+    }
+
+    /// Submits what was prepared and waits in `io_uring_enter` without holding the lock, then
+    /// reaps. Returns with the lock held and this worker still the leader.
+    private func waitInKernelLocked(now: MonotonicInstant, deadline: MonotonicInstant) throws(RingPortError) {
+        if !shard.overflow.isEmpty {
+            try shard.submitLocked()
+        }
+        try shard.armDoorbellLocked()
+        let toSubmit = shard.ring.flushSubmissions()
+        shard.leaderState = .waitingInKernel
+        shard.doorbellRung = false
+        var timeout: UInt64? = deadline == .distantFuture ? nil : now.nanoseconds(until: deadline)
+        if port.hasUncoveredShards {
+            timeout = min(timeout ?? .max, CompletionPort.uncoveredRingPollInterval)
+        }
+        shard.lock.unlock()
+        let result = shard.ring.enter(toSubmit: toSubmit, waitFor: 1, timeout: timeout)
+        shard.lock.lock()
+        shard.leaderState = .running(since: .now)
+        shard.counters.enterCalls &+= 1
+        shard.reapLocked()
+        if result < 0 {
+            switch -result {
+            case ETIME, EINTR, EBUSY, EAGAIN:
+                break
+            default:
+                throw RingPortError(
+                    .waitFailed, operation: "io_uring_enter(GETEVENTS) on ring \(shard.index)",
+                    errno: .init(rawValue: -result))
+            }
+        }
+    }
+
+    /// Parks as a standby until signalled, the deadline, or (for the sentry) the stall threshold.
+    private func parkLocked(now: MonotonicInstant, deadline: MonotonicInstant) {
+        shard.parkedWorkers += 1
+        if !shard.sentryParked {
+            shard.sentryParked = true
+            shard.lock.wait(until: min(deadline, MonotonicInstant(nanoseconds: now.nanoseconds &+ shard.stallThreshold)))
+            shard.sentryParked = false
+        } else if deadline == .distantFuture {
+            shard.lock.wait()
+        } else {
+            shard.lock.wait(until: deadline)
+        }
+        shard.parkedWorkers -= 1
+    }
+}
+
+/// A flag a ``WorkerPool`` raises to make its workers' ``CompletionWorker/dequeue(timeout:)``
+/// return.
+final class StopSignal: Sendable {
+    private let flag = Atomic<Bool>(false)
+
+    var isRequested: Bool { flag.load(ordering: .acquiring) }
+
+    func request() { flag.store(true, ordering: .releasing) }
+}

@@ -1,0 +1,82 @@
+/// A table of entries addressed by slot + generation.
+///
+/// A slot's generation changes every time its entry is removed, so an address held past the
+/// entry's removal (a stale completion, a handle used after close) no longer matches and is
+/// detected instead of reaching whatever took the slot next. Slots are reused (LIFO), so the
+/// table stops growing once it holds as many entries as were ever alive at once: steady state
+/// allocates nothing.
+///
+/// Thread-safety: none; the owner (a ``Shard``) guards it with its lock.
+struct GenerationalTable<Element> {
+    private struct Entry {
+        var generation: UInt32
+        var element: Element?
+    }
+
+    private var entries: [Entry] = []
+    private var freeSlots: [UInt32] = []
+    /// The number of live entries.
+    private(set) var count = 0
+
+    /// The largest slot number the table hands out; `UInt32.max` is kept for internal use.
+    static var maximumSlot: UInt32 { UInt32.max - 1 }
+
+    init(reservingCapacity capacity: Int = 0) {
+        entries.reserveCapacity(capacity)
+        freeSlots.reserveCapacity(capacity)
+    }
+
+    /// Stores `element` and returns its address.
+    mutating func insert(_ element: Element?) -> (slot: UInt32, generation: UInt32) {
+        count += 1
+        if let slot = freeSlots.popLast() {
+            entries[Int(slot)].element = element
+            return (slot, entries[Int(slot)].generation)
+        }
+        precondition(entries.count <= Int(Self.maximumSlot), "generational table is full")
+        entries.append(Entry(generation: 1, element: element))
+        return (UInt32(entries.count - 1), 1)
+    }
+
+    /// Stores the element `make` builds from its address, and returns the address.
+    mutating func insert(
+        making make: (_ slot: UInt32, _ generation: UInt32) -> Element
+    ) -> (slot: UInt32, generation: UInt32) {
+        let address = insert(nil)
+        entries[Int(address.slot)].element = make(address.slot, address.generation)
+        return address
+    }
+
+    /// The current generation of `slot`.
+    func generation(of slot: UInt32) -> UInt32 {
+        entries[Int(slot)].generation
+    }
+
+    /// Whether `slot` holds a live entry of `generation`.
+    func contains(slot: UInt32, generation: UInt32) -> Bool {
+        Int(slot) < entries.count && entries[Int(slot)].generation == generation && entries[Int(slot)].element != nil
+    }
+
+    /// The live entry at `slot`. The slot must hold one.
+    subscript(slot: UInt32) -> Element {
+        get { entries[Int(slot)].element! }
+        _modify {
+            yield &entries[Int(slot)].element!
+        }
+    }
+
+    /// Removes and returns the entry at `slot`, retiring its generation.
+    mutating func remove(slot: UInt32) -> Element {
+        let index = Int(slot)
+        let element = entries[index].element.take()!
+        entries[index].generation &+= 1
+        freeSlots.append(slot)
+        count -= 1
+        return element
+    }
+
+    /// The slots of every live entry.
+    var liveSlots: [UInt32] {
+        entries.indices.compactMap { entries[$0].element == nil ? nil : UInt32($0) }
+    }
+}

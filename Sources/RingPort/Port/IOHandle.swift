@@ -1,0 +1,76 @@
+import DequeModule
+import Synchronization
+
+/// A file descriptor associated with a completion port, with its per-handle context: the
+/// completion key of the classic model (`PER_HANDLE_DATA`: the socket, the peer's address,
+/// and the application's own state).
+///
+/// Create one with ``CompletionPort/associate(descriptor:peerAddress:userState:)``; every
+/// completion of an operation posted on it carries it back in ``Completion/handle``. The handle
+/// owns the descriptor from then on: ``CompletionPort/close(_:)`` closes it.
+///
+/// ## Thread-safety
+/// The port never runs two completions of one handle at the same time, on any threads: a
+/// completion of this handle is dequeued only after the thread that dequeued the previous one
+/// has come back for more (or released it). ``userState`` relies on that: read and write it
+/// only while handling a completion of this handle, or before the first operation is posted.
+/// The other properties are immutable or synchronised.
+public final class IOHandle: @unchecked Sendable {
+    // @unchecked: `userState` is confined by the per-handle serialisation described above;
+    // the bookkeeping below is guarded by the owning shard's lock; `closed` is atomic.
+
+    /// A handle's identity for keying the application's tables: a slot and a generation that
+    /// is never reused while the port lives, unlike the descriptor number, which the kernel
+    /// hands out again as soon as it is closed.
+    public struct ID: Hashable, Sendable, CustomStringConvertible {
+        /// The ring (shard) that owns the handle.
+        public let ring: Int
+        /// The handle's slot in its ring's handle table.
+        public let slot: UInt32
+        /// The slot's generation when the handle was created.
+        public let generation: UInt32
+
+        public var description: String { "\(ring).\(slot).\(generation)" }
+    }
+
+    /// The file descriptor. Valid until the handle is closed; never use it to key state.
+    public let descriptor: Int32
+    /// The peer's address, when the association was given one (e.g. from an accept).
+    public let peerAddress: SocketAddress?
+    /// The handle's identity.
+    public let id: ID
+    /// The application's per-handle state. See the thread-safety rules above.
+    public var userState: (any Sendable)?
+
+    private let closed = Atomic<Bool>(false)
+
+    // Guarded by the owning shard's lock.
+    /// The worker handling a completion of this handle, if any.
+    var handlingWorker: ObjectIdentifier?
+    /// Completions reaped while another thread handled this handle, in completion order.
+    var deferredCompletions = Deque<Completion>()
+    /// Contexts whose operations the kernel owns.
+    var inflightContexts = ContiguousArray<IOContext>()
+
+    init(descriptor: Int32, peerAddress: SocketAddress?, userState: (any Sendable)?, id: ID) {
+        self.descriptor = descriptor
+        self.peerAddress = peerAddress
+        self.userState = userState
+        self.id = id
+        inflightContexts.reserveCapacity(2)
+    }
+
+    /// Whether ``CompletionPort/close(_:)`` was called. Operations posted afterwards fail
+    /// with ``RingPortError/Code/handleClosed``; completions of earlier ones still arrive.
+    public var isClosed: Bool {
+        closed.load(ordering: .acquiring)
+    }
+
+    /// Marks the handle closed; returns false when it already was.
+    func markClosed() -> Bool {
+        !closed.exchange(true, ordering: .acquiringAndReleasing)
+    }
+
+    /// The shard (ring) that owns this handle.
+    var shardIndex: Int { id.ring }
+}

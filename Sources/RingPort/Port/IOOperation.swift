@@ -1,0 +1,42 @@
+/// The operation tag of a per-I/O context: what was posted, and so what just completed.
+///
+/// The first three keep the raw values of the classic completion-port server
+/// (`OP_READ = 1`, `OP_WRITE = 2`, `OP_ACCEPT = 3`). A value type, safe to pass between threads.
+public struct IOOperation: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
+    public let rawValue: UInt8
+
+    public init(rawValue: UInt8) {
+        self.rawValue = rawValue
+    }
+
+    /// A receive into the context's buffer (`OP_READ`; io_uring `RECV`).
+    public static let read = IOOperation(rawValue: 1)
+    /// A send from the context's buffer (`OP_WRITE`; io_uring `SEND`).
+    public static let write = IOOperation(rawValue: 2)
+    /// An accept on a listening socket (`OP_ACCEPT`; io_uring `ACCEPT`).
+    public static let accept = IOOperation(rawValue: 3)
+    /// An outbound connect (io_uring `CONNECT`).
+    public static let connect = IOOperation(rawValue: 4)
+    /// An asynchronous close of a handle's descriptor (io_uring `CLOSE`).
+    public static let close = IOOperation(rawValue: 5)
+    /// A timer (io_uring `TIMEOUT`).
+    public static let timeout = IOOperation(rawValue: 6)
+    /// A completion posted by the application (`PostQueuedCompletionStatus`).
+    public static let user = IOOperation(rawValue: 7)
+    /// A no-op round trip through the kernel (io_uring `NOP`).
+    public static let nop = IOOperation(rawValue: 8)
+
+    public var description: String {
+        switch self {
+        case .read: "read"
+        case .write: "write"
+        case .accept: "accept"
+        case .connect: "connect"
+        case .close: "close"
+        case .timeout: "timeout"
+        case .user: "user"
+        case .nop: "nop"
+        default: "operation(\(rawValue))"
+        }
+    }
+}

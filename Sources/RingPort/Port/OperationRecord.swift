@@ -1,0 +1,43 @@
+/// What the port remembers about an operation the kernel owns, in the shard's in-flight
+/// table. The SQE's `user_data` is the record's address (see ``UserData``), never a pointer.
+struct OperationRecord {
+    var operation: IOOperation
+    /// Holds the context (and so its buffer and scratch memory) alive until the completion.
+    var context: IOContext?
+    var handle: IOHandle?
+    /// For user posts: the result and value to deliver.
+    var postedResult: Int32
+    var userValue: UInt64
+}
+
+/// The 64-bit `user_data` of an SQE: an in-flight table slot and its generation.
+///
+///     bits 63...32  generation of the slot when the operation was posted
+///     bits 31...0   slot index; 0xFFFF_FFFF marks RingPort's internal operations
+///
+/// A completion whose generation does not match its slot's is stale and is counted and
+/// dropped, never dereferenced.
+struct UserData: Hashable {
+    var rawValue: UInt64
+
+    init(rawValue: UInt64) {
+        self.rawValue = rawValue
+    }
+
+    init(slot: UInt32, generation: UInt32) {
+        rawValue = UInt64(generation) << 32 | UInt64(slot)
+    }
+
+    var slot: UInt32 { UInt32(truncatingIfNeeded: rawValue) }
+    var generation: UInt32 { UInt32(truncatingIfNeeded: rawValue >> 32) }
+
+    /// Internal operations complete without reaching the application.
+    var isInternal: Bool { slot == UInt32.max }
+
+    /// An `ASYNC_CANCEL` request (its own completion says only whether it found the target).
+    static let cancelRequest = UserData(slot: .max, generation: 1)
+    /// The leader's read on the shard's doorbell eventfd.
+    static let doorbell = UserData(slot: .max, generation: 2)
+    /// A `CLOSE` of a handle's descriptor.
+    static let closeRequest = UserData(slot: .max, generation: 3)
+}

@@ -1,0 +1,91 @@
+import Logging
+import Synchronization
+
+/// The worker threads of a completion port: each loops on
+/// ``CompletionWorker/dequeue(timeout:)`` and hands every completion to the handler.
+///
+/// By default the pool has ``CompletionPort/Configuration/workerCount`` threads (CPU count × 2 + 2,
+/// the classic completion-port rule). Workers are spread over the port's rings; per ring one
+/// leads (waits in the kernel and runs handlers) and the rest stand by for when a handler blocks.
+///
+/// ## The handler
+/// Runs on a worker thread. It may post operations, close handles, and post user completions.
+/// It should return quickly: while it runs, the other completions of its ring wait (for up to
+/// the port's stall threshold, after which a standby takes the ring over). Completions of one
+/// handle are never handled concurrently.
+///
+/// Thread-safety: ``start()`` and ``shutdown()`` may be called from any thread, but not from
+/// the handler (``shutdown()`` waits for the workers to finish).
+public final class WorkerPool: Sendable {
+    /// The port the workers dequeue from.
+    public let port: CompletionPort
+    /// The number of worker threads.
+    public let threadCount: Int
+    private let name: String
+    private let handler: @Sendable (Completion) -> Void
+    private let stopSignal = StopSignal()
+    private let threads = Mutex<[PThread]>([])
+    private let logger: Logger
+
+    /// Creates a pool of `threadCount` workers (default: the port's
+    /// ``CompletionPort/Configuration/workerCount``) running `handler`. Threads start with
+    /// ``start()``.
+    public init(
+        port: CompletionPort, threadCount: Int? = nil, name: String = "ringport",
+        handler: @escaping @Sendable (Completion) -> Void
+    ) {
+        let count = threadCount ?? port.configuration.workerCount
+        precondition(count >= 1, "a worker pool needs at least one thread")
+        self.port = port
+        self.threadCount = count
+        self.name = name
+        self.handler = handler
+        logger = port.configuration.logger
+    }
+
+    /// Starts the threads.
+    ///
+    /// - Throws: ``RingPortError`` when a thread cannot be created; the threads already started
+    ///   are stopped again.
+    public func start() throws(RingPortError) {
+        var started: [PThread] = []
+        for index in 0..<threadCount {
+            do {
+                started.append(try PThread(name: "\(name)-\(index)") { [self] in run() })
+            } catch {
+                stopSignal.request()
+                port.wakeAllWorkers()
+                started.forEach { $0.join() }
+                throw error
+            }
+        }
+        threads.withLock { $0.append(contentsOf: started) }
+    }
+
+    /// Stops the workers: each finishes the completion it is handling and exits; completions not
+    /// dequeued yet stay in the port. Waits until every thread has exited. Idempotent.
+    public func shutdown() {
+        stopSignal.request()
+        port.wakeAllWorkers()
+        let running = threads.withLock { threads -> [PThread] in
+            defer { threads.removeAll() }
+            return threads
+        }
+        running.forEach { $0.join() }
+    }
+
+    private func run() {
+        let worker = port.makeWorker(stopSignal: stopSignal)
+        defer { worker.detach() }
+        while !stopSignal.isRequested {
+            do {
+                if let completion = try worker.dequeue(timeout: nil) {
+                    handler(completion)
+                }
+            } catch {
+                if error.code == .portClosed { return }
+                logger.error("worker: \(error)")
+            }
+        }
+    }
+}

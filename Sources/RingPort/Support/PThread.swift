@@ -1,0 +1,43 @@
+import CLiburing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A joinable POSIX thread running a closure.
+///
+/// Thread-safety: ``join()`` must be called once, from one thread.
+struct PThread {
+    private let thread: pthread_t
+
+    /// Starts a thread named `name` (truncated to 15 bytes, the kernel's limit) running `body`.
+    init(name: String, body: @escaping @Sendable () -> Void) throws(RingPortError) {
+        final class Box {
+            let name: String
+            let body: @Sendable () -> Void
+            init(name: String, body: @escaping @Sendable () -> Void) {
+                self.name = name
+                self.body = body
+            }
+        }
+        let box = Unmanaged.passRetained(Box(name: name, body: body))
+        var thread = pthread_t()
+        let result = pthread_create(&thread, nil, { argument in
+            // Ownership of the box passes to the new thread, which releases it.
+            let box = Unmanaged<Box>.fromOpaque(argument!).takeRetainedValue()
+            CLiburing_set_thread_name(box.name)
+            box.body()
+            return nil
+        }, box.toOpaque())
+        guard result == 0 else {
+            box.release()
+            throw RingPortError(.systemCallFailed, operation: "pthread_create \(name)", errno: .init(rawValue: result))
+        }
+        self.thread = thread
+    }
+
+    /// Waits for the thread to finish.
+    func join() {
+        pthread_join(thread, nil)
+    }
+}

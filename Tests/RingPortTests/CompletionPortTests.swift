@@ -1,0 +1,220 @@
+import Foundation
+import RingPort
+import SystemPackage
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Every test of the package runs serially: several count the process's descriptors and threads.
+@Suite(.serialized) struct RingPortTests {}
+
+extension RingPortTests {
+    @Suite struct CompletionPortTests {
+        @Test func userPostRoundTripsKeyContextAndValue() throws {
+            let port = try makeSingleRingPort()
+            let (left, right) = try makeSocketPair()
+            defer { close(right) }
+            let handle = try port.associate(descriptor: left, userState: "per-handle state")
+            let context = IOContext(capacity: 16)
+            context.userValue = 0xC0FFEE
+            context.copyBytes(from: Array("payload".utf8))
+            let worker = port.makeWorker()
+
+            try port.post(bytesTransferred: 42, handle: handle, context: context, value: 7)
+            let completion = try #require(try worker.dequeue(timeout: .seconds(5)))
+
+            #expect(completion.operation == .user)
+            #expect(completion.result == 42)
+            #expect(completion.bytesTransferred == 42)
+            #expect(completion.userValue == 7)
+            #expect(completion.error == nil)
+            #expect(completion.handle === handle)
+            #expect(completion.handle?.userState as? String == "per-handle state")
+            #expect(completion.context === context)
+            #expect(context.userValue == 0xC0FFEE)
+            #expect(!context.isInFlight)
+            #expect(context.bytes(in: 0..<7) == Array("payload".utf8))
+            worker.detach()
+            port.close()
+        }
+
+        @Test func nopRoundTripsThroughTheKernel() throws {
+            let port = try makeSingleRingPort()
+            let worker = port.makeWorker()
+            let context = IOContext(capacity: 0)
+            try port.nop(context: context, value: 99)
+            #expect(context.isInFlight)
+            let completion = try #require(try worker.dequeue(timeout: .seconds(5)))
+            #expect(completion.operation == .nop)
+            #expect(completion.result == 0)
+            #expect(completion.userValue == 99)
+            #expect(completion.context === context)
+            #expect(completion.handle == nil)
+            #expect(!context.isInFlight)
+            #expect(port.statistics.submittedOperations == 1)
+            #expect(port.statistics.completedOperations == 1)
+            worker.detach()
+            port.close()
+        }
+
+        @Test func batchDequeueReturnsCompletionsInOrderUpToTheMaximum() throws {
+            let port = try makeSingleRingPort()
+            let worker = port.makeWorker()
+            for value in 0..<10 {
+                try port.post(value: UInt64(value))
+            }
+            var batch: [Completion] = []
+            var rounds = 0
+            while batch.count < 10 && rounds < 10 {
+                let before = batch.count
+                let taken = try worker.dequeue(into: &batch, maximumCount: 4, timeout: .seconds(5))
+                #expect(taken == batch.count - before)
+                #expect(taken <= 4)
+                rounds += 1
+            }
+            #expect(batch.map(\.userValue) == Array(0..<10).map(UInt64.init))
+            #expect(batch.allSatisfy { $0.operation == .user })
+            #expect(rounds >= 3)
+            // Nothing left: a short dequeue times out.
+            #expect(try worker.dequeue(timeout: .milliseconds(20)) == nil)
+            worker.detach()
+            port.close()
+        }
+
+        @Test func timeoutFiresNoEarlierThanAsked() throws {
+            let port = try makeSingleRingPort()
+            let worker = port.makeWorker()
+            let context = IOContext(capacity: 0)
+            let start = ContinuousClock.now
+            try port.timeout(after: .milliseconds(50), context: context)
+            let completion = try #require(try worker.dequeue(timeout: .seconds(5)))
+            let elapsed = ContinuousClock.now - start
+            #expect(completion.operation == .timeout)
+            #expect(completion.error == nil)
+            #expect(!completion.isCancelled)
+            #expect(completion.context === context)
+            #expect(elapsed >= .milliseconds(50))
+            worker.detach()
+            port.close()
+        }
+
+        @Test func dequeueTimesOutWhenNothingCompletes() throws {
+            let port = try makeSingleRingPort()
+            let worker = port.makeWorker()
+            let start = ContinuousClock.now
+            #expect(try worker.dequeue(timeout: .milliseconds(30)) == nil)
+            #expect(ContinuousClock.now - start >= .milliseconds(30))
+            worker.detach()
+            port.close()
+        }
+
+        @Test func cancelDeliversACancelledCompletionAndKeepsTheBufferUntilThen() throws {
+            let port = try makeSingleRingPort()
+            let (left, right) = try makeSocketPair()
+            defer { close(right) }
+            let handle = try port.associate(descriptor: left)
+            let worker = port.makeWorker()
+            let pattern = (0..<256).map { UInt8($0) }
+            weak var weakContext: IOContext?
+            do {
+                let context = IOContext(capacity: 256)
+                context.copyBytes(from: pattern)
+                weakContext = context
+                try port.read(handle, into: context)
+                #expect(context.isInFlight)
+                // Posting it again while in flight is refused.
+                #expect(throws: RingPortError.self) { try port.read(handle, into: context) }
+            }
+            // The application dropped its reference: the port keeps the context (and its buffer) alive.
+            #expect(weakContext != nil)
+            let context = try #require(weakContext)
+            #expect(try port.cancel(context))
+            let completion = try #require(try worker.dequeue(timeout: .seconds(5)))
+            #expect(completion.operation == .read)
+            #expect(completion.isCancelled)
+            #expect(completion.error == .canceled)
+            #expect(completion.context === context)
+            #expect(completion.handle === handle)
+            #expect(context.bytes(in: 0..<256) == pattern)
+            #expect(try !port.cancel(context))
+            port.close(handle)
+            worker.detach()
+            port.close()
+        }
+
+        @Test func readAndWriteMoveBytesThroughTheKernel() throws {
+            let port = try makeSingleRingPort()
+            let (left, right) = try makeSocketPair()
+            let reader = try port.associate(descriptor: left)
+            let writer = try port.associate(descriptor: right)
+            let worker = port.makeWorker()
+            let message = Array("hello, completion port".utf8)
+            let readContext = IOContext(capacity: 64)
+            let writeContext = IOContext(capacity: 64)
+            writeContext.copyBytes(from: message)
+            try port.read(reader, into: readContext)
+            try port.write(writer, from: writeContext, range: 0..<message.count)
+            var seen: [IOOperation: Completion] = [:]
+            while seen.count < 2 {
+                let completion = try #require(try worker.dequeue(timeout: .seconds(5)))
+                seen[completion.operation] = completion
+            }
+            #expect(seen[.write]?.bytesTransferred == message.count)
+            #expect(seen[.read]?.bytesTransferred == message.count)
+            #expect(readContext.bytes(in: 0..<message.count) == message)
+            #expect(throws: RingPortError.self) { try port.write(writer, from: writeContext, range: 0..<65) }
+            port.close(reader)
+            port.close(writer)
+            worker.detach()
+            port.close()
+        }
+
+        @Test func closingAHandleCancelsItsOperationsAndClosesItsDescriptor() throws {
+            let descriptorsBefore = openDescriptorCount()
+            let port = try makeSingleRingPort()
+            let (left, right) = try makeSocketPair()
+            let handle = try port.associate(descriptor: left)
+            let worker = port.makeWorker()
+            let context = IOContext(capacity: 32)
+            try port.read(handle, into: context)
+            port.close(handle)
+            #expect(handle.isClosed)
+            let completion = try #require(try worker.dequeue(timeout: .seconds(5)))
+            #expect(completion.operation == .read)
+            #expect(completion.isCancelled)
+            #expect(completion.handle === handle)
+            do {
+                try port.read(handle, into: context)
+                Issue.record("posting on a closed handle must throw")
+            } catch {
+                #expect(error.code == .handleClosed)
+            }
+            close(right)
+            worker.detach()
+            port.close()
+            #expect(openDescriptorCount() == descriptorsBefore)
+            #expect(port.statistics.openHandles == 0)
+        }
+
+        @Test func portCloseCancelsEverythingAndClosesOpenHandles() throws {
+            let descriptorsBefore = openDescriptorCount()
+            let port = try makeSingleRingPort()
+            let (left, right) = try makeSocketPair()
+            let handle = try port.associate(descriptor: left)
+            let context = IOContext(capacity: 32)
+            let timer = IOContext(capacity: 0)
+            try port.read(handle, into: context)
+            try port.timeout(after: .seconds(3600), context: timer)
+            #expect(port.statistics.operationsInFlight == 2)
+            port.close()
+            #expect(!context.isInFlight)
+            #expect(!timer.isInFlight)
+            #expect(handle.isClosed)
+            close(right)
+            #expect(openDescriptorCount() == descriptorsBefore)
+            #expect(throws: RingPortError.self) { try port.nop() }
+        }
+    }
+}

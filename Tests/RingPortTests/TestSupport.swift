@@ -1,0 +1,121 @@
+import Foundation
+import RingPort
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The number of open descriptors of this process (entries of /proc/self/fd).
+func openDescriptorCount() -> Int {
+    (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count) ?? -1
+}
+
+/// The number of threads of this process (entries of /proc/self/task).
+func threadCount() -> Int {
+    (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task").count) ?? -1
+}
+
+/// A connected pair of Unix stream sockets.
+func makeSocketPair() throws -> (Int32, Int32) {
+    var descriptors: [Int32] = [0, 0]
+    guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &descriptors) == 0 else {
+        throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO)
+    }
+    return (descriptors[0], descriptors[1])
+}
+
+/// Polls `condition` every 5 ms until it holds or `timeout` passes; returns whether it held.
+func eventually(timeout: Duration = .seconds(10), _ condition: () -> Bool) -> Bool {
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
+        if condition() { return true }
+        usleep(5_000)
+    }
+    return condition()
+}
+
+/// A blocking TCP client for tests: connect, send everything, receive exactly n bytes.
+struct BlockingClient {
+    let descriptor: Int32
+
+    init(connectingTo address: SocketAddress, receiveTimeout: Duration = .seconds(30)) throws {
+        descriptor = try TCPSocket.connect(to: address)
+        var timeout = timeval(tv_sec: Int(receiveTimeout.components.seconds), tv_usec: 0)
+        setsockopt(descriptor, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(descriptor, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+    }
+
+    func send(_ bytes: [UInt8]) throws {
+        var sent = 0
+        while sent < bytes.count {
+            let result = bytes.withUnsafeBytes { Glibc.send(descriptor, $0.baseAddress! + sent, bytes.count - sent, Int32(MSG_NOSIGNAL)) }
+            if result < 0 {
+                if errno == EINTR { continue }
+                throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO)
+            }
+            sent += result
+        }
+    }
+
+    /// Receives exactly `count` bytes, or fewer if the peer closes first.
+    func receive(count: Int) throws -> [UInt8] {
+        var buffer = [UInt8](repeating: 0, count: count)
+        var received = 0
+        while received < count {
+            let result = buffer.withUnsafeMutableBytes { recv(descriptor, $0.baseAddress! + received, count - received, 0) }
+            if result < 0 {
+                if errno == EINTR { continue }
+                throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO)
+            }
+            if result == 0 { break }
+            received += result
+        }
+        return Array(buffer[0..<received])
+    }
+
+    /// Sets SO_LINGER to 0 so that close sends a reset.
+    func setResetOnClose() {
+        var linger = Glibc.linger(l_onoff: 1, l_linger: 0)
+        setsockopt(descriptor, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
+    }
+
+    func close() {
+        _ = Glibc.close(descriptor)
+    }
+}
+
+/// Deterministic pseudo-random bytes (SplitMix64), so a failure can be reproduced from its seed.
+struct SeededGenerator: RandomNumberGenerator {
+    var state: UInt64
+
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+
+    mutating func bytes(count: Int) -> [UInt8] {
+        var result = [UInt8](repeating: 0, count: count)
+        var index = 0
+        while index < count {
+            var word = next()
+            for _ in 0..<8 where index < count {
+                result[index] = UInt8(truncatingIfNeeded: word)
+                word >>= 8
+                index += 1
+            }
+        }
+        return result
+    }
+}
+
+/// A port with one ring and a small completion queue, for tests that drive a worker by hand.
+func makeSingleRingPort(entries: UInt32 = 64) throws -> CompletionPort {
+    var configuration = CompletionPort.Configuration()
+    configuration.ringCount = 1
+    configuration.ringEntries = entries
+    return try CompletionPort(configuration: configuration)
+}
