@@ -183,6 +183,25 @@ public final class CompletionPort: Sendable {
         }
     }
 
+    /// Closes every handle still open, as ``close(_:)`` does one by one. Servers call this to
+    /// shut down: each handle's operations complete as cancelled and are handled as usual.
+    public func closeAllHandles() {
+        for shard in shards {
+            shard.lock.withLock {
+                for slot in shard.handles.liveSlots {
+                    let handle = shard.handles[slot]
+                    guard handle.markClosed() else { continue }
+                    do {
+                        try shard.closeLocked(handle)
+                    } catch {
+                        shard.logger.error("ring \(shard.index): closing handle \(handle.id): \(error)")
+                        Glibc.close(handle.descriptor)
+                    }
+                }
+            }
+        }
+    }
+
     /// The next ring index, round-robin.
     func nextShardIndex() -> Int {
         shards.count == 1 ? 0 : nextShard.wrappingAdd(1, ordering: .relaxed).oldValue % shards.count
