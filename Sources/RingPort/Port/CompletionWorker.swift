@@ -78,7 +78,9 @@ public final class CompletionWorker {
     /// thread or blocking).
     public func release() {
         var budget = 0
-        releaseHeld(budget: &budget) { _ in }
+        shard.lock.withLock {
+            _ = releaseHeldLocked(budget: &budget) { _ in }
+        }
     }
 
     /// Detaches the worker from the port: releases its handles and, if it leads its ring, hands
@@ -112,13 +114,15 @@ public final class CompletionWorker {
     ) throws(RingPortError) -> Int {
         precondition(!isDetached, "dequeue on a detached CompletionWorker")
         var budget = budget
-        var taken = releaseHeld(budget: &budget, deliver: deliver)
-        if taken > 0 { return taken }
-
         let me = identity
         let shard = self.shard
         shard.lock.lock()
         defer { shard.lock.unlock() }
+        var taken = releaseHeldLocked(budget: &budget, deliver: deliver)
+        if taken > 0 {
+            if shard.leader == me { shard.leaderState = .running(since: .now) }
+            return taken
+        }
         while true {
             if stopSignal?.isRequested == true { return 0 }
             taken = shard.takeReadyLocked(budget: budget, worker: me, held: &held, deliver: deliver)
@@ -150,26 +154,27 @@ public final class CompletionWorker {
 
     /// Releases every held handle. Completions of those handles that were deferred while they
     /// were held come back to this worker (up to `budget`); returns how many were delivered.
-    @discardableResult
-    private func releaseHeld(budget: inout Int, deliver: (Completion) -> Void) -> Int {
+    /// Called with the home shard's lock held; a handle of another ring (served while that ring
+    /// had no worker) is released under its own ring's lock, never with two locks held.
+    private func releaseHeldLocked(budget: inout Int, deliver: (Completion) -> Void) -> Int {
         guard !held.isEmpty else { return 0 }
         swap(&held, &releasing)
         let initialBudget = budget
         let me = identity
         for handle in releasing {
-            let owner = handle.shardIndex == shard.index ? shard : port.shards[handle.shardIndex]
-            owner.lock.lock()
-            owner.releaseLocked(handle, budget: &budget, worker: me, held: &held, deliver: deliver)
-            owner.lock.unlock()
-        }
-        releasing.removeAll(keepingCapacity: true)
-        let delivered = initialBudget - budget
-        if delivered > 0 {
-            shard.lock.withLock {
-                if shard.leader == me { shard.leaderState = .running(since: .now) }
+            if handle.shardIndex == shard.index {
+                shard.releaseLocked(handle, budget: &budget, worker: me, held: &held, deliver: deliver)
+            } else {
+                let owner = port.shards[handle.shardIndex]
+                shard.lock.unlock()
+                owner.lock.withLock {
+                    owner.releaseLocked(handle, budget: &budget, worker: me, held: &held, deliver: deliver)
+                }
+                shard.lock.lock()
             }
         }
-        return delivered
+        releasing.removeAll(keepingCapacity: true)
+        return initialBudget - budget
     }
 
     /// Whether the leader has been handling one batch for longer than the stall threshold while
@@ -217,6 +222,8 @@ public final class CompletionWorker {
             switch -result {
             case ETIME, EINTR, EBUSY, EAGAIN:
                 break
+            case EBADR:
+                shard.reportDroppedCompletionsLocked()
             default:
                 throw RingPortError(
                     .waitFailed, operation: "io_uring_enter(GETEVENTS) on ring \(shard.index)",

@@ -272,6 +272,9 @@ final class Shard: @unchecked Sendable {
                     if reapLocked() == 0 { sched_yield() }
                     pending = ring.flushSubmissions()
                     continue
+                case EBADR:
+                    reportDroppedCompletionsLocked()
+                    continue
                 default:
                     throw RingPortError(
                         .submissionFailed, operation: "io_uring_enter(to_submit: \(pending)) on ring \(index)",
@@ -444,6 +447,14 @@ final class Shard: @unchecked Sendable {
         if handles.contains(slot: handle.id.slot, generation: handle.id.generation) {
             _ = handles.remove(slot: handle.id.slot)
         }
+    }
+
+    /// `io_uring_enter` returned `EBADR`: the kernel dropped completions because it could not
+    /// allocate room in its overflow list (it reports this once, then the flag clears). The
+    /// operations concerned never complete; this is logged as an error and counted in
+    /// ``CompletionPort/Statistics/droppedCompletions``.
+    func reportDroppedCompletionsLocked() {
+        logger.error("ring \(index): the kernel dropped \(droppedCompletionsLocked) completions (out of memory for its overflow list)")
     }
 
     // MARK: Closing

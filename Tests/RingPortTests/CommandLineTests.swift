@@ -1,0 +1,92 @@
+import Foundation
+import RingPort
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The `ringport` executable built next to the test bundle.
+func ringportExecutable() throws -> URL {
+    let directory = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent()
+    let executable = directory.appendingPathComponent("ringport")
+    guard FileManager.default.isExecutableFile(atPath: executable.path) else {
+        throw POSIXError(.ENOENT, userInfo: [NSLocalizedDescriptionKey: "\(executable.path) not built: run `swift build` first"])
+    }
+    return executable
+}
+
+/// Reads a pipe line by line on a background queue.
+final class LineReader: @unchecked Sendable {
+    private let lock = NSLock()
+    private var lines: [String] = []
+    private var partial = ""
+
+    init(_ pipe: Pipe) {
+        pipe.fileHandleForReading.readabilityHandler = { [self] handle in
+            let data = handle.availableData
+            lock.lock()
+            defer { lock.unlock() }
+            partial += String(decoding: data, as: UTF8.self)
+            while let newline = partial.firstIndex(of: "\n") {
+                lines.append(String(partial[..<newline]))
+                partial = String(partial[partial.index(after: newline)...])
+            }
+        }
+    }
+
+    var all: [String] {
+        lock.lock()
+        defer { lock.unlock() }
+        return lines
+    }
+}
+
+extension RingPortTests {
+    @Suite struct CommandLineTests {
+        @Test func echoCommandServesTwoHundredClientsAndStopsCleanly() throws {
+            let process = Process()
+            process.executableURL = try ringportExecutable()
+            process.arguments = ["echo", "--host", "127.0.0.1", "--port", "0", "--workers", "6", "--log-level", "warning"]
+            let output = Pipe()
+            process.standardOutput = output
+            let lines = LineReader(output)
+            try process.run()
+            defer { if process.isRunning { process.terminate() } }
+
+            #expect(eventually { lines.all.contains { $0.contains("listening on") } })
+            let banner = try #require(lines.all.first { $0.contains("listening on") })
+            #expect(banner.contains("6 workers"))
+            let portText = try #require(banner.split(separator: " ").first { $0.hasPrefix("127.0.0.1:") })
+            let port = try #require(UInt16(portText.dropFirst("127.0.0.1:".count)))
+
+            let load = EchoLoad(connections: 200, messagesPerConnection: 3, maximumMessageSize: 64 * 1024, seed: 99)
+            let result = load.run(against: try SocketAddress(host: "127.0.0.1", port: port))
+            #expect(result.connections == 200)
+            #expect(result.isClean, "\(result)")
+            #expect(result.bytesVerified == result.bytesSent)
+
+            kill(process.processIdentifier, SIGTERM)
+            process.waitUntilExit()
+            #expect(process.terminationReason == .exit)
+            #expect(process.terminationStatus == 0)
+            #expect(eventually { lines.all.contains { $0.hasPrefix("stopped:") } })
+            let summary = try #require(lines.all.first { $0.hasPrefix("stopped:") })
+            #expect(summary.contains("200 connections served"))
+            #expect(summary.hasSuffix(" 0 lost"))
+        }
+
+        @Test func invalidOptionsExitNonZeroWithAMessage() throws {
+            let process = Process()
+            process.executableURL = try ringportExecutable()
+            process.arguments = ["echo", "--port", "0", "--ring-entries", "0"]
+            let errors = Pipe()
+            process.standardError = errors
+            try process.run()
+            process.waitUntilExit()
+            let message = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            #expect(process.terminationStatus != 0)
+            #expect(message.contains("ringEntries 0"))
+        }
+    }
+}

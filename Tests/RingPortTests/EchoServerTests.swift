@@ -1,0 +1,129 @@
+import Foundation
+import RingPort
+import RingPortServer
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Starts an echo server on an ephemeral loopback port, runs `body`, and shuts it down.
+func withEchoServer<Result>(
+    configure: (inout EchoServer.Configuration) -> Void = { _ in },
+    _ body: (EchoServer) throws -> Result
+) throws -> Result {
+    var configuration = EchoServer.Configuration(address: try SocketAddress(host: "127.0.0.1", port: 0))
+    configuration.port.logger.logLevel = .warning
+    configuration.logger.logLevel = .warning
+    configure(&configuration)
+    let server = try EchoServer(configuration: configuration)
+    try server.start()
+    defer { server.shutdown() }
+    return try body(server)
+}
+
+extension RingPortTests {
+    @Suite struct EchoServerTests {
+        @Test func echoesRandomPayloadsExactlyToManyConcurrentClients() throws {
+            try withEchoServer { server in
+                let load = EchoLoad(connections: 128, messagesPerConnection: 3, maximumMessageSize: 256 * 1024, seed: 42)
+                let result = load.run(against: server.localAddress)
+                #expect(result.connections == 128)
+                #expect(result.isClean, "\(result)")
+                #expect(result.bytesVerified == result.bytesSent)
+                #expect(eventually { server.statistics.open == 0 })
+                #expect(server.statistics.accepted == 128)
+            }
+        }
+
+        @Test func peerCloseAndPeerResetFreeEverything() throws {
+            var descriptorsWithIdleServer = 0
+            try withEchoServer { server in
+                // Let the workers settle (doorbells armed, accepts submitted).
+                #expect(eventually { server.portStatistics.operationsInFlight == server.configuration.acceptDepth })
+                descriptorsWithIdleServer = openDescriptorCount()
+                let idleHandles = server.portStatistics.openHandles
+
+                var clients: [BlockingClient] = []
+                for index in 0..<60 {
+                    let client = try BlockingClient(connectingTo: server.localAddress)
+                    let message = Array("message \(index)".utf8)
+                    try client.send(message)
+                    #expect(try client.receive(count: message.count) == message)
+                    clients.append(client)
+                }
+                #expect(eventually { server.statistics.open == 60 })
+                // A third close normally, a third reset, a third reset while the server is writing a large reply.
+                for (index, client) in clients.enumerated() {
+                    switch index % 3 {
+                    case 0:
+                        client.close()
+                    case 1:
+                        client.setResetOnClose()
+                        client.close()
+                    default:
+                        try client.send([UInt8](repeating: 7, count: 1 << 20))
+                        client.setResetOnClose()
+                        client.close()
+                    }
+                }
+                #expect(eventually { server.statistics.open == 0 })
+                #expect(server.statistics.closed == 60)
+                #expect(eventually { server.portStatistics.openHandles == idleHandles })
+                #expect(eventually { server.portStatistics.operationsInFlight == server.configuration.acceptDepth })
+                #expect(eventually { openDescriptorCount() == descriptorsWithIdleServer })
+                #expect(server.portStatistics.staleCompletions == 0)
+
+                // Still serving.
+                let client = try BlockingClient(connectingTo: server.localAddress)
+                try client.send(Array("still here".utf8))
+                #expect(try client.receive(count: 10) == Array("still here".utf8))
+                client.close()
+            }
+        }
+
+        @Test func tinyRingsUnderHeavyLoadLoseNothing() throws {
+            try withEchoServer(configure: {
+                $0.port.ringEntries = 4
+                $0.port.completionQueueEntries = 8
+                $0.port.ringCount = 1
+                $0.bufferSize = 1024
+            }) { server in
+                let load = EchoLoad(connections: 300, messagesPerConnection: 4, maximumMessageSize: 16 * 1024, seed: 7)
+                let result = load.run(against: server.localAddress)
+                #expect(result.connections == 300)
+                #expect(result.isClean, "\(result)")
+                #expect(result.bytesVerified == result.bytesSent)
+                #expect(eventually { server.statistics.open == 0 })
+                let statistics = server.portStatistics
+                #expect(statistics.staleCompletions == 0)
+                #expect(statistics.droppedCompletions == 0)
+                #expect(statistics.submissionQueueFullEvents > 0, "the load must have filled the 4-entry submission queue")
+                #expect(statistics.submittedOperations == statistics.completedOperations + UInt64(statistics.operationsInFlight))
+            }
+        }
+
+        @Test func shutdownClosesEveryConnectionAndDescriptor() throws {
+            let descriptorsBefore = openDescriptorCount()
+            var configuration = EchoServer.Configuration(address: try SocketAddress(host: "127.0.0.1", port: 0))
+            configuration.logger.logLevel = .warning
+            let server = try EchoServer(configuration: configuration)
+            try server.start()
+            var clients: [BlockingClient] = []
+            for _ in 0..<20 {
+                let client = try BlockingClient(connectingTo: server.localAddress)
+                try client.send([1, 2, 3])
+                #expect(try client.receive(count: 3) == [1, 2, 3])
+                clients.append(client)
+            }
+            server.shutdown()
+            #expect(server.statistics.open == 0)
+            // Every client sees end of stream.
+            for client in clients {
+                #expect(try client.receive(count: 1) == [])
+                client.close()
+            }
+            #expect(openDescriptorCount() == descriptorsBefore)
+        }
+    }
+}

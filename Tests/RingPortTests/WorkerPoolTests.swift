@@ -1,0 +1,150 @@
+import Foundation
+import RingPort
+import Synchronization
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The CPUs this process may run on, read from /proc/self/status ("Cpus_allowed_list: 0-1,4").
+func cpusAllowedByProc() throws -> Int {
+    let status = try String(contentsOfFile: "/proc/self/status", encoding: .utf8)
+    let line = try #require(status.split(separator: "\n").first { $0.hasPrefix("Cpus_allowed_list:") })
+    let list = line.split(separator: ":")[1].trimmingCharacters(in: .whitespaces)
+    return list.split(separator: ",").reduce(0) { total, range in
+        let bounds = range.split(separator: "-").compactMap { Int($0) }
+        return total + (bounds.count == 2 ? bounds[1] - bounds[0] + 1 : 1)
+    }
+}
+
+/// Instrumentation for one handle: how many threads are inside its handler right now.
+final class HandlerProbe: Sendable {
+    let inside = Atomic<Int>(0)
+    let bytesReceived = Atomic<Int>(0)
+    let writesDone = Atomic<Int>(0)
+    /// The byte value every received byte must have.
+    let pattern: UInt8
+
+    init(pattern: UInt8) {
+        self.pattern = pattern
+    }
+}
+
+extension RingPortTests {
+    @Suite struct WorkerPoolTests {
+        @Test func defaultWorkerCountIsCPUCountTimesTwoPlusTwo() throws {
+            let cpus = try cpusAllowedByProc()
+            #expect(CompletionPort.Configuration.defaultWorkerCount == cpus * 2 + 2)
+            #expect(CompletionPort.Configuration().workerCount == cpus * 2 + 2)
+
+            let port = try CompletionPort()
+            let pool = WorkerPool(port: port) { _ in }
+            #expect(pool.threadCount == cpus * 2 + 2)
+            let threadsBefore = threadCount()
+            try pool.start()
+            #expect(threadCount() == threadsBefore + cpus * 2 + 2)
+            pool.shutdown()
+            #expect(eventually { threadCount() == threadsBefore })
+            port.close()
+        }
+
+        @Test func poolHandlesPostedCompletionsAndStops() throws {
+            let port = try CompletionPort()
+            let seen = Mutex<Set<UInt64>>([])
+            let pool = WorkerPool(port: port, threadCount: 4) { completion in
+                _ = seen.withLock { $0.insert(completion.userValue) }
+            }
+            try pool.start()
+            for value in 0..<1000 {
+                try port.post(value: UInt64(value))
+            }
+            #expect(eventually { seen.withLock { $0.count } == 1000 })
+            pool.shutdown()
+            port.close()
+            #expect(seen.withLock { $0 } == Set(0..<1000))
+        }
+
+        /// Pairs of connected sockets, both ends on the port; every handle has a read and a write in
+        /// flight at once, and one completion in 40 sleeps past the stall threshold so that standby
+        /// workers take rings over. No handle's completions may ever overlap.
+        @Test func completionsOfOneHandleNeverOverlap() throws {
+            var configuration = CompletionPort.Configuration()
+            configuration.ringCount = 2
+            configuration.workerCount = 6
+            configuration.stallThreshold = .milliseconds(2)
+            configuration.logger.logLevel = .warning
+            let port = try CompletionPort(configuration: configuration)
+
+            let pairs = 40
+            let chunk = 4096
+            let writesPerHandle = 64
+            let overlaps = Atomic<Int>(0)
+            let failures = Atomic<Int>(0)
+            let threadsSeen = Mutex<Set<UInt>>([])
+            let finished = Atomic<Int>(0)
+
+            let pool = WorkerPool(port: port) { completion in
+                guard let handle = completion.handle, let context = completion.context,
+                      let probe = handle.userState as? HandlerProbe else { return }
+                if probe.inside.wrappingAdd(1, ordering: .acquiringAndReleasing).oldValue != 0 {
+                    overlaps.add(1, ordering: .relaxed)
+                }
+                _ = threadsSeen.withLock { $0.insert(UInt(pthread_self())) }
+                if Int.random(in: 0..<40) == 0 { usleep(6_000) }
+                switch completion.operation {
+                case .read where completion.bytesTransferred > 0:
+                    let bytes = context.bytes(in: 0..<completion.bytesTransferred)
+                    if bytes.contains(where: { $0 != probe.pattern }) { failures.add(1, ordering: .relaxed) }
+                    let total = probe.bytesReceived.add(completion.bytesTransferred, ordering: .relaxed).newValue
+                    if total < chunk * writesPerHandle {
+                        do { try port.read(handle, into: context) } catch { failures.add(1, ordering: .relaxed) }
+                    } else {
+                        finished.add(1, ordering: .relaxed)
+                    }
+                case .write where completion.error == nil:
+                    context.offset += completion.bytesTransferred
+                    if context.offset == context.count {
+                        context.offset = 0
+                        if probe.writesDone.add(1, ordering: .relaxed).newValue == writesPerHandle { break }
+                    }
+                    do { try port.write(handle, from: context, range: context.offset..<context.count) } catch {
+                        failures.add(1, ordering: .relaxed)
+                    }
+                default:
+                    failures.add(1, ordering: .relaxed)
+                }
+                probe.inside.subtract(1, ordering: .acquiringAndReleasing)
+            }
+            try pool.start()
+
+            var handles: [IOHandle] = []
+            for index in 0..<pairs {
+                let (left, right) = try makeSocketPair()
+                let pattern = UInt8(truncatingIfNeeded: index)
+                // Each end writes one byte value; the probe of its peer holds the value that peer expects.
+                let leftHandle = try port.associate(descriptor: left, userState: HandlerProbe(pattern: ~pattern))
+                let rightHandle = try port.associate(descriptor: right, userState: HandlerProbe(pattern: pattern))
+                for (handle, writtenByte) in [(leftHandle, pattern), (rightHandle, ~pattern)] {
+                    let reader = IOContext(capacity: chunk)
+                    let writer = IOContext(capacity: chunk)
+                    writer.copyBytes(from: [UInt8](repeating: writtenByte, count: chunk))
+                    writer.count = chunk
+                    try port.read(handle, into: reader)
+                    try port.write(handle, from: writer, range: 0..<chunk)
+                    handles.append(handle)
+                }
+            }
+            #expect(eventually(timeout: .seconds(60)) { finished.load(ordering: .relaxed) == pairs * 2 })
+            pool.shutdown()
+            for handle in handles { port.close(handle) }
+            port.close()
+
+            #expect(overlaps.load(ordering: .relaxed) == 0)
+            #expect(failures.load(ordering: .relaxed) == 0)
+            #expect(threadsSeen.withLock { $0.count } > 1)
+            #expect(port.statistics.leaderTakeovers > 0, "the stalls must have made standbys take rings over")
+            #expect(port.statistics.staleCompletions == 0)
+        }
+    }
+}
