@@ -171,16 +171,7 @@ public final class CompletionPort: Sendable {
     /// Operations posted on the handle afterwards fail with ``RingPortError/Code/handleClosed``.
     public func close(_ handle: IOHandle) {
         let shard = shards[handle.shardIndex]
-        shard.lock.withLock {
-            guard handle.markClosed() else { return }
-            do {
-                try shard.closeLocked(handle)
-            } catch {
-                // The ring no longer accepts submissions; close the descriptor here instead.
-                shard.logger.error("ring \(shard.index): closing handle \(handle.id): \(error)")
-                Glibc.close(handle.descriptor)
-            }
-        }
+        shard.lock.withLock { shard.closeLocked(handle) }
     }
 
     /// Closes every handle still open, as ``close(_:)`` does one by one. Servers call this to
@@ -189,14 +180,7 @@ public final class CompletionPort: Sendable {
         for shard in shards {
             shard.lock.withLock {
                 for slot in shard.handles.liveSlots {
-                    let handle = shard.handles[slot]
-                    guard handle.markClosed() else { continue }
-                    do {
-                        try shard.closeLocked(handle)
-                    } catch {
-                        shard.logger.error("ring \(shard.index): closing handle \(handle.id): \(error)")
-                        Glibc.close(handle.descriptor)
-                    }
+                    shard.closeLocked(shard.handles[slot])
                 }
             }
         }

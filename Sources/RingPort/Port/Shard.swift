@@ -433,19 +433,26 @@ final class Shard: @unchecked Sendable {
         return handle.inflightContexts.count
     }
 
-    /// Closes `handle`: queues cancellations of its operations, then an asynchronous close of
-    /// its descriptor, behind every SQE already queued. The kernel looks a descriptor number up
-    /// when it consumes an SQE, so the number stays valid for the operations queued before and
-    /// cannot be handed out again while one of them still names it.
-    func closeLocked(_ handle: IOHandle) throws(RingPortError) {
-        try cancelOperationsLocked(of: handle)
-        let descriptor = handle.descriptor
-        try enqueueLocked { entry in
-            io_uring_prep_close(entry, descriptor)
-            io_uring_sqe_set_data64(entry, UserData.closeRequest.rawValue)
-        }
+    /// Closes `handle` unless it already is: queues cancellations of its operations, then an
+    /// asynchronous close of its descriptor, behind every SQE already queued. The kernel looks a
+    /// descriptor number up when it consumes an SQE, so the number stays valid for the operations
+    /// queued before and cannot be handed out again while one of them still names it.
+    func closeLocked(_ handle: IOHandle) {
+        guard handle.markClosed() else { return }
         if handles.contains(slot: handle.id.slot, generation: handle.id.generation) {
             _ = handles.remove(slot: handle.id.slot)
+        }
+        let descriptor = handle.descriptor
+        do {
+            try cancelOperationsLocked(of: handle)
+            try enqueueLocked { entry in
+                io_uring_prep_close(entry, descriptor)
+                io_uring_sqe_set_data64(entry, UserData.closeRequest.rawValue)
+            }
+        } catch {
+            // The ring no longer accepts submissions; close the descriptor here instead.
+            logger.error("ring \(index): closing handle \(handle.id): \(error)")
+            Glibc.close(descriptor)
         }
     }
 

@@ -1,0 +1,55 @@
+import RingPort
+import Testing
+
+/// The embedding example of README.md, verbatim between the markers (except the port, 0 here),
+/// run against a real client.
+extension RingPortTests {
+    @Suite struct EmbeddingExampleTests {
+        @Test func readmeEchoExampleEchoes() throws {
+            // README example begins
+            let port = try CompletionPort()                     // one ring per CPU
+            let listener = try port.associate(descriptor: TCPSocket.makeListener(
+                address: SocketAddress(host: "127.0.0.1", port: 0)))
+            let buffers = ContextPool(bufferSize: 4096)
+
+            let workers = WorkerPool(port: port) { completion in    // CPU × 2 + 2 threads
+                guard let handle = completion.handle, let context = completion.context else { return }
+                switch completion.operation {
+                case .accept:
+                    if let descriptor = completion.acceptedDescriptor,
+                       let connection = try? port.associate(descriptor: descriptor) {
+                        try? port.read(connection, into: buffers.take())
+                    }
+                    try? port.accept(on: handle, context: context)   // post the next accept
+                case .read where completion.bytesTransferred > 0:
+                    context.count = completion.bytesTransferred
+                    context.offset = 0
+                    try? port.write(handle, from: context, range: 0..<context.count)
+                case .write where completion.error == nil:
+                    context.offset += completion.bytesTransferred
+                    if context.offset < context.count {              // finish a short send
+                        try? port.write(handle, from: context, range: context.offset..<context.count)
+                    } else {
+                        try? port.read(handle, into: context)        // post the next read
+                    }
+                default:                                             // 0 bytes or an error: close and free
+                    port.close(handle)
+                    buffers.recycle(context)
+                }
+            }
+            try workers.start()
+            for _ in 0..<16 {
+                try port.accept(on: listener, context: IOContext(capacity: 0))
+            }
+            // README example ends
+
+            let address = try TCPSocket.localAddress(of: listener.descriptor)
+            let result = EchoLoad(connections: 32, messagesPerConnection: 4, maximumMessageSize: 32 * 1024, seed: 3)
+                .run(against: address)
+            #expect(result.isClean, "\(result)")
+            #expect(result.bytesVerified == result.bytesSent)
+            workers.shutdown()
+            port.close()
+        }
+    }
+}
