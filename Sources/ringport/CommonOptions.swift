@@ -13,7 +13,7 @@ struct ServerOptions: ParsableArguments {
     @Option(help: "Worker threads (default: CPU count × 2 + 2).")
     var workers: Int?
 
-    @Option(help: "io_uring instances; each connection lives on one (default: one per CPU).")
+    @Option(help: "io_uring instances; each connection lives on one (default: one per two CPUs).")
     var rings: Int?
 
     @Option(help: "Submission queue entries per ring (1...32768).")

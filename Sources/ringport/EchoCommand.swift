@@ -59,7 +59,10 @@ struct EchoCommand: ParsableCommand {
         echo.shutdown()
         let statistics = echo.statistics
         let portStatistics = echo.portStatistics
-        print("stopped: \(statistics.accepted) connections served, \(portStatistics.completedOperations) completions, \(portStatistics.staleCompletions + portStatistics.droppedCompletions) lost")
+        print(
+            "stopped: \(statistics.accepted) connections served, \(portStatistics.completedOperations) completions,"
+                + " \(portStatistics.kernelEnters) io_uring_enter calls, \(portStatistics.leaderTakeovers) leader takeovers,"
+                + " \(portStatistics.staleCompletions + portStatistics.droppedCompletions) lost")
     }
 }
 

@@ -7,7 +7,7 @@ extension RingPortTests {
     @Suite struct EmbeddingExampleTests {
         @Test func readmeEchoExampleEchoes() throws {
             // README example begins
-            let port = try CompletionPort()                     // one ring per CPU
+            let port = try CompletionPort()                     // one ring per two CPUs
             let listener = try port.associate(descriptor: TCPSocket.makeListener(
                 address: SocketAddress(host: "127.0.0.1", port: 0)))
             let buffers = ContextPool(bufferSize: 4096)

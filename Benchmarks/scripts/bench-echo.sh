@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# bench-echo.sh - RingPort's echo server against the C baselines, one grid point at a time.
+#
+#   Benchmarks/scripts/bench-echo.sh [--rounds R] [--duration S]
+#
+# Builds the C programs (build-c.sh) and expects .build/release/ringport (make release).
+# For each grid point, compare-echo.sh runs the servers interleaved (A B C A B C ...), the load
+# client pinned to CPU 1, and prints medians over rounds and the ratios to the C liburing server.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$root"
+rounds=3 duration=5
+while (($# > 0)); do
+    case $1 in
+        --rounds)   rounds=${2:?}; shift 2 ;;
+        --duration) duration=${2:?}; shift 2 ;;
+        *) echo "usage: $0 [--rounds R] [--duration S]" >&2; exit 1 ;;
+    esac
+done
+
+[ -x .build/release/ringport ] || { echo "bench-echo: build .build/release/ringport first (make release)" >&2; exit 1; }
+Benchmarks/scripts/build-c.sh >/dev/null
+
+grid=(
+    "128 B x 64 connections, ping-pong|--connections 64 --size 128 --depth 1"
+    "128 B x 1000 connections, ping-pong|--connections 1000 --size 128 --depth 1"
+    "16 KiB x 64 connections, ping-pong|--connections 64 --size 16384 --depth 1"
+    "128 B x 64 connections, 16 in flight|--connections 64 --size 128 --depth 16"
+)
+for point in "${grid[@]}"; do
+    title=${point%%|*}
+    # shellcheck disable=SC2086
+    set -- ${point#*|}
+    echo
+    echo "## $title ($rounds rounds x ${duration} s)"
+    Benchmarks/scripts/compare-echo.sh --rounds "$rounds" --duration "$duration" "$@" -- \
+        c_liburing='Benchmarks/bin/echo_uring --port {PORT}' \
+        c_epoll='Benchmarks/bin/echo_epoll --port {PORT}' \
+        ringport='.build/release/ringport echo --port {PORT} --buffer-size 16384 --log-level error' \
+        | sed -n '/^server/,$p'
+done
