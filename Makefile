@@ -11,7 +11,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8888
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: all deps build release run test bench clean
+.PHONY: all deps test-deps build release run test bench clean
 
 all: build
 
@@ -21,6 +21,13 @@ deps:
 		echo "liburing not found by pkg-config: installing liburing-dev"; \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq liburing-dev pkg-config; \
+	fi
+
+# The tests also run a small python3 script (a seccomp filter that denies io_uring).
+test-deps: deps
+	@if ! command -v python3 >/dev/null 2>&1; then \
+		echo "python3 not found: installing it"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq python3; \
 	fi
 
 build: deps
@@ -34,7 +41,7 @@ run: release
 	.build/release/ringport echo --host $(HOST) --port $(PORT)
 
 # The tests start the ringport executable, so build every product first.
-test: build
+test: test-deps build
 	$(SWIFT) test
 
 # RingPort's echo server against C liburing and C epoll echo servers of our own, same load,

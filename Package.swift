@@ -62,7 +62,8 @@ let package = Package(
                 "RingPortServer",
                 "ringport",
                 .product(name: "SystemPackage", package: "swift-system"),
-            ]
+            ],
+            exclude: ["Fixtures"]
         ),
     ],
     swiftLanguageModes: [.v6]

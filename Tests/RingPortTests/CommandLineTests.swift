@@ -76,6 +76,31 @@ extension RingPortTests {
             #expect(summary.hasSuffix(" 0 lost"))
         }
 
+        /// io_uring_setup denied by a seccomp filter, as container runtimes do: the command names
+        /// the cause and the fix and exits 1 without starting anything.
+        @Test(arguments: [(EPERM, "seccomp"), (ENOSYS, "does not provide io_uring"), (ENOMEM, "ulimit -l")])
+        func refusedIOURingIsReportedWithCauseAndFix(errno: Int32, cause: String) throws {
+            let fixture = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+                .appendingPathComponent("Fixtures/deny-io-uring-setup.py")
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+            process.arguments = ["python3", fixture.path, "\(errno)", try ringportExecutable().path, "echo", "--port", "0"]
+            let output = Pipe()
+            let errors = Pipe()
+            process.standardOutput = output
+            process.standardError = errors
+            try process.run()
+            let message = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            let printed = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            process.waitUntilExit()
+            #expect(process.terminationStatus == 1)
+            #expect(message.hasPrefix("error: io_uring unavailable: io_uring_setup"), "\(message)")
+            #expect(message.contains("(errno \(errno))"))
+            #expect(message.contains(cause))
+            #expect(message.contains("Fix:"))
+            #expect(!printed.contains("listening"))
+        }
+
         @Test func invalidOptionsExitNonZeroWithAMessage() throws {
             let process = Process()
             process.executableURL = try ringportExecutable()
