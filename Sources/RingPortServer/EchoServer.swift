@@ -50,25 +50,13 @@ public final class EchoServer: Sendable {
         public var acceptErrors = 0
     }
 
-    private enum State: UInt8, AtomicRepresentable {
-        case idle, running, stopping, stopped
-    }
-
     /// The configuration the server was created with.
     public let configuration: Configuration
-    private let port: CompletionPort
-    private let contexts: ContextPool
-    private let acceptContexts: ContextPool
-    private let listenerDescriptor: Int32
     /// The address the listener is bound to.
     public let localAddress: SocketAddress
-    private let listener: IOHandle
-    private let workers: Mutex<WorkerPool?> = Mutex(nil)
-    private let state = Atomic<State>(.idle)
-    private let accepted = Atomic<Int>(0)
-    private let closed = Atomic<Int>(0)
-    private let acceptErrors = Atomic<Int>(0)
-    private let outstandingAccepts = Atomic<Int>(0)
+    private let port: CompletionPort
+    private let handler: EchoHandler
+    private let workers: WorkerPool
     private let logger: Logger
 
     /// Binds the listener and sets up the completion port. Nothing is accepted before ``start()``.
@@ -82,9 +70,14 @@ public final class EchoServer: Sendable {
         self.configuration = configuration
         logger = configuration.logger
         port = try CompletionPort(configuration: configuration.port)
-        contexts = ContextPool(bufferSize: configuration.bufferSize)
-        acceptContexts = ContextPool(bufferSize: 0)
-        listenerDescriptor = try TCPSocket.makeListener(address: configuration.address, options: configuration.listener)
+        let listenerDescriptor: Int32
+        do {
+            listenerDescriptor = try TCPSocket.makeListener(address: configuration.address, options: configuration.listener)
+        } catch {
+            port.close()
+            throw error
+        }
+        let listener: IOHandle
         do {
             localAddress = try TCPSocket.localAddress(of: listenerDescriptor)
             listener = try port.associate(descriptor: listenerDescriptor)
@@ -93,76 +86,117 @@ public final class EchoServer: Sendable {
             port.close()
             throw error
         }
+        let handler = EchoHandler(
+            port: port, listener: listener, bufferSize: configuration.bufferSize, logger: configuration.logger)
+        self.handler = handler
+        workers = WorkerPool(port: port, name: "ringport-echo") { completion in
+            handler.handle(completion)
+        }
     }
 
     /// Starts the workers and posts the accepts.
     public func start() throws(RingPortError) {
-        guard state.compareExchange(expected: .idle, desired: .running, ordering: .acquiringAndReleasing).exchanged else {
+        guard handler.transition(from: .idle, to: .running) else {
             throw RingPortError(.invalidArgument, operation: "EchoServer.start: already started")
         }
-        let pool = WorkerPool(port: port, name: "ringport-echo") { [self] completion in
-            handle(completion)
-        }
-        try pool.start()
-        workers.withLock { $0 = pool }
+        try workers.start()
         for _ in 0..<configuration.acceptDepth {
-            let context = acceptContexts.take()
-            outstandingAccepts.add(1, ordering: .relaxed)
-            do {
-                try port.accept(on: listener, context: context)
-            } catch {
-                outstandingAccepts.subtract(1, ordering: .relaxed)
-                throw error
-            }
+            try handler.postFirstAccept()
         }
-        logger.info("echo server listening on \(localAddress) with \(pool.threadCount) workers on \(port.ringCount) rings")
+        logger.info("echo server listening on \(localAddress) with \(workers.threadCount) workers on \(port.ringCount) rings")
     }
 
     /// Stops the server: stops accepting, closes every connection (cancelling its operations),
     /// waits up to `timeout` for every completion to come back, stops the workers, and closes the
-    /// port. Idempotent.
+    /// port. Idempotent; a second concurrent call returns at once.
     public func shutdown(timeout: Duration = .seconds(5)) {
-        let previous = state.exchange(.stopping, ordering: .acquiringAndReleasing)
-        guard previous == .running || previous == .idle else {
-            // Another call is stopping (or stopped) the server.
-            if previous == .stopped { state.store(.stopped, ordering: .releasing) }
-            return
-        }
+        let wasRunning = handler.transition(from: .running, to: .stopping)
+        guard wasRunning || handler.transition(from: .idle, to: .stopping) else { return }
         port.closeAllHandles()
         // The workers handle the cancelled completions: contexts go back to their pools.
         let deadline = ContinuousClock.now + timeout
-        while previous == .running && ContinuousClock.now < deadline
-            && (statistics.open > 0 || outstandingAccepts.load(ordering: .acquiring) > 0)
-        {
+        while wasRunning && ContinuousClock.now < deadline && !handler.isDrained {
             usleep(1_000)
         }
         let remaining = statistics
         if remaining.open > 0 {
             logger.warning("echo server: \(remaining.open) connections still open at the shutdown deadline")
         }
-        workers.withLock { $0 }?.shutdown()
+        workers.shutdown()
         port.close()
-        state.store(.stopped, ordering: .releasing)
+        _ = handler.transition(from: .stopping, to: .stopped)
         logger.info("echo server stopped: \(remaining.accepted) connections accepted, \(remaining.closed) closed")
     }
 
     /// A snapshot of the server's counters.
     public var statistics: Statistics {
-        let accepted = accepted.load(ordering: .relaxed)
-        let closed = closed.load(ordering: .relaxed)
-        return Statistics(
-            accepted: accepted, open: accepted - closed, closed: closed,
-            acceptErrors: acceptErrors.load(ordering: .relaxed))
+        handler.statistics
     }
 
     /// The completion port's counters.
     public var portStatistics: CompletionPort.Statistics {
         port.statistics
     }
+}
+
+/// The echo server's completion handling, run on the port's worker threads.
+///
+/// Thread-safety: ``handle(_:)`` runs on any worker; the port serialises the completions of one
+/// connection. Counters and the state are atomics; the context pools are thread-safe.
+private final class EchoHandler: Sendable {
+    enum State: UInt8, AtomicRepresentable {
+        case idle, running, stopping, stopped
+    }
+
+    private let port: CompletionPort
+    private let listener: IOHandle
+    private let contexts: ContextPool
+    private let acceptContexts = ContextPool(bufferSize: 0)
+    private let logger: Logger
+    private let state = Atomic<State>(.idle)
+    private let accepted = Atomic<Int>(0)
+    private let closed = Atomic<Int>(0)
+    private let acceptErrors = Atomic<Int>(0)
+    private let outstandingAccepts = Atomic<Int>(0)
+
+    init(port: CompletionPort, listener: IOHandle, bufferSize: Int, logger: Logger) {
+        self.port = port
+        self.listener = listener
+        self.logger = logger
+        contexts = ContextPool(bufferSize: bufferSize)
+    }
+
+    func transition(from old: State, to new: State) -> Bool {
+        state.compareExchange(expected: old, desired: new, ordering: .acquiringAndReleasing).exchanged
+    }
+
+    /// No connection is open and no accept is outstanding.
+    var isDrained: Bool {
+        statistics.open == 0 && outstandingAccepts.load(ordering: .acquiring) == 0
+    }
+
+    var statistics: EchoServer.Statistics {
+        let accepted = accepted.load(ordering: .relaxed)
+        let closed = closed.load(ordering: .relaxed)
+        return EchoServer.Statistics(
+            accepted: accepted, open: accepted - closed, closed: closed,
+            acceptErrors: acceptErrors.load(ordering: .relaxed))
+    }
+
+    func postFirstAccept() throws(RingPortError) {
+        let context = acceptContexts.take()
+        outstandingAccepts.add(1, ordering: .relaxed)
+        do {
+            try port.accept(on: listener, context: context)
+        } catch {
+            retireAccept(context)
+            throw error
+        }
+    }
 
     // MARK: Completion handling (worker threads)
 
-    private func handle(_ completion: Completion) {
+    func handle(_ completion: Completion) {
         switch completion.operation {
         case .read:
             readCompleted(completion)

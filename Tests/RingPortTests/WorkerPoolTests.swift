@@ -51,7 +51,7 @@ extension RingPortTests {
 
         @Test func poolHandlesPostedCompletionsAndStops() throws {
             let port = try CompletionPort()
-            let seen = Mutex<Set<UInt64>>([])
+            let seen = LockedBox<Set<UInt64>>([])
             let pool = WorkerPool(port: port, threadCount: 4) { completion in
                 _ = seen.withLock { $0.insert(completion.userValue) }
             }
@@ -81,7 +81,7 @@ extension RingPortTests {
             let writesPerHandle = 64
             let overlaps = Atomic<Int>(0)
             let failures = Atomic<Int>(0)
-            let threadsSeen = Mutex<Set<UInt>>([])
+            let threadsSeen = LockedBox<Set<UInt>>([])
             let finished = Atomic<Int>(0)
 
             let pool = WorkerPool(port: port) { completion in

@@ -94,7 +94,7 @@ public final class CompletionPort: Sendable {
     public let configuration: Configuration
     let shards: [Shard]
     private let nextShard = Atomic<Int>(0)
-    private let attachedWorkers: Mutex<[Int]>
+    private let attachedWorkers: LockedValue<[Int]>
     private let uncoveredShards: Atomic<Int>
     private let closed = Atomic<Bool>(false)
 
@@ -128,7 +128,7 @@ public final class CompletionPort: Sendable {
             shards.append(try Shard(index: index, ring: ring, stallThreshold: configuration.stallThreshold, logger: configuration.logger))
         }
         self.shards = shards
-        attachedWorkers = Mutex([Int](repeating: 0, count: shards.count))
+        attachedWorkers = LockedValue([Int](repeating: 0, count: shards.count))
         uncoveredShards = Atomic(shards.count)
     }
 

@@ -1,5 +1,3 @@
-import Synchronization
-
 /// A pool of per-I/O contexts with buffers of one size, so that steady-state traffic reuses
 /// contexts instead of allocating them.
 ///
@@ -9,7 +7,7 @@ public final class ContextPool: Sendable {
     public let bufferSize: Int
     /// At most this many idle contexts are kept; more are freed on recycle.
     public let maximumIdle: Int
-    private let idle: Mutex<[IOContext]>
+    private let idle: LockedValue<[IOContext]>
 
     /// Creates a pool of contexts with `bufferSize`-byte buffers, keeping at most `maximumIdle`
     /// idle ones. `preallocate` contexts are created at once.
@@ -22,7 +20,7 @@ public final class ContextPool: Sendable {
         for _ in 0..<preallocate {
             contexts.append(IOContext(capacity: bufferSize))
         }
-        idle = Mutex(contexts)
+        idle = LockedValue(contexts)
     }
 
     /// An idle context, or a new one when none is idle. The caller owns it.

@@ -24,7 +24,7 @@ public final class WorkerPool: Sendable {
     private let name: String
     private let handler: @Sendable (Completion) -> Void
     private let stopSignal = StopSignal()
-    private let threads = Mutex<[PThread]>([])
+    private let threads = LockedValue<[PThread]>([])
     private let logger: Logger
 
     /// Creates a pool of `threadCount` workers (default: the port's

@@ -1,0 +1,22 @@
+/// A value guarded by a pthread mutex.
+///
+/// Used instead of `Synchronization.Mutex` because ThreadSanitizer understands pthread
+/// mutexes, and RingPort's test suite runs under it.
+///
+/// Thread-safety: ``withLock(_:)`` may be called from any thread.
+final class LockedValue<Value>: @unchecked Sendable {
+    // @unchecked: `value` is only touched inside `lock`.
+    private let lock = ConditionMutex()
+    private var value: Value
+
+    init(_ value: Value) {
+        self.value = value
+    }
+
+    /// Runs `body` with exclusive access to the value.
+    func withLock<Result, Failure: Error>(_ body: (inout Value) throws(Failure) -> Result) throws(Failure) -> Result {
+        lock.lock()
+        defer { lock.unlock() }
+        return try body(&value)
+    }
+}
