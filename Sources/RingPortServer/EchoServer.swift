@@ -103,7 +103,7 @@ public final class EchoServer: Sendable {
         for _ in 0..<configuration.acceptDepth {
             try handler.postFirstAccept()
         }
-        logger.info("echo server listening on \(localAddress) with \(workers.threadCount) workers on \(port.ringCount) rings")
+        logger.info("echo server listening on \(localAddress) with \(workers.threadCount) workers on \(port.ringCount) \(port.ringCount == 1 ? "ring" : "rings")")
     }
 
     /// Stops the server: stops accepting, closes every connection (cancelling its operations),

@@ -48,7 +48,8 @@ struct EchoCommand: ParsableCommand {
             throw ExitCode.failure
         }
         let workerCount = configuration.port.workerCount
-        print("ringport echo listening on \(echo.localAddress) (\(workerCount) workers, \(configuration.port.ringCount) rings)")
+        let rings = configuration.port.ringCount
+        print("ringport echo listening on \(echo.localAddress) (\(workerCount) workers, \(rings) \(rings == 1 ? "ring" : "rings"))")
         print("try: nc \(echo.localAddress.family == .ipv4 ? server.host : "-6 \(server.host)") \(echo.localAddress.port)")
         fflush(nil)
 
