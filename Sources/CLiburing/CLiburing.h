@@ -77,12 +77,6 @@ static inline unsigned CLiburing_flush_sq(struct io_uring *ring) {
     return tail - io_uring_smp_load_acquire(sq->khead);
 }
 
-/// Whether the kernel asks to be entered: completions wait in its overflow list, or task work
-/// (IORING_SETUP_TASKRUN_FLAG) must run before more completions become visible.
-static inline bool CLiburing_cq_needs_enter(const struct io_uring *ring) {
-    return (IO_URING_READ_ONCE(*ring->sq.kflags) & (IORING_SQ_CQ_OVERFLOW | IORING_SQ_TASKRUN)) != 0;
-}
-
 /// Completions the kernel dropped because its overflow list could not grow (should stay 0).
 static inline unsigned CLiburing_cq_overflow_count(const struct io_uring *ring) {
     return IO_URING_READ_ONCE(*ring->cq.koverflow);

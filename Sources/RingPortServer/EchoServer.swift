@@ -268,6 +268,13 @@ private final class EchoHandler: Sendable {
             return
         }
         accepted.add(1, ordering: .relaxed)
+        // Shutdown sets `stopping` before it closes every handle: a connection associated after
+        // that check would be missed by it, so look again now that the handle exists.
+        guard state.load(ordering: .acquiring) == .running else {
+            port.close(connection)
+            closed.add(1, ordering: .relaxed)
+            return
+        }
         postRead(connection, contexts.take())
     }
 

@@ -110,6 +110,33 @@ extension RingPortTests {
             port.close()
         }
 
+        @Test func zeroTimeoutPollsTheKernelWithoutWaiting() throws {
+            let port = try makeSingleRingPort()
+            let worker = port.makeWorker()
+            #expect(try worker.dequeue(timeout: .zero) == nil)
+            try port.nop(value: 11)
+            // One poll submits the NOP, which completes at once, and reaps it.
+            let completion = try #require(try worker.dequeue(timeout: .zero))
+            #expect(completion.userValue == 11)
+            #expect(port.statistics.operationsInFlight == 0)
+            worker.detach()
+            port.close()
+        }
+
+        @Test func negativeDurationsCountAsZero() throws {
+            let port = try makeSingleRingPort()
+            let worker = port.makeWorker()
+            #expect(try worker.dequeue(timeout: .milliseconds(-1)) == nil)
+            #expect(try worker.dequeue(timeout: .seconds(-3)) == nil)
+            let context = IOContext(capacity: 0)
+            try port.timeout(after: .milliseconds(-500), context: context)
+            let completion = try #require(try worker.dequeue(timeout: .seconds(5)))
+            #expect(completion.operation == .timeout)
+            #expect(completion.error == nil)
+            worker.detach()
+            port.close()
+        }
+
         @Test func cancelDeliversACancelledCompletionAndKeepsTheBufferUntilThen() throws {
             let port = try makeSingleRingPort()
             let (left, right) = try makeSocketPair()

@@ -63,6 +63,22 @@ extension RingPortTests {
             port.close()
         }
 
+        @Test func kernelWithoutRequiredFeaturesIsReported() throws {
+            var configuration = CompletionPort.Configuration()
+            configuration.hiddenFeatures = IORING_FEAT_EXT_ARG
+            do {
+                _ = try CompletionPort(configuration: configuration)
+                Issue.record("set-up must fail without IORING_FEAT_EXT_ARG")
+            } catch {
+                #expect(error.code == .ioURingUnavailable)
+                #expect(error.unavailability == .missingFeatures("IORING_FEAT_EXT_ARG (5.11)"))
+                #expect(error.description.contains("Linux 5.11"))
+            }
+            // The rings created and torn down on the way left nothing behind.
+            let port = try CompletionPort()
+            port.close()
+        }
+
         @Test func impossibleSizesAreRejected() {
             for entries: UInt32 in [0, 40_000] {
                 var configuration = CompletionPort.Configuration()

@@ -63,6 +63,8 @@ extension RingPortTests {
             pool.shutdown()
             port.close()
             #expect(seen.withLock { $0 } == Set(0..<1000))
+            // A pool starts once.
+            #expect(throws: RingPortError.self) { try pool.start() }
         }
 
         /// Pairs of connected sockets, both ends on the port; every handle has a read and a write in

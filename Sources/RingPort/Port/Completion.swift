@@ -1,3 +1,4 @@
+import CLiburing
 import SystemPackage
 
 #if canImport(Glibc)
@@ -50,6 +51,12 @@ public struct Completion: Sendable, CustomStringConvertible {
     /// with a user completion.
     public var bytesTransferred: Int {
         result > 0 ? Int(result) : 0
+    }
+
+    /// Whether more completions of the same operation follow (a multishot operation whose CQE had
+    /// `IORING_CQE_F_MORE`). The context then stays owned by the port.
+    public var hasMore: Bool {
+        flags & IORING_CQE_F_MORE != 0
     }
 
     /// The new connection's descriptor, for a successful accept. The application owns it:

@@ -47,6 +47,8 @@ public final class CompletionPort: Sendable {
         public var logger = Logger(label: "ringport.port")
         /// Test seam: answers `io_uring_setup` instead of the kernel (return nil to pass).
         var setupFault: (@Sendable (_ flags: UInt32) -> Int32?)?
+        /// Test seam: `IORING_FEAT_*` bits to treat as absent.
+        var hiddenFeatures: UInt32 = 0
 
         /// The defaults.
         public init() {}
@@ -124,7 +126,7 @@ public final class CompletionPort: Sendable {
         for index in 0..<configuration.ringCount {
             let ring = try IOURing(
                 entries: configuration.ringEntries, completionEntries: completionEntries,
-                setupHook: configuration.setupFault)
+                setupHook: configuration.setupFault, hiddenFeatures: configuration.hiddenFeatures)
             shards.append(try Shard(index: index, ring: ring, stallThreshold: configuration.stallThreshold, logger: configuration.logger))
         }
         self.shards = shards
@@ -232,15 +234,16 @@ public final class CompletionPort: Sendable {
     func serveUncoveredShards(
         budget: Int, worker: ObjectIdentifier, held: inout [IOHandle], deliver: (Completion) -> Void
     ) -> Int {
-        let counts = attachedWorkers.withLock { $0 }
         var taken = 0
-        for (index, count) in counts.enumerated() where count == 0 && taken < budget {
-            let shard = shards[index]
+        for shard in shards where taken < budget {
             shard.lock.lock()
-            // This worker stands in for the missing leader: it submits and reaps.
-            shard.submitLoggingErrorsLocked()
-            shard.reapLocked()
-            taken += shard.takeReadyLocked(budget: budget - taken, worker: worker, held: &held, deliver: deliver)
+            // Checked under the ring's lock: a worker may have attached since the caller looked.
+            if shard.attachedWorkers == 0 {
+                // This worker stands in for the missing leader: it submits and reaps.
+                shard.submitLoggingErrorsLocked()
+                shard.reapLocked()
+                taken += shard.takeReadyLocked(budget: budget - taken, worker: worker, held: &held, deliver: deliver)
+            }
             shard.lock.unlock()
         }
         return taken
@@ -301,9 +304,7 @@ public final class CompletionPort: Sendable {
                     let generation = shard.operations.generation(of: slot)
                     try? shard.cancelLocked(userData: UserData(slot: slot, generation: generation).rawValue)
                 }
-                if shard.doorbellArmed {
-                    try? shard.cancelLocked(userData: UserData.doorbell.rawValue)
-                }
+                shard.cancelDoorbellReadsLocked()
                 shard.submitLoggingErrorsLocked()
             }
         }
@@ -319,8 +320,10 @@ public final class CompletionPort: Sendable {
         shard.lock.lock()
         defer { shard.lock.unlock() }
         while true {
+            // Handles closed meanwhile may have queued cancellations; submit them too.
+            shard.submitLoggingErrorsLocked()
             shard.reapLocked()
-            if shard.operations.count == 0 && !shard.doorbellArmed { break }
+            if shard.operations.count == 0 && shard.doorbellReads.isEmpty { break }
             let now = MonotonicInstant.now
             if now >= deadline {
                 // The kernel still owns these buffers: keep them alive rather than free memory it may write.

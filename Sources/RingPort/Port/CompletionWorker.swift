@@ -123,6 +123,9 @@ public final class CompletionWorker {
             if shard.leader == me { shard.leaderState = .running(since: .now) }
             return taken
         }
+        // A zero (or past) timeout still gets one look at the kernel: submit and reap without
+        // waiting, as "get queued completion status" with a zero timeout polls.
+        var polled = false
         while true {
             if stopSignal?.isRequested == true { return 0 }
             taken = shard.takeReadyLocked(budget: budget, worker: me, held: &held, deliver: deliver)
@@ -139,13 +142,22 @@ public final class CompletionWorker {
                 shard.lock.unlock()
                 taken = port.serveUncoveredShards(budget: budget, worker: me, held: &held, deliver: deliver)
                 shard.lock.lock()
-                if taken > 0 { return taken }
+                if taken > 0 {
+                    if shard.leader == me { shard.leaderState = .running(since: .now) }
+                    return taken
+                }
+                // The lock was released: a stop request or completions may have come meanwhile.
+                continue
             }
             let now = MonotonicInstant.now
-            if now >= deadline { return 0 }
+            let expired = now >= deadline
+            if expired && polled { return 0 }
             if shard.leader == nil || shard.leader == me || leaderIsStalledLocked(at: now) {
                 takeLeadershipLocked()
-                try waitInKernelLocked(now: now, deadline: deadline)
+                try waitInKernelLocked(now: now, deadline: deadline, wait: !expired)
+                polled = true
+            } else if expired {
+                return 0
             } else {
                 parkLocked(now: now, deadline: deadline)
             }
@@ -177,12 +189,12 @@ public final class CompletionWorker {
         return initialBudget - budget
     }
 
-    /// Whether the leader has been handling one batch for longer than the stall threshold while
-    /// operations or completions wait for it.
+    /// Whether the leader has been handling one completion for longer than the stall threshold
+    /// while operations, completions or queued entries wait for it.
     private func leaderIsStalledLocked(at now: MonotonicInstant) -> Bool {
         guard case .running(let since) = shard.leaderState else { return false }
         return since.nanoseconds(until: now) >= shard.stallThreshold
-            && (shard.operations.count > 0 || !shard.ready.isEmpty)
+            && (shard.operations.count > 0 || !shard.ready.isEmpty || shard.hasQueuedSubmissionsLocked)
     }
 
     private func takeLeadershipLocked() {
@@ -198,14 +210,17 @@ public final class CompletionWorker {
         shard.leaderThread = pthread_self()
     }
 
-    /// Submits what was prepared and waits in `io_uring_enter` without holding the lock, then
-    /// reaps. Returns with the lock held and this worker still the leader.
-    private func waitInKernelLocked(now: MonotonicInstant, deadline: MonotonicInstant) throws(RingPortError) {
+    /// Submits what was prepared and, when `wait` is set and nothing is ready yet, waits in
+    /// `io_uring_enter` without holding the lock; then reaps. Returns with the lock held and this
+    /// worker still the leader.
+    private func waitInKernelLocked(now: MonotonicInstant, deadline: MonotonicInstant, wait: Bool) throws(RingPortError) {
         if !shard.overflow.isEmpty {
             try shard.submitLocked()
         }
         try shard.armDoorbellLocked()
         let toSubmit = shard.ring.flushSubmissions()
+        // Submitting can reap (when the kernel asks for room): then there is no reason to sleep.
+        let waitFor: UInt32 = wait && shard.ready.isEmpty ? 1 : 0
         shard.leaderState = .waitingInKernel
         shard.doorbellRung = false
         var timeout: UInt64? = deadline == .distantFuture ? nil : now.nanoseconds(until: deadline)
@@ -213,7 +228,7 @@ public final class CompletionWorker {
             timeout = min(timeout ?? .max, CompletionPort.uncoveredRingPollInterval)
         }
         shard.lock.unlock()
-        let result = shard.ring.enter(toSubmit: toSubmit, waitFor: 1, timeout: timeout)
+        let result = shard.ring.enter(toSubmit: toSubmit, waitFor: waitFor, timeout: timeout)
         shard.lock.lock()
         shard.leaderState = .running(since: .now)
         shard.counters.enterCalls &+= 1

@@ -13,7 +13,8 @@ struct OperationRecord {
 /// The 64-bit `user_data` of an SQE: an in-flight table slot and its generation.
 ///
 ///     bits 63...32  generation of the slot when the operation was posted
-///     bits 31...0   slot index; 0xFFFF_FFFF marks RingPort's internal operations
+///     bits 31...0   slot index; 0xFFFF_FFFF marks RingPort's internal operations, whose
+///                   "generation" says which: 1 cancel, 3 close, 0x8000_0000 | n doorbell read n
 ///
 /// A completion whose generation does not match its slot's is stale and is counted and
 /// dropped, never dereferenced.
@@ -36,8 +37,15 @@ struct UserData: Hashable {
 
     /// An `ASYNC_CANCEL` request (its own completion says only whether it found the target).
     static let cancelRequest = UserData(slot: .max, generation: 1)
-    /// The leader's read on the shard's doorbell eventfd.
-    static let doorbell = UserData(slot: .max, generation: 2)
+    /// A leader's read on the shard's doorbell eventfd, the `sequence`-th armed.
+    static func doorbell(sequence: UInt32) -> UserData {
+        UserData(slot: .max, generation: 0x8000_0000 | sequence)
+    }
+
+    /// For a doorbell read, its sequence number.
+    var doorbellSequence: UInt32? {
+        isInternal && generation & 0x8000_0000 != 0 ? generation & 0x7FFF_FFFF : nil
+    }
     /// A `CLOSE` of a handle's descriptor.
     static let closeRequest = UserData(slot: .max, generation: 3)
 }

@@ -80,7 +80,13 @@ final class Shard: @unchecked Sendable {
     var parkedWorkers = 0
     var sentryParked = false
     var isClosed = false
-    var doorbellArmed = false
+    /// The thread whose doorbell read is the current one, if one is armed. The kernel runs a
+    /// request's completion work on the thread that submitted it, so a leader that took over
+    /// arms a read of its own: the old leader may be stuck where that work cannot run.
+    var doorbellArmedBy: pthread_t?
+    /// Sequence numbers of the doorbell reads the kernel holds (usually one).
+    var doorbellReads: [UInt32] = []
+    private var doorbellSequence: UInt32 = 0
     var doorbellRung = false
     var counters = Counters()
 
@@ -103,6 +109,11 @@ final class Shard: @unchecked Sendable {
     deinit {
         closeRingLocked()
         doorbellBuffer.deallocate()
+    }
+
+    /// Whether entries wait to be submitted (prepared, or in the overflow queue).
+    var hasQueuedSubmissionsLocked: Bool {
+        ring.unpublishedSubmissions > 0 || !overflow.isEmpty
     }
 
     /// Whether the calling thread is this ring's leader (and so may submit).
@@ -210,13 +221,24 @@ final class Shard: @unchecked Sendable {
         _ = Glibc.write(doorbell, &one, MemoryLayout<UInt64>.size)
     }
 
-    /// Posts the read on the doorbell that a write by another thread completes. Leader only.
+    /// Posts the read on the doorbell that a write by another thread completes, unless this
+    /// thread has one armed already. Leader only.
     func armDoorbellLocked() throws(RingPortError) {
-        guard !doorbellArmed else { return }
+        let me = pthread_self()
+        if let armer = doorbellArmedBy, pthread_equal(armer, me) != 0 { return }
         let entry = try nextSubmissionEntryLocked()
+        doorbellSequence = (doorbellSequence &+ 1) & 0x7FFF_FFFF
         io_uring_prep_read(entry, doorbell, doorbellBuffer, UInt32(MemoryLayout<UInt64>.size), 0)
-        io_uring_sqe_set_data64(entry, UserData.doorbell.rawValue)
-        doorbellArmed = true
+        io_uring_sqe_set_data64(entry, UserData.doorbell(sequence: doorbellSequence).rawValue)
+        doorbellArmedBy = me
+        doorbellReads.append(doorbellSequence)
+    }
+
+    /// Queues cancellations of every doorbell read (when the port closes).
+    func cancelDoorbellReadsLocked() {
+        for sequence in doorbellReads {
+            try? cancelLocked(userData: UserData.doorbell(sequence: sequence).rawValue)
+        }
     }
 
     /// The next free SQE, after the overflowed ones. When the submission queue is full, submits
@@ -268,12 +290,16 @@ final class Shard: @unchecked Sendable {
                     continue
                 case EAGAIN, EBUSY:
                     // The completion queue is full or the kernel is short of memory: make room.
+                    // The entries stay queued if this keeps failing; the next wait retries them.
                     counters.busyRetries &+= 1
+                    idleRounds += 1
+                    if idleRounds > 10_000 {
+                        throw RingPortError(
+                            .submissionFailed, operation: "io_uring_enter(to_submit: \(pending)) on ring \(index)",
+                            errno: Errno(rawValue: -result))
+                    }
                     if reapLocked() == 0 { sched_yield() }
                     pending = ring.flushSubmissions()
-                    continue
-                case EBADR:
-                    reportDroppedCompletionsLocked()
                     continue
                 default:
                     throw RingPortError(
@@ -321,9 +347,11 @@ final class Shard: @unchecked Sendable {
         let userData = UserData(rawValue: entry.user_data)
         if userData.isInternal {
             counters.internalCompletions &+= 1
-            if userData == .doorbell {
-                // Rung, or cancelled because the thread that armed it exited: re-armed on the next wait.
-                doorbellArmed = false
+            if let sequence = userData.doorbellSequence {
+                // Rung, or cancelled because the thread that armed it exited. If it was the
+                // current read, the leader arms a new one on its next wait.
+                doorbellReads.removeAll { $0 == sequence }
+                if sequence == doorbellSequence { doorbellArmedBy = nil }
             }
             return
         }
@@ -343,7 +371,8 @@ final class Shard: @unchecked Sendable {
         counters.completed &+= 1
         ready.append(Completion(
             operation: record.operation,
-            result: record.operation == .user ? record.postedResult : entry.res,
+            // A user post reports what was posted, unless its NOP was cancelled (port closing).
+            result: record.operation == .user && entry.res >= 0 ? record.postedResult : entry.res,
             flags: entry.flags,
             handle: record.handle,
             context: record.context,
@@ -381,7 +410,7 @@ final class Shard: @unchecked Sendable {
                     held.append(handle)
                 }
             }
-            completion.context?.endFlight()
+            if !completion.hasMore { completion.context?.endFlight() }
             deliver(completion)
             taken += 1
         }
@@ -397,7 +426,7 @@ final class Shard: @unchecked Sendable {
         if budget > 0, !handle.deferredCompletions.isEmpty {
             held.append(handle)
             while budget > 0, let completion = handle.deferredCompletions.popFirst() {
-                completion.context?.endFlight()
+                if !completion.hasMore { completion.context?.endFlight() }
                 deliver(completion)
                 budget -= 1
             }
@@ -443,6 +472,12 @@ final class Shard: @unchecked Sendable {
             _ = handles.remove(slot: handle.id.slot)
         }
         let descriptor = handle.descriptor
+        if isClosed {
+            // The port is closing: every operation was cancelled and no SQE can be queued any
+            // more, so no queued entry can name this descriptor.
+            Glibc.close(descriptor)
+            return
+        }
         do {
             try cancelOperationsLocked(of: handle)
             try enqueueLocked { entry in

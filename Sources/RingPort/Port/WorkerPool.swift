@@ -1,5 +1,8 @@
 import Logging
-import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The worker threads of a completion port: each loops on
 /// ``CompletionWorker/dequeue(timeout:)`` and hands every completion to the handler.
@@ -14,6 +17,12 @@ import Synchronization
 /// the port's stall threshold, after which a standby takes the ring over). Completions of one
 /// handle are never handled concurrently.
 ///
+/// ## Lifetime
+/// A pool starts once and stops once. The kernel cancels io_uring operations when the thread
+/// that submitted them exits, and the workers submit (almost) every operation of their rings:
+/// stopping the pool cancels what is still in flight (those completions arrive as cancelled to
+/// whoever dequeues next). Stop the pool when the port's work is over, not to pause it.
+///
 /// Thread-safety: ``start()`` and ``shutdown()`` may be called from any thread, but not from
 /// the handler (``shutdown()`` waits for the workers to finish).
 public final class WorkerPool: Sendable {
@@ -24,7 +33,8 @@ public final class WorkerPool: Sendable {
     private let name: String
     private let handler: @Sendable (Completion) -> Void
     private let stopSignal = StopSignal()
-    private let threads = LockedValue<[PThread]>([])
+    /// The threads, or nil before ``start()``.
+    private let threads = LockedValue<[PThread]?>(nil)
     private let logger: Logger
 
     /// Creates a pool of `threadCount` workers (default: the port's
@@ -45,32 +55,39 @@ public final class WorkerPool: Sendable {
 
     /// Starts the threads.
     ///
-    /// - Throws: ``RingPortError`` when a thread cannot be created; the threads already started
-    ///   are stopped again.
+    /// - Throws: ``RingPortError`` when a thread cannot be created (the threads already started
+    ///   are stopped again), or with ``RingPortError/Code/invalidArgument`` when the pool was
+    ///   started before.
     public func start() throws(RingPortError) {
-        var started: [PThread] = []
-        for index in 0..<threadCount {
-            do {
-                started.append(try PThread(name: "\(name)-\(index)") { [self] in run() })
-            } catch {
-                stopSignal.request()
-                port.wakeAllWorkers()
-                started.forEach { $0.join() }
-                throw error
+        try threads.withLock { (threads: inout [PThread]?) throws(RingPortError) in
+            guard threads == nil, !stopSignal.isRequested else {
+                throw RingPortError(.invalidArgument, operation: "WorkerPool.start: a pool starts once")
             }
+            var started: [PThread] = []
+            for index in 0..<threadCount {
+                do throws(RingPortError) {
+                    started.append(try PThread(name: "\(name)-\(index)") { [self] in run() })
+                } catch {
+                    stopSignal.request()
+                    port.wakeAllWorkers()
+                    started.forEach { $0.join() }
+                    throw error
+                }
+            }
+            threads = started
         }
-        threads.withLock { $0.append(contentsOf: started) }
     }
 
     /// Stops the workers: each finishes the completion it is handling and exits; completions not
     /// dequeued yet stay in the port. Waits until every thread has exited. Idempotent.
     public func shutdown() {
-        stopSignal.request()
-        port.wakeAllWorkers()
         let running = threads.withLock { threads -> [PThread] in
-            defer { threads.removeAll() }
-            return threads
+            // Under the lock, so that a concurrent start() either finished or sees the request.
+            stopSignal.request()
+            defer { threads = [] }
+            return threads ?? []
         }
+        port.wakeAllWorkers()
         running.forEach { $0.join() }
     }
 
@@ -85,6 +102,8 @@ public final class WorkerPool: Sendable {
             } catch {
                 if error.code == .portClosed { return }
                 logger.error("worker: \(error)")
+                // Do not spin on a ring that keeps failing.
+                usleep(10_000)
             }
         }
     }

@@ -44,7 +44,13 @@ final class IOURing {
     /// - Throws: ``RingPortError`` with code ``RingPortError/Code/ioURingUnavailable`` and the
     ///   cause when the kernel refuses, or when the ring lacks `IORING_FEAT_NODROP` or
     ///   `IORING_FEAT_EXT_ARG`.
-    init(entries: UInt32, completionEntries: UInt32, setupHook: ((UInt32) -> Int32?)? = nil) throws(RingPortError) {
+    /// - Parameters:
+    ///   - setupHook: test seam: answers `io_uring_setup` for the given flags (nil: ask the kernel).
+    ///   - hiddenFeatures: test seam: `IORING_FEAT_*` bits to treat as absent.
+    init(
+        entries: UInt32, completionEntries: UInt32,
+        setupHook: ((UInt32) -> Int32?)? = nil, hiddenFeatures: UInt32 = 0
+    ) throws(RingPortError) {
         ring = .allocate(capacity: 1)
         var lastError: Int32 = 0
         var created: io_uring_params?
@@ -70,7 +76,7 @@ final class IOURing {
                 errno: errno,
                 unavailability: .classify(errno, ioURingDisabledSetting: IOURingUnavailability.readIOURingDisabledSetting()))
         }
-        features = parameters.features
+        features = parameters.features & ~hiddenFeatures
         setupFlags = parameters.flags
         submissionEntries = parameters.sq_entries
         self.completionEntries = parameters.cq_entries
@@ -80,8 +86,8 @@ final class IOURing {
         if features & IORING_FEAT_NODROP == 0 { missing.append("IORING_FEAT_NODROP (5.5)") }
         if features & IORING_FEAT_EXT_ARG == 0 { missing.append("IORING_FEAT_EXT_ARG (5.11)") }
         if !missing.isEmpty {
-            io_uring_queue_exit(ring)
-            ring.deallocate()
+            // Every property is set, so deinit runs after this throw: it frees the ring.
+            close()
             throw RingPortError(
                 .ioURingUnavailable, operation: "io_uring_setup",
                 unavailability: .missingFeatures(missing.joined(separator: ", ")))
@@ -102,13 +108,6 @@ final class IOURing {
     deinit {
         close()
         ring.deallocate()
-    }
-
-    /// Whether the kernel supports `opcode` on this ring.
-    func supports(opcode: io_uring_op) -> Bool {
-        guard let probe = io_uring_get_probe_ring(ring) else { return false }
-        defer { io_uring_free_probe(probe) }
-        return io_uring_opcode_supported(probe, Int32(opcode.rawValue)) != 0
     }
 
     // MARK: Submission side (caller serialises)

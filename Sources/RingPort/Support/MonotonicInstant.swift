@@ -42,7 +42,7 @@ extension Duration {
     /// The duration in nanoseconds, clamped to `0...UInt64.max / 2`.
     var nanosecondsClamped: UInt64 {
         let (seconds, attoseconds) = components
-        if seconds < 0 { return 0 }
+        if seconds < 0 || attoseconds < 0 { return 0 }
         if seconds >= Int64(UInt64.max / 2 / 1_000_000_000) { return UInt64.max / 2 }
         return UInt64(seconds) * 1_000_000_000 + UInt64(attoseconds / 1_000_000_000)
     }
