@@ -198,6 +198,41 @@ extension RingPortTests {
             port.close()
         }
 
+        @Test func connectReachesAListenerAndReportsRefusal() throws {
+            let port = try makeSingleRingPort()
+            let worker = port.makeWorker()
+            let listener = try TCPSocket.makeListener(address: SocketAddress(host: "127.0.0.1", port: 0))
+            let address = try TCPSocket.localAddress(of: listener)
+
+            let client = try port.associate(descriptor: TCPSocket.makeSocket(family: address.protocolFamily))
+            let context = IOContext(capacity: 16)
+            try port.connect(client, to: address, context: context)
+            let connected = try #require(try worker.dequeue(timeout: .seconds(5)))
+            #expect(connected.operation == .connect)
+            #expect(connected.error == nil)
+            let accepted = accept(listener, nil, nil)
+            #expect(accepted >= 0)
+            context.copyBytes(from: Array("ping".utf8))
+            try port.write(client, from: context, range: 0..<4)
+            #expect(try worker.dequeue(timeout: .seconds(5))?.bytesTransferred == 4)
+            var received = [UInt8](repeating: 0, count: 4)
+            #expect(recv(accepted, &received, 4, Int32(MSG_WAITALL)) == 4)
+            #expect(received == Array("ping".utf8))
+            close(accepted)
+            close(listener)
+
+            // Nobody listens there any more.
+            let refused = try port.associate(descriptor: TCPSocket.makeSocket(family: address.protocolFamily))
+            try port.connect(refused, to: address, context: context)
+            let failure = try #require(try worker.dequeue(timeout: .seconds(5)))
+            #expect(failure.operation == .connect)
+            #expect(failure.error == .connectionRefused)
+            port.close(client)
+            port.close(refused)
+            worker.detach()
+            port.close()
+        }
+
         @Test func closingAHandleCancelsItsOperationsAndClosesItsDescriptor() throws {
             let descriptorsBefore = openDescriptorCount()
             let port = try makeSingleRingPort()

@@ -50,15 +50,14 @@ extension CompletionPort {
     /// application; ``IOContext/acceptedPeerAddress`` is the peer's address.
     public func accept(on listener: IOHandle, context: IOContext) throws(RingPortError) {
         let descriptor = listener.descriptor
-        let scratch = context.scratch
+        let address = context.scratchAddress
+        let addressLength = context.scratchAddressLength
         try shards[listener.shardIndex].post(.accept, handle: listener, context: context) { entry in
             // The kernel writes the peer address into the context's scratch memory, which the
             // context (held by the in-flight table) keeps alive until the completion.
-            scratch.pointee.addressLength = socklen_t(MemoryLayout<sockaddr_storage>.size)
-            withUnsafeMutablePointer(to: &scratch.pointee.address) { address in
-                address.withMemoryRebound(to: sockaddr.self, capacity: 1) { socketAddress in
-                    io_uring_prep_accept(entry, descriptor, socketAddress, &scratch.pointee.addressLength, Int32(SOCK_CLOEXEC.rawValue))
-                }
+            addressLength.pointee = socklen_t(MemoryLayout<sockaddr_storage>.size)
+            address.withMemoryRebound(to: sockaddr.self, capacity: 1) { socketAddress in
+                io_uring_prep_accept(entry, descriptor, socketAddress, addressLength, Int32(SOCK_CLOEXEC.rawValue))
             }
         }
     }
@@ -66,14 +65,12 @@ extension CompletionPort {
     /// Posts a connect of the handle's socket to `address`.
     public func connect(_ handle: IOHandle, to address: SocketAddress, context: IOContext) throws(RingPortError) {
         let descriptor = handle.descriptor
-        let scratch = context.scratch
+        let storage = context.scratchAddress
         try shards[handle.shardIndex].post(.connect, handle: handle, context: context) { entry in
             // The address lives in the context's scratch memory until the completion.
-            let length = address.write(to: &scratch.pointee.address)
-            withUnsafeMutablePointer(to: &scratch.pointee.address) { storage in
-                storage.withMemoryRebound(to: sockaddr.self, capacity: 1) { socketAddress in
-                    io_uring_prep_connect(entry, descriptor, socketAddress, length)
-                }
+            let length = address.write(to: &storage.pointee)
+            storage.withMemoryRebound(to: sockaddr.self, capacity: 1) { socketAddress in
+                io_uring_prep_connect(entry, descriptor, socketAddress, length)
             }
         }
     }
@@ -85,12 +82,12 @@ extension CompletionPort {
     ///   that handle's other completions), or nil.
     public func timeout(after duration: Duration, context: IOContext, handle: IOHandle? = nil) throws(RingPortError) {
         let nanoseconds = duration.nanosecondsClamped
-        let scratch = context.scratch
+        let timespec = context.scratchTimeout
         try shard(for: handle).post(.timeout, handle: handle, context: context) { entry in
             // The kernel reads the timespec from the context's scratch memory.
-            scratch.pointee.timeout = __kernel_timespec(
+            timespec.pointee = __kernel_timespec(
                 tv_sec: Int64(nanoseconds / 1_000_000_000), tv_nsec: Int64(nanoseconds % 1_000_000_000))
-            io_uring_prep_timeout(entry, &scratch.pointee.timeout, 0, 0)
+            io_uring_prep_timeout(entry, timespec, 0, 0)
         }
     }
 

@@ -166,4 +166,11 @@ extension IOContext {
         var addressLength = socklen_t(0)
         var timeout = __kernel_timespec()
     }
+
+    /// The scratch socket address, at a stable address for the kernel.
+    var scratchAddress: UnsafeMutablePointer<sockaddr_storage> { scratch.pointer(to: \.address)! }
+    /// The scratch socket address length, at a stable address for the kernel.
+    var scratchAddressLength: UnsafeMutablePointer<socklen_t> { scratch.pointer(to: \.addressLength)! }
+    /// The scratch timespec, at a stable address for the kernel.
+    var scratchTimeout: UnsafeMutablePointer<__kernel_timespec> { scratch.pointer(to: \.timeout)! }
 }
