@@ -60,11 +60,8 @@ extension RingPortTests {
             let portText = try #require(banner.split(separator: " ").first { $0.hasPrefix("127.0.0.1:") })
             let port = try #require(UInt16(portText.dropFirst("127.0.0.1:".count)))
 
-            let load = EchoLoad(connections: 200, messagesPerConnection: 3, maximumMessageSize: 64 * 1024, seed: 99)
-            let result = load.run(against: try SocketAddress(host: "127.0.0.1", port: port))
-            #expect(result.connections == 200)
-            #expect(result.isClean, "\(result)")
-            #expect(result.bytesVerified == result.bytesSent)
+            EchoLoad(connections: 200, messagesPerConnection: 3, maximumMessageSize: 64 * 1024, seed: 99)
+                .expectCleanRun(against: try SocketAddress(host: "127.0.0.1", port: port))
 
             kill(process.processIdentifier, SIGTERM)
             process.waitUntilExit()

@@ -1,5 +1,6 @@
 import Foundation
 import RingPort
+import Testing
 
 #if canImport(Glibc)
 import Glibc
@@ -112,5 +113,15 @@ struct EchoLoad {
         result.unfinished = active.count
         for connection in active { Glibc.close(connection.descriptor) }
         return result
+    }
+}
+
+extension EchoLoad {
+    /// Runs the load and expects every connection to be served and every byte echoed exactly.
+    func expectCleanRun(against address: SocketAddress, sourceLocation: SourceLocation = #_sourceLocation) {
+        let result = run(against: address)
+        #expect(result.connections == connections, sourceLocation: sourceLocation)
+        #expect(result.isClean, "\(result)", sourceLocation: sourceLocation)
+        #expect(result.bytesVerified == result.bytesSent, sourceLocation: sourceLocation)
     }
 }

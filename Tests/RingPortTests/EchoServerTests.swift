@@ -26,11 +26,8 @@ extension RingPortTests {
     @Suite struct EchoServerTests {
         @Test func echoesRandomPayloadsExactlyToManyConcurrentClients() throws {
             try withEchoServer { server in
-                let load = EchoLoad(connections: 128, messagesPerConnection: 3, maximumMessageSize: 256 * 1024, seed: 42)
-                let result = load.run(against: server.localAddress)
-                #expect(result.connections == 128)
-                #expect(result.isClean, "\(result)")
-                #expect(result.bytesVerified == result.bytesSent)
+                EchoLoad(connections: 128, messagesPerConnection: 3, maximumMessageSize: 256 * 1024, seed: 42)
+                    .expectCleanRun(against: server.localAddress)
                 #expect(eventually { server.statistics.open == 0 })
                 #expect(server.statistics.accepted == 128)
             }
@@ -89,11 +86,8 @@ extension RingPortTests {
                 $0.port.ringCount = 1
                 $0.bufferSize = 1024
             }) { server in
-                let load = EchoLoad(connections: 300, messagesPerConnection: 4, maximumMessageSize: 16 * 1024, seed: 7)
-                let result = load.run(against: server.localAddress)
-                #expect(result.connections == 300)
-                #expect(result.isClean, "\(result)")
-                #expect(result.bytesVerified == result.bytesSent)
+                EchoLoad(connections: 300, messagesPerConnection: 4, maximumMessageSize: 16 * 1024, seed: 7)
+                    .expectCleanRun(against: server.localAddress)
                 #expect(eventually { server.statistics.open == 0 })
                 let statistics = server.portStatistics
                 #expect(statistics.staleCompletions == 0)
