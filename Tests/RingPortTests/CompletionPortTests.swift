@@ -280,3 +280,46 @@ extension RingPortTests {
         }
     }
 }
+
+extension RingPortTests.CompletionPortTests {
+    /// One thread dequeuing for a port of two rings: the ring it is not attached to is polled,
+    /// so completions of handles on either ring arrive.
+    @Test func oneWorkerServesEveryRing() throws {
+        var configuration = CompletionPort.Configuration()
+        configuration.ringCount = 2
+        let port = try CompletionPort(configuration: configuration)
+        let worker = port.makeWorker()
+        let pairs = try (0..<4).map { _ in try makeSocketPair() }
+        let handles = try pairs.map { try port.associate(descriptor: $0.0) }
+        #expect(Set(handles.map(\.id.ring)) == [0, 1])
+        let contexts = handles.map { _ in IOContext(capacity: 8) }
+        for (handle, context) in zip(handles, contexts) {
+            try port.read(handle, into: context)
+        }
+        for pair in pairs {
+            #expect(write(pair.1, "ring", 4) == 4)
+        }
+        var seen = 0
+        let deadline = ContinuousClock.now + .seconds(5)
+        while seen < 4 && ContinuousClock.now < deadline {
+            if let completion = try worker.dequeue(timeout: .milliseconds(100)) {
+                #expect(completion.bytesTransferred == 4)
+                seen += 1
+            }
+        }
+        #expect(seen == 4)
+        // Idle with an uncovered ring: the worker sleeps in 1 ms steps instead of spinning.
+        func threadCPUTime() -> Duration {
+            var time = timespec()
+            clock_gettime(CLOCK_THREAD_CPUTIME_ID, &time)
+            return .seconds(time.tv_sec) + .nanoseconds(time.tv_nsec)
+        }
+        let cpuBefore = threadCPUTime()
+        #expect(try worker.dequeue(timeout: .milliseconds(200)) == nil)
+        #expect(threadCPUTime() - cpuBefore < .milliseconds(100))
+        for handle in handles { port.close(handle) }
+        for pair in pairs { close(pair.1) }
+        worker.detach()
+        port.close()
+    }
+}

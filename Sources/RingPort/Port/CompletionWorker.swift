@@ -146,8 +146,9 @@ public final class CompletionWorker {
                     if shard.leader == me { shard.leaderState = .running(since: .now) }
                     return taken
                 }
-                // The lock was released: a stop request or completions may have come meanwhile.
-                continue
+                // The lock was released: a stop request may have come meanwhile (completions
+                // that came are seen by the wait below, which does not sleep on a full queue).
+                if stopSignal?.isRequested == true { return 0 }
             }
             let now = MonotonicInstant.now
             let expired = now >= deadline
