@@ -97,6 +97,12 @@ struct SeededGenerator: RandomNumberGenerator {
         return z ^ (z >> 31)
     }
 
+    /// `count` bytes from a generator seeded as this one is (does not advance this one).
+    func bytesArray(count: Int) -> [UInt8] {
+        var copy = self
+        return copy.bytes(count: count)
+    }
+
     mutating func bytes(count: Int) -> [UInt8] {
         var result = [UInt8](repeating: 0, count: count)
         var index = 0

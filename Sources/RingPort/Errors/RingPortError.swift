@@ -51,6 +51,7 @@ extension RingPortError {
             case invalidArgument
             case portClosed
             case systemCallFailed
+            case unsupported
         }
 
         private let value: Value
@@ -73,6 +74,9 @@ extension RingPortError {
         public static let portClosed = Code(value: .portClosed)
         /// A plain system call (socket, bind, listen, fcntl, ...) failed.
         public static let systemCallFailed = Code(value: .systemCallFailed)
+        /// The kernel (or the port's configuration) lacks what the operation needs, e.g. a
+        /// multishot receive without provided buffer rings. See ``IOURingFeatures``.
+        public static let unsupported = Code(value: .unsupported)
 
         public var description: String {
             switch value {
@@ -85,6 +89,7 @@ extension RingPortError {
             case .invalidArgument: "invalid argument"
             case .portClosed: "completion port closed"
             case .systemCallFailed: "system call failed"
+            case .unsupported: "unsupported"
             }
         }
     }

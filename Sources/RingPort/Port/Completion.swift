@@ -23,14 +23,21 @@ public struct Completion: Sendable, CustomStringConvertible {
     public let context: IOContext?
     /// For ``IOOperation/user`` completions, the value given to ``CompletionPort/post(bytesTransferred:handle:context:value:)``.
     public let userValue: UInt64
+    /// For a multishot receive that delivered bytes: the provided buffer holding them, owned by
+    /// the application until it calls ``ReceivedBuffer/release()``.
+    public let receivedBuffer: ReceivedBuffer?
 
-    init(operation: IOOperation, result: Int32, flags: UInt32, handle: IOHandle?, context: IOContext?, userValue: UInt64) {
+    init(
+        operation: IOOperation, result: Int32, flags: UInt32, handle: IOHandle?, context: IOContext?,
+        userValue: UInt64, receivedBuffer: ReceivedBuffer? = nil
+    ) {
         self.operation = operation
         self.result = result
         self.flags = flags
         self.handle = handle
         self.context = context
         self.userValue = userValue
+        self.receivedBuffer = receivedBuffer
     }
 
     /// The error, or nil on success. A timeout that expired is a success; one that was

@@ -62,6 +62,53 @@ extension CompletionPort {
         }
     }
 
+    /// Posts a multishot accept on a listening socket (Linux 5.19+): one operation that completes
+    /// once per accepted connection (``Completion/hasMore`` set) until it ends — cancelled, or an
+    /// error such as `EMFILE` — with a completion whose ``Completion/hasMore`` is false. Then post
+    /// it again. The context stays with the port until that last completion; no peer address is
+    /// reported (use `getpeername`).
+    public func acceptMultishot(on listener: IOHandle, context: IOContext) throws(RingPortError) {
+        let descriptor = listener.descriptor
+        try shards[listener.shardIndex].post(.accept, handle: listener, context: context) { entry in
+            io_uring_prep_multishot_accept(entry, descriptor, nil, nil, Int32(SOCK_CLOEXEC.rawValue))
+        }
+    }
+
+    /// Posts a multishot receive (Linux 6.0+) into the port's provided buffers
+    /// (``Configuration/providedBuffers``): one operation that completes every time bytes arrive,
+    /// each completion carrying a ``Completion/receivedBuffer`` the application must release.
+    /// It ends with a completion whose ``Completion/hasMore`` is false: 0 bytes when the peer
+    /// closed, `ENOBUFS` when the ring had no free buffer (post again once buffers come back), an
+    /// error, or `ECANCELED`. An idle connection holds no buffer.
+    ///
+    /// - Throws: ``RingPortError/Code/unsupported`` when the port has no provided buffers.
+    public func receiveMultishot(_ handle: IOHandle, context: IOContext) throws(RingPortError) {
+        let shard = shards[handle.shardIndex]
+        guard let bufferRing = shard.bufferRing else {
+            throw RingPortError(.unsupported, operation: "multishot receive without provided buffers")
+        }
+        let descriptor = handle.descriptor
+        let group = bufferRing.groupID
+        try shard.post(.read, handle: handle, context: context) { entry in
+            io_uring_prep_recv_multishot(entry, descriptor, nil, 0, 0)
+            entry.pointee.flags |= CLiburing_IOSQE_BUFFER_SELECT
+            entry.pointee.buf_group = group
+        }
+    }
+
+    /// Posts a zero-copy send (Linux 6.0+) of the bytes in `range` of `context`'s buffer: the
+    /// kernel transmits from the buffer itself instead of copying it. One completion arrives,
+    /// after the kernel has let go of the buffer, with the bytes sent. Worth it for large
+    /// payloads (tens of KiB); on loopback the kernel copies anyway.
+    public func writeZeroCopy(_ handle: IOHandle, from context: IOContext, range: Range<Int>) throws(RingPortError) {
+        try validate(range, in: context, operation: .write)
+        let descriptor = handle.descriptor
+        let buffer = context.bytes + range.lowerBound
+        try shards[handle.shardIndex].post(.write, handle: handle, context: context, isZeroCopy: true) { entry in
+            io_uring_prep_send_zc(entry, descriptor, buffer, range.count, Int32(MSG_NOSIGNAL), 0)
+        }
+    }
+
     /// Posts a connect of the handle's socket to `address`.
     public func connect(_ handle: IOHandle, to address: SocketAddress, context: IOContext) throws(RingPortError) {
         let descriptor = handle.descriptor

@@ -45,6 +45,11 @@ public final class CompletionPort: Sendable {
         public var stallThreshold: Duration = .milliseconds(5)
         /// Where the port logs (submission errors, stale completions, takeovers).
         public var logger = Logger(label: "ringport.port")
+        /// Provided buffers for multishot receives (``CompletionPort/receiveMultishot(_:context:)``): each
+        /// ring gets `count` buffers of `size` bytes, shared by all of its connections. nil (the
+        /// default): no multishot receive. When the kernel has no buffer rings (before 5.19) the
+        /// port is created without them and ``CompletionPort/supportsMultishotReceive`` is false.
+        public var providedBuffers: ProvidedBuffers?
         /// Test seam: answers `io_uring_setup` instead of the kernel (return nil to pass).
         var setupFault: (@Sendable (_ flags: UInt32) -> Int32?)?
         /// Test seam: `IORING_FEAT_*` bits to treat as absent.
@@ -68,6 +73,23 @@ public final class CompletionPort: Sendable {
         }
     }
 
+    /// The provided buffers of each ring.
+    public struct ProvidedBuffers: Hashable, Sendable {
+        /// Buffers per ring, a power of two up to 32768.
+        public var count: Int
+        /// Bytes per buffer: the most one receive completion delivers.
+        public var size: Int
+
+        /// `count` buffers of `size` bytes per ring.
+        public init(count: Int = 1024, size: Int = 16384) {
+            self.count = count
+            self.size = size
+        }
+    }
+
+    /// The buffer group RingPort registers its provided buffers under.
+    static let providedBufferGroup: UInt16 = 0
+
     /// Counters of a port, summed over its rings.
     public struct Statistics: Hashable, Sendable {
         /// Operations posted (each is one SQE).
@@ -90,6 +112,8 @@ public final class CompletionPort: Sendable {
         public var leaderTakeovers: UInt64 = 0
         /// Handles associated and not closed.
         public var openHandles = 0
+        /// Provided buffers the application holds (received, not released).
+        public var buffersOutstanding = 0
     }
 
     /// The configuration the port was built with.
@@ -121,13 +145,35 @@ public final class CompletionPort: Sendable {
                 .invalidArgument,
                 operation: "completionQueueEntries \(completionEntries) (ringEntries...65536)")
         }
+        if let buffers = configuration.providedBuffers {
+            guard buffers.count >= 1, buffers.count <= 32768, buffers.count & (buffers.count - 1) == 0,
+                  buffers.size >= 1, buffers.size <= 1 << 30
+            else {
+                throw RingPortError(
+                    .invalidArgument,
+                    operation: "providedBuffers \(buffers.count) × \(buffers.size) (count: a power of two up to 32768)")
+            }
+        }
         self.configuration = configuration
         var shards: [Shard] = []
         for index in 0..<configuration.ringCount {
             let ring = try IOURing(
                 entries: configuration.ringEntries, completionEntries: completionEntries,
                 setupHook: configuration.setupFault, hiddenFeatures: configuration.hiddenFeatures)
-            shards.append(try Shard(index: index, ring: ring, stallThreshold: configuration.stallThreshold, logger: configuration.logger))
+            var bufferRing: ProvidedBufferRing?
+            if let buffers = configuration.providedBuffers {
+                do {
+                    bufferRing = try ProvidedBufferRing(
+                        ring: ring, groupID: CompletionPort.providedBufferGroup,
+                        count: buffers.count, bufferSize: buffers.size)
+                } catch {
+                    configuration.logger.notice(
+                        "provided buffer rings are unavailable (\(error)); multishot receive is disabled")
+                }
+            }
+            shards.append(try Shard(
+                index: index, ring: ring, bufferRing: bufferRing,
+                stallThreshold: configuration.stallThreshold, logger: configuration.logger))
         }
         self.shards = shards
         attachedWorkers = LockedValue([Int](repeating: 0, count: shards.count))
@@ -140,6 +186,13 @@ public final class CompletionPort: Sendable {
 
     /// The number of rings.
     public var ringCount: Int { shards.count }
+
+    /// Whether ``receiveMultishot(_:context:)`` can be used: the port was configured with
+    /// ``Configuration/providedBuffers`` and the kernel registered them (Linux 5.19+; multishot
+    /// receive itself needs 6.0, see ``IOURingFeatures``).
+    public var supportsMultishotReceive: Bool {
+        shards.allSatisfy { $0.bufferRing != nil }
+    }
 
     // MARK: Handles
 
@@ -279,6 +332,7 @@ public final class CompletionPort: Sendable {
                 total.completionsWaiting += shard.ready.count
                 total.droppedCompletions += shard.droppedCompletionsLocked
                 total.openHandles += shard.handles.count
+                total.buffersOutstanding += shard.buffersOutstandingLocked
             }
         }
         return total
@@ -342,6 +396,7 @@ public final class CompletionPort: Sendable {
         var dropped = 0
         func drop(_ completion: Completion) {
             if let descriptor = completion.acceptedDescriptor { Glibc.close(descriptor) }
+            if let buffer = completion.receivedBuffer { shard.bufferRing?.recycleLocked(buffer.id) }
             completion.context?.endFlight()
             dropped += 1
         }

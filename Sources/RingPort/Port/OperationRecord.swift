@@ -5,9 +5,12 @@ struct OperationRecord {
     /// Holds the context (and so its buffer and scratch memory) alive until the completion.
     var context: IOContext?
     var handle: IOHandle?
-    /// For user posts: the result and value to deliver.
+    /// For user posts: the result and value to deliver. For zero-copy sends: the result of the
+    /// first CQE, delivered with the notification CQE that ends the operation.
     var postedResult: Int32
     var userValue: UInt64
+    /// A `SEND_ZC`: one completion is delivered, when the kernel no longer needs the buffer.
+    var isZeroCopy = false
 }
 
 /// The 64-bit `user_data` of an SQE: an in-flight table slot and its generation.

@@ -66,6 +66,9 @@ final class Shard: @unchecked Sendable {
     let doorbell: Int32
     /// Where the kernel writes the doorbell's 8-byte counter. Freed in `deinit`, after the ring.
     private let doorbellBuffer: UnsafeMutablePointer<UInt64>
+    /// Provided buffers for multishot receives, when the port was configured with them and the
+    /// kernel has buffer rings. Its accounting is guarded by `lock`.
+    let bufferRing: ProvidedBufferRing?
 
     // Guarded by `lock`.
     var operations: GenerationalTable<OperationRecord>
@@ -90,13 +93,16 @@ final class Shard: @unchecked Sendable {
     var doorbellRung = false
     var counters = Counters()
 
-    init(index: Int, ring: IOURing, stallThreshold: Duration, logger: Logger) throws(RingPortError) {
+    init(
+        index: Int, ring: IOURing, bufferRing: ProvidedBufferRing?, stallThreshold: Duration, logger: Logger
+    ) throws(RingPortError) {
         let doorbell = eventfd(0, Int32(EFD_CLOEXEC))
         guard doorbell >= 0 else {
             throw RingPortError(.systemCallFailed, operation: "eventfd for ring \(index)", errno: Errno(rawValue: Glibc.errno))
         }
         self.index = index
         self.ring = ring
+        self.bufferRing = bufferRing
         self.stallThreshold = stallThreshold.nanosecondsClamped
         self.logger = logger
         self.doorbell = doorbell
@@ -139,6 +145,7 @@ final class Shard: @unchecked Sendable {
         context: IOContext?,
         postedResult: Int32 = 0,
         userValue: UInt64 = 0,
+        isZeroCopy: Bool = false,
         prepare: (UnsafeMutablePointer<io_uring_sqe>) -> Void
     ) throws(RingPortError) {
         lock.lock()
@@ -154,7 +161,7 @@ final class Shard: @unchecked Sendable {
         }
         let address = operations.insert(OperationRecord(
             operation: operation, context: context, handle: handle,
-            postedResult: postedResult, userValue: userValue))
+            postedResult: postedResult, userValue: userValue, isZeroCopy: isZeroCopy))
         let userData = UserData(slot: address.slot, generation: address.generation)
         do {
             try enqueueLocked { entry in
@@ -361,6 +368,15 @@ final class Shard: @unchecked Sendable {
             return
         }
         let isFinal = entry.flags & IORING_CQE_F_MORE == 0
+        if operations[userData.slot].isZeroCopy {
+            // SEND_ZC: a result CQE (with F_MORE when a notification follows), then the
+            // notification CQE once the kernel no longer needs the buffer. One completion is
+            // delivered, at the end, with the first CQE's result.
+            if !isFinal {
+                operations[userData.slot].postedResult = entry.res
+                return
+            }
+        }
         let record = isFinal ? operations.remove(slot: userData.slot) : operations[userData.slot]
         if isFinal, let context = record.context {
             if let handle = record.handle {
@@ -368,15 +384,47 @@ final class Shard: @unchecked Sendable {
             }
             context.endKernelFlight()
         }
+        var receivedBuffer: ReceivedBuffer?
+        if entry.flags & IORING_CQE_F_BUFFER != 0, let bufferRing {
+            let id = UInt16(truncatingIfNeeded: entry.flags >> UInt32(IORING_CQE_BUFFER_SHIFT))
+            bufferRing.handOutLocked(id)
+            receivedBuffer = ReceivedBuffer(shard: self, id: id, count: Int(max(entry.res, 0)))
+        }
+        let result: Int32
+        if record.isZeroCopy && entry.flags & IORING_CQE_F_NOTIF != 0 {
+            result = record.postedResult
+        } else if record.operation == .user && entry.res >= 0 {
+            // A user post reports what was posted, unless its NOP was cancelled (port closing).
+            result = record.postedResult
+        } else {
+            result = entry.res
+        }
         counters.completed &+= 1
         ready.append(Completion(
             operation: record.operation,
-            // A user post reports what was posted, unless its NOP was cancelled (port closing).
-            result: record.operation == .user && entry.res >= 0 ? record.postedResult : entry.res,
+            result: result,
             flags: entry.flags,
             handle: record.handle,
             context: record.context,
-            userValue: record.userValue))
+            userValue: record.userValue,
+            receivedBuffer: receivedBuffer))
+    }
+
+    // MARK: Provided buffers
+
+    /// The bytes of a provided buffer. The buffer ring is immutable once set up.
+    func bufferRingBytes(of id: UInt16, count: Int) -> UnsafeRawBufferPointer {
+        bufferRing!.bytes(of: id, count: count)
+    }
+
+    /// Gives a provided buffer back to the kernel.
+    func recycleBuffer(_ id: UInt16) {
+        lock.withLock { bufferRing!.recycleLocked(id) }
+    }
+
+    /// Provided buffers the application holds now.
+    var buffersOutstandingLocked: Int {
+        bufferRing?.outstanding ?? 0
     }
 
     private func removeInflight(_ context: IOContext, from handle: IOHandle) {

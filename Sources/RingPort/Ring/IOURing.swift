@@ -110,6 +110,18 @@ final class IOURing {
         ring.deallocate()
     }
 
+    /// Registers a provided buffer ring (`IORING_REGISTER_PBUF_RING`); 0 or a negated errno.
+    func registerBufferRing(_ registration: inout io_uring_buf_reg) -> Int32 {
+        io_uring_register_buf_ring(ring, &registration, 0)
+    }
+
+    /// The kernel's opcode probe: whether `opcode` is supported.
+    func supports(opcode: Int32) -> Bool {
+        guard let probe = io_uring_get_probe_ring(ring) else { return false }
+        defer { io_uring_free_probe(probe) }
+        return io_uring_opcode_supported(probe, opcode) != 0
+    }
+
     // MARK: Submission side (caller serialises)
 
     /// The next free SQE, or nil when the submission queue is full. The entry is not seen by

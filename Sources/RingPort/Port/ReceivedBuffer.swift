@@ -1,0 +1,34 @@
+/// A provided buffer the kernel filled for a multishot receive (``CompletionPort/receiveMultishot(_:context:)``).
+///
+/// The application owns the buffer from the moment it dequeues the completion until it calls
+/// ``release()``, which gives it back to the ring's pool for the kernel to fill again. Keep it as
+/// long as its bytes are needed (e.g. until a write of them completes) and release it exactly
+/// once; releasing twice traps. Until released, the buffer is unavailable to every connection of
+/// its ring, so hold buffers briefly.
+///
+/// Thread-safety: a value type that may be passed between threads with its ownership;
+/// ``release()`` may be called from any thread (it takes the ring's lock).
+public struct ReceivedBuffer: Sendable {
+    let shard: Shard
+    /// The buffer's ID in its ring.
+    public let id: UInt16
+    /// The number of bytes received into it.
+    public let count: Int
+
+    /// Calls `body` with the received bytes. Do not use the pointer after ``release()``.
+    public func withUnsafeBytes<Result, Failure: Error>(
+        _ body: (UnsafeRawBufferPointer) throws(Failure) -> Result
+    ) throws(Failure) -> Result {
+        try body(shard.bufferRingBytes(of: id, count: count))
+    }
+
+    /// The received bytes, copied into an array.
+    public var bytes: [UInt8] {
+        withUnsafeBytes { Array($0) }
+    }
+
+    /// Gives the buffer back to the kernel. Call once.
+    public func release() {
+        shard.recycleBuffer(id)
+    }
+}

@@ -1,0 +1,153 @@
+import CLiburing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What the running kernel's io_uring offers of what RingPort uses, found by trying it.
+///
+/// ``probe()`` sets up a small ring of its own and exercises each feature on loopback sockets
+/// (a listener on 127.0.0.1 with an ephemeral port, a socket pair): an opcode the probe table
+/// lists may still reject a flag, so flags are tested by use, not by version number.
+///
+/// A value type, safe to pass between threads.
+public struct IOURingFeatures: Hashable, Sendable, CustomStringConvertible {
+    /// The kernel release (`uname -r`).
+    public var kernelRelease: String
+    /// `IORING_SETUP_SUBMIT_ALL` (5.18): a bad SQE does not stop the rest of a batch.
+    public var submitAll = false
+    /// `IORING_SETUP_COOP_TASKRUN` with `TASKRUN_FLAG` (5.19): no interrupt to run task work.
+    public var cooperativeTaskRun = false
+    /// Multishot accept (5.19): one SQE accepts every connection.
+    public var multishotAccept = false
+    /// Provided buffer rings (5.19): `IORING_REGISTER_PBUF_RING`.
+    public var providedBufferRings = false
+    /// Multishot receive into provided buffers (6.0).
+    public var multishotReceive = false
+    /// Zero-copy send, `IORING_OP_SEND_ZC` (6.0).
+    public var zeroCopySend = false
+
+    /// Probes the kernel. Takes a few milliseconds.
+    ///
+    /// - Throws: ``RingPortError`` when io_uring cannot be set up at all (with the cause and the
+    ///   fix), or a loopback socket cannot be created.
+    public static func probe() throws(RingPortError) -> IOURingFeatures {
+        var features = IOURingFeatures(kernelRelease: kernelRelease())
+        let ring = try IOURing(entries: 8, completionEntries: 16)
+        features.submitAll = ring.setupFlags & IORING_SETUP_SUBMIT_ALL != 0
+        features.cooperativeTaskRun = ring.setupFlags & IORING_SETUP_COOP_TASKRUN != 0
+        features.zeroCopySend = ring.supports(opcode: Int32(IORING_OP_SEND_ZC.rawValue))
+        features.multishotAccept = try probeMultishotAccept(ring)
+        let buffers = try? ProvidedBufferRing(ring: ring, groupID: 1, count: 2, bufferSize: 64)
+        if let buffers {
+            features.providedBufferRings = true
+            features.multishotReceive = try probeMultishotReceive(ring, buffers: buffers)
+        }
+        // The buffers outlive the ring that uses them.
+        ring.close()
+        withExtendedLifetime(buffers) {}
+        return features
+    }
+
+    /// A report for people: each feature, and what RingPort does without it.
+    public var description: String {
+        func line(_ present: Bool, _ name: String, _ fallback: String) -> String {
+            present ? "  yes  \(name)" : "  no   \(name) -> \(fallback)"
+        }
+        return [
+            "io_uring features of Linux \(kernelRelease):",
+            line(true, "io_uring with NODROP and EXT_ARG (5.11)", ""),
+            line(submitAll, "SUBMIT_ALL (5.18)", "a bad SQE ends its batch; the rest is submitted again"),
+            line(cooperativeTaskRun, "COOP_TASKRUN + TASKRUN_FLAG (5.19)", "task work interrupts the leader"),
+            line(multishotAccept, "multishot accept (5.19)", "a pool of pre-posted single accepts"),
+            line(providedBufferRings, "provided buffer rings (5.19)", "one receive buffer per connection"),
+            line(multishotReceive, "multishot receive (6.0)", "one receive per message into a per-connection buffer"),
+            line(zeroCopySend, "zero-copy send (6.0)", "plain send for every size"),
+        ].joined(separator: "\n")
+    }
+
+    // MARK: Probes
+
+    private static func kernelRelease() -> String {
+        var names = utsname()
+        uname(&names)
+        return withUnsafeBytes(of: names.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+    }
+
+    /// Posts a multishot accept on a loopback listener, connects to it, and looks at the result:
+    /// `EINVAL` means the flag is unknown.
+    private static func probeMultishotAccept(_ ring: IOURing) throws(RingPortError) -> Bool {
+        let listener = try TCPSocket.makeListener(address: SocketAddress(host: "127.0.0.1", port: 0))
+        defer { close(listener) }
+        let address = try TCPSocket.localAddress(of: listener)
+        try submit(ring) { entry in
+            io_uring_prep_multishot_accept(entry, listener, nil, nil, Int32(SOCK_CLOEXEC.rawValue))
+            io_uring_sqe_set_data64(entry, 1)
+        }
+        let client = try TCPSocket.connect(to: address)
+        defer { close(client) }
+        let first = waitForCompletion(ring)
+        if let first, first.res >= 0 { close(first.res) }
+        let supported = first.map { $0.res >= 0 && $0.flags & IORING_CQE_F_MORE != 0 } ?? false
+        if supported { try cancelAndDrain(ring, userData: 1) }
+        return supported
+    }
+
+    /// Posts a multishot receive with buffer selection on a socket pair and sends one byte.
+    private static func probeMultishotReceive(_ ring: IOURing, buffers: ProvidedBufferRing) throws(RingPortError) -> Bool {
+        var pair: [Int32] = [0, 0]
+        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0 else {
+            throw RingPortError(.systemCallFailed, operation: "socketpair", errno: .init(rawValue: errno))
+        }
+        defer { close(pair[0]); close(pair[1]) }
+        let group = buffers.groupID
+        try submit(ring) { entry in
+            io_uring_prep_recv_multishot(entry, pair[0], nil, 0, 0)
+            entry.pointee.flags |= CLiburing_IOSQE_BUFFER_SELECT
+            entry.pointee.buf_group = group
+            io_uring_sqe_set_data64(entry, 2)
+        }
+        var byte: UInt8 = 1
+        _ = write(pair[1], &byte, 1)
+        let first = waitForCompletion(ring)
+        let supported = first.map {
+            $0.res == 1 && $0.flags & IORING_CQE_F_MORE != 0 && $0.flags & IORING_CQE_F_BUFFER != 0
+        } ?? false
+        if supported { try cancelAndDrain(ring, userData: 2) }
+        return supported
+    }
+
+    private static func submit(_ ring: IOURing, _ fill: (UnsafeMutablePointer<io_uring_sqe>) -> Void) throws(RingPortError) {
+        guard let entry = ring.nextSubmissionEntry() else {
+            throw RingPortError(.submissionFailed, operation: "io_uring feature probe: submission queue full")
+        }
+        fill(entry)
+        let result = ring.enter(toSubmit: ring.flushSubmissions(), waitFor: 0, timeout: nil)
+        if result < 0 {
+            throw RingPortError(.submissionFailed, operation: "io_uring feature probe", errno: .init(rawValue: -result))
+        }
+    }
+
+    /// Waits up to a second for one completion and consumes it.
+    private static func waitForCompletion(_ ring: IOURing) -> io_uring_cqe? {
+        _ = ring.enter(toSubmit: 0, waitFor: 1, timeout: 1_000_000_000)
+        return withUnsafeTemporaryAllocation(of: UnsafeMutablePointer<io_uring_cqe>?.self, capacity: 1) { batch in
+            guard ring.peekCompletions(into: batch) == 1 else { return nil }
+            let entry = batch[0].unsafelyUnwrapped.pointee
+            ring.advanceCompletions(by: 1)
+            return entry
+        }
+    }
+
+    /// Cancels the multishot operation with `userData` and consumes completions until it ends.
+    private static func cancelAndDrain(_ ring: IOURing, userData: UInt64) throws(RingPortError) {
+        try submit(ring) { entry in
+            io_uring_prep_cancel64(entry, userData, 0)
+            io_uring_sqe_set_data64(entry, 99)
+        }
+        for _ in 0..<8 {
+            guard let entry = waitForCompletion(ring) else { return }
+            if entry.user_data == userData && entry.flags & IORING_CQE_F_MORE == 0 { return }
+        }
+    }
+}

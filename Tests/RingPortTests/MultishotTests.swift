@@ -1,0 +1,187 @@
+import Foundation
+import RingPort
+import SystemPackage
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension RingPortTests {
+    @Suite struct MultishotTests {
+        @Test func probeFindsTheFeaturesOfThisKernel() throws {
+            let features = try IOURingFeatures.probe()
+            // The machines this project runs on have Linux 6.x; the fallbacks are tested by
+            // disabling features, not by this probe.
+            #expect(features.multishotAccept)
+            #expect(features.providedBufferRings)
+            #expect(features.multishotReceive)
+            #expect(features.zeroCopySend)
+            #expect(features.description.contains("multishot receive (6.0)"))
+        }
+
+        @Test func multishotAcceptCompletesOncePerConnection() throws {
+            let port = try makeSingleRingPort()
+            let worker = port.makeWorker()
+            let listenerDescriptor = try TCPSocket.makeListener(address: SocketAddress(host: "127.0.0.1", port: 0))
+            let address = try TCPSocket.localAddress(of: listenerDescriptor)
+            let listener = try port.associate(descriptor: listenerDescriptor)
+            let context = IOContext(capacity: 0)
+            try port.acceptMultishot(on: listener, context: context)
+            let clients = try (0..<5).map { _ in try TCPSocket.connect(to: address) }
+            var accepted: [Int32] = []
+            while accepted.count < 5 {
+                let completion = try #require(try worker.dequeue(timeout: .seconds(5)))
+                #expect(completion.operation == .accept)
+                #expect(completion.hasMore)
+                #expect(context.isInFlight, "the context stays with the port while the accept goes on")
+                accepted.append(try #require(completion.acceptedDescriptor))
+            }
+            #expect(Set(accepted).count == 5)
+            // Cancelling ends it with one last completion that hands the context back.
+            #expect(try port.cancel(context))
+            let last = try #require(try worker.dequeue(timeout: .seconds(5)))
+            #expect(!last.hasMore)
+            #expect(last.isCancelled)
+            #expect(!context.isInFlight)
+            accepted.forEach { close($0) }
+            clients.forEach { close($0) }
+            port.close(listener)
+            worker.detach()
+            port.close()
+        }
+
+        @Test func multishotReceiveFillsProvidedBuffersUntilThePeerCloses() throws {
+            var configuration = CompletionPort.Configuration()
+            configuration.ringCount = 1
+            configuration.providedBuffers = .init(count: 8, size: 64)
+            let port = try CompletionPort(configuration: configuration)
+            #expect(port.supportsMultishotReceive)
+            let worker = port.makeWorker()
+            let (left, right) = try makeSocketPair()
+            let handle = try port.associate(descriptor: left)
+            let context = IOContext(capacity: 0)
+            try port.receiveMultishot(handle, context: context)
+
+            var received: [UInt8] = []
+            let message = Array((0..<200).map { UInt8($0) })
+            #expect(write(right, message, message.count) == message.count)
+            while received.count < message.count {
+                let completion = try #require(try worker.dequeue(timeout: .seconds(5)))
+                #expect(completion.operation == .read)
+                #expect(completion.hasMore)
+                let buffer = try #require(completion.receivedBuffer)
+                #expect(buffer.count == completion.bytesTransferred)
+                #expect(buffer.count <= 64)
+                received += buffer.bytes
+                buffer.release()
+            }
+            #expect(received == message)
+            #expect(port.statistics.buffersOutstanding == 0)
+
+            close(right)
+            let end = try #require(try worker.dequeue(timeout: .seconds(5)))
+            #expect(end.bytesTransferred == 0)
+            #expect(end.error == nil)
+            #expect(!end.hasMore)
+            #expect(end.receivedBuffer == nil)
+            #expect(!context.isInFlight)
+            port.close(handle)
+            worker.detach()
+            port.close()
+        }
+
+        @Test func exhaustedBuffersEndTheReceiveWithENOBUFSAndItResumes() throws {
+            var configuration = CompletionPort.Configuration()
+            configuration.ringCount = 1
+            configuration.providedBuffers = .init(count: 2, size: 16)
+            let port = try CompletionPort(configuration: configuration)
+            let worker = port.makeWorker()
+            let (left, right) = try makeSocketPair()
+            let handle = try port.associate(descriptor: left)
+            let context = IOContext(capacity: 0)
+            try port.receiveMultishot(handle, context: context)
+
+            // Hold every buffer: the third arrival finds the ring empty.
+            var held: [ReceivedBuffer] = []
+            var sawNoBuffers = false
+            var received = 0
+            let total = 16 * 6
+            var sent = 0
+            while !sawNoBuffers {
+                if sent < total {
+                    #expect(write(right, [UInt8](repeating: 7, count: 16), 16) == 16)
+                    sent += 16
+                }
+                let completion = try #require(try worker.dequeue(timeout: .seconds(5)))
+                if let buffer = completion.receivedBuffer {
+                    received += buffer.count
+                    held.append(buffer)
+                } else if completion.error == .noBufferSpace {
+                    #expect(!completion.hasMore)
+                    sawNoBuffers = true
+                }
+            }
+            #expect(port.statistics.buffersOutstanding == 2)
+            held.forEach { $0.release() }
+            held.removeAll()
+            // Buffers are back: post again and get the rest.
+            try port.receiveMultishot(handle, context: context)
+            while received < total {
+                if sent < total {
+                    #expect(write(right, [UInt8](repeating: 7, count: 16), 16) == 16)
+                    sent += 16
+                }
+                let completion = try #require(try worker.dequeue(timeout: .seconds(5)))
+                if let buffer = completion.receivedBuffer {
+                    received += buffer.count
+                    buffer.release()
+                } else if completion.error == .noBufferSpace {
+                    try port.receiveMultishot(handle, context: context)
+                }
+            }
+            #expect(received == total)
+            port.close(handle)
+            _ = try worker.dequeue(timeout: .seconds(5))  // the cancelled receive
+            close(right)
+            worker.detach()
+            port.close()
+            #expect(port.statistics.buffersOutstanding == 0)
+        }
+
+        @Test func zeroCopySendCompletesOnceWithTheBytesSent() throws {
+            let port = try makeSingleRingPort()
+            let worker = port.makeWorker()
+            let listener = try TCPSocket.makeListener(address: SocketAddress(host: "127.0.0.1", port: 0))
+            defer { close(listener) }
+            let peer = try TCPSocket.connect(to: TCPSocket.localAddress(of: listener))
+            defer { close(peer) }
+            let accepted = accept(listener, nil, nil)
+            let handle = try port.associate(descriptor: accepted)
+            let payload = SeededGenerator(state: 5).bytesArray(count: 200_000)
+            let context = IOContext(capacity: payload.count)
+            context.copyBytes(from: payload)
+            try port.writeZeroCopy(handle, from: context, range: 0..<payload.count)
+            var received: [UInt8] = []
+            var buffer = [UInt8](repeating: 0, count: 65536)
+            var sent = 0
+            while received.count < payload.count {
+                let count = recv(peer, &buffer, buffer.count, Int32(MSG_DONTWAIT))
+                if count > 0 { received += buffer[0..<count] }
+                if let completion = try worker.dequeue(timeout: .milliseconds(1)) {
+                    #expect(completion.operation == .write)
+                    #expect(!completion.hasMore)
+                    #expect(!context.isInFlight, "the context comes back only with the notification")
+                    sent += completion.bytesTransferred
+                    if sent < payload.count {
+                        try port.writeZeroCopy(handle, from: context, range: sent..<payload.count)
+                    }
+                }
+            }
+            #expect(received == payload)
+            port.close(handle)
+            worker.detach()
+            port.close()
+        }
+    }
+}
