@@ -1,8 +1,9 @@
 import ArgumentParser
 import Logging
 import RingPort
+import RingPortServer
 
-/// Options every server command shares: where to listen, the port's shape, logging.
+/// Options every server command shares: where to listen, the port's shape, the limits, logging.
 struct ServerOptions: ParsableArguments {
     @Option(help: "The address to listen on (numeric IPv4 or IPv6, or localhost).")
     var host = "127.0.0.1"
@@ -22,12 +23,53 @@ struct ServerOptions: ParsableArguments {
     @Option(help: "Completion queue entries per ring (default: max(4096, 2 × ring entries)).")
     var completionEntries: UInt32?
 
+    @Option(help: "Provided receive buffers per ring (a power of two); 0 disables multishot receive.")
+    var bufferCount = 1024
+
+    @Option(help: "Bytes per receive buffer (provided buffers, or the per-connection buffer without them).")
+    var bufferSize = 16384
+
+    @Option(help: "Connections open at once; more are closed as soon as they are accepted.")
+    var maxConnections = 16384
+
+    @Option(help: "Seconds without progress before a connection is closed (0: never).")
+    var idleTimeout: Double = 60
+
+    @Option(help: "Bytes queued for sending per connection beyond which the server stops reading from it.")
+    var maxWriteQueue = 1 << 20
+
+    @Option(help: "Writes at least this large use a zero-copy send.")
+    var zeroCopyThreshold = 64 * 1024
+
+    @Option(help: "How to accept: auto (multishot where the kernel has it), multishot, or pool.")
+    var accept: AcceptOption = .auto
+
+    @Option(help: "Accepts kept posted with --accept pool.")
+    var acceptDepth = 16
+
+    @Option(help: "The listen(2) backlog.")
+    var backlog: Int32 = 1024
+
+    @Flag(help: "Set SO_REUSEPORT so that several servers can share the port.")
+    var reusePort = false
+
+    @Option(help: "Seconds a shutdown waits for connections to finish before closing them.")
+    var gracePeriod: Double = 10
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: Logger.Level = .info
+
+    enum AcceptOption: String, ExpressibleByArgument, CaseIterable {
+        case auto, multishot, pool
+    }
 
     func validate() throws {
         if let workers, workers < 1 { throw ValidationError("--workers must be at least 1") }
         if let rings, rings < 1 { throw ValidationError("--rings must be at least 1") }
+        if bufferCount < 0 || (bufferCount > 0 && bufferCount & (bufferCount - 1) != 0) {
+            throw ValidationError("--buffer-count must be 0 or a power of two")
+        }
+        if idleTimeout < 0 || gracePeriod < 0 { throw ValidationError("timeouts must not be negative") }
     }
 
     /// Sets up logging to standard error at the chosen level. Call once.
@@ -40,13 +82,35 @@ struct ServerOptions: ParsableArguments {
         }
     }
 
-    func portConfiguration(logger: Logger) -> CompletionPort.Configuration {
-        var configuration = CompletionPort.Configuration()
-        if let workers { configuration.workerCount = workers }
-        if let rings { configuration.ringCount = rings }
-        configuration.ringEntries = ringEntries
-        configuration.completionQueueEntries = completionEntries
-        configuration.logger = logger
+    /// The server configuration these options describe.
+    func serverConfiguration(label: String) throws -> TCPServer.Configuration {
+        let address: SocketAddress
+        do {
+            address = try SocketAddress(host: host, port: port)
+        } catch {
+            throw ValidationError(error.description)
+        }
+        var configuration = TCPServer.Configuration(address: address)
+        if let workers { configuration.port.workerCount = workers }
+        if let rings { configuration.port.ringCount = rings }
+        configuration.port.ringEntries = ringEntries
+        configuration.port.completionQueueEntries = completionEntries
+        configuration.port.providedBuffers = bufferCount > 0 ? .init(count: bufferCount, size: bufferSize) : nil
+        configuration.port.logger = Logger(label: "ringport.port")
+        configuration.receiveBufferSize = bufferSize
+        configuration.maximumConnections = maxConnections
+        configuration.idleTimeout = idleTimeout > 0 ? .milliseconds(Int64(idleTimeout * 1000)) : nil
+        configuration.maximumQueuedWriteBytes = maxWriteQueue
+        configuration.zeroCopyThreshold = zeroCopyThreshold
+        configuration.listener.backlog = backlog
+        configuration.listener.reusePort = reusePort
+        switch accept {
+        case .auto: configuration.acceptStrategy = .automatic
+        case .multishot: configuration.acceptStrategy = .multishot
+        case .pool: configuration.acceptStrategy = .pool(depth: acceptDepth)
+        }
+        configuration.label = label
+        configuration.logger = Logger(label: "ringport.\(label)")
         return configuration
     }
 }

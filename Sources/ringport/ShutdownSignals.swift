@@ -26,19 +26,25 @@ struct ShutdownSignals {
         return received
     }
 
-    /// Starts a thread that exits the process at once (status 130) on the next signal, for a
-    /// user who does not want to wait for a graceful shutdown.
-    func exitOnNextSignal() {
+    /// Starts a thread that runs `action` when the next SIGINT or SIGTERM arrives.
+    func onNextSignal(_ action: @escaping @Sendable () -> Void) {
+        final class Box: Sendable {
+            let action: @Sendable () -> Void
+            init(_ action: @escaping @Sendable () -> Void) { self.action = action }
+        }
         var thread = pthread_t()
-        pthread_create(&thread, nil, { _ in
+        let box = Unmanaged.passRetained(Box(action))
+        pthread_create(&thread, nil, { argument in
+            let box = Unmanaged<Box>.fromOpaque(argument!).takeRetainedValue()
             var set = sigset_t()
             sigemptyset(&set)
             sigaddset(&set, SIGINT)
             sigaddset(&set, SIGTERM)
             var received: Int32 = 0
             while sigwait(&set, &received) != 0 {}
-            _exit(130)
-        }, nil)
+            box.action()
+            return nil
+        }, box.toOpaque())
         pthread_detach(thread)
     }
 }

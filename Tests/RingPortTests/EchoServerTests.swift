@@ -7,25 +7,61 @@ import Testing
 import Glibc
 #endif
 
-/// Starts an echo server on an ephemeral loopback port, runs `body`, and shuts it down.
-func withEchoServer<Result>(
-    configure: (inout EchoServer.Configuration) -> Void = { _ in },
-    _ body: (EchoServer) throws -> Result
-) throws -> Result {
-    var configuration = EchoServer.Configuration(address: try SocketAddress(host: "127.0.0.1", port: 0))
+/// A server configuration on an ephemeral loopback port, logging warnings only.
+func testServerConfiguration() throws -> TCPServer.Configuration {
+    var configuration = TCPServer.Configuration(address: try SocketAddress(host: "127.0.0.1", port: 0))
     configuration.port.logger.logLevel = .warning
     configuration.logger.logLevel = .warning
+    return configuration
+}
+
+/// Starts a server with `handler` (the echo handler by default) on an ephemeral loopback port,
+/// runs `body`, and shuts it down.
+func withServer<Result>(
+    handler: some ConnectionHandler = EchoHandler(),
+    configure: (inout TCPServer.Configuration) -> Void = { _ in },
+    _ body: (TCPServer) throws -> Result
+) throws -> Result {
+    var configuration = try testServerConfiguration()
     configure(&configuration)
-    let server = try EchoServer(configuration: configuration)
+    let server = try TCPServer(configuration: configuration, handler: handler)
     try server.start()
-    defer { server.shutdown() }
+    defer { server.shutdown(gracePeriod: .seconds(2)) }
     return try body(server)
+}
+
+/// Waits until the server's in-flight operations stop changing (accepts, timers armed) and
+/// returns their number.
+func settledOperationsInFlight(_ server: TCPServer) -> Int {
+    var last = -1
+    for _ in 0..<100 {
+        let now = server.portStatistics.operationsInFlight
+        if now == last { return now }
+        last = now
+        usleep(10_000)
+    }
+    return last
+}
+
+/// The two receive paths and accept strategies a server can run with.
+enum ServerMode: String, CaseIterable, CustomTestStringConvertible {
+    case multishot, plain
+
+    func apply(_ configuration: inout TCPServer.Configuration) {
+        if self == .plain {
+            configuration.port.providedBuffers = nil
+            configuration.acceptStrategy = .pool(depth: 8)
+        }
+    }
+
+    var testDescription: String { rawValue }
 }
 
 extension RingPortTests {
     @Suite struct EchoServerTests {
-        @Test func echoesRandomPayloadsExactlyToManyConcurrentClients() throws {
-            try withEchoServer { server in
+        @Test(arguments: ServerMode.allCases)
+        func echoesRandomPayloadsExactlyToManyConcurrentClients(mode: ServerMode) throws {
+            try withServer(configure: mode.apply) { server in
                 EchoLoad(connections: 128, messagesPerConnection: 3, maximumMessageSize: 256 * 1024, seed: 42)
                     .expectCleanRun(against: server.localAddress)
                 #expect(eventually { server.statistics.open == 0 })
@@ -33,11 +69,12 @@ extension RingPortTests {
             }
         }
 
-        @Test func peerCloseAndPeerResetFreeEverything() throws {
+        @Test(arguments: ServerMode.allCases)
+        func peerCloseAndPeerResetFreeEverything(mode: ServerMode) throws {
             var descriptorsWithIdleServer = 0
-            try withEchoServer { server in
+            try withServer(configure: mode.apply) { server in
                 // Let the workers settle (doorbells armed, accepts submitted).
-                #expect(eventually { server.portStatistics.operationsInFlight == server.configuration.acceptDepth })
+                let idleOperations = settledOperationsInFlight(server)
                 descriptorsWithIdleServer = openDescriptorCount()
                 let idleHandles = server.portStatistics.openHandles
 
@@ -67,8 +104,9 @@ extension RingPortTests {
                 #expect(eventually { server.statistics.open == 0 })
                 #expect(server.statistics.closed == 60)
                 #expect(eventually { server.portStatistics.openHandles == idleHandles })
-                #expect(eventually { server.portStatistics.operationsInFlight == server.configuration.acceptDepth })
+                #expect(eventually { server.portStatistics.operationsInFlight == idleOperations })
                 #expect(eventually { openDescriptorCount() == descriptorsWithIdleServer })
+                #expect(server.portStatistics.buffersOutstanding == 0)
                 #expect(server.portStatistics.staleCompletions == 0)
 
                 // Still serving.
@@ -79,12 +117,15 @@ extension RingPortTests {
             }
         }
 
-        @Test func tinyRingsUnderHeavyLoadLoseNothing() throws {
-            try withEchoServer(configure: {
+        @Test(arguments: ServerMode.allCases)
+        func tinyRingsUnderHeavyLoadLoseNothing(mode: ServerMode) throws {
+            try withServer(configure: {
                 $0.port.ringEntries = 4
                 $0.port.completionQueueEntries = 8
                 $0.port.ringCount = 1
-                $0.bufferSize = 1024
+                $0.port.providedBuffers = .init(count: 64, size: 1024)
+                $0.receiveBufferSize = 1024
+                mode.apply(&$0)
             }) { server in
                 EchoLoad(connections: 300, messagesPerConnection: 4, maximumMessageSize: 16 * 1024, seed: 7)
                     .expectCleanRun(against: server.localAddress)
@@ -99,9 +140,7 @@ extension RingPortTests {
 
         @Test func shutdownClosesEveryConnectionAndDescriptor() throws {
             let descriptorsBefore = openDescriptorCount()
-            var configuration = EchoServer.Configuration(address: try SocketAddress(host: "127.0.0.1", port: 0))
-            configuration.logger.logLevel = .warning
-            let server = try EchoServer(configuration: configuration)
+            let server = try TCPServer(configuration: testServerConfiguration(), handler: EchoHandler())
             try server.start()
             var clients: [BlockingClient] = []
             for _ in 0..<20 {

@@ -61,14 +61,26 @@ public enum TCPSocket {
     /// The address a socket is bound to (`getsockname`), e.g. to learn the port the kernel
     /// chose for port 0.
     public static func localAddress(of descriptor: Int32) throws(RingPortError) -> SocketAddress {
+        try address(of: descriptor, "getsockname", getsockname)
+    }
+
+    /// The address of a connected socket's peer (`getpeername`).
+    public static func peerAddress(of descriptor: Int32) throws(RingPortError) -> SocketAddress {
+        try address(of: descriptor, "getpeername", getpeername)
+    }
+
+    private static func address(
+        of descriptor: Int32, _ name: String,
+        _ call: (Int32, UnsafeMutablePointer<sockaddr>, UnsafeMutablePointer<socklen_t>) -> Int32
+    ) throws(RingPortError) -> SocketAddress {
         var storage = sockaddr_storage()
         var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
         let result = withUnsafeMutablePointer(to: &storage) { pointer in
-            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(descriptor, $0, &length) }
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { call(descriptor, $0, &length) }
         }
-        try check(result, "getsockname")
+        try check(result, name)
         guard let address = SocketAddress(storage: storage, length: length) else {
-            throw RingPortError(.invalidArgument, operation: "getsockname: not an IP socket")
+            throw RingPortError(.invalidArgument, operation: "\(name): not an IP socket")
         }
         return address
     }

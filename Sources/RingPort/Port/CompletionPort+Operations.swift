@@ -45,6 +45,23 @@ extension CompletionPort {
         }
     }
 
+    /// Posts a send of the bytes in `range` of a provided buffer received earlier (e.g. to echo
+    /// them without a copy). `context` carries the operation (its own buffer is not used). The
+    /// application keeps owning the buffer: release it after this write completes, not before.
+    public func write(
+        _ handle: IOHandle, from buffer: ReceivedBuffer, range: Range<Int>, context: IOContext
+    ) throws(RingPortError) {
+        guard range.lowerBound >= 0, range.upperBound <= buffer.count else {
+            throw RingPortError(.invalidArgument, operation: "write range \(range) of a \(buffer.count)-byte received buffer")
+        }
+        let descriptor = handle.descriptor
+        let bytes = buffer.withUnsafeBytes { $0.baseAddress! } + range.lowerBound
+        try shards[handle.shardIndex].post(.write, handle: handle, context: context) { entry in
+            // The provided buffer's memory belongs to the ring and stays mapped while the port lives.
+            io_uring_prep_send(entry, descriptor, bytes, range.count, Int32(MSG_NOSIGNAL))
+        }
+    }
+
     /// Posts an accept on a listening socket (`OP_ACCEPT`, like `AcceptEx`). The completion's
     /// ``Completion/acceptedDescriptor`` is the new connection (close-on-exec), owned by the
     /// application; ``IOContext/acceptedPeerAddress`` is the peer's address.

@@ -94,8 +94,10 @@ public final class CompletionPort: Sendable {
     public struct Statistics: Hashable, Sendable {
         /// Operations posted (each is one SQE).
         public var submittedOperations: UInt64 = 0
-        /// Completions reaped (one per single-shot operation).
+        /// Operations that ended (their last completion was reaped).
         public var completedOperations: UInt64 = 0
+        /// Completions reaped: one per single-shot operation, one per result of a multishot one.
+        public var completions: UInt64 = 0
         /// Operations the kernel owns now.
         public var operationsInFlight = 0
         /// Completions reaped and waiting to be dequeued.
@@ -114,6 +116,9 @@ public final class CompletionPort: Sendable {
         public var openHandles = 0
         /// Provided buffers the application holds (received, not released).
         public var buffersOutstanding = 0
+
+        /// All zero.
+        public init() {}
     }
 
     /// The configuration the port was built with.
@@ -324,6 +329,7 @@ public final class CompletionPort: Sendable {
                 let counters = shard.counters
                 total.submittedOperations += counters.submitted
                 total.completedOperations += counters.completed
+                total.completions += counters.completions
                 total.staleCompletions += counters.stale
                 total.kernelEnters += counters.enterCalls
                 total.submissionQueueFullEvents += counters.submissionQueueFull

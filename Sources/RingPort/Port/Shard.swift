@@ -45,6 +45,7 @@ final class Shard: @unchecked Sendable {
     struct Counters {
         var submitted: UInt64 = 0
         var completed: UInt64 = 0
+        var completions: UInt64 = 0
         var stale: UInt64 = 0
         var internalCompletions: UInt64 = 0
         var enterCalls: UInt64 = 0
@@ -399,7 +400,8 @@ final class Shard: @unchecked Sendable {
         } else {
             result = entry.res
         }
-        counters.completed &+= 1
+        counters.completions &+= 1
+        if isFinal { counters.completed &+= 1 }
         ready.append(Completion(
             operation: record.operation,
             result: result,

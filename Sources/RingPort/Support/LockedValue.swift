@@ -4,17 +4,19 @@
 /// mutexes, and RingPort's test suite runs under it.
 ///
 /// Thread-safety: ``withLock(_:)`` may be called from any thread.
-final class LockedValue<Value>: @unchecked Sendable {
+///
+/// `package`: shared with the package's other modules, not part of RingPort's public API.
+package final class LockedValue<Value>: @unchecked Sendable {
     // @unchecked: `value` is only touched inside `lock`.
     private let lock = ConditionMutex()
     private var value: Value
 
-    init(_ value: Value) {
+    package init(_ value: Value) {
         self.value = value
     }
 
     /// Runs `body` with exclusive access to the value.
-    func withLock<Result, Failure: Error>(_ body: (inout Value) throws(Failure) -> Result) throws(Failure) -> Result {
+    package func withLock<Result, Failure: Error>(_ body: (inout Value) throws(Failure) -> Result) throws(Failure) -> Result {
         lock.lock()
         defer { lock.unlock() }
         return try body(&value)

@@ -1,0 +1,422 @@
+import DequeModule
+import RingPort
+import Synchronization
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One accepted TCP connection of a ``TCPServer``.
+///
+/// ## Threads
+/// Use a connection only inside the ``ConnectionHandler`` callbacks of that connection: the port
+/// runs them one at a time, so the connection needs no lock. (The server reaches a connection
+/// from other threads only by posting a completion on its handle, which the port serialises
+/// with the rest.)
+///
+/// ## Writing
+/// Writes are queued in order and sent one at a time; a short send is finished before the next
+/// bytes go. ``write(_:)-(UnsafeRawBufferPointer)`` copies into pooled buffers, so the caller's
+/// bytes are free at once; ``write(_:)-(ReceivedBytes)`` sends received bytes back without a
+/// copy; ``write(_:range:)`` sends from the application's own context, with a zero-copy send when
+/// the range is at least ``TCPServer/Configuration/zeroCopyThreshold`` bytes. When more than
+/// ``TCPServer/Configuration/maximumQueuedWriteBytes`` are queued, the connection stops reading
+/// until half of that is sent: a peer that does not read cannot make the server buffer without
+/// bound.
+public final class Connection: @unchecked Sendable {
+    // @unchecked: the mutable state is confined to the connection's callbacks, which the port
+    // serialises (see above); `lastProgress` is atomic because the idle sweep reads it.
+
+    /// Why a connection closed.
+    public enum CloseReason: Hashable, Sendable, CustomStringConvertible {
+        /// The peer closed its side (end of stream) and everything queued was sent.
+        case peerClosed
+        /// The handler called ``Connection/close()``.
+        case closedByHandler
+        /// A receive or send failed (reset by the peer, broken pipe, ...).
+        case failed(Errno)
+        /// No progress for longer than ``TCPServer/Configuration/idleTimeout``.
+        case idleTimeout
+        /// The server shut down.
+        case serverShutdown
+
+        public var description: String {
+            switch self {
+            case .peerClosed: "peer closed"
+            case .closedByHandler: "closed by handler"
+            case .failed(let errno): "failed: \(errno)"
+            case .idleTimeout: "idle timeout"
+            case .serverShutdown: "server shutdown"
+            }
+        }
+    }
+
+    /// The connection's handle identity (ring, slot, generation): never reused while the port lives.
+    public var id: IOHandle.ID { handle.id }
+    /// The peer's address.
+    public let peerAddress: SocketAddress?
+    /// The application's per-connection state, confined to the connection's callbacks.
+    public var userState: (any Sendable)?
+
+    let handle: IOHandle
+    unowned let services: ServerServices
+    /// The context of the receive (and of its retry timer after `ENOBUFS`).
+    let receiveContext: IOContext
+    /// The bookkeeping context of sends from provided buffers.
+    private let sendContext: IOContext
+
+    private enum Chunk {
+        /// Bytes copied into a pooled context (`offset..<count` left to send).
+        case copied(IOContext)
+        /// A provided buffer received on this connection, sent back as is.
+        case provided(ReceivedBuffer, sent: Int)
+        /// The application's own context.
+        case owned(IOContext, Range<Int>)
+    }
+
+    // Confined to the connection's callbacks.
+    private var writeQueue = Deque<Chunk>()
+    /// Bytes queued and not yet sent.
+    public private(set) var queuedBytes = 0
+    private var operationsInFlight = 0
+    private var receiveInFlight = false
+    private var sendInFlight = false
+    private var readPaused = false
+    private var peerFinished = false
+    private var closeReason: CloseReason?
+    private var closeAfterFlush = false
+    private var descriptorClosed = false
+    private var finished = false
+    /// The provided buffer being delivered, and whether the handler kept it.
+    private var deliveredBuffer: ReceivedBuffer?
+    private var deliveredBufferRetained = false
+    /// Monotonic nanoseconds of the last progress (see ``TCPServer/Configuration/idleTimeout``).
+    let lastProgress: Atomic<UInt64>
+
+    init(handle: IOHandle, peerAddress: SocketAddress?, services: ServerServices) {
+        self.handle = handle
+        self.peerAddress = peerAddress
+        self.services = services
+        receiveContext = services.receiveContexts.take()
+        sendContext = services.bookkeepingContexts.take()
+        lastProgress = Atomic(ServerServices.now())
+    }
+
+    // MARK: The handler's API
+
+    /// Whether the connection is closing (or closed). A connection closing gracefully still
+    /// sends what is queued, and what is written until its descriptor closes.
+    public var isClosing: Bool { closeReason != nil }
+
+    /// Whether writes are still accepted: until the descriptor is closed.
+    private var acceptsWrites: Bool { !descriptorClosed }
+
+    /// Queues a copy of `bytes` for sending.
+    public func write(_ bytes: UnsafeRawBufferPointer) {
+        guard acceptsWrites, !bytes.isEmpty else { return }
+        var remaining = bytes
+        while !remaining.isEmpty {
+            let context: IOContext
+            if case .copied(let last)? = writeQueue.last, last.count < last.capacity,
+               !(sendInFlight && writeQueue.count == 1)
+            {
+                context = last
+            } else {
+                context = services.writeChunks.take()
+                writeQueue.append(.copied(context))
+            }
+            let take = min(remaining.count, context.capacity - context.count)
+            context.copyBytes(from: UnsafeRawBufferPointer(rebasing: remaining[..<take]), at: context.count)
+            context.count += take
+            remaining = UnsafeRawBufferPointer(rebasing: remaining[take...])
+        }
+        queued(bytes.count)
+    }
+
+    /// Queues a copy of `bytes` for sending.
+    public func write<Bytes: Collection<UInt8>>(_ bytes: Bytes) {
+        if let done: Void = bytes.withContiguousStorageIfAvailable({ write(UnsafeRawBufferPointer($0)) }) {
+            return done
+        }
+        Array(bytes).withUnsafeBytes { write($0) }
+    }
+
+    /// Queues received bytes for sending back. A provided buffer is sent as is and released after
+    /// the send (no copy); the connection's own receive buffer is copied.
+    public func write(_ received: ReceivedBytes) {
+        guard acceptsWrites, received.count > 0 else { return }
+        if let buffer = received.providedBuffer, buffer.id == deliveredBuffer?.id, !deliveredBufferRetained {
+            deliveredBufferRetained = true
+            writeQueue.append(.provided(buffer, sent: 0))
+            queued(buffer.count)
+        } else {
+            received.withUnsafeBytes { write($0) }
+        }
+    }
+
+    /// Queues the bytes in `range` of the application's own `context` for sending, without a copy
+    /// (a zero-copy send at or above the server's threshold). The connection owns the context
+    /// until ``ConnectionHandler/connection(_:finishedWriting:)`` hands it back.
+    public func write(_ context: IOContext, range: Range<Int>) {
+        precondition(range.lowerBound >= 0 && range.upperBound <= context.capacity, "range outside the context's buffer")
+        guard acceptsWrites, !range.isEmpty else {
+            services.finishedWriting(context, on: self)
+            return
+        }
+        writeQueue.append(.owned(context, range))
+        queued(range.count)
+    }
+
+    /// Closes the connection after everything queued is sent. Reading stops at once.
+    public func close() {
+        startClose(.closedByHandler, graceful: true)
+    }
+
+    /// Marks progress for the idle timeout, for handlers whose protocol counts only complete
+    /// requests as progress (``TCPServer/Configuration/idleTimeoutCountsReceivedBytes`` false).
+    public func markProgress() {
+        lastProgress.store(ServerServices.now(), ordering: .relaxed)
+    }
+
+    // MARK: Events (called by the server, inside the connection's callbacks)
+
+    /// The connection was accepted: start reading.
+    func start() {
+        armReceive()
+    }
+
+    /// A receive completed: hands the bytes (if any) to `deliver`, which calls the handler.
+    func receiveCompleted(_ completion: Completion, deliver: (ReceivedBytes) -> Void) {
+        // Whatever happened, a gracefully closing connection may now have nothing left to do.
+        defer { closeIfFlushed() }
+        if !completion.hasMore {
+            receiveInFlight = false
+            operationsInFlight -= 1
+        }
+        if let error = completion.error {
+            if completion.isCancelled {
+                // Paused for backpressure, or closing: nothing to do here.
+            } else if error == .noBufferSpace {
+                // Every provided buffer of the ring is out: try again shortly.
+                services.counters.bufferExhaustions.add(1, ordering: .relaxed)
+                scheduleReceiveRetry()
+            } else {
+                services.counters.connectionErrors.add(1, ordering: .relaxed)
+                startClose(.failed(error), graceful: false)
+            }
+            return
+        }
+        let count = completion.bytesTransferred
+        if count == 0 {
+            peerFinished = true
+            startClose(.peerClosed, graceful: true)
+            return
+        }
+        services.counters.bytesReceived.add(count, ordering: .relaxed)
+        if services.idleTimeoutCountsReceivedBytes { markProgress() }
+        // Bytes that arrived are delivered until the descriptor closes, also while closing
+        // gracefully: a request received before a shutdown still gets its answer.
+        if let buffer = completion.receivedBuffer {
+            if !descriptorClosed {
+                deliveredBuffer = buffer
+                deliveredBufferRetained = false
+                buffer.withUnsafeBytes { deliver(ReceivedBytes(storage: $0, providedBuffer: buffer)) }
+                deliveredBuffer = nil
+            }
+            if !deliveredBufferRetained { buffer.release() }
+            deliveredBufferRetained = false
+        } else if !descriptorClosed {
+            receiveContext.withUnsafeBytes {
+                deliver(ReceivedBytes(storage: UnsafeRawBufferPointer(rebasing: $0[0..<count]), providedBuffer: nil))
+            }
+        }
+        if queuedBytes > services.maximumQueuedWriteBytes && !readPaused {
+            pauseReading()
+        }
+        armReceive()
+    }
+
+    /// A send completed.
+    func sendCompleted(_ completion: Completion) {
+        sendInFlight = false
+        operationsInFlight -= 1
+        guard completion.error == nil, completion.bytesTransferred > 0 else {
+            if !completion.isCancelled {
+                services.counters.connectionErrors.add(1, ordering: .relaxed)
+                startClose(.failed(completion.error ?? .brokenPipe), graceful: false)
+            }
+            return
+        }
+        let sent = completion.bytesTransferred
+        services.counters.bytesSent.add(sent, ordering: .relaxed)
+        markProgress()
+        queuedBytes -= sent
+        switch writeQueue[0] {
+        case .copied(let context):
+            context.offset += sent
+            if context.offset == context.count {
+                writeQueue.removeFirst()
+                services.writeChunks.recycle(context)
+            }
+        case .provided(let buffer, let before):
+            if before + sent == buffer.count {
+                writeQueue.removeFirst()
+                buffer.release()
+            } else {
+                writeQueue[0] = .provided(buffer, sent: before + sent)
+            }
+        case .owned(let context, let range):
+            if sent == range.count {
+                writeQueue.removeFirst()
+                services.finishedWriting(context, on: self)
+            } else {
+                writeQueue[0] = .owned(context, range.lowerBound + sent..<range.upperBound)
+            }
+        }
+        if readPaused && queuedBytes <= services.maximumQueuedWriteBytes / 2 {
+            readPaused = false
+            armReceive()
+        }
+        flush()
+        closeIfFlushed()
+    }
+
+    /// The timer set after `ENOBUFS` fired (or was cancelled): receive again.
+    func receiveRetryFired() {
+        receiveInFlight = false
+        operationsInFlight -= 1
+        armReceive()
+        closeIfFlushed()
+    }
+
+    /// The server asks the connection to close (shutdown or idle timeout).
+    func closeRequested(_ reason: CloseReason, graceful: Bool) {
+        if reason == .idleTimeout {
+            // The sweep saw no progress; make sure it is still so now that we run.
+            let idle = ServerServices.now() &- lastProgress.load(ordering: .relaxed)
+            guard closeReason == nil, idle >= services.idleTimeoutNanoseconds else { return }
+            services.counters.idleTimeouts.add(1, ordering: .relaxed)
+        }
+        startClose(reason, graceful: graceful)
+    }
+
+    /// When the connection is closed and no operation of it is in flight, releases everything
+    /// and returns the reason, once. The server then calls the handler's `connectionClosed`.
+    func finishIfDone() -> CloseReason? {
+        guard descriptorClosed, operationsInFlight == 0, !finished, let reason = closeReason else { return nil }
+        finished = true
+        while let chunk = writeQueue.popFirst() {
+            switch chunk {
+            case .copied(let context): services.writeChunks.recycle(context)
+            case .provided(let buffer, _): buffer.release()
+            case .owned(let context, _): services.finishedWriting(context, on: self)
+            }
+        }
+        queuedBytes = 0
+        services.receiveContexts.recycle(receiveContext)
+        services.bookkeepingContexts.recycle(sendContext)
+        return reason
+    }
+
+    // MARK: Internals
+
+    private func queued(_ count: Int) {
+        queuedBytes += count
+        flush()
+    }
+
+    private func armReceive() {
+        guard !receiveInFlight, !readPaused, !peerFinished, closeReason == nil else { return }
+        do {
+            if services.multishotReceive {
+                try services.port.receiveMultishot(handle, context: receiveContext)
+            } else {
+                try services.port.read(handle, into: receiveContext)
+            }
+            receiveInFlight = true
+            operationsInFlight += 1
+        } catch {
+            failToPost(error)
+        }
+    }
+
+    private func scheduleReceiveRetry() {
+        guard closeReason == nil else { return }
+        do {
+            try services.port.timeout(after: .milliseconds(1), context: receiveContext, handle: handle)
+            receiveInFlight = true
+            operationsInFlight += 1
+        } catch {
+            failToPost(error)
+        }
+    }
+
+    private func pauseReading() {
+        readPaused = true
+        services.counters.backpressurePauses.add(1, ordering: .relaxed)
+        if receiveInFlight && services.multishotReceive {
+            _ = try? services.port.cancel(receiveContext)
+        }
+    }
+
+    /// Posts the send of the head of the queue, unless one is in flight.
+    private func flush() {
+        guard !sendInFlight, !descriptorClosed, let head = writeQueue.first else { return }
+        do {
+            switch head {
+            case .copied(let context):
+                try services.port.write(handle, from: context, range: context.offset..<context.count)
+            case .provided(let buffer, let sent):
+                try services.port.write(handle, from: buffer, range: sent..<buffer.count, context: sendContext)
+            case .owned(let context, let range):
+                if range.count >= services.zeroCopyThreshold && services.zeroCopySend {
+                    try services.port.writeZeroCopy(handle, from: context, range: range)
+                } else {
+                    try services.port.write(handle, from: context, range: range)
+                }
+            }
+            sendInFlight = true
+            operationsInFlight += 1
+        } catch {
+            failToPost(error)
+        }
+    }
+
+    private func failToPost(_ error: RingPortError) {
+        if error.code != .handleClosed && error.code != .portClosed {
+            services.logger.error("connection \(id): \(error)")
+            services.counters.connectionErrors.add(1, ordering: .relaxed)
+        }
+        startClose(closeReason ?? .failed(error.errno ?? .ioError), graceful: false)
+    }
+
+    /// Starts closing. Graceful: stop reading, deliver what already arrived, send everything
+    /// queued, then close. Otherwise close at once (the port cancels what is in flight).
+    private func startClose(_ reason: CloseReason, graceful: Bool) {
+        if closeReason == nil {
+            closeReason = reason
+        }
+        guard !descriptorClosed else { return }
+        if graceful {
+            closeAfterFlush = true
+            if receiveInFlight { _ = try? services.port.cancel(receiveContext) }
+            closeIfFlushed()
+        } else {
+            closeDescriptor()
+        }
+    }
+
+    /// Closes a gracefully closing connection once nothing is left to send or to receive.
+    private func closeIfFlushed() {
+        if closeAfterFlush && !descriptorClosed && writeQueue.isEmpty && !receiveInFlight {
+            closeDescriptor()
+        }
+    }
+
+    /// Closes the handle: the port cancels what is in flight; those completions finish the close.
+    private func closeDescriptor() {
+        descriptorClosed = true
+        services.port.close(handle)
+    }
+}

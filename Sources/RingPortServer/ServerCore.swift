@@ -1,0 +1,350 @@
+import Logging
+import RingPort
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The inside of a ``TCPServer``: the completion handler its workers run, accepting, the idle
+/// sweep, and the shutdown sequence.
+///
+/// Thread-safety: ``handle(_:)`` runs on any worker (the port serialises the completions of one
+/// connection); the rest is called by ``TCPServer`` and synchronised with atomics and locks.
+final class ServerCore: Sendable {
+    enum State: UInt8, AtomicRepresentable {
+        case idle, running, draining, stopped
+    }
+
+    /// What an `IOContext.userValue` or a posted value means to the server.
+    enum Tag {
+        /// A context of the listener's accepts (and of the back-off timer after a failed accept).
+        static let accept: UInt64 = 1
+        /// The idle sweep's timer.
+        static let sweep: UInt64 = 2
+        /// Posted on a connection's handle: close gracefully (shutdown).
+        static let shutdown: UInt64 = 3
+        /// Posted on a connection's handle: close at once (forced shutdown).
+        static let forceClose: UInt64 = 4
+        /// Posted on a connection's handle: close if still idle.
+        static let idleCheck: UInt64 = 5
+    }
+
+    let port: CompletionPort
+    let services: ServerServices
+    let forceRequested = Atomic<Bool>(false)
+    private let listener: IOHandle
+    private let handler: any ConnectionHandler
+    private let configuration: TCPServer.Configuration
+    private let logger: Logger
+    private let state = Atomic<State>(.idle)
+    private let connections = LockedValue<[IOHandle.ID: Connection]>([:])
+    private let acceptContexts: [IOContext]
+    private let useMultishotAccept: Bool
+    /// Accepts (or their back-off timers) in flight, and the sweep timer.
+    private let outstandingTimersAndAccepts = Atomic<Int>(0)
+    private let acceptBackoffNanoseconds = Atomic<UInt64>(0)
+    private let acceptFailing = Atomic<Bool>(false)
+    private let sweepContext = IOContext(capacity: 0)
+    private let sweepInterval: Duration
+
+    init(
+        port: CompletionPort, listener: IOHandle, configuration: TCPServer.Configuration,
+        features: IOURingFeatures, handler: some ConnectionHandler
+    ) {
+        self.port = port
+        self.listener = listener
+        self.handler = handler
+        self.configuration = configuration
+        logger = configuration.logger
+        let counters = ServerCounters(label: configuration.label)
+        services = ServerServices(
+            port: port, configuration: configuration, features: features, counters: counters,
+            finishedWriting: { connection, context in handler.connection(connection, finishedWriting: context) })
+        switch configuration.acceptStrategy {
+        case .automatic:
+            useMultishotAccept = features.multishotAccept
+            acceptContexts = (0..<(useMultishotAccept ? 1 : 16)).map { _ in IOContext(capacity: 0) }
+        case .multishot:
+            useMultishotAccept = true
+            acceptContexts = [IOContext(capacity: 0)]
+        case .pool(let depth):
+            useMultishotAccept = false
+            acceptContexts = (0..<depth).map { _ in IOContext(capacity: 0) }
+        }
+        for context in acceptContexts { context.userValue = Tag.accept }
+        sweepContext.userValue = Tag.sweep
+        if let idle = configuration.idleTimeout {
+            sweepInterval = max(.milliseconds(10), min(.seconds(1), idle / 4))
+        } else {
+            sweepInterval = .seconds(1)
+        }
+    }
+
+    var acceptDescription: String {
+        useMultishotAccept ? "multishot accept" : "\(acceptContexts.count) pre-posted accepts"
+    }
+
+    var receiveDescription: String {
+        services.multishotReceive ? "multishot receive into provided buffers" : "plain receive into per-connection buffers"
+    }
+
+    func transition(from old: State, to new: State) -> Bool {
+        state.compareExchange(expected: old, desired: new, ordering: .acquiringAndReleasing).exchanged
+    }
+
+    private var isRunning: Bool { state.load(ordering: .acquiring) == .running }
+
+    // MARK: Completions (worker threads)
+
+    func handle(_ completion: Completion) {
+        switch completion.operation {
+        case .read:
+            guard let connection = connection(of: completion) else { return }
+            connection.receiveCompleted(completion) { bytes in
+                handler.connection(connection, received: bytes)
+            }
+            finishIfDone(connection)
+        case .write:
+            guard let connection = connection(of: completion) else { return }
+            connection.sendCompleted(completion)
+            finishIfDone(connection)
+        case .accept:
+            acceptCompleted(completion)
+        case .timeout:
+            timerFired(completion)
+        case .user:
+            guard let connection = connection(of: completion) else { return }
+            switch completion.userValue {
+            case Tag.shutdown: connection.closeRequested(.serverShutdown, graceful: true)
+            case Tag.forceClose: connection.closeRequested(.serverShutdown, graceful: false)
+            case Tag.idleCheck: connection.closeRequested(.idleTimeout, graceful: false)
+            default: break
+            }
+            finishIfDone(connection)
+        default:
+            break
+        }
+    }
+
+    private func connection(of completion: Completion) -> Connection? {
+        completion.handle?.userState as? Connection
+    }
+
+    private func finishIfDone(_ connection: Connection) {
+        guard let reason = connection.finishIfDone() else { return }
+        _ = connections.withLock { $0.removeValue(forKey: connection.id) }
+        services.counters.closed.add(1, ordering: .relaxed)
+        handler.connectionClosed(connection, reason: reason)
+        connection.handle.userState = nil
+    }
+
+    private func timerFired(_ completion: Completion) {
+        guard let context = completion.context else { return }
+        switch context.userValue {
+        case Tag.accept:
+            // The back-off after a failed accept is over (or was cancelled at shutdown).
+            postAccept(context)
+        case Tag.sweep:
+            sweep()
+        default:
+            // A connection's receive retry after ENOBUFS.
+            guard let connection = connection(of: completion) else { return }
+            connection.receiveRetryFired()
+            finishIfDone(connection)
+        }
+    }
+
+    // MARK: Accepting
+
+    func startAccepting() throws(RingPortError) {
+        for context in acceptContexts {
+            outstandingTimersAndAccepts.add(1, ordering: .relaxed)
+            do {
+                try postAcceptOperation(context)
+            } catch {
+                outstandingTimersAndAccepts.subtract(1, ordering: .relaxed)
+                throw error
+            }
+        }
+    }
+
+    private func postAcceptOperation(_ context: IOContext) throws(RingPortError) {
+        if useMultishotAccept {
+            try port.acceptMultishot(on: listener, context: context)
+        } else {
+            try port.accept(on: listener, context: context)
+        }
+    }
+
+    private func postAccept(_ context: IOContext) {
+        guard isRunning else {
+            outstandingTimersAndAccepts.subtract(1, ordering: .releasing)
+            return
+        }
+        do {
+            try postAcceptOperation(context)
+        } catch {
+            if error.code != .handleClosed && error.code != .portClosed {
+                logger.error("\(configuration.label): posting an accept: \(error)")
+            }
+            outstandingTimersAndAccepts.subtract(1, ordering: .releasing)
+        }
+    }
+
+    private func acceptCompleted(_ completion: Completion) {
+        guard let context = completion.context else { return }
+        if let descriptor = completion.acceptedDescriptor {
+            if acceptFailing.exchange(false, ordering: .relaxed) {
+                logger.notice("\(configuration.label): accepting again")
+            }
+            acceptBackoffNanoseconds.store(0, ordering: .relaxed)
+            openConnection(descriptor)
+        }
+        guard !completion.hasMore else { return }
+        guard !completion.isCancelled, isRunning else {
+            outstandingTimersAndAccepts.subtract(1, ordering: .releasing)
+            return
+        }
+        guard let error = completion.error else {
+            postAccept(context)
+            return
+        }
+        // EMFILE, ENFILE, ENOBUFS, ENOMEM...: keep serving what we have, try again after a
+        // back-off instead of spinning on a listener that keeps failing; say so once.
+        services.counters.acceptErrors.add(1, ordering: .relaxed)
+        if !acceptFailing.exchange(true, ordering: .relaxed) {
+            logger.warning("\(configuration.label): accept failed: \(error); backing off and retrying")
+        }
+        let backoff = min(max(acceptBackoffNanoseconds.load(ordering: .relaxed) * 2, 10_000_000), 1_000_000_000)
+        acceptBackoffNanoseconds.store(backoff, ordering: .relaxed)
+        do {
+            try port.timeout(after: .nanoseconds(backoff), context: context, handle: listener)
+        } catch {
+            outstandingTimersAndAccepts.subtract(1, ordering: .releasing)
+        }
+    }
+
+    private func openConnection(_ descriptor: Int32) {
+        guard isRunning else {
+            close(descriptor)
+            return
+        }
+        let counters = services.counters
+        let open = counters.accepted.load(ordering: .relaxed) - counters.closed.load(ordering: .relaxed)
+        guard open < configuration.maximumConnections else {
+            close(descriptor)
+            counters.refused.add(1, ordering: .relaxed)
+            return
+        }
+        try? TCPSocket.setNoDelay(descriptor)
+        let peer = try? TCPSocket.peerAddress(of: descriptor)
+        let handle: IOHandle
+        do {
+            handle = try port.associate(descriptor: descriptor, peerAddress: peer)
+        } catch {
+            logger.error("\(configuration.label): associating a connection: \(error)")
+            close(descriptor)
+            return
+        }
+        let connection = Connection(handle: handle, peerAddress: peer, services: services)
+        handle.userState = connection
+        connections.withLock { $0[connection.id] = connection }
+        counters.accepted.add(1, ordering: .relaxed)
+        handler.connectionOpened(connection)
+        if isRunning {
+            connection.start()
+        } else {
+            // Shutdown began after the check above and may have missed this connection.
+            connection.closeRequested(.serverShutdown, graceful: false)
+        }
+        finishIfDone(connection)
+    }
+
+    // MARK: Idle sweep and metrics
+
+    func startSweeping() throws(RingPortError) {
+        outstandingTimersAndAccepts.add(1, ordering: .relaxed)
+        do {
+            try port.timeout(after: sweepInterval, context: sweepContext)
+        } catch {
+            outstandingTimersAndAccepts.subtract(1, ordering: .relaxed)
+            throw error
+        }
+    }
+
+    /// Asks every connection idle for longer than the timeout to close, exports the metrics,
+    /// and re-arms.
+    private func sweep() {
+        if configuration.idleTimeout != nil {
+            let now = ServerServices.now()
+            let limit = services.idleTimeoutNanoseconds
+            connections.withLock { connections in
+                for connection in connections.values
+                where now &- connection.lastProgress.load(ordering: .relaxed) >= limit && !connection.isClosing {
+                    try? port.post(handle: connection.handle, value: Tag.idleCheck)
+                }
+            }
+        }
+        services.counters.export(port: port.statistics)
+        guard isRunning else {
+            outstandingTimersAndAccepts.subtract(1, ordering: .releasing)
+            return
+        }
+        do {
+            try port.timeout(after: sweepInterval, context: sweepContext)
+        } catch {
+            outstandingTimersAndAccepts.subtract(1, ordering: .releasing)
+        }
+    }
+
+    // MARK: Shutdown (the thread calling TCPServer.shutdown)
+
+    /// Stops accepting, closes every connection (gracefully for `gracePeriod`, then by force),
+    /// and waits until nothing of the server is in flight.
+    func drain(gracePeriod: Duration) {
+        let start = ContinuousClock.now
+        port.close(listener)
+        _ = try? port.cancel(sweepContext)
+        postToEveryConnection(Tag.shutdown)
+        let graceful = waitUntil(start + gracePeriod) { services.counters.snapshot().open == 0 || forceRequested.load(ordering: .acquiring) }
+        if !graceful {
+            let open = services.counters.snapshot().open
+            logger.warning("\(configuration.label): closing \(open) connection(s) that did not finish in time")
+            postToEveryConnection(Tag.forceClose)
+        }
+        let drained = waitUntil(.now + .seconds(10)) {
+            services.counters.snapshot().open == 0 && outstandingTimersAndAccepts.load(ordering: .acquiring) == 0
+                && port.statistics.operationsInFlight == 0 && port.statistics.completionsWaiting == 0
+        }
+        if !drained {
+            logger.error("\(configuration.label): operations still in flight at shutdown; the port cancels them")
+        }
+        logger.info("\(configuration.label): drained in \(ContinuousClock.now - start)")
+    }
+
+    /// Marks the server stopped and reports.
+    func finish() {
+        state.store(.stopped, ordering: .releasing)
+        services.counters.export(port: port.statistics)
+        let statistics = services.counters.snapshot()
+        logger.info(
+            "\(configuration.label) stopped: \(statistics.accepted) accepted, \(statistics.refused) refused, \(statistics.closed) closed, \(statistics.bytesReceived) bytes in, \(statistics.bytesSent) bytes out, \(statistics.idleTimeouts) idle timeouts, \(statistics.acceptErrors + statistics.connectionErrors + statistics.protocolErrors) errors")
+    }
+
+    private func postToEveryConnection(_ tag: UInt64) {
+        connections.withLock { connections in
+            for connection in connections.values {
+                try? port.post(handle: connection.handle, value: tag)
+            }
+        }
+    }
+
+    private func waitUntil(_ deadline: ContinuousClock.Instant, _ condition: () -> Bool) -> Bool {
+        while !condition() {
+            if ContinuousClock.now >= deadline { return false }
+            usleep(1_000)
+        }
+        return true
+    }
+}

@@ -1,0 +1,198 @@
+import Logging
+import RingPort
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A TCP server on a ``CompletionPort``: accepts connections, reads from them, and hands the
+/// bytes to a ``ConnectionHandler``, with the limits a server on the internet needs.
+///
+/// - **Accepting.** A multishot accept where the kernel has it (Linux 5.19+), else a pool of
+///   pre-posted accepts (the `AcceptEx` pattern), chosen by ``IOURingFeatures/probe()``. New
+///   connections are spread over the port's rings. Beyond ``Configuration/maximumConnections``
+///   a new connection is closed at once and counted as refused. When accepting fails
+///   (`EMFILE`, `ENFILE`, ...) the server logs once, backs off (10 ms doubling to 1 s), and keeps
+///   serving the connections it has.
+/// - **Receiving.** A multishot receive into the ring's provided buffers where the kernel has
+///   both (Linux 6.0+): an idle connection holds no receive buffer. Else a plain receive into a
+///   per-connection buffer.
+/// - **Writing, backpressure, idle timeout.** See ``Connection``.
+/// - **Shutdown.** ``shutdown(gracePeriod:)`` stops accepting, lets connections send what they
+///   have queued and answer what they received, closes them, waits for every completion, and
+///   stops; ``forceShutdown()`` cuts the grace period short.
+///
+/// Thread-safety: all methods may be called from any thread except the handler's callbacks
+/// (``shutdown(gracePeriod:)`` waits for the workers).
+public final class TCPServer: Sendable {
+    /// How to run the server. Every limit has a default safe for a public server.
+    public struct Configuration: Sendable {
+        /// Where to listen (IPv4 or IPv6). Port 0 lets the kernel choose (see ``TCPServer/localAddress``).
+        public var address: SocketAddress
+        /// Backlog, `SO_REUSEADDR`, `SO_REUSEPORT`.
+        public var listener = TCPSocket.ListenerOptions()
+        /// The completion port: rings, ring sizes, worker count, provided buffers (default:
+        /// 1024 buffers of 16 KiB per ring), logger.
+        public var port = CompletionPort.Configuration()
+        /// Connections open at once; more are closed as soon as they are accepted.
+        public var maximumConnections = 16384
+        /// Close a connection that made no progress for this long (nil: never).
+        public var idleTimeout: Duration? = .seconds(60)
+        /// Whether received bytes count as progress for the idle timeout. A framed protocol sets
+        /// this to false and calls ``Connection/markProgress()`` per complete request, so that a
+        /// client trickling one byte at a time (slowloris) is closed.
+        public var idleTimeoutCountsReceivedBytes = true
+        /// Bytes queued for sending per connection beyond which the server stops reading from it.
+        public var maximumQueuedWriteBytes = 1 << 20
+        /// Writes of an application context at least this large use a zero-copy send.
+        public var zeroCopyThreshold = 64 * 1024
+        /// The per-connection receive buffer when provided buffers are unavailable.
+        public var receiveBufferSize = 16384
+        /// The size of the pooled buffers that written bytes are copied into.
+        public var writeChunkSize = 16384
+        /// How to accept. `.automatic` picks multishot where the kernel has it.
+        public var acceptStrategy = AcceptStrategy.automatic
+        /// A label for logs and metrics (the `server` dimension).
+        public var label = "server"
+        /// Where the server logs.
+        public var logger = Logger(label: "ringport.server")
+
+        /// A configuration listening on `address`, with the defaults for the rest.
+        public init(address: SocketAddress) {
+            self.address = address
+            port.providedBuffers = .init(count: 1024, size: 16384)
+        }
+    }
+
+    /// How the server accepts connections.
+    public enum AcceptStrategy: Hashable, Sendable {
+        /// Multishot accept where the kernel has it, else a pool of 16 accepts.
+        case automatic
+        /// One multishot accept (Linux 5.19+).
+        case multishot
+        /// `depth` pre-posted single accepts, re-posted as they complete.
+        case pool(depth: Int)
+    }
+
+    /// Counters of a running server.
+    public struct Statistics: Hashable, Sendable {
+        /// Connections accepted since start.
+        public var accepted = 0
+        /// Connections closed at once because ``Configuration/maximumConnections`` were open.
+        public var refused = 0
+        /// Connections open now.
+        public var open = 0
+        /// Connections closed since start.
+        public var closed = 0
+        /// Bytes received and sent.
+        public var bytesReceived = 0
+        /// See ``bytesReceived``.
+        public var bytesSent = 0
+        /// Connections closed by the idle timeout.
+        public var idleTimeouts = 0
+        /// Failed accepts (`EMFILE`, `ENFILE`, ...).
+        public var acceptErrors = 0
+        /// Connections that failed (reset, broken pipe, ...).
+        public var connectionErrors = 0
+        /// Requests a protocol handler rejected (malformed, too large).
+        public var protocolErrors = 0
+        /// Times a connection stopped reading because its write queue was full.
+        public var backpressurePauses = 0
+        /// Times a receive found every provided buffer in use (`ENOBUFS`).
+        public var bufferExhaustions = 0
+    }
+
+    /// The configuration the server was created with.
+    public let configuration: Configuration
+    /// The address the listener is bound to.
+    public let localAddress: SocketAddress
+    /// What the kernel offers, probed at creation.
+    public let features: IOURingFeatures
+    private let core: ServerCore
+    private let workers: WorkerPool
+
+    /// Probes the kernel, sets up the completion port and binds the listener. Nothing is accepted
+    /// before ``start()``.
+    ///
+    /// - Throws: ``RingPortError``: io_uring unavailable (with the cause and the fix), a socket
+    ///   call failed (e.g. `EADDRINUSE`), or an invalid configuration.
+    public init(configuration: Configuration, handler: some ConnectionHandler) throws(RingPortError) {
+        guard configuration.maximumConnections > 0, configuration.maximumQueuedWriteBytes > 0,
+              configuration.receiveBufferSize > 0, configuration.writeChunkSize > 0
+        else {
+            throw RingPortError(.invalidArgument, operation: "TCPServer limits and sizes must be positive")
+        }
+        if case .pool(let depth) = configuration.acceptStrategy, depth < 1 {
+            throw RingPortError(.invalidArgument, operation: "accept pool depth \(depth)")
+        }
+        self.configuration = configuration
+        features = try IOURingFeatures.probe()
+        let port = try CompletionPort(configuration: configuration.port)
+        let listenerDescriptor: Int32
+        do {
+            listenerDescriptor = try TCPSocket.makeListener(address: configuration.address, options: configuration.listener)
+        } catch {
+            port.close()
+            throw error
+        }
+        let listener: IOHandle
+        do {
+            localAddress = try TCPSocket.localAddress(of: listenerDescriptor)
+            listener = try port.associate(descriptor: listenerDescriptor)
+        } catch {
+            close(listenerDescriptor)
+            port.close()
+            throw error
+        }
+        let core = ServerCore(
+            port: port, listener: listener, configuration: configuration, features: features, handler: handler)
+        self.core = core
+        workers = WorkerPool(port: port, name: "ringport-\(configuration.label)") { completion in
+            core.handle(completion)
+        }
+    }
+
+    /// Starts the workers, the accepts and the idle sweep.
+    public func start() throws(RingPortError) {
+        guard core.transition(from: .idle, to: .running) else {
+            throw RingPortError(.invalidArgument, operation: "TCPServer.start: a server starts once")
+        }
+        try workers.start()
+        try core.startAccepting()
+        try core.startSweeping()
+        configuration.logger.info(
+            "\(configuration.label) listening on \(localAddress): \(workers.threadCount) workers, \(core.port.ringCount) ring(s), \(core.acceptDescription), \(core.receiveDescription)")
+    }
+
+    /// Stops the server gracefully: stops accepting; asks every connection to finish (answer what
+    /// it received, send what is queued, then close); after `gracePeriod` (or
+    /// ``forceShutdown()``) closes the rest; waits for every completion; stops the workers and
+    /// closes the port. Idempotent; returns at once if another call is shutting down.
+    public func shutdown(gracePeriod: Duration = .seconds(10)) {
+        let wasRunning = core.transition(from: .running, to: .draining)
+        guard wasRunning || core.transition(from: .idle, to: .draining) else { return }
+        if wasRunning {
+            core.drain(gracePeriod: gracePeriod)
+        }
+        workers.shutdown()
+        core.port.close()
+        core.finish()
+    }
+
+    /// Cuts a running ``shutdown(gracePeriod:)``'s grace period short: every connection is
+    /// closed at once (what is queued is dropped).
+    public func forceShutdown() {
+        core.forceRequested.store(true, ordering: .releasing)
+    }
+
+    /// A snapshot of the server's counters.
+    public var statistics: Statistics {
+        core.services.counters.snapshot()
+    }
+
+    /// The completion port's counters.
+    public var portStatistics: CompletionPort.Statistics {
+        core.port.statistics
+    }
+}
