@@ -28,6 +28,8 @@ final class ServerCore: Sendable {
         static let forceClose: UInt64 = 4
         /// Posted on a connection's handle: close if still idle.
         static let idleCheck: UInt64 = 5
+        /// Posted on a connection's handle: provided buffers are back after `ENOBUFS`.
+        static let buffersAvailable: UInt64 = 6
     }
 
     let port: CompletionPort
@@ -119,6 +121,7 @@ final class ServerCore: Sendable {
             case Tag.shutdown: connection.closeRequested(.serverShutdown, graceful: true)
             case Tag.forceClose: connection.closeRequested(.serverShutdown, graceful: false)
             case Tag.idleCheck: connection.closeRequested(.idleTimeout, graceful: false)
+            case Tag.buffersAvailable: connection.buffersAvailable()
             default: break
             }
             finishIfDone(connection)
@@ -148,10 +151,7 @@ final class ServerCore: Sendable {
         case Tag.sweep:
             sweep()
         default:
-            // A connection's receive retry after ENOBUFS.
-            guard let connection = connection(of: completion) else { return }
-            connection.receiveRetryFired()
-            finishIfDone(connection)
+            break
         }
     }
 
@@ -286,6 +286,7 @@ final class ServerCore: Sendable {
                 }
             }
         }
+        services.wakeAllWaitingForBuffers()
         services.counters.export(port: port.statistics)
         guard isRunning else {
             outstandingTimersAndAccepts.subtract(1, ordering: .releasing)

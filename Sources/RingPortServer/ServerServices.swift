@@ -1,5 +1,6 @@
 import Logging
 import RingPort
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -24,6 +25,10 @@ final class ServerServices: Sendable {
     let maximumQueuedWriteBytes: Int
     let idleTimeoutNanoseconds: UInt64
     let idleTimeoutCountsReceivedBytes: Bool
+    let writeChunkSize: Int
+    /// Per ring: connections whose multishot receive ended with `ENOBUFS`, waiting for a buffer.
+    private let starved: [LockedValue<[Connection]>]
+    private let starvedCount = Atomic<Int>(0)
     /// Calls the handler's `connection(_:finishedWriting:)` (set by the generic server).
     private let finishedWritingCallback: @Sendable (Connection, IOContext) -> Void
 
@@ -44,17 +49,47 @@ final class ServerServices: Sendable {
         idleTimeoutNanoseconds = configuration.idleTimeout.map { UInt64($0.components.seconds) * 1_000_000_000
             + UInt64($0.components.attoseconds / 1_000_000_000) } ?? .max
         idleTimeoutCountsReceivedBytes = configuration.idleTimeoutCountsReceivedBytes
+        writeChunkSize = configuration.writeChunkSize
+        starved = (0..<port.ringCount).map { _ in LockedValue([]) }
         finishedWritingCallback = finishedWriting
+    }
+
+    /// Remembers a connection that found its ring out of provided buffers.
+    func waitForBuffers(_ connection: Connection) {
+        starved[connection.id.ring].withLock { $0.append(connection) }
+        starvedCount.add(1, ordering: .releasing)
+    }
+
+    /// A provided buffer of `ring` came back: wake one connection waiting for it. The wake-up is
+    /// a completion posted on the connection's handle, so it runs serialised with the rest.
+    func bufferReleased(onRing ring: Int) {
+        guard starvedCount.load(ordering: .relaxed) > 0,
+              let connection = starved[ring].withLock({ $0.popLast() })
+        else { return }
+        starvedCount.subtract(1, ordering: .relaxed)
+        try? port.post(handle: connection.handle, value: ServerCore.Tag.buffersAvailable)
+    }
+
+    /// Wakes every connection waiting for buffers (the idle sweep's safety net).
+    func wakeAllWaitingForBuffers() {
+        guard starvedCount.load(ordering: .relaxed) > 0 else { return }
+        for ring in starved.indices {
+            for connection in starved[ring].withLock({ list -> [Connection] in defer { list.removeAll() }; return list }) {
+                starvedCount.subtract(1, ordering: .relaxed)
+                try? port.post(handle: connection.handle, value: ServerCore.Tag.buffersAvailable)
+            }
+        }
     }
 
     func finishedWriting(_ context: IOContext, on connection: Connection) {
         finishedWritingCallback(connection, context)
     }
 
-    /// Monotonic nanoseconds.
+    /// Monotonic nanoseconds from the coarse clock (a few ns to read, ticks every few ms):
+    /// enough for idle timeouts, and read twice per message.
     static func now() -> UInt64 {
         var time = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &time)
+        clock_gettime(CLOCK_MONOTONIC_COARSE, &time)
         return UInt64(time.tv_sec) &* 1_000_000_000 &+ UInt64(time.tv_nsec)
     }
 }

@@ -38,7 +38,8 @@ func runServer(options: ServerOptions, label: String, handler: some ConnectionHa
     print(
         "stopped: \(statistics.accepted) connections served, \(statistics.refused) refused, \(statistics.bytesReceived) bytes in,"
             + " \(statistics.bytesSent) bytes out, \(port.completions) completions, \(port.kernelEnters) io_uring_enter calls,"
-            + " \(port.leaderTakeovers) leader takeovers, \(port.staleCompletions + port.droppedCompletions) lost")
+            + " \(port.leaderTakeovers) leader takeovers, \(statistics.bufferExhaustions) buffer exhaustions, \(statistics.backpressurePauses) backpressure pauses,"
+            + " \(port.staleCompletions + port.droppedCompletions) lost")
 }
 
 /// Prints an error (RingPort's name the cause and the fix) to standard error.

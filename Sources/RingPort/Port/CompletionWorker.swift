@@ -26,15 +26,21 @@ import Glibc
 /// rings to be waited on promptly; with fewer, the workers poll the uncovered rings every
 /// millisecond.
 public final class CompletionWorker {
+    // Stored properties marked @exclusivity(unchecked) skip Swift's dynamic exclusivity checks:
+    // a worker is used by one thread at a time (see above), and on the echo benchmark the checks
+    // cost 12–14% of the server's CPU per message (docs/ARCHITECTURE.md).
     /// The port this worker dequeues from.
     public let port: CompletionPort
     let shard: Shard
     private let stopSignal: StopSignal?
     private var identity: ObjectIdentifier { ObjectIdentifier(self) }
+    /// The longest the sentry sleeps while its leader is idle in the kernel.
+    static let idleSentryInterval: UInt64 = 100_000_000
+
     /// Handles whose completions this worker has been given and not yet released.
-    private var held: [IOHandle] = []
-    private var releasing: [IOHandle] = []
-    private var isDetached = false
+    @exclusivity(unchecked) private var held: [IOHandle] = []
+    @exclusivity(unchecked) private var releasing: [IOHandle] = []
+    @exclusivity(unchecked) private var isDetached = false
 
     init(port: CompletionPort, shard: Shard, stopSignal: StopSignal?) {
         self.port = port
@@ -120,7 +126,7 @@ public final class CompletionWorker {
         defer { shard.lock.unlock() }
         var taken = releaseHeldLocked(budget: &budget, deliver: deliver)
         if taken > 0 {
-            if shard.leader == me { shard.leaderState = .running(since: .now) }
+            if shard.leader == me { shard.leaderRan() }
             return taken
         }
         // A zero (or past) timeout still gets one look at the kernel: submit and reap without
@@ -131,7 +137,7 @@ public final class CompletionWorker {
             taken = shard.takeReadyLocked(budget: budget, worker: me, held: &held, deliver: deliver)
             if taken > 0 {
                 if shard.leader == me {
-                    shard.leaderState = .running(since: .now)
+                    shard.leaderRan()
                 }
                 return taken
             }
@@ -143,7 +149,7 @@ public final class CompletionWorker {
                 taken = port.serveUncoveredShards(budget: budget, worker: me, held: &held, deliver: deliver)
                 shard.lock.lock()
                 if taken > 0 {
-                    if shard.leader == me { shard.leaderState = .running(since: .now) }
+                    if shard.leader == me { shard.leaderRan() }
                     return taken
                 }
                 // The lock was released: a stop request may have come meanwhile (completions
@@ -153,14 +159,15 @@ public final class CompletionWorker {
             let now = MonotonicInstant.now
             let expired = now >= deadline
             if expired && polled { return 0 }
-            if shard.leader == nil || shard.leader == me || leaderIsStalledLocked(at: now) {
+            if shard.leader == nil || shard.leader == me {
                 takeLeadershipLocked()
                 try waitInKernelLocked(now: now, deadline: deadline, wait: !expired)
                 polled = true
             } else if expired {
                 return 0
-            } else {
-                parkLocked(now: now, deadline: deadline)
+            } else if parkLocked(now: now, deadline: deadline) {
+                // This worker, the sentry, found the leader stuck in a handler: it leads now.
+                takeLeadershipLocked()
             }
         }
     }
@@ -190,11 +197,10 @@ public final class CompletionWorker {
         return initialBudget - budget
     }
 
-    /// Whether the leader has been handling one completion for longer than the stall threshold
-    /// while operations, completions or queued entries wait for it.
-    private func leaderIsStalledLocked(at now: MonotonicInstant) -> Bool {
-        guard case .running(let since) = shard.leaderState else { return false }
-        return since.nanoseconds(until: now) >= shard.stallThreshold
+    /// Whether the leader is handling completions and made no progress since `observed`, while
+    /// operations, completions or queued entries wait for it.
+    private func leaderIsStalledLocked(sinceProgress observed: UInt64) -> Bool {
+        shard.leaderState == .running && shard.leaderProgress == observed
             && (shard.operations.count > 0 || !shard.ready.isEmpty || shard.hasQueuedSubmissionsLocked)
     }
 
@@ -231,7 +237,7 @@ public final class CompletionWorker {
         shard.lock.unlock()
         let result = shard.ring.enter(toSubmit: toSubmit, waitFor: waitFor, timeout: timeout)
         shard.lock.lock()
-        shard.leaderState = .running(since: .now)
+        shard.leaderRan()
         shard.counters.enterCalls &+= 1
         shard.reapLocked()
         if result < 0 {
@@ -248,19 +254,31 @@ public final class CompletionWorker {
         }
     }
 
-    /// Parks as a standby until signalled, the deadline, or (for the sentry) the stall threshold.
-    private func parkLocked(now: MonotonicInstant, deadline: MonotonicInstant) {
+    /// Parks as a standby until signalled or the deadline. One parked worker, the sentry, wakes
+    /// every stall threshold instead; it returns true when the leader made no progress in that
+    /// time while work waited for it (the caller then takes the ring over).
+    private func parkLocked(now: MonotonicInstant, deadline: MonotonicInstant) -> Bool {
         shard.parkedWorkers += 1
-        if !shard.sentryParked {
-            shard.sentryParked = true
-            shard.lock.wait(until: min(deadline, MonotonicInstant(nanoseconds: now.nanoseconds &+ shard.stallThreshold)))
-            shard.sentryParked = false
-        } else if deadline == .distantFuture {
-            shard.lock.wait()
-        } else {
-            shard.lock.wait(until: deadline)
+        defer { shard.parkedWorkers -= 1 }
+        guard !shard.sentryParked else {
+            if deadline == .distantFuture {
+                shard.lock.wait()
+            } else {
+                shard.lock.wait(until: deadline)
+            }
+            return false
         }
-        shard.parkedWorkers -= 1
+        shard.sentryParked = true
+        let observed = shard.leaderProgress
+        let wakeUp = MonotonicInstant(nanoseconds: now.nanoseconds &+ shard.sentryInterval)
+        shard.lock.wait(until: min(deadline, wakeUp))
+        shard.sentryParked = false
+        if shard.leaderState == .waitingInKernel {
+            shard.sentryInterval = min(shard.sentryInterval &* 2, CompletionWorker.idleSentryInterval)
+        } else {
+            shard.sentryInterval = shard.stallThreshold
+        }
+        return MonotonicInstant.now >= wakeUp && leaderIsStalledLocked(sinceProgress: observed)
     }
 }
 

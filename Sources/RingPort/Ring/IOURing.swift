@@ -94,8 +94,9 @@ final class IOURing {
         }
     }
 
-    /// Whether the ring is set up (not yet torn down by ``close()``).
-    private(set) var isOpen = true
+    /// Whether the ring is set up (not yet torn down by ``close()``). Read on every submission
+    /// under the shard's lock, hence no dynamic exclusivity check.
+    @exclusivity(unchecked) private(set) var isOpen = true
 
     /// Unmaps the queues and closes the ring's descriptor. Nothing may touch the ring afterwards;
     /// the caller serialises this with every other use.

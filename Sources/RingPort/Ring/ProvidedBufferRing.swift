@@ -14,7 +14,7 @@ import Glibc
 /// registered with `io_uring_register_buf_ring`.
 ///
 /// Thread-safety: none of its own; ``recycleLocked(_:)`` and the buffer accounting are guarded by
-/// the owning ``Shard``'s lock. The kernel reads the entries and writes the buffers.
+/// the owning ``Shard``'s lock (which is why their dynamic exclusivity checks are off). The kernel reads the entries and writes the buffers.
 ///
 /// Ownership: the entries and the buffers are allocated here and freed in `deinit`, which the
 /// shard runs only after the io_uring instance is gone (so the kernel no longer uses them).
@@ -30,8 +30,8 @@ final class ProvidedBufferRing {
     private let buffers: UnsafeMutableRawPointer
     private let mask: Int32
     /// Buffers handed to the application and not recycled yet (guarded by the shard's lock).
-    private(set) var outstanding = 0
-    private var isHeldByApplication: [Bool]
+    @exclusivity(unchecked) private(set) var outstanding = 0
+    @exclusivity(unchecked) private var isHeldByApplication: [Bool]
 
     /// Maps, initialises and registers a ring of `count` buffers of `bufferSize` bytes.
     ///

@@ -7,9 +7,10 @@
 ///
 /// `package`: shared with the package's other modules, not part of RingPort's public API.
 package final class LockedValue<Value>: @unchecked Sendable {
-    // @unchecked: `value` is only touched inside `lock`.
+    // @unchecked: `value` is only touched inside `lock`, which also makes Swift's dynamic
+    // exclusivity check on it redundant (@exclusivity(unchecked)).
     private let lock = ConditionMutex()
-    private var value: Value
+    @exclusivity(unchecked) private var value: Value
 
     package init(_ value: Value) {
         self.value = value
