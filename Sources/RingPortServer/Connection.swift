@@ -182,6 +182,11 @@ public final class Connection: @unchecked Sendable {
         startClose(.closedByHandler, graceful: true)
     }
 
+    /// Counts a request the handler rejected (malformed, too large) in the server's statistics.
+    public func reportProtocolError() {
+        services.counters.protocolErrors.add(1, ordering: .relaxed)
+    }
+
     /// Marks progress for the idle timeout, for handlers whose protocol counts only complete
     /// requests as progress (``TCPServer/Configuration/idleTimeoutCountsReceivedBytes`` false).
     public func markProgress() {

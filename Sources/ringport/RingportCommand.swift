@@ -5,6 +5,6 @@ struct RingportCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ringport",
         abstract: "Servers and tools on RingPort, the I/O completion port model on io_uring.",
-        subcommands: [EchoCommand.self, ProbeCommand.self]
+        subcommands: [EchoCommand.self, HTTPCommand.self, ProbeCommand.self]
     )
 }
