@@ -36,7 +36,8 @@ func runServer(options: ServerOptions, label: String, handler: some ConnectionHa
     let statistics = server.statistics
     let port = server.portStatistics
     print(
-        "stopped: \(statistics.accepted) connections served, \(statistics.refused) refused, \(statistics.bytesReceived) bytes in,"
+        "stopped: \(statistics.accepted) connections served, \(statistics.refused) refused, \(statistics.acceptErrors) accept errors,"
+            + " \(statistics.idleTimeouts) idle timeouts, \(statistics.bytesReceived) bytes in,"
             + " \(statistics.bytesSent) bytes out, \(port.completions) completions, \(port.kernelEnters) io_uring_enter calls,"
             + " \(port.leaderTakeovers) leader takeovers, \(statistics.bufferExhaustions) buffer exhaustions, \(statistics.backpressurePauses) backpressure pauses,"
             + " \(port.staleCompletions + port.droppedCompletions) lost")

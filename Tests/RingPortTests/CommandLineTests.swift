@@ -98,6 +98,71 @@ extension RingPortTests {
             #expect(!printed.contains("listening"))
         }
 
+        /// The server under `ulimit -n 64` with 120 clients: it serves the ones it holds, backs
+        /// off while accept fails with EMFILE (logging it once, not spinning), and serves the rest
+        /// as the first ones leave.
+        @Test func descriptorExhaustionBacksOffAndRecovers() throws {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: "/bin/sh")
+            process.arguments = ["-c", "ulimit -n 64 && exec \"$0\" echo --port 0 --workers 2 --log-level notice", try ringportExecutable().path]
+            let output = Pipe()
+            let errors = Pipe()
+            process.standardOutput = output
+            process.standardError = errors
+            let lines = LineReader(output)
+            let logLines = LineReader(errors)
+            try process.run()
+            defer { if process.isRunning { process.terminate() } }
+            #expect(eventually { lines.all.contains { $0.contains("listening on") } })
+            let banner = try #require(lines.all.first { $0.contains("listening on") })
+            let portText = try #require(banner.split(separator: " ").first { $0.hasPrefix("127.0.0.1:") })
+            let address = try SocketAddress(host: "127.0.0.1", port: #require(UInt16(portText.dropFirst("127.0.0.1:".count))))
+
+            // 120 clients connect (the backlog holds those the server cannot accept yet) and send one byte.
+            let clients = try (0..<120).map { _ in try BlockingClient(connectingTo: address, receiveTimeout: .milliseconds(100)) }
+            for client in clients { try client.send([42]) }
+            var served = Set<Int>()
+            for (index, client) in clients.enumerated() where (try? client.receive(count: 1)) == [42] {
+                served.insert(index)
+            }
+            #expect(served.count > 10 && served.count < 64, "served \(served.count) with 64 descriptors")
+            #expect(eventually { logLines.all.contains { $0.contains("accept failed") } })
+
+            // While accepting fails, the server waits instead of spinning.
+            let statPath = "/proc/\(process.processIdentifier)/stat"
+            func cpuTicks() -> Int {
+                let fields = ((try? String(contentsOfFile: statPath, encoding: .utf8)) ?? "").split(separator: ")").last?.split(separator: " ") ?? []
+                return fields.count > 13 ? (Int(fields[11]) ?? 0) + (Int(fields[12]) ?? 0) : 0
+            }
+            let ticksBefore = cpuTicks()
+            usleep(1_000_000)
+            #expect(cpuTicks() - ticksBefore < 20, "less than 20% of a CPU while accept keeps failing")
+
+            // The served ones leave; the rest are accepted and echoed.
+            for index in served { clients[index].close() }
+            for (index, client) in clients.enumerated() where !served.contains(index) {
+                var echoed: [UInt8] = []
+                let deadline = ContinuousClock.now + .seconds(10)
+                while echoed.isEmpty && ContinuousClock.now < deadline {
+                    echoed = (try? client.receive(count: 1)) ?? []
+                }
+                #expect(echoed == [42], "client \(index) was served after the others left")
+                client.close()
+            }
+            #expect(eventually { logLines.all.contains { $0.contains("accepting again") } })
+            kill(process.processIdentifier, SIGTERM)
+            process.waitUntilExit()
+            #expect(process.terminationStatus == 0)
+            // Logged once per episode of failures, not once per failed accept.
+            let failures = logLines.all.filter { $0.contains("accept failed") }.count
+            let recoveries = logLines.all.filter { $0.contains("accepting again") }.count
+            #expect(failures >= 1 && failures <= recoveries + 1)
+            let summary = try #require(lines.all.first { $0.hasPrefix("stopped:") })
+            let acceptErrors = try #require(summary.split(separator: ",").first { $0.contains("accept errors") }
+                .flatMap { Int($0.split(separator: " ")[0]) })
+            #expect(acceptErrors > failures)
+        }
+
         @Test func invalidOptionsExitNonZeroWithAMessage() throws {
             let process = Process()
             process.executableURL = try ringportExecutable()

@@ -1,0 +1,51 @@
+// swift-tools-version: 6.1
+//
+// RingPortBenchmarks: baselines and benchmarks for RingPort, kept apart from the main package so
+// that RingPort itself does not depend on SwiftNIO.
+//
+// For now it holds two SwiftNIO servers, the baselines RingPort's servers are compared against
+// (Benchmarks/scripts/compare-echo.sh and compare-http.sh):
+//
+//   nio-echo   a TCP echo server
+//   nio-http   an HTTP/1.1 plaintext server answering the same bytes as `ringport http`
+//
+// Build them in release from this directory (products land in Benchmarks/.build/release/):
+//
+//   swift build -c release --product nio-echo --product nio-http
+
+import PackageDescription
+
+let package = Package(
+    name: "RingPortBenchmarks",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "nio-echo", targets: ["nio-echo"]),
+        .executable(name: "nio-http", targets: ["nio-http"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    ],
+    targets: [
+        // SwiftNIO TCP echo server (baseline for `ringport echo`).
+        .executableTarget(
+            name: "nio-echo",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        // SwiftNIO HTTP/1.1 plaintext server (baseline for `ringport http`).
+        .executableTarget(
+            name: "nio-http",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,77 @@
+import NIOCore
+import NIOHTTP1
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// The `Date` header of the current second and the response headers built around it, one cache
+/// per event loop.
+///
+/// Formatting a date for every response would cost more than the rest of the response; instead
+/// a timer on the event loop rebuilds the headers just after each wall-clock second begins. The
+/// cache is confined to its event loop: it is created there and read only by handlers of channels
+/// on that loop, so it needs no locking.
+final class HTTPDateCache {
+    private let eventLoop: any EventLoop
+
+    /// The current second as an IMF-fixdate, e.g. `Sun, 06 Nov 1994 08:49:37 GMT`.
+    private(set) var date = ""
+
+    /// The headers of `200 OK` to `GET /plaintext`, in the order RingPort sends them.
+    private(set) var plaintextHeaders = HTTPHeaders()
+
+    /// Creates the cache and starts its timer; call on `eventLoop`.
+    init(eventLoop: any EventLoop) {
+        eventLoop.preconditionInEventLoop()
+        self.eventLoop = eventLoop
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        update(now)
+        scheduleUpdate(after: now)
+    }
+
+    /// `Server`, `Date`, `Content-Type` and `Content-Length` for a `text/plain` body.
+    func headers(contentLength: Int) -> HTTPHeaders {
+        HTTPHeaders([
+            ("Server", "RingPort"),
+            ("Date", date),
+            ("Content-Type", "text/plain"),
+            ("Content-Length", String(contentLength)),
+        ])
+    }
+
+    private func update(_ now: timespec) {
+        date = Self.imfFixdate(now.tv_sec)
+        plaintextHeaders = headers(contentLength: PlaintextHandler.helloWorld.readableBytes)
+    }
+
+    /// Re-arms the timer for just after the next wall-clock second begins. Scheduling each tick
+    /// from the wall clock (rather than a fixed repeat interval) keeps the header from drifting
+    /// behind the real second. The task is cancelled when the event loop shuts down.
+    private func scheduleUpdate(after now: timespec) {
+        let untilNextSecond = TimeAmount.nanoseconds(1_000_000_000 - Int64(now.tv_nsec))
+        eventLoop.assumeIsolated().scheduleTask(in: untilNextSecond + .microseconds(100)) {
+            var now = timespec()
+            clock_gettime(CLOCK_REALTIME, &now)
+            self.update(now)
+            self.scheduleUpdate(after: now)
+        }
+    }
+
+    private static let weekdays = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"]
+    private static let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+
+    /// `seconds` since the epoch as an IMF-fixdate (RFC 9110, section 5.6.7), always in GMT and
+    /// with English names whatever the locale.
+    static func imfFixdate(_ seconds: time_t) -> String {
+        var seconds = seconds
+        var utc = tm()
+        gmtime_r(&seconds, &utc)
+        func twoDigits(_ value: Int32) -> String { value < 10 ? "0\(value)" : "\(value)" }
+        return "\(weekdays[Int(utc.tm_wday)]), \(twoDigits(utc.tm_mday)) \(months[Int(utc.tm_mon)]) "
+            + "\(utc.tm_year + 1900) \(twoDigits(utc.tm_hour)):\(twoDigits(utc.tm_min)):\(twoDigits(utc.tm_sec)) GMT"
+    }
+}

@@ -1,0 +1,117 @@
+// nio-http: an HTTP/1.1 plaintext server on SwiftNIO, the baseline for `ringport http`.
+//
+//   nio-http [--host 127.0.0.1] [--port 8888] [--threads 1] [--pipelining-assistance]
+//
+// GET /plaintext answers `Hello, World!` with the same status line, headers (Server, Date,
+// Content-Type, Content-Length, in that order) and body as RingPort's responder; see
+// PlaintextHandler. Runs until SIGINT or SIGTERM, then stops accepting, closes every connection
+// and exits 0.
+
+import ArgumentParser
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+@main
+struct NIOHTTPServer: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "nio-http",
+        abstract: "An HTTP/1.1 plaintext server on SwiftNIO (baseline for `ringport http`).",
+        discussion: """
+            GET /plaintext answers Hello, World! with Server, Date, Content-Type and \
+            Content-Length headers, keep-alive and pipelining included; other paths answer 404. \
+            Runs until SIGINT or SIGTERM, then closes every connection and exits.
+            """
+    )
+
+    @Option(help: "The address to listen on.")
+    var host = "127.0.0.1"
+
+    @Option(help: "The port to listen on.")
+    var port = 8888
+
+    @Option(help: "The number of event loop threads.")
+    var threads = 1
+
+    @Flag(help: """
+        Add NIO's HTTPServerPipelineHandler, which holds back each pipelined request until the \
+        previous response has been written. Not needed for correctness here: every request is \
+        answered, in order, as soon as it has been read.
+        """)
+    var pipeliningAssistance = false
+
+    func validate() throws {
+        guard (0...65535).contains(port) else { throw ValidationError("--port must be 0...65535") }
+        guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
+    }
+
+    func run() throws {
+        // Before any thread exists, so that every event loop thread inherits the blocked mask.
+        let signals = TerminationSignals.block()
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
+
+        let server: any Channel
+        do {
+            let dateCaches = try Self.makeDateCaches(for: group)
+            let pipelining = pipeliningAssistance
+            let bootstrap = ServerBootstrap(group: group)
+                .serverChannelOption(.backlog, value: Int32(SOMAXCONN))
+                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
+                .childChannelInitializer { channel in
+                    // Runs on the channel's event loop, where its date cache may be used.
+                    channel.eventLoop.makeCompletedFuture {
+                        let dates = dateCaches[ObjectIdentifier(channel.eventLoop)]!.value
+                        // HTTPRequestDecoder, HTTPResponseEncoder, and HTTPServerProtocolErrorHandler
+                        // (which answers malformed requests with 400 before the channel closes).
+                        try channel.pipeline.syncOperations.configureHTTPServerPipeline(
+                            withPipeliningAssistance: pipelining,
+                            withErrorHandling: true
+                        )
+                        try channel.pipeline.syncOperations.addHandler(PlaintextHandler(dates: dates))
+                    }
+                }
+            server = try bootstrap.bind(host: host, port: port).wait()
+        } catch {
+            try? group.syncShutdownGracefully()
+            throw error
+        }
+        let address = server.localAddress.map { "\($0.ipAddress ?? host):\($0.port ?? port)" } ?? "\(host):\(port)"
+        printToStandardError("nio-http: listening on \(address) with \(threads) event loop thread(s)")
+
+        let signal = signals.wait()
+        printToStandardError("nio-http: signal \(signal), shutting down")
+        try? server.close().wait()
+        try group.syncShutdownGracefully()
+    }
+
+    /// One ``HTTPDateCache`` per event loop, each created on (and bound to) its own loop, keyed by
+    /// the loop's identity. The dictionary never changes afterwards, so every channel initializer
+    /// may read it; each cache's contents are only ever touched on its loop.
+    private static func makeDateCaches(
+        for group: MultiThreadedEventLoopGroup
+    ) throws -> [ObjectIdentifier: NIOLoopBound<HTTPDateCache>] {
+        var caches: [ObjectIdentifier: NIOLoopBound<HTTPDateCache>] = [:]
+        for eventLoop in group.makeIterator() {
+            caches[ObjectIdentifier(eventLoop)] = try eventLoop.submit {
+                NIOLoopBound(HTTPDateCache(eventLoop: eventLoop), eventLoop: eventLoop)
+            }.wait()
+        }
+        return caches
+    }
+}
+
+/// Writes a line to standard error (unbuffered, so it reaches a log file even if the process is
+/// killed later).
+private func printToStandardError(_ message: String) {
+    var line = message + "\n"
+    line.withUTF8 { bytes in
+        _ = write(STDERR_FILENO, bytes.baseAddress, bytes.count)
+    }
+}
