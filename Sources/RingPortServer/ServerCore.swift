@@ -308,10 +308,11 @@ final class ServerCore: Sendable {
         port.close(listener)
         _ = try? port.cancel(sweepContext)
         postToEveryConnection(Tag.shutdown)
-        let graceful = waitUntil(start + gracePeriod) { services.counters.snapshot().open == 0 || forceRequested.load(ordering: .acquiring) }
-        if !graceful {
-            let open = services.counters.snapshot().open
-            logger.warning("\(configuration.label): closing \(open) connection(s) that did not finish in time")
+        _ = waitUntil(start + gracePeriod) { services.counters.snapshot().open == 0 || forceRequested.load(ordering: .acquiring) }
+        let open = services.counters.snapshot().open
+        if open > 0 {
+            let why = forceRequested.load(ordering: .acquiring) ? "on request" : "after the grace period"
+            logger.warning("\(configuration.label): closing \(open) connection(s) at once \(why)")
             postToEveryConnection(Tag.forceClose)
         }
         let drained = waitUntil(.now + .seconds(10)) {

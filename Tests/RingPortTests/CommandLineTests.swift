@@ -163,6 +163,38 @@ extension RingPortTests {
             #expect(acceptErrors > failures)
         }
 
+        /// A first SIGTERM waits for a client that does not read (its writes cannot finish); a
+        /// second one closes it at once.
+        @Test func aSecondSignalForcesTheShutdown() throws {
+            let process = Process()
+            process.executableURL = try ringportExecutable()
+            process.arguments = ["echo", "--port", "0", "--grace-period", "30", "--max-write-queue", "65536", "--log-level", "warning"]
+            let output = Pipe()
+            process.standardOutput = output
+            let lines = LineReader(output)
+            try process.run()
+            defer { if process.isRunning { process.terminate() } }
+            #expect(eventually { lines.all.contains { $0.contains("listening on") } })
+            let banner = try #require(lines.all.first { $0.contains("listening on") })
+            let portText = try #require(banner.split(separator: " ").first { $0.hasPrefix("127.0.0.1:") })
+            let address = try SocketAddress(host: "127.0.0.1", port: #require(UInt16(portText.dropFirst("127.0.0.1:".count))))
+            let hog = try BlockingClient(connectingTo: address, receiveTimeout: .seconds(1))
+            var small: Int32 = 16 * 1024
+            setsockopt(hog.descriptor, SOL_SOCKET, SO_RCVBUF, &small, socklen_t(MemoryLayout<Int32>.size))
+            for _ in 0..<8 { _ = try? hog.send([UInt8](repeating: 1, count: 1 << 20)) }
+
+            kill(process.processIdentifier, SIGTERM)
+            usleep(500_000)
+            #expect(process.isRunning, "the first signal waits for the connection to finish")
+            let start = ContinuousClock.now
+            kill(process.processIdentifier, SIGTERM)
+            process.waitUntilExit()
+            #expect(ContinuousClock.now - start < .seconds(5))
+            #expect(process.terminationStatus == 0)
+            #expect(eventually { lines.all.contains { $0.hasPrefix("stopped:") && $0.hasSuffix(" 0 lost") } })
+            hog.close()
+        }
+
         @Test func invalidOptionsExitNonZeroWithAMessage() throws {
             let process = Process()
             process.executableURL = try ringportExecutable()
