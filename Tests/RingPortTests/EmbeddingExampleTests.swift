@@ -1,5 +1,23 @@
 import RingPort
+import RingPortServer
 import Testing
+
+// README server example begins
+/// Answers every byte in upper case.
+struct Uppercase: ConnectionHandler {
+    func connection(_ connection: Connection, received bytes: ReceivedBytes) {
+        connection.write(bytes.bytes.map { $0 >= 97 && $0 <= 122 ? $0 - 32 : $0 })
+    }
+}
+
+func startUppercaseServer(port: UInt16) throws -> TCPServer {
+    var configuration = TCPServer.Configuration(address: try SocketAddress(host: "127.0.0.1", port: port))
+    configuration.idleTimeout = .seconds(30)        // every limit has a safe default; tune what you need
+    let server = try TCPServer(configuration: configuration, handler: Uppercase())
+    try server.start()                              // later: server.shutdown(gracePeriod: .seconds(10))
+    return server
+}
+// README server example ends
 
 /// The embedding example of README.md, verbatim between the markers (except the port, 0 here),
 /// run against a real client.
@@ -48,6 +66,15 @@ extension RingPortTests {
                 .expectCleanRun(against: address)
             workers.shutdown()
             port.close()
+        }
+
+        @Test func readmeServerExampleAnswersInUpperCase() throws {
+            let server = try startUppercaseServer(port: 0)
+            defer { server.shutdown() }
+            let client = try BlockingClient(connectingTo: server.localAddress)
+            defer { client.close() }
+            try client.send(Array("hello, ring!".utf8))
+            #expect(try client.receive(count: 12) == Array("HELLO, RING!".utf8))
         }
     }
 }
