@@ -2,7 +2,8 @@
 #
 #   make run    installs what is missing, builds release, starts the echo server on 127.0.0.1:8888
 #   make test   installs what is missing, builds, runs the tests
-#   make bench  compares the echo server with C baselines under the same load
+#   make bench       compares the echo server with C and SwiftNIO baselines under the same load
+#   make bench-http  compares the HTTP responder with SwiftNIO's NIOHTTP1 under wrk
 #
 # Both install liburing-dev (and pkg-config) with apt-get when pkg-config cannot find liburing.
 
@@ -11,7 +12,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8888
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: all deps test-deps build release run test bench clean
+.PHONY: all deps test-deps build release run test bench bench-deps bench-http clean
 
 all: build
 
@@ -44,10 +45,26 @@ run: release
 test: test-deps build
 	$(SWIFT) test
 
-# RingPort's echo server against C liburing and C epoll echo servers of our own, same load,
-# interleaved rounds (about 4 minutes on 2 cores).
-bench: release
+# The baselines: C echo servers and load client of our own, SwiftNIO echo and HTTP servers
+# (Benchmarks/ is a package of its own, so RingPort does not depend on SwiftNIO), and wrk.
+bench-deps: release
+	Benchmarks/scripts/build-c.sh
+	cd Benchmarks && $(SWIFT) build -c release --product nio-echo && $(SWIFT) build -c release --product nio-http
+	@if ! command -v wrk >/dev/null 2>&1; then \
+		echo "wrk not found: installing it"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wrk; \
+	fi
+
+# RingPort's echo server against C liburing, C epoll and SwiftNIO echo servers, same load,
+# interleaved rounds (about 7 minutes on 2 cores, builds included).
+bench: bench-deps
 	Benchmarks/scripts/bench-echo.sh
+
+# RingPort's HTTP plaintext responder against SwiftNIO's NIOHTTP1 under wrk -t1 -c64 -d10s.
+bench-http: bench-deps
+	Benchmarks/scripts/compare-http.sh --rounds 3 --duration 10 --connections 64 --threads 1 -- \
+		nio_http1='Benchmarks/.build/release/nio-http --port {PORT}' \
+		ringport='.build/release/ringport http --port {PORT} --log-level error'
 
 clean:
 	rm -rf .build

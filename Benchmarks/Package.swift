@@ -9,9 +9,10 @@
 //   nio-echo   a TCP echo server
 //   nio-http   an HTTP/1.1 plaintext server answering the same bytes as `ringport http`
 //
-// Build them in release from this directory (products land in Benchmarks/.build/release/):
+// Build them in release from this directory (products land in Benchmarks/.build/release/).
+// `swift build` honours only the last of several --product options, so one product per command:
 //
-//   swift build -c release --product nio-echo --product nio-http
+//   swift build -c release --product nio-echo && swift build -c release --product nio-http
 
 import PackageDescription
 

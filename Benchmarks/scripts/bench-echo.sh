@@ -3,7 +3,8 @@
 #
 #   Benchmarks/scripts/bench-echo.sh [--rounds R] [--duration S]
 #
-# Builds the C programs (build-c.sh) and expects .build/release/ringport (make release).
+# Builds the C programs (build-c.sh) and expects .build/release/ringport (make release) and
+# Benchmarks/.build/release/nio-echo (make bench-deps).
 # For each grid point, compare-echo.sh runs the servers interleaved (A B C A B C ...), the load
 # client pinned to CPU 1, and prints medians over rounds and the ratios to the C liburing server.
 set -euo pipefail
@@ -20,6 +21,7 @@ while (($# > 0)); do
 done
 
 [ -x .build/release/ringport ] || { echo "bench-echo: build .build/release/ringport first (make release)" >&2; exit 1; }
+[ -x Benchmarks/.build/release/nio-echo ] || { echo "bench-echo: build the SwiftNIO baseline first (make bench-deps)" >&2; exit 1; }
 Benchmarks/scripts/build-c.sh >/dev/null
 
 grid=(
@@ -37,6 +39,7 @@ for point in "${grid[@]}"; do
     Benchmarks/scripts/compare-echo.sh --rounds "$rounds" --duration "$duration" "$@" -- \
         c_liburing='Benchmarks/bin/echo_uring --port {PORT}' \
         c_epoll='Benchmarks/bin/echo_epoll --port {PORT}' \
-        ringport='.build/release/ringport echo --port {PORT} --buffer-size 16384 --log-level error' \
+        swiftnio='Benchmarks/.build/release/nio-echo --port {PORT}' \
+        ringport='.build/release/ringport echo --port {PORT} --log-level error' \
         | sed -n '/^server/,$p'
 done
