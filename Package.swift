@@ -64,6 +64,7 @@ let package = Package(
                 "RingPort",
                 "RingPortServer",
                 "ringport",
+                .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ],
             exclude: ["Fixtures"]
