@@ -42,33 +42,75 @@ final class LineReader: @unchecked Sendable {
     }
 }
 
+/// A `ringport` server started for a test: its process, its output and log lines, its address.
+struct RunningRingport {
+    let process: Process
+    let lines: LineReader
+    let logLines: LineReader
+    /// The banner line ("ringport echo listening on ...").
+    let banner: String
+    let address: SocketAddress
+
+    /// Starts `ringport` with `arguments` (through `/bin/sh -c "<shellPrefix> exec ringport ..."` when
+    /// a shell prefix such as a ulimit is given) and waits for its banner.
+    init(_ arguments: [String], shellPrefix: String? = nil) throws {
+        process = Process()
+        let executable = try ringportExecutable().path
+        if let shellPrefix {
+            process.executableURL = URL(fileURLWithPath: "/bin/sh")
+            process.arguments = ["-c", "\(shellPrefix) && exec \"$0\" \"$@\"", executable] + arguments
+        } else {
+            process.executableURL = URL(fileURLWithPath: executable)
+            process.arguments = arguments
+        }
+        let output = Pipe()
+        let errors = Pipe()
+        process.standardOutput = output
+        process.standardError = errors
+        lines = LineReader(output)
+        logLines = LineReader(errors)
+        try process.run()
+        let lines = self.lines
+        guard eventually({ lines.all.contains { $0.contains("listening on") } }),
+              let banner = lines.all.first(where: { $0.contains("listening on") }),
+              let hostPort = banner.split(separator: " ").first(where: { $0.hasPrefix("127.0.0.1:") }),
+              let port = UInt16(hostPort.dropFirst("127.0.0.1:".count))
+        else {
+            process.terminate()
+            throw POSIXError(.EIO, userInfo: [NSLocalizedDescriptionKey: "ringport did not start: \(logLines.all)"])
+        }
+        self.banner = banner
+        address = try SocketAddress(host: "127.0.0.1", port: port)
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    func terminate() {
+        kill(process.processIdentifier, SIGTERM)
+        process.waitUntilExit()
+    }
+
+    /// The "stopped: ..." summary line, once printed.
+    var summary: String? {
+        let lines = self.lines
+        guard eventually({ lines.all.contains { $0.hasPrefix("stopped:") } }) else { return nil }
+        return lines.all.first { $0.hasPrefix("stopped:") }
+    }
+}
+
 extension RingPortTests {
     @Suite struct CommandLineTests {
         @Test func echoCommandServesTwoHundredClientsAndStopsCleanly() throws {
-            let process = Process()
-            process.executableURL = try ringportExecutable()
-            process.arguments = ["echo", "--host", "127.0.0.1", "--port", "0", "--workers", "6", "--log-level", "warning"]
-            let output = Pipe()
-            process.standardOutput = output
-            let lines = LineReader(output)
-            try process.run()
-            defer { if process.isRunning { process.terminate() } }
-
-            #expect(eventually { lines.all.contains { $0.contains("listening on") } })
-            let banner = try #require(lines.all.first { $0.contains("listening on") })
-            #expect(banner.contains("6 workers"))
-            let portText = try #require(banner.split(separator: " ").first { $0.hasPrefix("127.0.0.1:") })
-            let port = try #require(UInt16(portText.dropFirst("127.0.0.1:".count)))
+            let server = try RunningRingport(["echo", "--host", "127.0.0.1", "--port", "0", "--workers", "6", "--log-level", "warning"])
+            defer { if server.process.isRunning { server.process.terminate() } }
+            #expect(server.banner.contains("6 workers"))
 
             EchoLoad(connections: 200, messagesPerConnection: 3, maximumMessageSize: 64 * 1024, seed: 99)
-                .expectCleanRun(against: try SocketAddress(host: "127.0.0.1", port: port))
+                .expectCleanRun(against: server.address)
 
-            kill(process.processIdentifier, SIGTERM)
-            process.waitUntilExit()
-            #expect(process.terminationReason == .exit)
-            #expect(process.terminationStatus == 0)
-            #expect(eventually { lines.all.contains { $0.hasPrefix("stopped:") } })
-            let summary = try #require(lines.all.first { $0.hasPrefix("stopped:") })
+            server.terminate()
+            #expect(server.process.terminationReason == .exit)
+            #expect(server.process.terminationStatus == 0)
+            let summary = try #require(server.summary)
             #expect(summary.contains("200 connections served"))
             #expect(summary.hasSuffix(" 0 lost"))
         }
@@ -102,21 +144,11 @@ extension RingPortTests {
         /// off while accept fails with EMFILE (logging it once, not spinning), and serves the rest
         /// as the first ones leave.
         @Test func descriptorExhaustionBacksOffAndRecovers() throws {
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: "/bin/sh")
-            process.arguments = ["-c", "ulimit -n 64 && exec \"$0\" echo --port 0 --workers 2 --log-level notice", try ringportExecutable().path]
-            let output = Pipe()
-            let errors = Pipe()
-            process.standardOutput = output
-            process.standardError = errors
-            let lines = LineReader(output)
-            let logLines = LineReader(errors)
-            try process.run()
+            let server = try RunningRingport(["echo", "--port", "0", "--workers", "2", "--log-level", "notice"], shellPrefix: "ulimit -n 64")
+            let process = server.process
+            let logLines = server.logLines
             defer { if process.isRunning { process.terminate() } }
-            #expect(eventually { lines.all.contains { $0.contains("listening on") } })
-            let banner = try #require(lines.all.first { $0.contains("listening on") })
-            let portText = try #require(banner.split(separator: " ").first { $0.hasPrefix("127.0.0.1:") })
-            let address = try SocketAddress(host: "127.0.0.1", port: #require(UInt16(portText.dropFirst("127.0.0.1:".count))))
+            let address = server.address
 
             // 120 clients connect (the backlog holds those the server cannot accept yet) and send one byte.
             let clients = try (0..<120).map { _ in try BlockingClient(connectingTo: address, receiveTimeout: .milliseconds(100)) }
@@ -150,14 +182,13 @@ extension RingPortTests {
                 client.close()
             }
             #expect(eventually { logLines.all.contains { $0.contains("accepting again") } })
-            kill(process.processIdentifier, SIGTERM)
-            process.waitUntilExit()
+            server.terminate()
             #expect(process.terminationStatus == 0)
             // Logged once per episode of failures, not once per failed accept.
             let failures = logLines.all.filter { $0.contains("accept failed") }.count
             let recoveries = logLines.all.filter { $0.contains("accepting again") }.count
             #expect(failures >= 1 && failures <= recoveries + 1)
-            let summary = try #require(lines.all.first { $0.hasPrefix("stopped:") })
+            let summary = try #require(server.summary)
             let acceptErrors = try #require(summary.split(separator: ",").first { $0.contains("accept errors") }
                 .flatMap { Int($0.split(separator: " ")[0]) })
             #expect(acceptErrors > failures)
@@ -166,18 +197,10 @@ extension RingPortTests {
         /// A first SIGTERM waits for a client that does not read (its writes cannot finish); a
         /// second one closes it at once.
         @Test func aSecondSignalForcesTheShutdown() throws {
-            let process = Process()
-            process.executableURL = try ringportExecutable()
-            process.arguments = ["echo", "--port", "0", "--grace-period", "30", "--max-write-queue", "65536", "--log-level", "warning"]
-            let output = Pipe()
-            process.standardOutput = output
-            let lines = LineReader(output)
-            try process.run()
+            let server = try RunningRingport(["echo", "--port", "0", "--grace-period", "30", "--max-write-queue", "65536", "--log-level", "warning"])
+            let process = server.process
             defer { if process.isRunning { process.terminate() } }
-            #expect(eventually { lines.all.contains { $0.contains("listening on") } })
-            let banner = try #require(lines.all.first { $0.contains("listening on") })
-            let portText = try #require(banner.split(separator: " ").first { $0.hasPrefix("127.0.0.1:") })
-            let address = try SocketAddress(host: "127.0.0.1", port: #require(UInt16(portText.dropFirst("127.0.0.1:".count))))
+            let address = server.address
             let hog = try BlockingClient(connectingTo: address, receiveTimeout: .seconds(1))
             var small: Int32 = 16 * 1024
             setsockopt(hog.descriptor, SOL_SOCKET, SO_RCVBUF, &small, socklen_t(MemoryLayout<Int32>.size))
@@ -191,7 +214,7 @@ extension RingPortTests {
             process.waitUntilExit()
             #expect(ContinuousClock.now - start < .seconds(5))
             #expect(process.terminationStatus == 0)
-            #expect(eventually { lines.all.contains { $0.hasPrefix("stopped:") && $0.hasSuffix(" 0 lost") } })
+            #expect(server.summary?.hasSuffix(" 0 lost") == true)
             hog.close()
         }
 

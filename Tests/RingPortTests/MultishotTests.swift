@@ -7,6 +7,23 @@ import Testing
 import Glibc
 #endif
 
+/// A one-ring port with `buffers` provided buffers of `size` bytes, a worker, and a multishot
+/// receive posted on one end of a socket pair; returns the other end too.
+func startMultishotReceive(
+    buffers: Int, size: Int
+) throws -> (port: CompletionPort, worker: CompletionWorker, handle: IOHandle, context: IOContext, peer: Int32) {
+    var configuration = CompletionPort.Configuration()
+    configuration.ringCount = 1
+    configuration.providedBuffers = .init(count: buffers, size: size)
+    let port = try CompletionPort(configuration: configuration)
+    let worker = port.makeWorker()
+    let (left, right) = try makeSocketPair()
+    let handle = try port.associate(descriptor: left)
+    let context = IOContext(capacity: 0)
+    try port.receiveMultishot(handle, context: context)
+    return (port, worker, handle, context, right)
+}
+
 extension RingPortTests {
     @Suite struct MultishotTests {
         @Test func probeFindsTheFeaturesOfThisKernel() throws {
@@ -52,16 +69,8 @@ extension RingPortTests {
         }
 
         @Test func multishotReceiveFillsProvidedBuffersUntilThePeerCloses() throws {
-            var configuration = CompletionPort.Configuration()
-            configuration.ringCount = 1
-            configuration.providedBuffers = .init(count: 8, size: 64)
-            let port = try CompletionPort(configuration: configuration)
+            let (port, worker, handle, context, right) = try startMultishotReceive(buffers: 8, size: 64)
             #expect(port.supportsMultishotReceive)
-            let worker = port.makeWorker()
-            let (left, right) = try makeSocketPair()
-            let handle = try port.associate(descriptor: left)
-            let context = IOContext(capacity: 0)
-            try port.receiveMultishot(handle, context: context)
 
             var received: [UInt8] = []
             let message = Array((0..<200).map { UInt8($0) })
@@ -92,15 +101,7 @@ extension RingPortTests {
         }
 
         @Test func exhaustedBuffersEndTheReceiveWithENOBUFSAndItResumes() throws {
-            var configuration = CompletionPort.Configuration()
-            configuration.ringCount = 1
-            configuration.providedBuffers = .init(count: 2, size: 16)
-            let port = try CompletionPort(configuration: configuration)
-            let worker = port.makeWorker()
-            let (left, right) = try makeSocketPair()
-            let handle = try port.associate(descriptor: left)
-            let context = IOContext(capacity: 0)
-            try port.receiveMultishot(handle, context: context)
+            let (port, worker, handle, context, right) = try startMultishotReceive(buffers: 2, size: 16)
 
             // Hold every buffer: the third arrival finds the ring empty.
             var held: [ReceivedBuffer] = []
@@ -108,11 +109,13 @@ extension RingPortTests {
             var received = 0
             let total = 16 * 6
             var sent = 0
+            func sendSixteenMoreBytes() {
+                guard sent < total else { return }
+                #expect(write(right, [UInt8](repeating: 7, count: 16), 16) == 16)
+                sent += 16
+            }
             while !sawNoBuffers {
-                if sent < total {
-                    #expect(write(right, [UInt8](repeating: 7, count: 16), 16) == 16)
-                    sent += 16
-                }
+                sendSixteenMoreBytes()
                 let completion = try #require(try worker.dequeue(timeout: .seconds(5)))
                 if let buffer = completion.receivedBuffer {
                     received += buffer.count
@@ -128,10 +131,7 @@ extension RingPortTests {
             // Buffers are back: post again and get the rest.
             try port.receiveMultishot(handle, context: context)
             while received < total {
-                if sent < total {
-                    #expect(write(right, [UInt8](repeating: 7, count: 16), 16) == 16)
-                    sent += 16
-                }
+                sendSixteenMoreBytes()
                 let completion = try #require(try worker.dequeue(timeout: .seconds(5)))
                 if let buffer = completion.receivedBuffer {
                     received += buffer.count
