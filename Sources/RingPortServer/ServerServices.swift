@@ -46,8 +46,7 @@ final class ServerServices: Sendable {
         zeroCopySend = features.zeroCopySend
         zeroCopyThreshold = configuration.zeroCopyThreshold
         maximumQueuedWriteBytes = configuration.maximumQueuedWriteBytes
-        idleTimeoutNanoseconds = configuration.idleTimeout.map { UInt64($0.components.seconds) * 1_000_000_000
-            + UInt64($0.components.attoseconds / 1_000_000_000) } ?? .max
+        idleTimeoutNanoseconds = configuration.idleTimeout?.nanosecondsClamped ?? .max
         idleTimeoutCountsReceivedBytes = configuration.idleTimeoutCountsReceivedBytes
         writeChunkSize = configuration.writeChunkSize
         starved = (0..<port.ringCount).map { _ in LockedValue([]) }
@@ -85,11 +84,9 @@ final class ServerServices: Sendable {
         finishedWritingCallback(connection, context)
     }
 
-    /// Monotonic nanoseconds from the coarse clock (a few ns to read, ticks every few ms):
-    /// enough for idle timeouts, and read twice per message.
+    /// Monotonic nanoseconds from the coarse clock: enough for idle timeouts, and cheap enough
+    /// to read twice per message.
     static func now() -> UInt64 {
-        var time = timespec()
-        clock_gettime(CLOCK_MONOTONIC_COARSE, &time)
-        return UInt64(time.tv_sec) &* 1_000_000_000 &+ UInt64(time.tv_nsec)
+        MonotonicInstant.coarseNow.nanoseconds
     }
 }
