@@ -30,18 +30,19 @@ public struct IOURingFeatures: Hashable, Sendable, CustomStringConvertible {
     /// Probes the kernel. Takes a few milliseconds.
     ///
     /// - Throws: ``RingPortError`` when io_uring cannot be set up at all (with the cause and the
-    ///   fix), or a loopback socket cannot be created.
+    ///   fix). A feature whose test cannot run (no loopback interface, no descriptor left) is
+    ///   reported as absent, so that the caller falls back instead of failing.
     public static func probe() throws(RingPortError) -> IOURingFeatures {
         var features = IOURingFeatures(kernelRelease: kernelRelease())
         let ring = try IOURing(entries: 8, completionEntries: 16)
         features.submitAll = ring.setupFlags & IORING_SETUP_SUBMIT_ALL != 0
         features.cooperativeTaskRun = ring.setupFlags & IORING_SETUP_COOP_TASKRUN != 0
         features.zeroCopySend = ring.supports(opcode: Int32(IORING_OP_SEND_ZC.rawValue))
-        features.multishotAccept = try probeMultishotAccept(ring)
+        features.multishotAccept = (try? probeMultishotAccept(ring)) ?? false
         let buffers = try? ProvidedBufferRing(ring: ring, groupID: 1, count: 2, bufferSize: 64)
         if let buffers {
             features.providedBufferRings = true
-            features.multishotReceive = try probeMultishotReceive(ring, buffers: buffers)
+            features.multishotReceive = (try? probeMultishotReceive(ring, buffers: buffers)) ?? false
         }
         // The buffers outlive the ring that uses them.
         ring.close()
