@@ -8,15 +8,10 @@
 // and exits 0.
 
 import ArgumentParser
+import BenchmarkSupport
 import NIOCore
 import NIOHTTP1
 import NIOPosix
-
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 
 @main
 struct NIOHTTPServer: ParsableCommand {
@@ -30,14 +25,7 @@ struct NIOHTTPServer: ParsableCommand {
             """
     )
 
-    @Option(help: "The address to listen on.")
-    var host = "127.0.0.1"
-
-    @Option(help: "The port to listen on.")
-    var port = 8888
-
-    @Option(help: "The number of event loop threads.")
-    var threads = 1
+    @OptionGroup var server: ServerOptions
 
     @Flag(help: """
         Add NIO's HTTPServerPipelineHandler, which holds back each pipelined request until the \
@@ -46,55 +34,30 @@ struct NIOHTTPServer: ParsableCommand {
         """)
     var pipeliningAssistance = false
 
-    func validate() throws {
-        guard (0...65535).contains(port) else { throw ValidationError("--port must be 0...65535") }
-        guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
-    }
-
     func run() throws {
-        // Before any thread exists, so that every event loop thread inherits the blocked mask.
-        let signals = TerminationSignals.block()
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
-
-        let server: any Channel
-        do {
+        let pipelining = pipeliningAssistance
+        try server.runServer(name: "nio-http") { bootstrap, group in
             let dateCaches = try Self.makeDateCaches(for: group)
-            let pipelining = pipeliningAssistance
-            let bootstrap = ServerBootstrap(group: group)
-                .serverChannelOption(.backlog, value: Int32(SOMAXCONN))
-                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-                .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
-                .childChannelInitializer { channel in
-                    // Runs on the channel's event loop, where its date cache may be used.
-                    channel.eventLoop.makeCompletedFuture {
-                        let dates = dateCaches[ObjectIdentifier(channel.eventLoop)]!.value
-                        // HTTPRequestDecoder, HTTPResponseEncoder, and HTTPServerProtocolErrorHandler
-                        // (which answers malformed requests with 400 before the channel closes).
-                        // PlaintextHandler sets Content-Length on every response and sends only
-                        // fixed, valid header names and values, so the outbound header validator
-                        // and the encoder's framing fix-ups would only re-check them (together
-                        // about 10% of the server's CPU per request).
-                        try channel.pipeline.syncOperations.configureHTTPServerPipeline(
-                            withPipeliningAssistance: pipelining,
-                            withErrorHandling: true,
-                            withOutboundHeaderValidation: false,
-                            withEncoderConfiguration: Self.encoderConfiguration
-                        )
-                        try channel.pipeline.syncOperations.addHandler(PlaintextHandler(dates: dates))
-                    }
+            return bootstrap.childChannelInitializer { channel in
+                // Runs on the channel's event loop, where its date cache may be used.
+                channel.eventLoop.makeCompletedFuture {
+                    let dates = dateCaches[ObjectIdentifier(channel.eventLoop)]!.value
+                    // HTTPRequestDecoder, HTTPResponseEncoder, and HTTPServerProtocolErrorHandler
+                    // (which answers malformed requests with 400 before the channel closes).
+                    // PlaintextHandler sets Content-Length on every response and sends only
+                    // fixed, valid header names and values, so the outbound header validator
+                    // and the encoder's framing fix-ups would only re-check them (together
+                    // about 10% of the server's CPU per request).
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(
+                        withPipeliningAssistance: pipelining,
+                        withErrorHandling: true,
+                        withOutboundHeaderValidation: false,
+                        withEncoderConfiguration: Self.encoderConfiguration
+                    )
+                    try channel.pipeline.syncOperations.addHandler(PlaintextHandler(dates: dates))
                 }
-            server = try bootstrap.bind(host: host, port: port).wait()
-        } catch {
-            try? group.syncShutdownGracefully()
-            throw error
+            }
         }
-        let address = server.localAddress.map { "\($0.ipAddress ?? host):\($0.port ?? port)" } ?? "\(host):\(port)"
-        printToStandardError("nio-http: listening on \(address) with \(threads) event loop thread(s)")
-
-        let signal = signals.wait()
-        printToStandardError("nio-http: signal \(signal), shutting down")
-        try? server.close().wait()
-        try group.syncShutdownGracefully()
     }
 
     /// The response encoder leaves the framing headers as PlaintextHandler sets them.
@@ -117,14 +80,5 @@ struct NIOHTTPServer: ParsableCommand {
             }.wait()
         }
         return caches
-    }
-}
-
-/// Writes a line to standard error (unbuffered, so it reaches a log file even if the process is
-/// killed later).
-private func printToStandardError(_ message: String) {
-    var line = message + "\n"
-    line.withUTF8 { bytes in
-        _ = write(STDERR_FILENO, bytes.baseAddress, bytes.count)
     }
 }
