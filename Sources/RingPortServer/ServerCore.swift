@@ -30,6 +30,8 @@ final class ServerCore: Sendable {
         static let idleCheck: UInt64 = 5
         /// Posted on a connection's handle: provided buffers are back after `ENOBUFS`.
         static let buffersAvailable: UInt64 = 6
+        /// Posted on a new connection's handle: open it (the handler's callback, the first receive).
+        static let open: UInt64 = 7
     }
 
     let port: CompletionPort
@@ -118,6 +120,7 @@ final class ServerCore: Sendable {
         case .user:
             guard let connection = connection(of: completion) else { return }
             switch completion.userValue {
+            case Tag.open: start(connection)
             case Tag.shutdown: connection.closeRequested(.serverShutdown, graceful: true)
             case Tag.forceClose: connection.closeRequested(.serverShutdown, graceful: false)
             case Tag.idleCheck: connection.closeRequested(.idleTimeout, graceful: false)
@@ -251,14 +254,28 @@ final class ServerCore: Sendable {
         handle.userState = connection
         connections.withLock { $0[connection.id] = connection }
         counters.accepted.add(1, ordering: .relaxed)
+        // The connection lives on a ring of its own, whose workers may handle its completions
+        // while this accept's handler still runs. Everything a connection does must happen in
+        // completions of its handle, which the port serialises: so it opens in one.
+        do {
+            try port.post(handle: handle, value: Tag.open)
+        } catch {
+            logger.error("\(configuration.label): opening a connection: \(error)")
+            port.close(handle)
+            _ = connections.withLock { $0.removeValue(forKey: connection.id) }
+            counters.closed.add(1, ordering: .relaxed)
+        }
+    }
+
+    /// Opens a connection, in a completion of its own handle.
+    private func start(_ connection: Connection) {
         handler.connectionOpened(connection)
         if isRunning {
             connection.start()
         } else {
-            // Shutdown began after the check above and may have missed this connection.
+            // Shutdown began after the connection was accepted and may have missed it.
             connection.closeRequested(.serverShutdown, graceful: false)
         }
-        finishIfDone(connection)
     }
 
     // MARK: Idle sweep and metrics
@@ -281,7 +298,7 @@ final class ServerCore: Sendable {
             let limit = services.idleTimeoutNanoseconds
             connections.withLock { connections in
                 for connection in connections.values
-                where now &- connection.lastProgress.load(ordering: .relaxed) >= limit && !connection.isClosing {
+                where now &- connection.lastProgress.load(ordering: .relaxed) >= limit {
                     try? port.post(handle: connection.handle, value: Tag.idleCheck)
                 }
             }

@@ -46,7 +46,7 @@ func readResponses(from client: BlockingClient, count: Int) throws -> [(status: 
                 continue
             }
         }
-        let received = recv(client.descriptor, &chunk, chunk.count, 0)
+        let received = client.receiveSome(into: &chunk)
         if received <= 0 {
             if !buffer.isEmpty { responses.append((0, "")) }
             break

@@ -87,7 +87,12 @@ extension RingPortTests {
 
         @Test func aClientThatNeverReadsCannotGrowServerMemory() throws {
             let limit = 256 * 1024
-            try withServer(configure: { $0.maximumQueuedWriteBytes = limit }) { server in
+            try withServer(configure: {
+                $0.maximumQueuedWriteBytes = limit
+                // A small buffer pool, so that what the pool may hold (1 MiB, resident once the
+                // kernel has written into it) stays small beside the bound checked below.
+                $0.port.providedBuffers = .init(count: 64, size: 16384)
+            }) { server in
                 let hog = try BlockingClient(connectingTo: server.localAddress, receiveTimeout: .seconds(2))
                 var small: Int32 = 64 * 1024
                 setsockopt(hog.descriptor, SOL_SOCKET, SO_RCVBUF, &small, socklen_t(MemoryLayout<Int32>.size))

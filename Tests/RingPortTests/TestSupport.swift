@@ -59,6 +59,16 @@ struct BlockingClient {
         }
     }
 
+    /// Receives what is there (at most `buffer.count` bytes), waiting for at least one byte:
+    /// the count, 0 at end of stream, or -1 with `errno` set (a signal is retried, not returned).
+    func receiveSome(into buffer: inout [UInt8]) -> Int {
+        while true {
+            let result = buffer.withUnsafeMutableBytes { recv(descriptor, $0.baseAddress!, $0.count, 0) }
+            if result < 0 && errno == EINTR { continue }
+            return result
+        }
+    }
+
     /// Receives exactly `count` bytes, or fewer if the peer closes first.
     func receive(count: Int) throws -> [UInt8] {
         var buffer = [UInt8](repeating: 0, count: count)
