@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the C echo benchmarks (Benchmarks/c/*.c) into Benchmarks/bin/.
+# Build the C benchmark programs (Benchmarks/c/*.c) into Benchmarks/bin/.
 #
 #   Benchmarks/scripts/build-c.sh        # uses gcc; CC=clang or extra CFLAGS=... may be given
 #
@@ -24,7 +24,8 @@ build() {  # build NAME [LIBS...]
 }
 
 build echo_load
+build idle_conns
 build echo_epoll
 # shellcheck disable=SC2086
 build echo_uring $uring_libs
-echo "built: $out/echo_load $out/echo_epoll $out/echo_uring"
+echo "built: $out/echo_load $out/idle_conns $out/echo_epoll $out/echo_uring"
