@@ -4,6 +4,7 @@
 #   make test   installs what is missing, builds, runs the tests
 #   make bench       compares the echo server with C and SwiftNIO baselines under the same load
 #   make bench-http  compares the HTTP responder with SwiftNIO's NIOHTTP1 under wrk
+#   make bench-conns server memory per idle connection (10,000 connections)
 #
 # Both install liburing-dev (and pkg-config) with apt-get when pkg-config cannot find liburing.
 
@@ -12,7 +13,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8888
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: all deps test-deps build release run test bench bench-deps bench-http clean
+.PHONY: all deps test-deps build release run test bench bench-deps bench-http bench-conns clean
 
 all: build
 
@@ -50,21 +51,30 @@ test: test-deps build
 bench-deps: release
 	Benchmarks/scripts/build-c.sh
 	cd Benchmarks && $(SWIFT) build -c release --product nio-echo && $(SWIFT) build -c release --product nio-http
-	@if ! command -v wrk >/dev/null 2>&1; then \
-		echo "wrk not found: installing it"; \
-		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wrk; \
+	@missing=""; \
+	command -v wrk >/dev/null 2>&1 || missing="$$missing wrk"; \
+	command -v python3 >/dev/null 2>&1 || missing="$$missing python3"; \
+	if [ -n "$$missing" ]; then \
+		echo "not found:$$missing: installing"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
 
 # RingPort's echo server against C liburing, C epoll and SwiftNIO echo servers, same load,
-# interleaved rounds (about 7 minutes on 2 cores, builds included).
+# interleaved rounds (about 7 minutes on 2 cores, builds included). Writes the table and the
+# chart to Benchmarks/results/latest.md and latest.svg.
 bench: bench-deps
 	Benchmarks/scripts/bench-echo.sh
 
 # RingPort's HTTP plaintext responder against SwiftNIO's NIOHTTP1 under wrk -t1 -c64 -d10s.
+# Writes Benchmarks/results/latest-http.md and latest-http.svg.
 bench-http: bench-deps
-	Benchmarks/scripts/compare-http.sh --rounds 3 --duration 10 --connections 64 --threads 1 -- \
-		nio_http1='Benchmarks/.build/release/nio-http --port {PORT}' \
-		ringport='.build/release/ringport http --port {PORT} --log-level error'
+	Benchmarks/scripts/bench-http.sh --rounds 3 --duration 10 --connections 64
+
+# Server memory per idle connection: 1,000 warm-up + 10,000 idle connections (each echoed once)
+# against C liburing, C epoll, SwiftNIO (if bench-deps built it) and RingPort; 3 rounds, ~40 s.
+bench-conns: release
+	Benchmarks/scripts/build-c.sh
+	Benchmarks/scripts/bench-conns.sh
 
 clean:
 	rm -rf .build

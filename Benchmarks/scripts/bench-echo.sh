@@ -3,6 +3,9 @@
 #
 #   Benchmarks/scripts/bench-echo.sh [--rounds R] [--duration S]
 #
+# Writes Benchmarks/results/latest.md (the table) and latest.svg (the chart) with report.py;
+# the raw per-round results and server logs stay in Benchmarks/results/raw/echo (not committed).
+#
 # Builds the C programs (build-c.sh) and expects .build/release/ringport (make release) and
 # Benchmarks/.build/release/nio-echo (make bench-deps).
 # For each grid point, compare-echo.sh runs the servers interleaved (A B C A B C ...), the load
@@ -30,16 +33,30 @@ grid=(
     "16 KiB x 64 connections, ping-pong|--connections 64 --size 16384 --depth 1"
     "128 B x 64 connections, 16 in flight|--connections 64 --size 128 --depth 16"
 )
+raw=Benchmarks/results/raw/echo
+rm -rf "$raw"
+mkdir -p "$raw"
+status=0 index=0
 for point in "${grid[@]}"; do
     title=${point%%|*}
+    index=$((index + 1))
+    out="$raw/$index"
+    mkdir -p "$out"
+    echo "$title" >"$out/title"
     # shellcheck disable=SC2086
     set -- ${point#*|}
     echo
-    echo "## $title ($rounds rounds x ${duration} s)"
-    Benchmarks/scripts/compare-echo.sh --rounds "$rounds" --duration "$duration" "$@" -- \
+    echo "## [$index/${#grid[@]}] $title ($rounds rounds x ${duration} s)"
+    Benchmarks/scripts/compare-echo.sh --rounds "$rounds" --duration "$duration" --out "$out" "$@" -- \
         c_liburing='Benchmarks/bin/echo_uring --port {PORT}' \
         c_epoll='Benchmarks/bin/echo_epoll --port {PORT}' \
         swiftnio='Benchmarks/.build/release/nio-echo --port {PORT}' \
         ringport='.build/release/ringport echo --port {PORT} --log-level error' \
-        | sed -n '/^server/,$p'
+        || status=1
 done
+echo
+python3 Benchmarks/scripts/report.py --kind echo --raw "$raw" \
+    --markdown Benchmarks/results/latest.md --chart Benchmarks/results/latest.svg \
+    --title "Echo throughput: RingPort, C liburing, C epoll, SwiftNIO" \
+    --command "make bench   # Benchmarks/scripts/bench-echo.sh --rounds $rounds --duration $duration"
+exit "$status"
