@@ -53,10 +53,13 @@ public final class IOContext: @unchecked Sendable {
     /// See ``count``.
     @exclusivity(unchecked) public var offset: Int = 0
 
-    /// The buffer. Allocated once, freed in `deinit`.
+    /// The buffer. Allocated once, freed in `deinit`; a context of capacity 0 (bookkeeping only,
+    /// e.g. for receives into provided buffers) allocates none and points nowhere.
     let bytes: UnsafeMutableRawPointer
-    /// Memory the kernel reads or writes besides the buffer: peer addresses, timespecs.
-    let scratch: UnsafeMutablePointer<Scratch>
+    /// Memory the kernel reads or writes besides the buffer (peer addresses, timespecs),
+    /// allocated the first time an accept, connect or timeout needs it, while the application
+    /// still owns the context; freed in `deinit`. Most contexts never need it.
+    @exclusivity(unchecked) private var scratchStorage: UnsafeMutablePointer<Scratch>?
 
     /// Who owns the context: ``applicationOwned``, ``completedOwned`` (reaped, waiting to be
     /// dequeued), or `kernelOwnedBase + shard` (the kernel holds it on that shard's ring).
@@ -75,18 +78,23 @@ public final class IOContext: @unchecked Sendable {
     public init(capacity: Int) {
         precondition(capacity >= 0, "capacity must not be negative")
         self.capacity = capacity
-        bytes = .allocate(byteCount: max(capacity, 1), alignment: 64)
-        scratch = .allocate(capacity: 1)
-        scratch.initialize(to: Scratch())
+        if capacity > 0 {
+            bytes = .allocate(byteCount: capacity, alignment: 64)
+        } else {
+            // Never dereferenced: every access is bounded by a count of 0.
+            bytes = UnsafeMutableRawPointer(bitPattern: 64)!
+        }
     }
 
     deinit {
         // The port holds a strong reference while the kernel may touch this memory, so it
         // cannot be in flight here.
         assert(!isInFlight, "an in-flight context was deallocated")
-        scratch.deinitialize(count: 1)
-        scratch.deallocate()
-        bytes.deallocate()
+        if let scratchStorage {
+            scratchStorage.deinitialize(count: 1)
+            scratchStorage.deallocate()
+        }
+        if capacity > 0 { bytes.deallocate() }
     }
 
     /// Whether the completion port owns this context (an operation was posted and its
@@ -131,7 +139,7 @@ public final class IOContext: @unchecked Sendable {
     /// or it failed. Traps when the context is in flight.
     public var acceptedPeerAddress: SocketAddress? {
         precondition(!isInFlight, "an in-flight IOContext belongs to the kernel")
-        guard operation == .accept, scratch.pointee.addressLength > 0 else { return nil }
+        guard operation == .accept, let scratch = scratchStorage, scratch.pointee.addressLength > 0 else { return nil }
         return SocketAddress(storage: scratch.pointee.address, length: scratch.pointee.addressLength)
     }
 
@@ -170,6 +178,16 @@ extension IOContext {
         var address = sockaddr_storage()
         var addressLength = socklen_t(0)
         var timeout = __kernel_timespec()
+    }
+
+    /// The scratch memory, allocated on first use. Call it only while the application owns
+    /// the context (before posting the operation that needs it).
+    private var scratch: UnsafeMutablePointer<Scratch> {
+        if let scratchStorage { return scratchStorage }
+        let storage = UnsafeMutablePointer<Scratch>.allocate(capacity: 1)
+        storage.initialize(to: Scratch())
+        scratchStorage = storage
+        return storage
     }
 
     /// The scratch socket address, at a stable address for the kernel.
