@@ -5,6 +5,8 @@
 #   make bench       compares the echo server with C and SwiftNIO baselines under the same load
 #   make bench-http  compares the HTTP responder with SwiftNIO's NIOHTTP1 under wrk
 #   make bench-conns server memory per idle connection (10,000 connections)
+#   make bench-micro micro benchmarks of the port (ordo-one/benchmark); bench-check compares
+#                    them with the committed thresholds (0 mallocs per operation)
 #
 # Both install liburing-dev (and pkg-config) with apt-get when pkg-config cannot find liburing.
 
@@ -13,7 +15,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8888
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: all deps test-deps build release run test bench bench-deps bench-http bench-conns clean
+.PHONY: all deps test-deps build release run test bench bench-deps bench-http bench-conns bench-micro bench-check bench-thresholds clean
 
 all: build
 
@@ -75,6 +77,18 @@ bench-http: bench-deps
 bench-conns: release
 	Benchmarks/scripts/build-c.sh
 	Benchmarks/scripts/bench-conns.sh
+
+# Micro benchmarks of the raw port (post, NOP, echo round trips): wall clock and mallocs per
+# operation. bench-check fails when a run is worse than Benchmarks/Thresholds (e.g. one malloc
+# per operation more); bench-thresholds records new ones (on a quiet machine; review the diff).
+bench-micro: deps
+	cd Benchmarks && $(SWIFT) package benchmark --no-progress
+
+bench-check: deps
+	cd Benchmarks && $(SWIFT) package benchmark thresholds check --no-progress
+
+bench-thresholds: deps
+	cd Benchmarks && $(SWIFT) package --allow-writing-to-package-directory benchmark thresholds update --no-progress
 
 clean:
 	rm -rf .build

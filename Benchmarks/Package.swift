@@ -15,8 +15,22 @@
 // `swift build` honours only the last of several --product options, so one product per command:
 //
 //   swift build -c release --product nio-echo && swift build -c release --product nio-http
+//
+// It also holds RingPort's micro benchmarks (ordo-one/benchmark), laid out as swift-nio does:
+// one executable target per suite under Benchmarks/<Suite>/, static thresholds under
+// Thresholds/. The benchmark plugin runs every executable target whose directory is in
+// Benchmarks/ (the NIO servers live in Sources/ and are not benchmarks):
+//
+//   PortBenchmarks   the raw completion port: user post, NOP, echo round trips (README.md)
+//
+//   swift package benchmark                    run them
+//   swift package benchmark thresholds check   compare a run with Thresholds/ (exit 0: within)
 
 import PackageDescription
+
+// RingPort is the package in the parent directory. SwiftPM names a path dependency after its
+// directory, so `package:` below must be that directory's name, whatever the checkout is called.
+let ringPortPackage = String(Context.packageDirectory.split(separator: "/").dropLast().last ?? "RingPort")
 
 // SwiftNIO's core and POSIX event loops and ArgumentParser: what every target here imports.
 let nioServerDependencies: [Target.Dependency] = [
@@ -35,6 +49,10 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.0"),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        // Micro benchmarks. MallocInterposer (malloc counts on Swift 6.3+) only: the default
+        // RuntimeInterposer trait pulls in swift-runtime-interposer, which only ARC metrics need.
+        .package(url: "https://github.com/ordo-one/benchmark", from: "1.38.1", traits: ["MallocInterposer"]),
+        .package(path: ".."),
     ],
     targets: [
         // What both servers share: --host/--port/--threads, and binding, serving until SIGINT or
@@ -46,6 +64,18 @@ let package = Package(
         .executableTarget(
             name: "nio-http",
             dependencies: ["BenchmarkSupport", .product(name: "NIOHTTP1", package: "swift-nio")] + nioServerDependencies
+        ),
+        // Micro benchmarks of the completion port itself (post, NOP, echo round trips).
+        .executableTarget(
+            name: "PortBenchmarks",
+            dependencies: [
+                .product(name: "Benchmark", package: "benchmark"),
+                .product(name: "RingPort", package: ringPortPackage),
+            ],
+            path: "Benchmarks/PortBenchmarks",
+            plugins: [
+                .plugin(name: "BenchmarkPlugin", package: "benchmark"),
+            ]
         ),
     ],
     swiftLanguageModes: [.v6]
