@@ -25,6 +25,7 @@
 #include <sched.h>
 #include <sys/prctl.h>
 #include <sys/eventfd.h>
+#include <malloc.h>
 
 // liburing 2.3 ships its own copy of the kernel's io_uring.h (liburing/io_uring.h) that differs
 // in small ways from the system's <linux/io_uring.h> (e.g. the type of rw_flags). swift-system's
@@ -105,6 +106,12 @@ static inline int CLiburing_available_cpu_count(void) {
 /// Names the calling thread (at most 15 bytes are kept), as shown by ps, top and perf.
 static inline void CLiburing_set_thread_name(const char *name) {
     prctl(PR_SET_NAME, (unsigned long)name, 0, 0, 0);
+}
+
+/// Asks glibc's allocator to give free memory back to the system (malloc.h, which Swift's Glibc
+/// module does not import). Returns 1 if some was released.
+static inline int CLiburing_malloc_trim(void) {
+    return malloc_trim(0);
 }
 
 #endif // CLIBURING_H

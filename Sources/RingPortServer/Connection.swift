@@ -147,14 +147,17 @@ public final class Connection: @unchecked Sendable {
         Array(bytes).withUnsafeBytes { write($0) }
     }
 
-    /// Queues received bytes for sending back. A provided buffer is sent as is and released after
-    /// the send (no copy); the connection's own receive buffer is copied.
+    /// Queues received bytes for sending back. A large provided buffer is sent as is and released
+    /// after the send (no copy) when nothing else is queued and the ring has buffers to spare;
+    /// otherwise, and for the connection's own receive buffer, the bytes are copied.
     public func write(_ received: ReceivedBytes) {
         guard acceptsWrites, received.count > 0 else { return }
         // Small receives are copied so that their provided buffer goes back to the ring at once;
-        // large ones are sent from the buffer itself.
+        // large ones are sent from the buffer itself — when nothing else is queued (so one
+        // connection holds at most one buffer) and the ring's budget allows it (so peers that
+        // never read cannot hold the ring's buffers: ServerServices.pinBuffer).
         if let buffer = received.providedBuffer, buffer.id == deliveredBuffer?.id, !deliveredBufferRetained,
-           buffer.count >= services.writeChunkSize / 4
+           buffer.count >= services.writeChunkSize / 4, writeQueue.isEmpty, services.pinBuffer(onRing: id.ring)
         {
             deliveredBufferRetained = true
             writeQueue.append(.provided(buffer, sent: 0))
@@ -277,6 +280,7 @@ public final class Connection: @unchecked Sendable {
             if before + sent == buffer.count {
                 writeQueue.removeFirst()
                 release(buffer)
+                services.unpinBuffer(onRing: id.ring)
             } else {
                 writeQueue[0] = .provided(buffer, sent: before + sent)
             }
@@ -320,7 +324,9 @@ public final class Connection: @unchecked Sendable {
         while let chunk = writeQueue.popFirst() {
             switch chunk {
             case .copied(let context): services.writeChunks.recycle(context)
-            case .provided(let buffer, _): release(buffer)
+            case .provided(let buffer, _):
+                release(buffer)
+                services.unpinBuffer(onRing: id.ring)
             case .owned(let context, _): services.finishedWriting(context, on: self)
             }
         }

@@ -290,8 +290,8 @@ final class ServerCore: Sendable {
         }
     }
 
-    /// Asks every connection idle for longer than the timeout to close, exports the metrics,
-    /// and re-arms.
+    /// Asks every connection idle for longer than the timeout to close, wakes connections waiting
+    /// for buffers, returns memory freed after a burst, exports the metrics, and re-arms.
     private func sweep() {
         if configuration.idleTimeout != nil {
             let now = ServerServices.now()
@@ -304,6 +304,7 @@ final class ServerCore: Sendable {
             }
         }
         services.wakeAllWaitingForBuffers()
+        services.returnFreedMemory()
         services.counters.export(port: port.statistics)
         guard isRunning else {
             outstandingTimersAndAccepts.subtract(1, ordering: .releasing)

@@ -26,9 +26,14 @@ final class ServerServices: Sendable {
     let idleTimeoutNanoseconds: UInt64
     let idleTimeoutCountsReceivedBytes: Bool
     let writeChunkSize: Int
+    /// Per ring: provided buffers held in write queues (echoed without a copy), and how many
+    /// may be. See ``pinBuffer(onRing:)``.
+    private let pinnedBuffers: [PinnedBufferCount]
+    let pinnedBufferBudget: Int
     /// Per ring: connections whose multishot receive ended with `ENOBUFS`, waiting for a buffer.
     private let starved: [LockedValue<[Connection]>]
     private let starvedCount = Atomic<Int>(0)
+    private let discardedBytesAtLastTrim = Atomic<Int>(0)
     /// Calls the handler's `connection(_:finishedWriting:)` (set by the generic server).
     private let finishedWritingCallback: @Sendable (Connection, IOContext) -> Void
 
@@ -38,9 +43,16 @@ final class ServerServices: Sendable {
     ) {
         self.port = port
         multishotReceive = port.supportsMultishotReceive && features.multishotReceive
-        receiveContexts = ContextPool(bufferSize: multishotReceive ? 0 : configuration.receiveBufferSize)
+        // Pools of buffers keep at most 4 MiB idle each: after a burst (many connections, or
+        // many non-reading peers) the rest is freed, and the sweep returns it to the system.
+        let idleBytes = 4 << 20
+        let receiveBufferSize = multishotReceive ? 0 : configuration.receiveBufferSize
+        receiveContexts = ContextPool(
+            bufferSize: receiveBufferSize,
+            maximumIdle: receiveBufferSize == 0 ? 4096 : max(64, idleBytes / receiveBufferSize))
         bookkeepingContexts = ContextPool(bufferSize: 0)
-        writeChunks = ContextPool(bufferSize: configuration.writeChunkSize)
+        writeChunks = ContextPool(
+            bufferSize: configuration.writeChunkSize, maximumIdle: max(64, idleBytes / max(1, configuration.writeChunkSize)))
         self.counters = counters
         logger = configuration.logger
         zeroCopySend = features.zeroCopySend
@@ -50,7 +62,47 @@ final class ServerServices: Sendable {
         idleTimeoutCountsReceivedBytes = configuration.idleTimeoutCountsReceivedBytes
         writeChunkSize = configuration.writeChunkSize
         starved = (0..<port.ringCount).map { _ in LockedValue([]) }
+        pinnedBuffers = (0..<port.ringCount).map { _ in PinnedBufferCount() }
+        pinnedBufferBudget = (configuration.port.providedBuffers?.count ?? 0) / 4
         finishedWritingCallback = finishedWriting
+    }
+
+    /// Reserves the right to keep one provided buffer of `ring` in a write queue until its send
+    /// completes. At most a quarter of a ring's buffers may be held so: a send to a peer that does
+    /// not read never completes, and without a cap a few such peers would hold every buffer of
+    /// the ring and starve every other connection on it. Beyond the budget, received bytes are
+    /// copied and the buffer goes back at once. Balance with ``unpinBuffer(onRing:)``.
+    func pinBuffer(onRing ring: Int) -> Bool {
+        let pinned = pinnedBuffers[ring]
+        var current = pinned.value.load(ordering: .relaxed)
+        while current < pinnedBufferBudget {
+            let (exchanged, original) = pinned.value.weakCompareExchange(
+                expected: current, desired: current + 1, successOrdering: .relaxed, failureOrdering: .relaxed)
+            if exchanged { return true }
+            current = original
+        }
+        return false
+    }
+
+    /// A buffer reserved with ``pinBuffer(onRing:)`` left its write queue.
+    func unpinBuffer(onRing ring: Int) {
+        pinnedBuffers[ring].value.subtract(1, ordering: .relaxed)
+    }
+
+    /// Provided buffers of all rings held in write queues now.
+    var pinnedBufferCount: Int {
+        pinnedBuffers.reduce(0) { $0 + $1.value.load(ordering: .relaxed) }
+    }
+
+    /// Buffers freed by the pools since the last call: when more than 4 MiB were, the memory
+    /// allocator is asked to give free pages back to the system (the sweep calls this).
+    func returnFreedMemory() {
+        let discarded = writeChunks.discardedCount * writeChunks.bufferSize
+            + receiveContexts.discardedCount * receiveContexts.bufferSize
+        let last = discardedBytesAtLastTrim.load(ordering: .relaxed)
+        guard discarded - last >= 4 << 20 else { return }
+        discardedBytesAtLastTrim.store(discarded, ordering: .relaxed)
+        SystemInfo.returnFreeMemoryToSystem()
     }
 
     /// Remembers a connection that found its ring out of provided buffers.
@@ -89,4 +141,9 @@ final class ServerServices: Sendable {
     static func now() -> UInt64 {
         MonotonicInstant.coarseNow.nanoseconds
     }
+}
+
+/// A per-ring count of provided buffers held in write queues.
+final class PinnedBufferCount: Sendable {
+    let value = Atomic<Int>(0)
 }

@@ -1,3 +1,5 @@
+import Synchronization
+
 /// A pool of per-I/O contexts with buffers of one size, so that steady-state traffic reuses
 /// contexts instead of allocating them.
 ///
@@ -8,6 +10,7 @@ public final class ContextPool: Sendable {
     /// At most this many idle contexts are kept; more are freed on recycle.
     public let maximumIdle: Int
     private let idle: LockedValue<[IOContext]>
+    private let discarded = Atomic<Int>(0)
 
     /// Creates a pool of contexts with `bufferSize`-byte buffers, keeping at most `maximumIdle`
     /// idle ones. `preallocate` contexts are created at once.
@@ -40,11 +43,18 @@ public final class ContextPool: Sendable {
         context.attachment = nil
         context.count = 0
         context.offset = 0
-        idle.withLock { contexts in
-            if contexts.count < maximumIdle {
-                contexts.append(context)
-            }
+        let kept = idle.withLock { contexts -> Bool in
+            guard contexts.count < maximumIdle else { return false }
+            contexts.append(context)
+            return true
         }
+        if !kept { discarded.add(1, ordering: .relaxed) }
+    }
+
+    /// How many recycled contexts were freed because ``maximumIdle`` were already idle. A server
+    /// can watch it to return freed memory to the system after a burst (`malloc_trim`).
+    public var discardedCount: Int {
+        discarded.load(ordering: .relaxed)
     }
 
     /// The number of idle contexts.

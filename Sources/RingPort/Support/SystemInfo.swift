@@ -13,4 +13,11 @@ public enum SystemInfo {
         if fromAffinity > 0 { return fromAffinity }
         return max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN)))
     }
+
+    /// Asks the C allocator to return free memory to the system (glibc's `malloc_trim`): whole
+    /// free pages in every arena, not only at the top of the heap. Worth calling after a burst
+    /// freed many buffers; it walks the heaps, so not on every message. Any thread.
+    public static func returnFreeMemoryToSystem() {
+        _ = CLiburing_malloc_trim()
+    }
 }
