@@ -2,6 +2,8 @@
 #
 #   make run    installs what is missing, builds release, starts the echo server on 127.0.0.1:8888
 #   make test   installs what is missing, builds, runs the tests
+#   make stress      hostile and broken clients against the servers (about a minute after the build)
+#   make sanitize    the tests under ThreadSanitizer and AddressSanitizer
 #   make bench       compares the echo server with C and SwiftNIO baselines under the same load
 #   make bench-http  compares the HTTP responder with SwiftNIO's NIOHTTP1 under wrk
 #   make bench-conns server memory per idle connection (10,000 connections)
@@ -15,7 +17,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8888
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: all deps test-deps build release run test bench bench-deps bench-http bench-conns bench-micro bench-check bench-thresholds clean
+.PHONY: all deps test-deps build release run test stress sanitize bench bench-deps bench-http bench-conns bench-micro bench-check bench-thresholds clean
 
 all: build
 
@@ -47,6 +49,22 @@ run: release
 # The tests start the ringport executable, so build every product first.
 test: test-deps build
 	$(SWIFT) test
+
+# Hostile and broken clients against ringport echo and http processes (StressTests.swift):
+# 10,000 connect/close cycles, resets mid-write, half-close, slowloris, 1,000 clients that never
+# read, a 64 MiB burst, garbage HTTP, connections past the limit; fds and RSS checked after each.
+stress: test-deps
+	$(SWIFT) build --build-tests --scratch-path .build-stress
+	RINGPORT_STRESS=1 $(SWIFT) test --skip-build --scratch-path .build-stress --disable-xctest --filter StressTests
+
+# The test suite under ThreadSanitizer, then under AddressSanitizer (with LeakSanitizer), each in
+# a build directory of its own. Only the Swift Testing runner runs (the XCTest runner has no tests).
+sanitize: test-deps
+	$(SWIFT) build --build-tests --sanitize=thread --scratch-path .build-tsan
+	$(SWIFT) test --skip-build --sanitize=thread --scratch-path .build-tsan --disable-xctest
+	$(SWIFT) build --build-tests --sanitize=address --scratch-path .build-asan
+	LSAN_OPTIONS=suppressions=$(CURDIR)/Tests/Sanitizers/lsan-suppressions.txt \
+		$(SWIFT) test --skip-build --sanitize=address --scratch-path .build-asan --disable-xctest
 
 # The baselines: C echo servers and load client of our own, SwiftNIO echo and HTTP servers
 # (Benchmarks/ is a package of its own, so RingPort does not depend on SwiftNIO), and wrk.
