@@ -37,6 +37,10 @@ raw=Benchmarks/results/raw/echo
 rm -rf "$raw"
 mkdir -p "$raw"
 status=0 index=0
+# The load client: RingPort's own (ringport load); ECHO_LOAD=Benchmarks/bin/echo_load runs the
+# same grid with the C client instead.
+export ECHO_LOAD=${ECHO_LOAD:-.build/release/ringport load --quiet}
+echo "bench-echo: load client: $ECHO_LOAD (pinned to CPU 1)"
 for point in "${grid[@]}"; do
     title=${point%%|*}
     index=$((index + 1))

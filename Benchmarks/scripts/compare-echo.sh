@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# compare-echo.sh - interleaved comparison of TCP echo servers under echo_load.
+# compare-echo.sh - interleaved comparison of TCP echo servers under one echo load client.
 #
 # usage: compare-echo.sh [options] -- name1=command1 name2=command2 ...
 #
 #   --rounds R         rounds; each round runs every server once, in the order given (default 3)
 #   --duration S       measured seconds per run (default 10)
-#   --connections N    echo_load connections (default 64)
+#   --connections N    load connections (default 64)
 #   --size B           message size in bytes (default 128)
 #   --depth D          messages in flight per connection (default 1)
 #   --warmup S         seconds of separate warm-up run before each measured run (default 1)
@@ -35,12 +35,14 @@
 # microseconds per message, and the medians of the per-round ratios to the FIRST server.
 #
 # Exit status: 0 if every run worked with errors=0, 1 otherwise.
-# Needs: bash, coreutils (timeout, taskset from util-linux), awk, and Benchmarks/bin/echo_load
-# (Benchmarks/scripts/build-c.sh builds it; ECHO_LOAD=path overrides).
+# Needs: bash, coreutils (timeout, taskset from util-linux), awk, and a load client that takes
+# echo_load's options and prints its JSON: Benchmarks/bin/echo_load (build-c.sh builds it) by
+# default, or ECHO_LOAD='.build/release/ringport load' (bench-echo.sh uses that).
 set -euo pipefail
 
 bench_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-load=${ECHO_LOAD:-$bench_dir/bin/echo_load}
+# The load client: a command and its first arguments, split on spaces.
+read -r -a load <<<"${ECHO_LOAD:-$bench_dir/bin/echo_load}"
 
 prog=compare-echo
 # shellcheck source=compare-lib.sh
@@ -68,7 +70,7 @@ is_int "$port" && ((port < 65536)) || die "--port-base must be a port number"
 is_secs "$duration" && [[ ! $duration =~ ^0+(\.0+)?$ ]] || die "--duration must be a positive number"
 is_secs "$warmup" || die "--warmup must be a number of seconds"
 ((${#specs[@]} > 0)) || { usage >&2; exit 1; }
-[[ -x $load ]] || die "$load not found: run Benchmarks/scripts/build-c.sh first"
+[[ -x ${load[0]} ]] || die "${load[0]} not found: run Benchmarks/scripts/build-c.sh first (or set ECHO_LOAD)"
 
 parse_servers "${specs[@]}"
 prepare_runs
@@ -77,7 +79,7 @@ printf 'round\tserver\tmsgs_per_s\tp99_us\tcpu_us_per_msg\terrors\n' >"$results"
 # ---------------------------------------------------------------------------------------
 # Runs
 
-# Value of a numeric field in echo_load's one-line JSON output.
+# Value of a numeric field in the load client's one-line JSON output.
 json_field() {
     awk -v key="\"$2\":" '{
         i = index($0, key); if (!i) exit
@@ -85,21 +87,21 @@ json_field() {
     }' <<<"$1"
 }
 
-# run_server NAME LOG: the warm-up and the measured echo_load against the server just started.
+# run_server NAME LOG: the warm-up and the measured load against the server just started.
 run_server() {
     local name=$1 log=$2 rc out cpu0 cpu1 msgs_s p99 msgs errors cpu_per_msg
     local common=(--host "$host" --port "$port" --connections "$connections" --size "$size"
                   --depth "$depth" --warmup 0)
     if [[ ! $warmup =~ ^0+(\.0+)?$ ]]; then
         rc=0
-        "${pin[@]}" timeout -k 5 "$(client_limit "$warmup")" "$load" "${common[@]}" \
+        "${pin[@]}" timeout -k 5 "$(client_limit "$warmup")" "${load[@]}" "${common[@]}" \
             --duration "$warmup" >/dev/null 2>>"$log" || rc=$?
         ((rc == 0)) || echo "$prog: warm-up against $name exited with $rc" >&2
     fi
 
     cpu0=$(cpu_ticks "$server_pid")
     rc=0
-    out=$("${pin[@]}" timeout -k 5 "$(client_limit "$duration")" "$load" "${common[@]}" \
+    out=$("${pin[@]}" timeout -k 5 "$(client_limit "$duration")" "${load[@]}" "${common[@]}" \
           --duration "$duration" --json 2>>"$log") || rc=$?
     cpu1=$(cpu_ticks "$server_pid" || echo "")
     stop_server
@@ -107,7 +109,7 @@ run_server() {
     msgs_s=$(json_field "$out" "msgs/s") p99=$(json_field "$out" p99_us)
     msgs=$(json_field "$out" msgs) errors=$(json_field "$out" errors)
     if [[ -z $msgs || -z $cpu1 ]] || ((rc != 0 && rc != 2)); then
-        echo "round $round/$rounds  $name: FAILED (echo_load exit $rc; see $log)" >&2
+        echo "round $round/$rounds  $name: FAILED (load client exit $rc; see $log)" >&2
         printf '%s\t%s\tNA\tNA\tNA\tNA\n' "$round" "$name" >>"$results"
         failed=1 keep_work=1
         return 0

@@ -1,0 +1,10 @@
+/// Why a load run could not be set up or run: printed as `ringport load: <message>`, exit status 1.
+struct LoadFailure: Error, CustomStringConvertible {
+    let message: String
+
+    init(_ message: String) {
+        self.message = message
+    }
+
+    var description: String { message }
+}
