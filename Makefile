@@ -4,6 +4,7 @@
 #   make test   installs what is missing, builds, runs the tests
 #   make stress      hostile and broken clients against the servers (about a minute after the build)
 #   make sanitize    the tests under ThreadSanitizer and AddressSanitizer
+#   make fuzz        libFuzzer on the HTTP request parser, 60 s (FUZZ_SECONDS=...)
 #   make bench       compares the echo server with C and SwiftNIO baselines under the same load
 #   make bench-http  compares the HTTP responder with SwiftNIO's NIOHTTP1 under wrk
 #   make bench-conns server memory per idle connection (10,000 connections)
@@ -17,7 +18,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8888
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: all deps test-deps build release run test stress sanitize bench bench-deps bench-http bench-conns bench-micro bench-check bench-thresholds clean
+.PHONY: all deps test-deps build release run test stress sanitize fuzz bench bench-deps bench-http bench-conns bench-micro bench-check bench-thresholds clean
 
 all: build
 
@@ -65,6 +66,13 @@ sanitize: test-deps
 	$(SWIFT) build --build-tests --sanitize=address --scratch-path .build-asan
 	LSAN_OPTIONS=suppressions=$(CURDIR)/Tests/Sanitizers/lsan-suppressions.txt \
 		$(SWIFT) test --skip-build --sanitize=address --scratch-path .build-asan --disable-xctest
+
+# libFuzzer on the HTTP request parser (Fuzz/run.sh): builds into .build-fuzz/, runs each
+# target FUZZ_SECONDS seconds with a working corpus under $$TMPDIR; fails on a crash or a
+# violated property, printing the input.
+FUZZ_SECONDS ?= 60
+fuzz:
+	Fuzz/run.sh $(FUZZ_SECONDS)
 
 # The baselines: C echo servers and load client of our own, SwiftNIO echo and HTTP servers
 # (Benchmarks/ is a package of its own, so RingPort does not depend on SwiftNIO), and wrk.

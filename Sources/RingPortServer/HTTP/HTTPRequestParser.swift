@@ -112,7 +112,7 @@ public struct HTTPRequestParser: Sendable {
         if let failure { return failure }
         let rest = input.count - consumed
         guard rest > 0 else { return nil }
-        if rest > maximumHeadBytes {
+        if rest >= maximumHeadBytes {
             return fail(.headersTooLarge)
         }
         pending.append(contentsOf: UnsafeRawBufferPointer(rebasing: input[consumed...]))
@@ -127,7 +127,7 @@ public struct HTTPRequestParser: Sendable {
         var start = 0
         while start < input.count {
             guard let headEnd = Self.endOfHead(in: input, from: start, limit: maximumHeadBytes) else {
-                if input.count - start > maximumHeadBytes { _ = fail(.headersTooLarge) }
+                if input.count - start >= maximumHeadBytes { _ = fail(.headersTooLarge) }
                 return start
             }
             switch Self.parseHead(UnsafeRawBufferPointer(rebasing: input[start..<headEnd])) {
@@ -152,9 +152,10 @@ public struct HTTPRequestParser: Sendable {
     }
 
     /// The index just past the CRLFCRLF that ends the head starting at `start`, or nil when it is
-    /// not within reach.
+    /// not within the first `limit` bytes (the CRLFCRLF counts: a head is at most `limit` bytes,
+    /// however the bytes arrive).
     private static func endOfHead(in input: UnsafeRawBufferPointer, from start: Int, limit: Int) -> Int? {
-        let end = min(input.count, start + limit + 4)
+        let end = min(input.count, start + limit)
         var index = start
         while index + 3 < end {
             if input[index + 3] != 0x0A {
