@@ -16,7 +16,7 @@ import Glibc
 /// Used by the main thread only (it is not `Sendable`). The main thread is worker 0: it owns the
 /// ``CompletionWorker`` created here, submits the connects and the first operations, and stays
 /// alive until ``close()``, so the kernel never cancels what it submitted. Workers 1... run on
-/// ``LoadThread``s started after the connect phase and joined before ``run(monitor:)`` returns.
+/// RingPort's `PThread`s started after the connect phase and joined before ``run(monitor:)`` returns.
 /// The port, the ``LoadConnections`` (contexts and per-connection state) and the pattern are
 /// owned by the generator and outlive every worker.
 final class EchoLoadGenerator {
@@ -111,12 +111,12 @@ final class EchoLoadGenerator {
             var tally: LoadTally?
             var fault: String?
         }
-        var threads: [(LoadThread, Outcome)] = []
+        var threads: [(PThread, Outcome)] = []
         var startFailure: LoadFailure?
         for index in 1..<max(1, plan.workers) {
             let outcome = Outcome()
             do {
-                let thread = try LoadThread(name: "load-\(index)") {
+                let thread = try PThread(name: "load-\(index)") {
                     var load = makeWorker(index)
                     let completionWorker = port.makeWorker()
                     load.run(on: completionWorker)
@@ -126,7 +126,7 @@ final class EchoLoadGenerator {
                 }
                 threads.append((thread, outcome))
             } catch {
-                startFailure = error
+                startFailure = LoadFailure("cannot start worker thread \(index): \(error)")
                 shared.openConnections.store(0, ordering: .relaxed)
                 break
             }

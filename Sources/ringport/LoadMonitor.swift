@@ -56,7 +56,11 @@ final class LoadMonitor: Sendable {
 
     /// Starts the monitor thread (detached).
     func start() throws(LoadFailure) {
-        _ = try LoadThread(name: "load-monitor", detached: true) { [self] in run() }
+        do {
+            _ = try PThread(name: "load-monitor", detached: true) { [self] in run() }
+        } catch {
+            throw LoadFailure("cannot start the monitor thread: \(error)")
+        }
     }
 
     /// The connections are established and the clock started at `start`; messages count from

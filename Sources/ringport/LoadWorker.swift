@@ -28,7 +28,7 @@ import Glibc
 /// so that time is stamped on every message whose first byte they carry.
 ///
 /// ## Threads and ownership
-/// A value owned by one thread: the main thread for worker 0, an extra ``LoadThread`` for the
+/// A value owned by one thread: the main thread for worker 0, an extra thread for the
 /// others. Its tally and pending stamps are its own; connection entries in ``LoadConnections``
 /// are touched only while handling a completion of that connection, which the completion port
 /// serialises per handle. The worker must keep running (its thread alive) until the run ends:

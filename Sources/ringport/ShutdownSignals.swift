@@ -1,3 +1,5 @@
+import RingPort
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -28,23 +30,16 @@ struct ShutdownSignals {
 
     /// Starts a thread that runs `action` when the next SIGINT or SIGTERM arrives.
     func onNextSignal(_ action: @escaping @Sendable () -> Void) {
-        final class Box: Sendable {
-            let action: @Sendable () -> Void
-            init(_ action: @escaping @Sendable () -> Void) { self.action = action }
+        let set = set
+        do {
+            _ = try PThread(name: "signals", detached: true) {
+                var set = set
+                var received: Int32 = 0
+                while sigwait(&set, &received) != 0 {}
+                action()
+            }
+        } catch {
+            // Without the thread a second signal cannot force the shutdown; the first still works.
         }
-        var thread = pthread_t()
-        let box = Unmanaged.passRetained(Box(action))
-        pthread_create(&thread, nil, { argument in
-            let box = Unmanaged<Box>.fromOpaque(argument!).takeRetainedValue()
-            var set = sigset_t()
-            sigemptyset(&set)
-            sigaddset(&set, SIGINT)
-            sigaddset(&set, SIGTERM)
-            var received: Int32 = 0
-            while sigwait(&set, &received) != 0 {}
-            box.action()
-            return nil
-        }, box.toOpaque())
-        pthread_detach(thread)
     }
 }

@@ -4,14 +4,18 @@ import CLiburing
 import Glibc
 #endif
 
-/// A joinable POSIX thread running a closure.
+/// A POSIX thread running a closure: RingPort's workers, and the few threads of the `ringport`
+/// tool (package access).
 ///
-/// Thread-safety: ``join()`` must be called once, from one thread.
-struct PThread {
+/// Thread-safety: ``join()`` must be called once, from one thread; a detached thread is never
+/// joined.
+package struct PThread {
     private let thread: pthread_t
 
     /// Starts a thread named `name` (truncated to 15 bytes, the kernel's limit) running `body`.
-    init(name: String, body: @escaping @Sendable () -> Void) throws(RingPortError) {
+    /// The new thread owns the closure and releases it when `body` returns. A `detached`
+    /// thread's resources are freed when it ends; it cannot be joined.
+    package init(name: String, detached: Bool = false, body: @escaping @Sendable () -> Void) throws(RingPortError) {
         final class Box {
             let name: String
             let body: @Sendable () -> Void
@@ -33,11 +37,12 @@ struct PThread {
             box.release()
             throw RingPortError(.systemCallFailed, operation: "pthread_create \(name)", errno: .init(rawValue: result))
         }
+        if detached { pthread_detach(thread) }
         self.thread = thread
     }
 
     /// Waits for the thread to finish.
-    func join() {
+    package func join() {
         pthread_join(thread, nil)
     }
 }
