@@ -68,7 +68,7 @@ sanitize: test-deps
 		$(SWIFT) test --skip-build --sanitize=address --scratch-path .build-asan --disable-xctest
 
 # libFuzzer on the HTTP request parser (Fuzz/run.sh): builds into .build-fuzz/, runs each
-# target FUZZ_SECONDS seconds with a working corpus under $$TMPDIR; fails on a crash or a
+# target FUZZ_SECONDS seconds with a working corpus under $TMPDIR; fails on a crash or a
 # violated property, printing the input.
 FUZZ_SECONDS ?= 60
 fuzz:

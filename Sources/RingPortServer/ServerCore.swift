@@ -304,7 +304,7 @@ final class ServerCore: Sendable {
             }
         }
         services.wakeAllWaitingForBuffers()
-        services.returnFreedMemory()
+        services.returnIdleMemory()
         services.counters.export(port: port.statistics)
         guard isRunning else {
             outstandingTimersAndAccepts.subtract(1, ordering: .releasing)

@@ -33,7 +33,7 @@ final class ServerServices: Sendable {
     /// Per ring: connections whose multishot receive ended with `ENOBUFS`, waiting for a buffer.
     private let starved: [LockedValue<[Connection]>]
     private let starvedCount = Atomic<Int>(0)
-    private let discardedBytesAtLastTrim = Atomic<Int>(0)
+    private let freedSinceMemoryReturn = Atomic<Int>(0)
     /// Calls the handler's `connection(_:finishedWriting:)` (set by the generic server).
     private let finishedWritingCallback: @Sendable (Connection, IOContext) -> Void
 
@@ -43,16 +43,9 @@ final class ServerServices: Sendable {
     ) {
         self.port = port
         multishotReceive = port.supportsMultishotReceive && features.multishotReceive
-        // Pools of buffers keep at most 4 MiB idle each: after a burst (many connections, or
-        // many non-reading peers) the rest is freed, and the sweep returns it to the system.
-        let idleBytes = 4 << 20
-        let receiveBufferSize = multishotReceive ? 0 : configuration.receiveBufferSize
-        receiveContexts = ContextPool(
-            bufferSize: receiveBufferSize,
-            maximumIdle: receiveBufferSize == 0 ? 4096 : max(64, idleBytes / receiveBufferSize))
+        receiveContexts = ContextPool(bufferSize: multishotReceive ? 0 : configuration.receiveBufferSize)
         bookkeepingContexts = ContextPool(bufferSize: 0)
-        writeChunks = ContextPool(
-            bufferSize: configuration.writeChunkSize, maximumIdle: max(64, idleBytes / max(1, configuration.writeChunkSize)))
+        writeChunks = ContextPool(bufferSize: configuration.writeChunkSize)
         self.counters = counters
         logger = configuration.logger
         zeroCopySend = features.zeroCopySend
@@ -94,14 +87,16 @@ final class ServerServices: Sendable {
         pinnedBuffers.reduce(0) { $0 + $1.value.load(ordering: .relaxed) }
     }
 
-    /// Buffers freed by the pools since the last call: when more than 4 MiB were, the memory
-    /// allocator is asked to give free pages back to the system (the sweep calls this).
-    func returnFreedMemory() {
-        let discarded = writeChunks.discardedCount * writeChunks.bufferSize
-            + receiveContexts.discardedCount * receiveContexts.bufferSize
-        let last = discardedBytesAtLastTrim.load(ordering: .relaxed)
-        guard discarded - last >= 4 << 20 else { return }
-        discardedBytesAtLastTrim.store(discarded, ordering: .relaxed)
+    /// Frees the pooled buffers that stayed idle since the last sweep (what a burst of
+    /// connections or of non-reading peers left behind), and once more than 4 MiB were freed,
+    /// asks the allocator to give the free pages back to the system. The sweep calls this.
+    func returnIdleMemory() {
+        let freed = writeChunks.trimIdle() * writeChunks.bufferSize
+            + receiveContexts.trimIdle() * receiveContexts.bufferSize
+        bookkeepingContexts.trimIdle()
+        let total = freedSinceMemoryReturn.add(freed, ordering: .relaxed).newValue
+        guard total >= 4 << 20 else { return }
+        freedSinceMemoryReturn.store(0, ordering: .relaxed)
         SystemInfo.returnFreeMemoryToSystem()
     }
 

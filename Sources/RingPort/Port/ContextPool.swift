@@ -1,5 +1,3 @@
-import Synchronization
-
 /// A pool of per-I/O contexts with buffers of one size, so that steady-state traffic reuses
 /// contexts instead of allocating them.
 ///
@@ -9,8 +7,13 @@ public final class ContextPool: Sendable {
     public let bufferSize: Int
     /// At most this many idle contexts are kept; more are freed on recycle.
     public let maximumIdle: Int
-    private let idle: LockedValue<[IOContext]>
-    private let discarded = Atomic<Int>(0)
+    private let idle: LockedValue<IdleContexts>
+
+    /// The idle contexts, and the fewest there were since the last ``trimIdle()``.
+    private struct IdleContexts {
+        var contexts: [IOContext]
+        var lowWater: Int
+    }
 
     /// Creates a pool of contexts with `bufferSize`-byte buffers, keeping at most `maximumIdle`
     /// idle ones. `preallocate` contexts are created at once.
@@ -23,15 +26,17 @@ public final class ContextPool: Sendable {
         for _ in 0..<preallocate {
             contexts.append(IOContext(capacity: bufferSize))
         }
-        idle = LockedValue(contexts)
+        idle = LockedValue(IdleContexts(contexts: contexts, lowWater: contexts.count))
     }
 
     /// An idle context, or a new one when none is idle. The caller owns it.
     public func take() -> IOContext {
-        if let context = idle.withLock({ $0.popLast() }) {
+        let context = idle.withLock { idle -> IOContext? in
+            let context = idle.contexts.popLast()
+            if idle.contexts.count < idle.lowWater { idle.lowWater = idle.contexts.count }
             return context
         }
-        return IOContext(capacity: bufferSize)
+        return context ?? IOContext(capacity: bufferSize)
     }
 
     /// Gives a context back: it must not be in flight and must come from this pool (or have
@@ -43,22 +48,31 @@ public final class ContextPool: Sendable {
         context.attachment = nil
         context.count = 0
         context.offset = 0
-        let kept = idle.withLock { contexts -> Bool in
-            guard contexts.count < maximumIdle else { return false }
-            contexts.append(context)
-            return true
+        idle.withLock { idle in
+            if idle.contexts.count < maximumIdle {
+                idle.contexts.append(context)
+            }
         }
-        if !kept { discarded.add(1, ordering: .relaxed) }
     }
 
-    /// How many recycled contexts were freed because ``maximumIdle`` were already idle. A server
-    /// can watch it to return freed memory to the system after a burst (`malloc_trim`).
-    public var discardedCount: Int {
-        discarded.load(ordering: .relaxed)
+    /// Frees the contexts that stayed idle since the previous call (the fewest idle at any
+    /// moment in between were never needed) and returns how many. Called periodically (a
+    /// server's sweep), this keeps what steady traffic uses and gives back what a burst left.
+    @discardableResult
+    public func trimIdle() -> Int {
+        let freed = idle.withLock { idle -> [IOContext] in
+            let excess = idle.lowWater
+            let freed = Array(idle.contexts.prefix(excess))
+            idle.contexts.removeFirst(excess)
+            idle.lowWater = idle.contexts.count
+            return freed
+        }
+        // The contexts are released here, outside the lock.
+        return freed.count
     }
 
     /// The number of idle contexts.
     public var idleCount: Int {
-        idle.withLock { $0.count }
+        idle.withLock { $0.contexts.count }
     }
 }
