@@ -62,5 +62,6 @@ echo
 python3 Benchmarks/scripts/report.py --kind echo --raw "$raw" \
     --markdown Benchmarks/results/latest.md --chart Benchmarks/results/latest.svg \
     --title "Echo throughput: RingPort, C liburing, C epoll, SwiftNIO" \
+    --client "\`$ECHO_LOAD\` pinned to CPU 1 (servers unpinned), a 1 s warm-up run before each measured run" \
     --command "make bench   # Benchmarks/scripts/bench-echo.sh --rounds $rounds --duration $duration"
 exit "$status"

@@ -40,5 +40,6 @@ echo
 python3 Benchmarks/scripts/report.py --kind http --raw "$raw" \
     --markdown Benchmarks/results/latest-http.md --chart Benchmarks/results/latest-http.svg \
     --title "HTTP plaintext: RingPort and SwiftNIO NIOHTTP1 under wrk" \
+    --client "wrk -t1 -c$connections -d${duration}s --latency pinned to CPU 1 (servers unpinned); same response bytes" \
     --command "make bench-http   # Benchmarks/scripts/bench-http.sh --rounds $rounds --duration $duration --connections $connections"
 exit "$status"

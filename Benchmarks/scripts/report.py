@@ -2,7 +2,7 @@
 """report.py - turns the raw results of a benchmark run into a Markdown table and an SVG chart.
 
 usage: report.py --kind echo|http --raw DIR --markdown FILE --chart FILE
-                 [--subject ringport] [--command 'make bench'] [--title TEXT]
+                 [--subject ringport] [--command 'make bench'] [--title TEXT] [--client TEXT]
 
 DIR holds one sub-directory per load (grid point), each with the results.tsv that
 compare-echo.sh or compare-http.sh wrote (--out) and a file `title` naming the load.  Loads are
@@ -116,7 +116,9 @@ def markdown(loads, kind, subject, args):
     lines = [f"# {args.title}", ""]
     lines.append(f"Command: `{args.command}`  ")
     lines.append(f"Date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}  ")
-    lines.append(f"Machine: {machine()}")
+    lines.append(f"Machine: {machine()}" + ("  " if args.client else ""))
+    if args.client:
+        lines.append(f"Load client: {args.client}")
     lines.append("")
     lines.append(
         f"Medians over rounds. The last two columns are {subject} ÷ that server, as the median of "
@@ -226,6 +228,7 @@ def main():
     parser.add_argument("--subject", default="ringport")
     parser.add_argument("--command", default="make bench")
     parser.add_argument("--title", default="RingPort benchmark")
+    parser.add_argument("--client", help="the load client, as the table should name it")
     args = parser.parse_args()
 
     directories = sorted(d for d in (os.path.join(args.raw, n) for n in os.listdir(args.raw))
