@@ -54,6 +54,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#define PROGRAM "echo_load"
+#include "client_util.h"
+
 #define MAX_CONNECTIONS 20000
 #define MAX_DEPTH 4096
 #define MAX_SIZE (64u << 20)         /* 64 MiB per message is plenty */
@@ -97,32 +100,6 @@ static void usage(FILE *out)
         "  --warmup SECONDS     warm-up before measuring, may be 0 (default 1)\n"
         "  --json               print a JSON object instead of key=value text\n",
         MAX_CONNECTIONS);
-}
-
-static long parse_long(const char *name, const char *s, long lo, long hi)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || *s == '\0' || *end != '\0' || v < lo || v > hi) {
-        fprintf(stderr, "echo_load: --%s must be an integer in [%ld, %ld], got '%s'\n",
-                name, lo, hi, s);
-        exit(1);
-    }
-    return v;
-}
-
-static double parse_seconds(const char *name, const char *s, double lo)
-{
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || *s == '\0' || *end != '\0' || !(v >= lo) || v > 86400.0) {
-        fprintf(stderr, "echo_load: --%s must be a number of seconds in [%g, 86400], got '%s'\n",
-                name, lo, s);
-        exit(1);
-    }
-    return v;
 }
 
 static void parse_options(int argc, char **argv)
@@ -172,13 +149,6 @@ static void parse_options(int argc, char **argv)
 /* ------------------------------------------------------------------------ */
 /* Clock and histogram                                                      */
 /* ------------------------------------------------------------------------ */
-
-static inline uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
 
 /*
  * Log-linear histogram of nanosecond values, in the spirit of HdrHistogram.
@@ -554,22 +524,6 @@ fail:;
 /* Main                                                                     */
 /* ------------------------------------------------------------------------ */
 
-static void raise_nofile(void)
-{
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-        rl.rlim_cur = rl.rlim_max;
-        if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
-            perror("echo_load: setrlimit(RLIMIT_NOFILE)");
-    }
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
-        rl.rlim_cur < (rlim_t)opt.connections + 16) {
-        fprintf(stderr, "echo_load: %ld connections need more file descriptors than "
-                "RLIMIT_NOFILE allows (%llu)\n", opt.connections, (unsigned long long)rl.rlim_cur);
-        exit(1);
-    }
-}
-
 static void print_result(uint64_t elapsed_ns)
 {
     double secs = (double)elapsed_ns / 1e9;
@@ -600,7 +554,7 @@ int main(int argc, char **argv)
 {
     parse_options(argc, argv);
     signal(SIGPIPE, SIG_IGN);
-    raise_nofile();
+    raise_nofile(opt.connections);
 
     struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM }, *ai;
     int gai = getaddrinfo(opt.host, opt.port, &hints, &ai);

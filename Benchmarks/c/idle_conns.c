@@ -76,6 +76,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#define PROGRAM "idle_conns"
+#include "client_util.h"
+
 #define MAX_CONNECTIONS 1000000
 #define MAX_SIZE 65536
 #define MAX_SOURCES 253              /* 127.0.0.2 .. 127.0.0.254 */
@@ -121,32 +124,6 @@ static void usage(FILE *out)
         MAX_CONNECTIONS, MAX_SIZE, MAX_SOURCES);
 }
 
-static long parse_long(const char *name, const char *s, long lo, long hi)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || *s == '\0' || *end != '\0' || v < lo || v > hi) {
-        fprintf(stderr, "idle_conns: --%s must be an integer in [%ld, %ld], got '%s'\n",
-                name, lo, hi, s);
-        exit(1);
-    }
-    return v;
-}
-
-static double parse_seconds(const char *name, const char *s, double lo)
-{
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || *s == '\0' || *end != '\0' || !(v >= lo) || v > 86400.0) {
-        fprintf(stderr, "idle_conns: --%s must be a number of seconds in [%g, 86400], got '%s'\n",
-                name, lo, s);
-        exit(1);
-    }
-    return v;
-}
-
 static void parse_options(int argc, char **argv)
 {
     enum { O_HOST = 1, O_PORT, O_CONN, O_SIZE, O_SRC, O_PAR, O_TIMEOUT, O_HOLD, O_HELP };
@@ -186,13 +163,6 @@ static void parse_options(int argc, char **argv)
 /* ------------------------------------------------------------------------ */
 /* State                                                                    */
 /* ------------------------------------------------------------------------ */
-
-static inline uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
 
 enum conn_state {
     C_NEW = 0,                       /* not started yet */
@@ -413,23 +383,6 @@ static void handle_event(long i, uint32_t events)
 /* Main                                                                     */
 /* ------------------------------------------------------------------------ */
 
-static void raise_nofile(void)
-{
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-        rl.rlim_cur = rl.rlim_max;
-        if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
-            perror("idle_conns: setrlimit(RLIMIT_NOFILE)");
-    }
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
-        rl.rlim_cur < (rlim_t)opt.connections + 16) {
-        fprintf(stderr, "idle_conns: %ld connections need more file descriptors than "
-                "RLIMIT_NOFILE allows (%llu; raise it with ulimit -Hn / -n)\n", opt.connections,
-                (unsigned long long)rl.rlim_cur);
-        exit(1);
-    }
-}
-
 static void resolve(void)
 {
     struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM }, *ai;
@@ -451,7 +404,7 @@ static void resolve(void)
 int main(int argc, char **argv)
 {
     parse_options(argc, argv);
-    raise_nofile();
+    raise_nofile(opt.connections);
     resolve();
 
     /* SIGTERM and SIGINT end the hold (and abort the set-up) through a signalfd. */
