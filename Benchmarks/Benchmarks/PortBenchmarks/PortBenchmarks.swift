@@ -95,19 +95,7 @@ let benchmarks: @Sendable () -> Void = {
     // iteration: A sends N bytes, B receives all of them (read + write posted together), B sends
     // them back from its receive buffer, A receives them: four operations, four completions.
     for size in EchoSize.all {
-        let echo = Fixture<EchoFixture>()
-        Benchmark("EchoRoundTrip\(size.label)") { benchmark in
-            let fixture = echo.value!
-            benchmark.startMeasurement()
-            for _ in benchmark.scaledIterations {
-                try fixture.roundTrip()
-            }
-            benchmark.stopMeasurement()
-        } setup: {
-            echo.value = try EchoFixture(messageSize: size.bytes)
-        } teardown: {
-            echo.take()?.close()
-        }
+        roundTripBenchmark("EchoRoundTrip\(size.label)") { try EchoFixture(messageSize: size.bytes) }
     }
 
     // The same pair with a multishot receive on each end into the ring's provided buffers (one
@@ -115,19 +103,7 @@ let benchmarks: @Sendable () -> Void = {
     // buffer (write(_:from: ReceivedBuffer ...)) and releases it when that write completes; A
     // releases each buffer as soon as it has counted the bytes.
     for size in EchoSize.all {
-        let echo = Fixture<MultishotEchoFixture>()
-        Benchmark("EchoMultishot\(size.label)") { benchmark in
-            let fixture = echo.value!
-            benchmark.startMeasurement()
-            for _ in benchmark.scaledIterations {
-                try fixture.roundTrip()
-            }
-            benchmark.stopMeasurement()
-        } setup: {
-            echo.value = try MultishotEchoFixture(messageSize: size.bytes)
-        } teardown: {
-            echo.take()?.close()
-        }
+        roundTripBenchmark("EchoMultishot\(size.label)") { try MultishotEchoFixture(messageSize: size.bytes) }
     }
 }
 
@@ -157,6 +133,33 @@ enum PortBenchmarkThresholds {
 
 /// State a benchmark's setup hook builds, its closure uses and its teardown hook closes. The
 /// framework runs the three one after the other, never at once.
+/// A fixture whose one operation is an echo round trip.
+protocol RoundTripFixture: AnyObject {
+    func roundTrip() throws
+    func close()
+}
+
+extension EchoFixture: RoundTripFixture {}
+extension MultishotEchoFixture: RoundTripFixture {}
+
+/// Registers a benchmark of `scaledIterations` round trips on a fixture made by `make` in the
+/// set-up (outside the measurement) and closed in the tear-down.
+func roundTripBenchmark<F: RoundTripFixture>(_ name: String, make: @escaping @Sendable () throws -> F) {
+    let fixture = Fixture<F>()
+    Benchmark(name) { benchmark in
+        let value = fixture.value!
+        benchmark.startMeasurement()
+        for _ in benchmark.scaledIterations {
+            try value.roundTrip()
+        }
+        benchmark.stopMeasurement()
+    } setup: {
+        fixture.value = try make()
+    } teardown: {
+        fixture.take()?.close()
+    }
+}
+
 final class Fixture<Value>: @unchecked Sendable {
     var value: Value?
 
