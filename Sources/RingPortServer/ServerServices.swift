@@ -82,11 +82,6 @@ final class ServerServices: Sendable {
         pinnedBuffers[ring].value.subtract(1, ordering: .relaxed)
     }
 
-    /// Provided buffers of all rings held in write queues now.
-    var pinnedBufferCount: Int {
-        pinnedBuffers.reduce(0) { $0 + $1.value.load(ordering: .relaxed) }
-    }
-
     /// Frees the pooled buffers that stayed idle since the last sweep (what a burst of
     /// connections or of non-reading peers left behind), and once more than 4 MiB were freed,
     /// asks the allocator to give the free pages back to the system. The sweep calls this.
