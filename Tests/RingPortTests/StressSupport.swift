@@ -240,6 +240,22 @@ final class StressServer: @unchecked Sendable {
         return last
     }
 
+    /// What every case does once its load is over: a fresh client is served, the server settles
+    /// back toward `baseline`, the outcome line (`name`, `details()` — evaluated after settling)
+    /// is printed, descriptors and RSS are checked against `start` and `baseline`, and the server
+    /// is stopped with SIGTERM. Returns its shutdown summary, for the case's own checks.
+    func conclude(
+        _ name: String, start: Footprint, baseline: Footprint, peak: Footprint? = nil, elapsed: Duration,
+        sourceLocation: SourceLocation = #_sourceLocation, details: () -> String
+    ) -> ShutdownSummary? {
+        expectAnswersAFreshClient(sourceLocation: sourceLocation)
+        let end = settle(toward: baseline)
+        reportStressOutcome(
+            name, details(), start: start, baseline: baseline, peak: peak, end: end, elapsed: elapsed, pid: pid)
+        expectSettled(start: start, baseline: baseline, end: end, sourceLocation: sourceLocation)
+        return stop(sourceLocation: sourceLocation)
+    }
+
     /// A fresh client is served: 4 KiB echoed exactly (echo), or `GET /plaintext` answered 200
     /// `Hello, World!` (http). Records an issue and returns false otherwise.
     @discardableResult

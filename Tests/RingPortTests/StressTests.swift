@@ -66,17 +66,17 @@ extension RingPortTests {
             #expect(result.mismatches == 0)
             #expect(result.echoedBytes == result.expectedEchoBytes)
 
-            server.expectAnswersAFreshClient()
-            let end = server.settle(toward: baseline)
             // Connections the kernel dropped from a full listen queue (the client reset after its
-            // last handshake ACK was dropped) never reach the server; machine-wide count.
-            let overflows = listenQueueOverflows() - overflowsBefore
-            reportStressOutcome(
+            // last handshake ACK was dropped) never reach the server; machine-wide count, read
+            // once the server has settled.
+            var overflows = 0
+            let summary = server.conclude(
                 "connect/close x10000 (8 threads; close, echo, reset, send-and-close)",
-                "\(result.completed) cycles, \(result.echoedBytes) echoed bytes checked, \(result.mismatches) mismatches; at most \(peak.descriptors - start.descriptors) connections open at once (warm-up \(warmUpPeak.descriptors - start.descriptors)); \(overflows) listen-queue overflows; warm-up RSS \(warmUpResident.map { mebibytes($0) }.joined(separator: "→")) MiB over \(warmUpResident.count - 1) round(s)",
-                start: start, baseline: baseline, peak: peak, end: end, elapsed: elapsed, pid: server.pid)
-            expectSettled(start: start, baseline: baseline, end: end)
-            let summary = server.stop()
+                start: start, baseline: baseline, peak: peak, elapsed: elapsed
+            ) {
+                overflows = listenQueueOverflows() - overflowsBefore
+                return "\(result.completed) cycles, \(result.echoedBytes) echoed bytes checked, \(result.mismatches) mismatches; at most \(peak.descriptors - start.descriptors) connections open at once (warm-up \(warmUpPeak.descriptors - start.descriptors)); \(overflows) listen-queue overflows; warm-up RSS \(warmUpResident.map { mebibytes($0) }.joined(separator: "→")) MiB over \(warmUpResident.count - 1) round(s)"
+            }
             if overflows == 0 {
                 server.expectSummary(summary, served: server.connectionsOpened)
             } else if let summary {
@@ -111,14 +111,12 @@ extension RingPortTests {
             // grows the socket buffers on both sides; that the server stopped reading from each
             // is checked in its summary below (backpressure pauses).
 
-            server.expectAnswersAFreshClient()
-            let end = server.settle(toward: baseline)
-            reportStressOutcome(
+            let summary = server.conclude(
                 "reset mid-write x16 (8 MiB each, 8 reading, 8 not)",
-                "\(mebibytes(result.sent)) MiB sent, \(mebibytes(result.verified)) MiB echoed and checked before the resets, \(result.stalled) of 8 non-readers stalled before 8 MiB, \(result.mismatches) mismatches",
-                start: start, baseline: baseline, end: end, elapsed: elapsed, pid: server.pid)
-            expectSettled(start: start, baseline: baseline, end: end)
-            let summary = server.stop()
+                start: start, baseline: baseline, elapsed: elapsed
+            ) {
+                "\(mebibytes(result.sent)) MiB sent, \(mebibytes(result.verified)) MiB echoed and checked before the resets, \(result.stalled) of 8 non-readers stalled before 8 MiB, \(result.mismatches) mismatches"
+            }
             server.expectSummary(summary, served: server.connectionsOpened)
             if let summary {
                 #expect(summary["bytes out"] <= summary["bytes in"])
@@ -145,14 +143,12 @@ extension RingPortTests {
             #expect(result.complete == result.sessions, "\(result.problems.prefix(5))")
             #expect(result.verified == result.sent)
 
-            server.expectAnswersAFreshClient()
-            let end = server.settle(toward: baseline)
-            reportStressOutcome(
+            let summary = server.conclude(
                 "half-close x\(result.sessions) (1 B to 8 MiB, SHUT_WR, read to EOF)",
-                "\(result.complete)/\(result.sessions) echoed in full then closed by the server, \(result.verified) of \(result.sent) bytes compared, \(result.checksumsMatching)/\(result.sessions) checksums equal",
-                start: start, baseline: baseline, end: end, elapsed: elapsed, pid: server.pid)
-            expectSettled(start: start, baseline: baseline, end: end)
-            let summary = server.stop()
+                start: start, baseline: baseline, elapsed: elapsed
+            ) {
+                "\(result.complete)/\(result.sessions) echoed in full then closed by the server, \(result.verified) of \(result.sent) bytes compared, \(result.checksumsMatching)/\(result.sessions) checksums equal"
+            }
             server.expectSummary(summary, served: server.connectionsOpened)
             if let summary {
                 // Every byte that came in went out: warm-up, case, fresh client.
@@ -183,14 +179,12 @@ extension RingPortTests {
             #expect(result.latest <= .milliseconds(2000), "all closed within 2 s (timeout 1 s, sweep every 250 ms): \(result)")
             #expect(result.goodResponses >= 3 && result.goodFailures == 0, "the keep-alive client was served meanwhile: \(result)")
 
-            server.expectAnswersAFreshClient()
-            let end = server.settle(toward: baseline)
-            reportStressOutcome(
+            let summary = server.conclude(
                 "slowloris x16 (http, --idle-timeout 1, 1 byte / 100-200 ms)",
-                "\(result.closed)/16 closed \(String(format: "%.2f", result.earliest.stressSeconds))-\(String(format: "%.2f", result.latest.stressSeconds)) s after their last complete request, \(result.bytesTrickled) bytes trickled, keep-alive client \(result.goodResponses) answers",
-                start: start, baseline: baseline, end: end, elapsed: elapsed, pid: server.pid)
-            expectSettled(start: start, baseline: baseline, end: end)
-            let summary = server.stop()
+                start: start, baseline: baseline, elapsed: elapsed
+            ) {
+                "\(result.closed)/16 closed \(String(format: "%.2f", result.earliest.stressSeconds))-\(String(format: "%.2f", result.latest.stressSeconds)) s after their last complete request, \(result.bytesTrickled) bytes trickled, keep-alive client \(result.goodResponses) answers"
+            }
             server.expectSummary(summary, served: server.connectionsOpened, idleTimeouts: warmUp.closed + 16)
         }
 
@@ -232,14 +226,12 @@ extension RingPortTests {
                 result.othersServed == result.othersTried,
                 "other clients were served within 5 s while the hogs held on: \(result.othersServed)/\(result.othersTried)")
 
-            server.expectAnswersAFreshClient()
-            let end = server.settle(toward: baseline)
-            reportStressOutcome(
+            let summary = server.conclude(
                 "never-reading clients x\(hogCount) (--max-write-queue \(maxWriteQueue))",
-                "\(mebibytes(result.pushed)) MiB pushed, \(result.stalled) stalled (kernel TCP memory \(mebibytes(result.kernelTCPMemory)) MiB); server RSS +\(mebibytes(growth)) MiB over its fresh start at the peak of the hold (bound \(mebibytes(bound)) MiB); others served \(result.othersServed)/\(result.othersTried); warm-up peak \(warmUp.peak.residentMiB) MiB",
-                start: start, baseline: baseline, peak: result.peak, end: end, elapsed: elapsed, pid: server.pid)
-            expectSettled(start: start, baseline: baseline, end: end)
-            let summary = server.stop()
+                start: start, baseline: baseline, peak: result.peak, elapsed: elapsed
+            ) {
+                "\(mebibytes(result.pushed)) MiB pushed, \(result.stalled) stalled (kernel TCP memory \(mebibytes(result.kernelTCPMemory)) MiB); server RSS +\(mebibytes(growth)) MiB over its fresh start at the peak of the hold (bound \(mebibytes(bound)) MiB); others served \(result.othersServed)/\(result.othersTried); warm-up peak \(warmUp.peak.residentMiB) MiB"
+            }
             server.expectSummary(summary, served: server.connectionsOpened)
             if let summary {
                 // The server stopped reading from (nearly) every one of them, warm-up and case.
@@ -266,14 +258,12 @@ extension RingPortTests {
             #expect(result.sentChecksum == result.echoedChecksum, "\(result)")
             #expect(result.mismatchAt == nil && result.failure == 0, "\(result)")
 
-            server.expectAnswersAFreshClient()
-            let end = server.settle(toward: baseline)
-            reportStressOutcome(
+            let summary = server.conclude(
                 "64 MiB burst, echoed while sending",
-                "\(result.verified) bytes echoed exactly, checksum \(String(result.sentChecksum, radix: 16)) = \(String(result.echoedChecksum, radix: 16)), \(String(format: "%.0f", Double(result.verified) / 1_048_576 / result.elapsed.stressSeconds)) MiB/s",
-                start: start, baseline: baseline, end: end, elapsed: elapsed, pid: server.pid)
-            expectSettled(start: start, baseline: baseline, end: end)
-            let summary = server.stop()
+                start: start, baseline: baseline, elapsed: elapsed
+            ) {
+                "\(result.verified) bytes echoed exactly, checksum \(String(result.sentChecksum, radix: 16)) = \(String(result.echoedChecksum, radix: 16)), \(String(format: "%.0f", Double(result.verified) / 1_048_576 / result.elapsed.stressSeconds)) MiB/s"
+            }
             server.expectSummary(summary, served: server.connectionsOpened)
             if let summary {
                 let total = (8 << 20) + receiveBufferFillBytes + (64 << 20) + 4096
@@ -301,15 +291,13 @@ extension RingPortTests {
             #expect(result.unexpected.isEmpty, "\(result.unexpected.count) unexpected outcomes: \(result.unexpected.prefix(10))")
             #expect(result.validAnswered == result.validAsked, "\(result.validAnswered)/\(result.validAsked) valid requests answered 200")
 
-            server.expectAnswersAFreshClient()
-            let end = server.settle(toward: baseline)
-            let statuses = result.statuses.sorted { $0.key < $1.key }.map { "\($0.key == 0 ? "closed without answer" : "\($0.key)") x\($0.value)" }
-            reportStressOutcome(
+            let summary = server.conclude(
                 "garbage/truncated HTTP x600 (4 threads)",
-                "\(statuses.joined(separator: ", ")); \(result.unexpected.count) unexpected; valid keep-alive requests \(result.validAnswered)/\(result.validAsked) answered 200",
-                start: start, baseline: baseline, end: end, elapsed: elapsed, pid: server.pid)
-            expectSettled(start: start, baseline: baseline, end: end)
-            let summary = server.stop()
+                start: start, baseline: baseline, elapsed: elapsed
+            ) {
+                let statuses = result.statuses.sorted { $0.key < $1.key }.map { "\($0.key == 0 ? "closed without answer" : "\($0.key)") x\($0.value)" }
+                return "\(statuses.joined(separator: ", ")); \(result.unexpected.count) unexpected; valid keep-alive requests \(result.validAnswered)/\(result.validAsked) answered 200"
+            }
             server.expectSummary(summary, served: server.connectionsOpened)
         }
 
@@ -333,14 +321,12 @@ extension RingPortTests {
             #expect(result.refusedClosed == 200 + 1)
             #expect(result.slowestRefusal < .seconds(1), "refused connections were closed at once: slowest \(result.slowestRefusal)")
 
-            server.expectAnswersAFreshClient()
-            let end = server.settle(toward: baseline)
-            reportStressOutcome(
+            let summary = server.conclude(
                 "max-connections 100, 300 opened",
-                "\(result.served) served, \(result.refusedClosed) closed at once (slowest after \(String(format: "%.1f", result.slowestRefusal.stressSeconds * 1000)) ms), held ones served again, \(result.recovered) served after 50 left",
-                start: start, baseline: baseline, peak: result.peak, end: end, elapsed: elapsed, pid: server.pid)
-            expectSettled(start: start, baseline: baseline, end: end)
-            let summary = server.stop()
+                start: start, baseline: baseline, peak: result.peak, elapsed: elapsed
+            ) {
+                "\(result.served) served, \(result.refusedClosed) closed at once (slowest after \(String(format: "%.1f", result.slowestRefusal.stressSeconds * 1000)) ms), held ones served again, \(result.recovered) served after 50 left"
+            }
             let refused = warmUp.refusedClosed + result.refusedClosed
             server.expectSummary(summary, served: server.connectionsOpened - refused, refused: refused)
         }
