@@ -118,12 +118,7 @@ struct LoadWorker {
     /// Posts connection `index`'s first receive and first send. Called on the main thread for
     /// every connection before any worker runs; ``stampPending(at:)`` then stamps the sends.
     mutating func start(connection index: Int, handle: IOHandle) {
-        do {
-            try postReceive(index, handle, context: connections.receiveContexts[index])
-        } catch {
-            fail(index, handle, .postFailed(operation: "receive", error: error))
-            return
-        }
+        guard postReceiveOrFail(index, handle, context: connections.receiveContexts[index]) else { return }
         sendMore(index, handle)
     }
 
@@ -222,11 +217,7 @@ struct LoadWorker {
         } else if multishot && result == -ENOBUFS {
             // The buffers of this batch are back by the time the next dequeue submits this.
             tally.bufferExhaustions += 1
-            do {
-                try postReceive(index, handle, context: context)
-            } catch {
-                fail(index, handle, .postFailed(operation: "receive", error: error))
-            }
+            _ = postReceiveOrFail(index, handle, context: context)
         } else {
             fail(index, handle, .socketError(operation: "receive", errno: -result))
         }
@@ -242,19 +233,7 @@ struct LoadWorker {
         let consumed = context.withUnsafeBytes { buffer in
             consume(buffer.baseAddress!, count: Int(result), index: index, at: arrival)
         }
-        guard consumed else {
-            fail(index, handle, .unsolicitedData)
-            return
-        }
-        do {
-            try postReceive(index, handle, context: context)
-        } catch {
-            fail(index, handle, .postFailed(operation: "receive", error: error))
-            return
-        }
-        if !states[index].isSending {
-            sendMore(index, handle)
-        }
+        continueAfterReceiving(consumed: consumed, repost: true, index: index, handle: handle, context: context)
     }
 
     /// A multishot receive delivered bytes in a provided buffer: they are checked and the buffer
@@ -268,20 +247,34 @@ struct LoadWorker {
             consume(bytes.baseAddress!, count: count, index: index, at: arrival)
         }
         buffer.release()
+        continueAfterReceiving(consumed: consumed, repost: !hasMore, index: index, handle: handle, context: context)
+    }
+
+    /// After received bytes were checked: fails the connection if they were more than was sent,
+    /// posts the receive again when `repost`, and sends more when no send is in flight.
+    @inline(__always)
+    private mutating func continueAfterReceiving(
+        consumed: Bool, repost: Bool, index: Int, handle: IOHandle, context: IOContext
+    ) {
         guard consumed else {
             fail(index, handle, .unsolicitedData)
             return
         }
-        if !hasMore {
-            do {
-                try postReceive(index, handle, context: context)
-            } catch {
-                fail(index, handle, .postFailed(operation: "receive", error: error))
-                return
-            }
-        }
+        if repost && !postReceiveOrFail(index, handle, context: context) { return }
         if !states[index].isSending {
             sendMore(index, handle)
+        }
+    }
+
+    /// Posts the connection's receive (again); on failure fails the connection and returns false.
+    @inline(__always)
+    private mutating func postReceiveOrFail(_ index: Int, _ handle: IOHandle, context: IOContext) -> Bool {
+        do {
+            try postReceive(index, handle, context: context)
+            return true
+        } catch {
+            fail(index, handle, .postFailed(operation: "receive", error: error))
+            return false
         }
     }
 
