@@ -3,7 +3,7 @@
 // Fuzz/run.sh builds it in two modules: RingPortServer, made of the files in sources.txt (just
 // Sources/RingPortServer/HTTP/HTTPRequestParser.swift, which imports nothing and uses nothing
 // else of RingPortServer) compiled with -sanitize=fuzzer,address, so that coverage guides
-// libFuzzer; and this target (this file and HTTPParserProperties.swift, a link to the one in Tests/RingPortTests) compiled with
+// libFuzzer; and this target (this file, and HTTPParserProperties.swift and SeededGenerator.swift, links to the ones in Tests/RingPortTests) compiled with
 // -sanitize=address only, linked with -sanitize=fuzzer,address.
 //
 // The input is the byte stream of one connection. Every property of HTTPParserProperties is

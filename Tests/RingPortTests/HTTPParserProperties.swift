@@ -1,7 +1,8 @@
 // The properties of HTTPRequestParser that its fuzz target (Fuzz/HTTPRequestParser, run with
 // Fuzz/run.sh, which compiles this file through a link) and its regression tests
 // (HTTPParserFuzzRegressionTests) check on every input. It uses only the parser's public API
-// and the standard library, so the fuzzer can build it against the parser file alone.
+// and the standard library (and SeededGenerator.swift), so the fuzzer can build it against the
+// parser file alone.
 
 import RingPortServer
 
@@ -107,7 +108,7 @@ struct HTTPParserCheck {
             let label = "split at \(point)"
             compare(feed(ends: [point, bytes.count], label: label), with: whole, label)
         }
-        var random = SplitMix64(seed: Self.fnv1a(bytes) ^ UInt64(maximumHeadBytes))
+        var random = SeededGenerator(state: Self.fnv1a(bytes) ^ UInt64(maximumHeadBytes))
         for _ in 0..<randomSplits where violations.count < 8 {
             // Up to 64 cuts, anywhere (repeats feed empty chunks), and a copy taken after one chunk.
             let cutCount = Int(random.next() % UInt64(min(bytes.count, 64) + 1))
@@ -348,23 +349,6 @@ struct HTTPParserCheck {
     /// FNV-1a of the bytes: the seed of the random splits, so that an input always splits alike.
     static func fnv1a(_ bytes: [UInt8]) -> UInt64 {
         bytes.reduce(0xCBF2_9CE4_8422_2325) { ($0 ^ UInt64($1)) &* 0x0000_0100_0000_01B3 }
-    }
-}
-
-/// A small deterministic generator (SplitMix64).
-struct SplitMix64 {
-    private var state: UInt64
-
-    init(seed: UInt64) {
-        state = seed
-    }
-
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }
 

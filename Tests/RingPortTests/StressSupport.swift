@@ -412,22 +412,9 @@ func resetAndClose(_ descriptor: Int32) {
     Glibc.close(descriptor)
 }
 
-/// `count` deterministic pseudo-random bytes (SplitMix64 from `seed`), filled a word at a time.
+/// `count` deterministic pseudo-random bytes from `seed`.
 func stressPayload(count: Int, seed: UInt64) -> [UInt8] {
-    var generator = SeededGenerator(state: seed &* 0x9E37_79B9_7F4A_7C15 &+ 1)
-    var bytes = [UInt8](repeating: 0, count: count)
-    bytes.withUnsafeMutableBytes { raw in
-        var index = 0
-        while index + 8 <= count {
-            raw.storeBytes(of: generator.next(), toByteOffset: index, as: UInt64.self)
-            index += 8
-        }
-        while index < count {
-            raw[index] = UInt8(truncatingIfNeeded: generator.next())
-            index += 1
-        }
-    }
-    return bytes
+    SeededGenerator(state: seed &* 0x9E37_79B9_7F4A_7C15 &+ 1).bytesArray(count: count)
 }
 
 /// A 64-bit checksum of `bytes` (FNV-1a over 8-byte words, then the tail bytes).

@@ -96,39 +96,6 @@ struct BlockingClient {
     }
 }
 
-/// Deterministic pseudo-random bytes (SplitMix64), so a failure can be reproduced from its seed.
-struct SeededGenerator: RandomNumberGenerator {
-    var state: UInt64
-
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-
-    /// `count` bytes from a generator seeded as this one is (does not advance this one).
-    func bytesArray(count: Int) -> [UInt8] {
-        var copy = self
-        return copy.bytes(count: count)
-    }
-
-    mutating func bytes(count: Int) -> [UInt8] {
-        var result = [UInt8](repeating: 0, count: count)
-        var index = 0
-        while index < count {
-            var word = next()
-            for _ in 0..<8 where index < count {
-                result[index] = UInt8(truncatingIfNeeded: word)
-                word >>= 8
-                index += 1
-            }
-        }
-        return result
-    }
-}
-
 /// A port with one ring and a small completion queue, for tests that drive a worker by hand.
 func makeSingleRingPort(entries: UInt32 = 64) throws -> CompletionPort {
     var configuration = CompletionPort.Configuration()

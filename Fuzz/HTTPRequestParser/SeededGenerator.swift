@@ -1,0 +1,1 @@
+../../Tests/RingPortTests/SeededGenerator.swift
