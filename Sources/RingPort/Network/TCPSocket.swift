@@ -30,8 +30,8 @@ public enum TCPSocket {
             if options.reuseAddress { try setOption(descriptor, SOL_SOCKET, SO_REUSEADDR, 1, name: "SO_REUSEADDR") }
             if options.reusePort { try setOption(descriptor, SOL_SOCKET, SO_REUSEPORT, 1, name: "SO_REUSEPORT") }
             if address.family == .ipv6 { try setOption(descriptor, Int32(IPPROTO_IPV6), IPV6_V6ONLY, 1, name: "IPV6_V6ONLY") }
-            try check(address.withSocketAddress { bind(descriptor, $0, $1) }, "bind \(address)")
-            try check(listen(descriptor, options.backlog), "listen \(address)")
+            try SystemCall.check(address.withSocketAddress { bind(descriptor, $0, $1) }, "bind \(address)")
+            try SystemCall.check(listen(descriptor, options.backlog), "listen \(address)")
         } catch {
             close(descriptor)
             throw error
@@ -42,7 +42,7 @@ public enum TCPSocket {
     /// Creates an unconnected TCP socket of `family` (`AF_INET` / `AF_INET6`), close-on-exec.
     public static func makeSocket(family: Int32) throws(RingPortError) -> Int32 {
         let descriptor = socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), Int32(IPPROTO_TCP))
-        try check(descriptor, "socket")
+        try SystemCall.check(descriptor, "socket")
         return descriptor
     }
 
@@ -61,28 +61,12 @@ public enum TCPSocket {
     /// The address a socket is bound to (`getsockname`), e.g. to learn the port the kernel
     /// chose for port 0.
     public static func localAddress(of descriptor: Int32) throws(RingPortError) -> SocketAddress {
-        try address(of: descriptor, "getsockname", getsockname)
+        try SystemCall.socketAddress(of: descriptor, "getsockname", getsockname)
     }
 
     /// The address of a connected socket's peer (`getpeername`).
     public static func peerAddress(of descriptor: Int32) throws(RingPortError) -> SocketAddress {
-        try address(of: descriptor, "getpeername", getpeername)
-    }
-
-    private static func address(
-        of descriptor: Int32, _ name: String,
-        _ call: (Int32, UnsafeMutablePointer<sockaddr>, UnsafeMutablePointer<socklen_t>) -> Int32
-    ) throws(RingPortError) -> SocketAddress {
-        var storage = sockaddr_storage()
-        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
-        let result = withUnsafeMutablePointer(to: &storage) { pointer in
-            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { call(descriptor, $0, &length) }
-        }
-        try check(result, name)
-        guard let address = SocketAddress(storage: storage, length: length) else {
-            throw RingPortError(.invalidArgument, operation: "\(name): not an IP socket")
-        }
-        return address
+        try SystemCall.socketAddress(of: descriptor, "getpeername", getpeername)
     }
 
     /// Disables Nagle's algorithm (`TCP_NODELAY`).
@@ -95,12 +79,6 @@ public enum TCPSocket {
         _ descriptor: Int32, _ level: Int32, _ option: Int32, _ value: Int32, name: String
     ) throws(RingPortError) {
         var value = value
-        try check(setsockopt(descriptor, level, option, &value, socklen_t(MemoryLayout<Int32>.size)), "setsockopt \(name)")
-    }
-
-    private static func check(_ result: Int32, _ operation: @autoclosure () -> String) throws(RingPortError) {
-        if result < 0 {
-            throw RingPortError(.systemCallFailed, operation: operation(), errno: Errno(rawValue: Glibc.errno))
-        }
+        try SystemCall.check(setsockopt(descriptor, level, option, &value, socklen_t(MemoryLayout<Int32>.size)), "setsockopt \(name)")
     }
 }
