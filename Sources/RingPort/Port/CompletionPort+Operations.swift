@@ -219,7 +219,8 @@ extension CompletionPort {
         return shards[nextShardIndex()]
     }
 
-    private func validate(_ range: Range<Int>, in context: IOContext, operation: IOOperation) throws(RingPortError) {
+    /// Throws ``RingPortError/Code/invalidArgument`` unless `range` lies within `context`'s buffer.
+    func validate(_ range: Range<Int>, in context: IOContext, operation: IOOperation) throws(RingPortError) {
         guard range.lowerBound >= 0, range.upperBound <= context.capacity, range.count <= Int(UInt32.max) else {
             throw RingPortError(
                 .invalidArgument,

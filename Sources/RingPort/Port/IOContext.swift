@@ -58,7 +58,10 @@ public final class IOContext: @unchecked Sendable {
     let bytes: UnsafeMutableRawPointer
     /// Memory the kernel reads or writes besides the buffer (peer addresses, timespecs),
     /// allocated the first time an accept, connect or timeout needs it, while the application
-    /// still owns the context; freed in `deinit`. Most contexts never need it.
+    /// still owns the context; freed in `deinit`. Most contexts never need it. The first
+    /// datagram operation replaces it with a larger ``MessageScratch`` whose first field is this
+    /// ``Scratch`` (``Scratch/isMessageScratch`` tells), so contexts that never send or receive
+    /// datagrams never pay for a message header.
     @exclusivity(unchecked) private var scratchStorage: UnsafeMutablePointer<Scratch>?
 
     /// Who owns the context: ``applicationOwned``, ``completedOwned`` (reaped, waiting to be
@@ -90,10 +93,7 @@ public final class IOContext: @unchecked Sendable {
         // The port holds a strong reference while the kernel may touch this memory, so it
         // cannot be in flight here.
         assert(!isInFlight, "an in-flight context was deallocated")
-        if let scratchStorage {
-            scratchStorage.deinitialize(count: 1)
-            scratchStorage.deallocate()
-        }
+        freeScratch()
         if capacity > 0 { bytes.deallocate() }
     }
 
@@ -143,6 +143,39 @@ public final class IOContext: @unchecked Sendable {
         return SocketAddress(storage: scratch.pointee.address, length: scratch.pointee.addressLength)
     }
 
+    /// The address the datagram came from, after a
+    /// ``CompletionPort/receiveMessage(_:into:range:)`` that succeeded (the `msg_name` the
+    /// kernel filled in). Nil when the last operation was no message receive, when it failed or
+    /// was cancelled, or when the sender is not an IPv4 or IPv6 address (e.g. a Unix socket).
+    ///
+    /// Read it once the completion is dequeued, while the application owns the context (before
+    /// posting it again): it traps when the context is in flight, and the next operation
+    /// overwrites it.
+    public var messageSenderAddress: SocketAddress? {
+        precondition(!isInFlight, "an in-flight IOContext belongs to the kernel")
+        guard operation == .receiveMessage, let message = receivedMessageScratch else { return nil }
+        return SocketAddress(storage: message.pointee.base.address, length: message.pointee.header.msg_namelen)
+    }
+
+    /// Whether the datagram a ``CompletionPort/receiveMessage(_:into:range:)`` delivered was
+    /// longer than the range it was received into (`MSG_TRUNC` in `msg_flags`): the completion's
+    /// ``Completion/bytesTransferred`` bytes arrived and the rest of the datagram is lost. False
+    /// when the last operation was no message receive or it failed.
+    ///
+    /// Same ownership rule as ``messageSenderAddress``: traps while the context is in flight.
+    public var isMessageTruncated: Bool {
+        precondition(!isInFlight, "an in-flight IOContext belongs to the kernel")
+        guard operation == .receiveMessage, let message = receivedMessageScratch else { return false }
+        return message.pointee.header.msg_flags & Int32(MSG_TRUNC) != 0
+    }
+
+    /// The message scratch a receive filled in, if the context has one (it always does after a
+    /// message receive was posted).
+    private var receivedMessageScratch: UnsafeMutablePointer<MessageScratch>? {
+        guard let scratchStorage, scratchStorage.pointee.isMessageScratch else { return nil }
+        return UnsafeMutableRawPointer(scratchStorage).assumingMemoryBound(to: MessageScratch.self)
+    }
+
     // MARK: Port-side transitions
 
     /// Hands the context to the kernel through `shard`'s ring. Returns false when the port
@@ -177,7 +210,22 @@ extension IOContext {
     struct Scratch {
         var address = sockaddr_storage()
         var addressLength = socklen_t(0)
+        /// Whether this is the `base` of a ``MessageScratch``. Sits in what would otherwise be
+        /// padding after `addressLength`, so the plain scratch does not grow.
+        var isMessageScratch = false
         var timeout = __kernel_timespec()
+    }
+
+    /// The scratch memory of a datagram operation (`RECVMSG` / `SENDMSG`): the message header
+    /// and the one-entry I/O vector the kernel reads, besides the plain scratch whose `address`
+    /// holds the peer's address (read for a send, written by a receive). The header points into
+    /// this same allocation and into the context's buffer, both of which the context keeps alive
+    /// until the completion.
+    struct MessageScratch {
+        /// First, so that a pointer to it is a pointer to the whole (see ``messageScratch``).
+        var base: Scratch
+        var header = msghdr()
+        var vector = iovec()
     }
 
     /// The scratch memory, allocated on first use. Call it only while the application owns
@@ -188,6 +236,47 @@ extension IOContext {
         storage.initialize(to: Scratch())
         scratchStorage = storage
         return storage
+    }
+
+    /// The scratch memory of a datagram operation: the ``MessageScratch`` that extends
+    /// ``Scratch``, allocated (or grown from a plain ``Scratch``, keeping its contents) on first
+    /// use. Call it only while the caller owns the context *and* no operation can be using the
+    /// old scratch: inside a post's `prepare` closure, after the port took the context over.
+    var messageScratch: UnsafeMutablePointer<MessageScratch> {
+        if let scratchStorage, scratchStorage.pointee.isMessageScratch {
+            // Allocated below as a MessageScratch, whose first field (offset 0) is this Scratch.
+            return UnsafeMutableRawPointer(scratchStorage).assumingMemoryBound(to: MessageScratch.self)
+        }
+        precondition(MemoryLayout<MessageScratch>.offset(of: \.base) == 0, "MessageScratch must start with its Scratch")
+        var base = scratchStorage?.pointee ?? Scratch()
+        base.isMessageScratch = true
+        let storage = UnsafeMutablePointer<MessageScratch>.allocate(capacity: 1)
+        storage.initialize(to: MessageScratch(base: base))
+        freeScratch()
+        scratchStorage = storage.pointer(to: \.base)!
+        return storage
+    }
+
+    /// Frees the scratch memory, whichever of the two sizes it has.
+    private func freeScratch() {
+        guard let scratchStorage else { return }
+        if scratchStorage.pointee.isMessageScratch {
+            let message = UnsafeMutableRawPointer(scratchStorage).assumingMemoryBound(to: MessageScratch.self)
+            message.deinitialize(count: 1)
+            message.deallocate()
+        } else {
+            scratchStorage.deinitialize(count: 1)
+            scratchStorage.deallocate()
+        }
+        self.scratchStorage = nil
+    }
+
+    /// How many bytes of scratch memory the context holds: 0, a ``Scratch`` or a
+    /// ``MessageScratch`` (for tests of what an idle context costs).
+    var scratchByteCount: Int {
+        guard let scratchStorage else { return 0 }
+        return scratchStorage.pointee.isMessageScratch
+            ? MemoryLayout<MessageScratch>.size : MemoryLayout<Scratch>.size
     }
 
     /// The scratch socket address, at a stable address for the kernel.

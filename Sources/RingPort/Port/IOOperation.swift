@@ -9,9 +9,11 @@ public struct IOOperation: RawRepresentable, Hashable, Sendable, CustomStringCon
         self.rawValue = rawValue
     }
 
-    /// A receive into the context's buffer (`OP_READ`; io_uring `RECV`).
+    /// A receive into the context's buffer (`OP_READ`; io_uring `RECV`), or a positioned read of a
+    /// file (`ReadFile`; io_uring `READ`).
     public static let read = IOOperation(rawValue: 1)
-    /// A send from the context's buffer (`OP_WRITE`; io_uring `SEND`).
+    /// A send from the context's buffer (`OP_WRITE`; io_uring `SEND`), or a positioned write to a
+    /// file (`WriteFile`; io_uring `WRITE`).
     public static let write = IOOperation(rawValue: 2)
     /// An accept on a listening socket (`OP_ACCEPT`; io_uring `ACCEPT`).
     public static let accept = IOOperation(rawValue: 3)
@@ -25,6 +27,11 @@ public struct IOOperation: RawRepresentable, Hashable, Sendable, CustomStringCon
     public static let user = IOOperation(rawValue: 7)
     /// A no-op round trip through the kernel (io_uring `NOP`).
     public static let nop = IOOperation(rawValue: 8)
+    /// A datagram received into the context's buffer with its sender's address (`WSARecvFrom`;
+    /// io_uring `RECVMSG`).
+    public static let receiveMessage = IOOperation(rawValue: 9)
+    /// A datagram sent from the context's buffer to an address (`WSASendTo`; io_uring `SENDMSG`).
+    public static let sendMessage = IOOperation(rawValue: 10)
 
     public var description: String {
         switch self {
@@ -36,6 +43,8 @@ public struct IOOperation: RawRepresentable, Hashable, Sendable, CustomStringCon
         case .timeout: "timeout"
         case .user: "user"
         case .nop: "nop"
+        case .receiveMessage: "receiveMessage"
+        case .sendMessage: "sendMessage"
         default: "operation(\(rawValue))"
         }
     }
