@@ -120,3 +120,19 @@ final class LockedBox<Value>: @unchecked Sendable {
         return try body(&value)
     }
 }
+
+/// Where two byte sequences first differ (an index, or the shorter one's length when one is a
+/// prefix of the other), nil when they are equal: for comparing large payloads without
+/// printing them whole when they differ.
+func firstDifference(_ left: some Collection<UInt8>, _ right: some Collection<UInt8>) -> Int? {
+    var index = 0
+    var leftIterator = left.makeIterator()
+    var rightIterator = right.makeIterator()
+    while true {
+        switch (leftIterator.next(), rightIterator.next()) {
+        case (nil, nil): return nil
+        case let (l?, r?) where l == r: index += 1
+        default: return index
+        }
+    }
+}
