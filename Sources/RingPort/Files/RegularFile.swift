@@ -15,7 +15,8 @@ import Glibc
 ///
 /// Stateless; safe to call from any thread.
 public enum RegularFile {
-    /// What a descriptor may do: the `O_ACCMODE` part of the `open(2)` flags.
+    /// What a descriptor may do: the `O_ACCMODE` part of the `open(2)` flags. A value type,
+    /// safe to pass between threads.
     public enum Access: Sendable {
         /// `O_RDONLY`: reads only; a write fails with `EBADF`.
         case readOnly
@@ -34,10 +35,13 @@ public enum RegularFile {
     }
 
     /// How to open: the creation flags of `open(2)`. There is deliberately no `O_APPEND`: on
-    /// Linux it makes every positioned write append, whatever its offset.
+    /// Linux it makes every positioned write append, whatever its offset. A value type, safe to
+    /// pass between threads.
     public struct Options: OptionSet, Sendable {
+        /// The `O_*` bits.
         public let rawValue: Int32
 
+        /// Options from `O_*` bits (passed to `open(2)` as they are).
         public init(rawValue: Int32) {
             self.rawValue = rawValue
         }

@@ -15,7 +15,7 @@ import Glibc
 ///
 /// Stateless; safe to call from any thread.
 public enum UDPSocket {
-    /// Options for ``makeBound(to:options:)``.
+    /// Options for ``makeBound(to:options:)``. A value type, safe to pass between threads.
     public struct Options: Sendable {
         /// `SO_REUSEADDR`: bind even though the address was just in use.
         public var reuseAddress = false
