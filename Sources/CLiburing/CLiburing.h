@@ -56,6 +56,15 @@ static const __u8 CLiburing_IOSQE_BUFFER_SELECT = IOSQE_BUFFER_SELECT;
 static const __u8 CLiburing_IOSQE_CQE_SKIP_SUCCESS = IOSQE_CQE_SKIP_SUCCESS;
 
 // ---------------------------------------------------------------------------------------------
+// NOP result injection (recent kernels; probed at run time): a NOP whose nop_flags (the rw_flags field) has this bit
+// completes with the result in its len field. Newer than liburing 2.3's headers.
+// ---------------------------------------------------------------------------------------------
+#ifndef IORING_NOP_INJECT_RESULT
+#define IORING_NOP_INJECT_RESULT (1U << 0)
+#endif
+static const __u32 CLiburing_IORING_NOP_INJECT_RESULT = IORING_NOP_INJECT_RESULT;
+
+// ---------------------------------------------------------------------------------------------
 // Submission queue publication.
 //
 // liburing's io_uring_submit() both publishes the prepared SQEs (moves the kernel-visible tail)

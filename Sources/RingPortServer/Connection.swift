@@ -213,7 +213,11 @@ public final class Connection: @unchecked Sendable {
         }
         if let error = completion.error {
             if completion.isCancelled {
-                // Paused for backpressure, or closing: nothing to do here.
+                // Paused for backpressure, or closing: nothing to do here. A cancellation the
+                // connection did not ask for (the kernel cancels a request whose submitting
+                // thread exited) must not leave it without a receive: armReceive posts one
+                // unless paused or closing.
+                armReceive()
             } else if error == .noBufferSpace {
                 // Every provided buffer of the ring is out: receive again as soon as one comes back.
                 services.counters.bufferExhaustions.add(1, ordering: .relaxed)
@@ -262,6 +266,11 @@ public final class Connection: @unchecked Sendable {
             if !completion.isCancelled {
                 services.counters.connectionErrors.add(1, ordering: .relaxed)
                 startClose(.failed(completion.error ?? .brokenPipe), graceful: false)
+            } else {
+                // Closing cancels sends only with the descriptor (then flush does nothing); any
+                // other cancellation sent nothing, so the head of the queue goes again.
+                flush()
+                closeIfFlushed()
             }
             return
         }

@@ -205,11 +205,15 @@ final class ServerCore: Sendable {
             openConnection(descriptor)
         }
         guard !completion.hasMore else { return }
-        guard !completion.isCancelled, isRunning else {
+        guard isRunning else {
+            // Shutdown: the listener is closed and its accepts cancelled.
             outstandingTimersAndAccepts.subtract(1, ordering: .releasing)
             return
         }
-        guard let error = completion.error else {
+        guard let error = completion.error, !completion.isCancelled else {
+            // Done (a single accept, or a multishot accept the kernel ended), or cancelled while
+            // the server runs (the kernel cancels a request whose submitting thread exited):
+            // accept again.
             postAccept(context)
             return
         }
@@ -270,11 +274,11 @@ final class ServerCore: Sendable {
     /// Opens a connection, in a completion of its own handle.
     private func start(_ connection: Connection) {
         handler.connectionOpened(connection)
-        if isRunning {
-            connection.start()
-        } else {
-            // Shutdown began after the connection was accepted and may have missed it.
-            connection.closeRequested(.serverShutdown, graceful: false)
+        connection.start()
+        if !isRunning {
+            // Shutdown began after the connection was accepted and may have missed it: close it
+            // gracefully like the others (what already arrived is answered).
+            connection.closeRequested(.serverShutdown, graceful: true)
         }
     }
 

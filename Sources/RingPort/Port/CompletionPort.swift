@@ -50,6 +50,9 @@ public final class CompletionPort: Sendable {
         /// default): no multishot receive. When the kernel has no buffer rings (before 5.19) the
         /// port is created without them and ``CompletionPort/supportsMultishotReceive`` is false.
         public var providedBuffers: ProvidedBuffers?
+        /// Replaces chosen operations with NOPs that complete with chosen results, to drive
+        /// the error paths of completion handlers in tests. nil (the default): none.
+        public var faultInjection: FaultInjection?
         /// Test seam: answers `io_uring_setup` instead of the kernel (return nil to pass).
         var setupFault: (@Sendable (_ flags: UInt32) -> Int32?)?
         /// Test seam: `IORING_FEAT_*` bits to treat as absent.
@@ -178,7 +181,8 @@ public final class CompletionPort: Sendable {
             }
             shards.append(try Shard(
                 index: index, ring: ring, bufferRing: bufferRing,
-                stallThreshold: configuration.stallThreshold, logger: configuration.logger))
+                stallThreshold: configuration.stallThreshold, faultInjection: configuration.faultInjection,
+                logger: configuration.logger))
         }
         self.shards = shards
         attachedWorkers = LockedValue([Int](repeating: 0, count: shards.count))

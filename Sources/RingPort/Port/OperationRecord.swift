@@ -11,6 +11,9 @@ struct OperationRecord {
     var userValue: UInt64
     /// A `SEND_ZC`: one completion is delivered, when the kernel no longer needs the buffer.
     var isZeroCopy = false
+    /// A NOP stands in for the operation (``FaultInjection``); on kernels that cannot inject
+    /// its result, ``postedResult`` is the result to deliver.
+    var isInjected = false
 }
 
 /// The 64-bit `user_data` of an SQE: an in-flight table slot and its generation.

@@ -75,6 +75,8 @@ final class Shard: @unchecked Sendable {
     /// Provided buffers for multishot receives, when the port was configured with them and the
     /// kernel has buffer rings. Its accounting is guarded by `lock`.
     let bufferRing: ProvidedBufferRing?
+    /// Operations to replace with NOPs completing with chosen results (tests only).
+    let faultInjection: FaultInjection?
 
     // Guarded by `lock`.
     @exclusivity(unchecked) var operations: GenerationalTable<OperationRecord>
@@ -107,7 +109,8 @@ final class Shard: @unchecked Sendable {
     @exclusivity(unchecked) var counters = Counters()
 
     init(
-        index: Int, ring: IOURing, bufferRing: ProvidedBufferRing?, stallThreshold: Duration, logger: Logger
+        index: Int, ring: IOURing, bufferRing: ProvidedBufferRing?, stallThreshold: Duration,
+        faultInjection: FaultInjection? = nil, logger: Logger
     ) throws(RingPortError) {
         let doorbell = eventfd(0, Int32(EFD_CLOEXEC))
         guard doorbell >= 0 else {
@@ -116,6 +119,7 @@ final class Shard: @unchecked Sendable {
         self.index = index
         self.ring = ring
         self.bufferRing = bufferRing
+        self.faultInjection = faultInjection
         self.stallThreshold = stallThreshold.nanosecondsClamped
         sentryInterval = self.stallThreshold
         self.logger = logger
@@ -180,13 +184,24 @@ final class Shard: @unchecked Sendable {
         if let context, !context.beginFlight(onShard: index) {
             throw RingPortError(.contextInFlight, operation: "post \(operation)")
         }
-        let address = operations.insert(OperationRecord(
+        var record = OperationRecord(
             operation: operation, context: context, handle: handle,
-            postedResult: postedResult, userValue: userValue, isZeroCopy: isZeroCopy))
+            postedResult: postedResult, userValue: userValue, isZeroCopy: isZeroCopy)
+        let injectedResult = faultInjection?.injectedResult(for: operation)
+        if let injectedResult {
+            record.isInjected = true
+            record.isZeroCopy = false
+            record.postedResult = injectedResult
+        }
+        let address = operations.insert(record)
         let userData = UserData(slot: address.slot, generation: address.generation)
         do {
             try enqueueLocked { entry in
-                prepare(entry)
+                if let injectedResult {
+                    faultInjection.unsafelyUnwrapped.prepareInjectedNOP(entry, result: injectedResult)
+                } else {
+                    prepare(entry)
+                }
                 io_uring_sqe_set_data64(entry, userData.rawValue)
             }
         } catch {
@@ -414,8 +429,9 @@ final class Shard: @unchecked Sendable {
         let result: Int32
         if record.isZeroCopy && entry.flags & IORING_CQE_F_NOTIF != 0 {
             result = record.postedResult
-        } else if record.operation == .user && entry.res >= 0 {
-            // A user post reports what was posted, unless its NOP was cancelled (port closing).
+        } else if (record.operation == .user || record.isInjected) && entry.res >= 0 {
+            // A user post reports what was posted, unless its NOP was cancelled (port closing);
+            // so does an injected fault when the kernel could not inject the result itself.
             result = record.postedResult
         } else {
             result = entry.res

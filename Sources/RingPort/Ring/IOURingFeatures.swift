@@ -26,6 +26,9 @@ public struct IOURingFeatures: Hashable, Sendable, CustomStringConvertible {
     public var multishotReceive = false
     /// Zero-copy send, `IORING_OP_SEND_ZC` (6.0).
     public var zeroCopySend = false
+    /// NOPs that complete with a result given in the SQE (`IORING_NOP_INJECT_RESULT`), which
+    /// ``FaultInjection`` uses.
+    public var nopResultInjection = false
 
     /// Probes the kernel. Takes a few milliseconds.
     ///
@@ -39,6 +42,7 @@ public struct IOURingFeatures: Hashable, Sendable, CustomStringConvertible {
         features.cooperativeTaskRun = ring.setupFlags & IORING_SETUP_COOP_TASKRUN != 0
         features.zeroCopySend = ring.supports(opcode: Int32(IORING_OP_SEND_ZC.rawValue))
         features.multishotAccept = (try? probeMultishotAccept(ring)) ?? false
+        features.nopResultInjection = FaultInjection.kernelInjectsNOPResults()
         let buffers = try? ProvidedBufferRing(ring: ring, groupID: 1, count: 2, bufferSize: 64)
         if let buffers {
             features.providedBufferRings = true
@@ -64,6 +68,7 @@ public struct IOURingFeatures: Hashable, Sendable, CustomStringConvertible {
             line(providedBufferRings, "provided buffer rings (5.19)", "one receive buffer per connection"),
             line(multishotReceive, "multishot receive (6.0)", "one receive per message into a per-connection buffer"),
             line(zeroCopySend, "zero-copy send (6.0)", "plain send for every size"),
+            line(nopResultInjection, "NOP result injection (tests)", "fault injection substitutes results when reaping"),
         ].joined(separator: "\n")
     }
 
