@@ -10,6 +10,7 @@ let package = Package(
     products: [
         .library(name: "RingPort", targets: ["RingPort"]),
         .library(name: "RingPortServer", targets: ["RingPortServer"]),
+        .library(name: "RingPortAsync", targets: ["RingPortAsync"]),
         .executable(name: "ringport", targets: ["ringport"]),
     ],
     dependencies: [
@@ -49,11 +50,23 @@ let package = Package(
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
         ),
+        // async/await over the port: TCP listener and connections, a task executor on the
+        // port's worker threads.
+        .target(
+            name: "RingPortAsync",
+            dependencies: [
+                "RingPort",
+                .product(name: "DequeModule", package: "swift-collections"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
         // The command-line tool.
         .executableTarget(
             name: "ringport",
             dependencies: [
                 "RingPort",
+                "RingPortAsync",
                 "RingPortServer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
@@ -64,6 +77,7 @@ let package = Package(
             name: "RingPortTests",
             dependencies: [
                 "RingPort",
+                "RingPortAsync",
                 "RingPortServer",
                 "ringport",
                 .product(name: "Metrics", package: "swift-metrics"),

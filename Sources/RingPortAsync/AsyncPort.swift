@@ -1,0 +1,196 @@
+import Logging
+import RingPort
+import SystemPackage
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A completion port whose completions resume Swift tasks: the runtime under ``TCPListener``
+/// and ``TCPConnection``.
+///
+/// It owns a ``CompletionPort`` and a ``WorkerPool`` whose handler resumes the task waiting for
+/// each completion, and a ``PortTaskExecutor`` that runs tasks on those same workers. Every
+/// read, write, accept and connect carries an `IOContext` that the port owns from the post
+/// until its completion is dequeued; the awaiting call returns only after that.
+///
+/// ## Where tasks run
+/// A task that prefers ``executor`` (or ``preferredExecutor``, which follows
+/// ``Configuration/resumption``) runs on the port's worker threads and is resumed on the worker
+/// that handled its completion, without a thread hop. Any other task is resumed on its own
+/// executor (the global concurrent one for plain tasks): the worker resumes the continuation
+/// and the task continues on another thread.
+///
+/// ## Thread-safety and lifetime
+/// All members may be called from any thread or task. Call ``shutdown()`` once the port's work
+/// is over: it fails every pending operation (their completions arrive as cancelled), waits for
+/// them, stops the workers and closes the port. Dropping the last reference without a shutdown
+/// leaves the workers running (they hold the port).
+public final class AsyncPort: Sendable {
+    /// How to build an ``AsyncPort``.
+    public struct Configuration: Sendable {
+        /// The completion port: rings, ring sizes, worker count (``CompletionPort/Configuration/workerCount``).
+        public var port = CompletionPort.Configuration()
+        /// Where ``AsyncPort/preferredExecutor`` puts tasks. Default: ``Resumption/portWorkers``,
+        /// which measured faster (see `docs/ARCHITECTURE.md`).
+        public var resumption = Resumption.portWorkers
+        /// Bytes of each connection's receive buffer: the most one read delivers.
+        public var receiveBufferSize = 16384
+        /// Bytes of each connection's send buffer: a write is sent in chunks of this size.
+        public var sendBufferSize = 16384
+        /// Where the async layer logs (accept failures it retries).
+        public var logger = Logger(label: "ringport.async")
+
+        /// The defaults.
+        public init() {}
+    }
+
+    /// Where tasks of ``AsyncPort/preferredExecutor`` run.
+    public enum Resumption: Hashable, Sendable {
+        /// On the port's worker threads (``AsyncPort/executor``): a completion resumes its task
+        /// on the thread that dequeued it.
+        case portWorkers
+        /// On Swift's global concurrent executor: a completion resumes its task there, which
+        /// costs a thread hop per completion.
+        case globalExecutor
+    }
+
+    /// The completion port. Use it for operations of your own; the async layer's handles and
+    /// contexts are its own (do not post on them).
+    public let port: CompletionPort
+    /// The task executor on the port's worker threads.
+    public let executor: PortTaskExecutor
+    /// The configuration the port was built with.
+    public let configuration: Configuration
+    let logger: Logger
+    let receiveContexts: ContextPool
+    let sendContexts: ContextPool
+    /// Contexts of capacity 0 (accepts).
+    let bareContexts = ContextPool(bufferSize: 0)
+    private let workers: WorkerPool
+    private let state = Atomic<UInt8>(AsyncPort.running)
+    private static let running: UInt8 = 0
+    private static let stopping: UInt8 = 1
+    private static let stopped: UInt8 = 2
+
+    /// Creates the port and starts its workers.
+    ///
+    /// - Throws: ``RingPortError`` when io_uring is unavailable (see ``CompletionPort/init(configuration:)``),
+    ///   a size is out of range, or a worker thread cannot start.
+    public init(configuration: Configuration = .init()) throws(RingPortError) {
+        guard configuration.receiveBufferSize >= 1, configuration.sendBufferSize >= 1 else {
+            throw RingPortError(.invalidArgument, operation: "AsyncPort buffer sizes must be at least 1 byte")
+        }
+        self.configuration = configuration
+        logger = configuration.logger
+        let port = try CompletionPort(configuration: configuration.port)
+        let executor = PortTaskExecutor(port: port)
+        self.port = port
+        self.executor = executor
+        receiveContexts = ContextPool(bufferSize: configuration.receiveBufferSize)
+        sendContexts = ContextPool(bufferSize: configuration.sendBufferSize)
+        workers = WorkerPool(port: port, name: "ringport-async") { completion in
+            AsyncPort.handle(completion, executor: executor)
+        }
+        do {
+            try workers.start()
+        } catch {
+            port.close()
+            throw error
+        }
+    }
+
+    /// The executor that ``Configuration/resumption`` chooses: ``executor`` for
+    /// ``Resumption/portWorkers``, nil (no preference) for ``Resumption/globalExecutor``. Pass
+    /// it to `Task(executorPreference:)` or `withTaskExecutorPreference(_:operation:)`.
+    public var preferredExecutor: (any TaskExecutor)? {
+        configuration.resumption == .portWorkers ? executor : nil
+    }
+
+    /// The completion port's counters (``CompletionPort/Statistics/operationsInFlight`` is 0
+    /// when no async operation is pending).
+    public var statistics: CompletionPort.Statistics {
+        port.statistics
+    }
+
+    /// Whether ``shutdown()`` has begun.
+    public var isShutDown: Bool {
+        state.load(ordering: .acquiring) != AsyncPort.running
+    }
+
+    /// Throws ``RingPortError/Code/portClosed`` once ``shutdown()`` has begun.
+    func checkRunning(_ operation: @autoclosure () -> String) throws(RingPortError) {
+        if isShutDown { throw RingPortError(.portClosed, operation: operation()) }
+    }
+
+    // MARK: Completions (worker threads)
+
+    /// The workers' handler: resumes the task waiting for `completion`, then runs the jobs that
+    /// resumption put on this thread.
+    private static func handle(_ completion: Completion, executor: PortTaskExecutor) {
+        let local = executor.attachCurrentThread()
+        if completion.operation == .user && completion.userValue == PortTaskExecutor.wakeUpValue {
+            executor.runSharedJobs()
+        } else if let slot = completion.context?.attachment as? OperationSlot {
+            slot.complete(completion)
+        } else if let descriptor = completion.acceptedDescriptor {
+            // Nobody waits for this accept (it cannot happen with the async layer's own
+            // operations); do not leak the socket.
+            close(descriptor)
+        }
+        if let local { executor.runLocalJobs(local) }
+    }
+
+    // MARK: Shutdown
+
+    /// Shuts the port down: closes every handle (listeners end their sequences, pending reads,
+    /// writes, accepts and connects throw ``RingPortError/Code/handleClosed``), waits until
+    /// their completions were handled (up to 10 s), stops the workers, and closes the port.
+    /// Tasks that prefer ``executor`` keep running on the global executor afterwards.
+    /// Idempotent; later calls return at once.
+    ///
+    /// May be called from any task, including one running on ``executor``: the waiting happens
+    /// on a thread of its own.
+    public func shutdown() async {
+        guard state.compareExchange(expected: AsyncPort.running, desired: AsyncPort.stopping, ordering: .acquiringAndReleasing).exchanged else {
+            return
+        }
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            do {
+                _ = try PThread(name: "ringport-stop", detached: true) { [self] in
+                    stopWorkersAndPort()
+                    continuation.resume()
+                }
+            } catch {
+                // No thread to wait on: wait here. This blocks the caller's thread, which is
+                // only a problem if it is one of the workers.
+                logger.error("shutdown: \(error); waiting on the calling thread")
+                stopWorkersAndPort()
+                continuation.resume()
+            }
+        }
+    }
+
+    private func stopWorkersAndPort() {
+        // Twice: a connect that started just before the shutdown may associate a handle after
+        // the first sweep.
+        for _ in 0..<2 {
+            port.closeAllHandles()
+            let deadline = ContinuousClock.now + .seconds(10)
+            while ContinuousClock.now < deadline {
+                let statistics = port.statistics
+                if statistics.operationsInFlight == 0 && statistics.completionsWaiting == 0 { break }
+                usleep(1000)
+            }
+        }
+        let statistics = port.statistics
+        if statistics.operationsInFlight > 0 {
+            logger.error("shutdown: \(statistics.operationsInFlight) operations still in flight after 10 s; the port cancels them")
+        }
+        workers.shutdown()
+        executor.stop()
+        port.close()
+        state.store(AsyncPort.stopped, ordering: .releasing)
+    }
+}
