@@ -229,6 +229,42 @@ public final class TCPConnection: Sendable {
         }
     }
 
+    /// Sends all of `bytes`; see ``write(_:)-(Collection<UInt8>)``.
+    public func write(_ bytes: [UInt8]) async throws {
+        try await write(count: bytes.count) { range, destination in
+            bytes.withUnsafeBytes { source in
+                destination.copyMemory(from: UnsafeRawBufferPointer(rebasing: source[range]))
+            }
+        }
+    }
+
+    /// Sends all of the bytes `bytes` points to; see ``write(_:)-(Collection<UInt8>)``. The
+    /// memory must stay valid until the call returns; it is read only during the call.
+    public func write(_ bytes: UnsafeRawBufferPointer) async throws {
+        try await write(count: bytes.count) { range, destination in
+            destination.copyMemory(from: UnsafeRawBufferPointer(rebasing: bytes[range]))
+        }
+    }
+
+    /// Sends `count` bytes that `copy` puts into the send buffer a chunk at a time (the chunk's
+    /// range in the caller's bytes, and where to put it).
+    private func write(
+        count: Int, copy: (Range<Int>, UnsafeMutableRawBufferPointer) -> Void
+    ) async throws {
+        try writer.claim("write")
+        defer { writer.relinquish() }
+        let capacity = writer.context.capacity
+        var start = 0
+        while start < count {
+            let chunk = start..<Swift.min(count, start + capacity)
+            writer.context.withUnsafeMutableBytes { buffer in
+                copy(chunk, UnsafeMutableRawBufferPointer(rebasing: buffer[0..<chunk.count]))
+            }
+            try await sendSendBuffer(count: chunk.count)
+            start = chunk.upperBound
+        }
+    }
+
     /// Sends the first `count` bytes of the send buffer. The caller holds the writer's claim.
     private func sendSendBuffer(count: Int) async throws {
         let handle = self.handle

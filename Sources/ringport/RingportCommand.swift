@@ -5,7 +5,7 @@ struct RingportCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ringport",
         abstract: "Servers and tools on RingPort, the I/O completion port model on io_uring.",
-        subcommands: [EchoCommand.self, HTTPCommand.self, LoadCommand.self, ProbeCommand.self]
+        subcommands: [EchoCommand.self, AsyncEchoCommand.self, HTTPCommand.self, LoadCommand.self, ProbeCommand.self]
     )
 
     /// Parses and runs the command like ArgumentParser's own `main()`, except that a usage

@@ -1,0 +1,133 @@
+import ArgumentParser
+import Dispatch
+import Logging
+import RingPort
+import RingPortAsync
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `ringport async-echo`: the echo server written with RingPortAsync (a task per connection,
+/// `read` then `write`), to compare resuming tasks on the port's workers with resuming them on
+/// Swift's global executor, and both with the completion-port echo (`ringport echo`).
+struct AsyncEchoCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "async-echo",
+        abstract: "Run the echo server written with async/await (RingPortAsync).",
+        discussion: """
+            One task per connection reads into a buffer and writes it back. --resume workers runs \
+            the tasks on the completion port's worker threads (a completion resumes its task on \
+            the thread that dequeued it); --resume global runs them on Swift's global executor. \
+            Runs until SIGINT or SIGTERM, then closes every connection.
+            """
+    )
+
+    @Option(help: "The address to listen on (numeric IPv4 or IPv6, or localhost).")
+    var host = "127.0.0.1"
+
+    @Option(help: "The TCP port to listen on (0: let the kernel choose; the chosen port is printed).")
+    var port: UInt16 = 8888
+
+    @Option(help: "Worker threads (default: CPU count × 2 + 2).")
+    var workers: Int?
+
+    @Option(help: "io_uring instances; each connection lives on one (default: one per two CPUs).")
+    var rings: Int?
+
+    @Option(help: "Bytes of each connection's receive and send buffer.")
+    var bufferSize = 16384
+
+    @Option(help: "Where tasks run: workers (the port's worker threads) or global (Swift's global executor).")
+    var resume: ResumeOption = .workers
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: Logger.Level = .info
+
+    enum ResumeOption: String, ExpressibleByArgument, CaseIterable {
+        case workers, global
+    }
+
+    func validate() throws {
+        if let workers, workers < 1 { throw ValidationError("--workers must be at least 1") }
+        if let rings, rings < 1 { throw ValidationError("--rings must be at least 1") }
+        if bufferSize < 1 { throw ValidationError("--buffer-size must be at least 1") }
+    }
+
+    func run() throws {
+        let level = logLevel
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        // Before any thread starts, so that every thread inherits the blocked signals.
+        let signals = ShutdownSignals()
+        var configuration = AsyncPort.Configuration()
+        if let workers { configuration.port.workerCount = workers }
+        if let rings { configuration.port.ringCount = rings }
+        configuration.port.logger = Logger(label: "ringport.port")
+        configuration.receiveBufferSize = bufferSize
+        configuration.sendBufferSize = bufferSize
+        configuration.resumption = resume == .workers ? .portWorkers : .globalExecutor
+        configuration.logger = Logger(label: "ringport.async-echo")
+
+        let io: AsyncPort
+        let listener: TCPListener
+        do {
+            let address = try SocketAddress(host: host, port: port)
+            io = try AsyncPort(configuration: configuration)
+            listener = try TCPListener.bind(to: address, on: io)
+        } catch {
+            printError(error)
+            throw ExitCode.failure
+        }
+        let bufferSize = self.bufferSize
+        let server = Task(executorPreference: io.preferredExecutor) {
+            try await AsyncEchoCommand.serve(listener, bufferSize: bufferSize)
+        }
+        let rings = io.port.ringCount
+        print("ringport async-echo listening on \(listener.localAddress) (\(configuration.port.workerCount) workers, \(rings) \(rings == 1 ? "ring" : "rings"), tasks on \(resume == .workers ? "the port's workers" : "the global executor"))")
+        fflush(nil)
+
+        let signal = signals.wait()
+        print("received \(signal == SIGINT ? "SIGINT" : "SIGTERM"), shutting down")
+        fflush(nil)
+        let stopped = DispatchSemaphore(value: 0)
+        Task {
+            listener.close()
+            await io.shutdown()  // closes the connections still open: their tasks end
+            if case .failure(let error) = await server.result { printError(error) }
+            stopped.signal()
+        }
+        stopped.wait()
+        let statistics = io.statistics
+        print("stopped: \(statistics.completions) completions, \(statistics.kernelEnters) io_uring_enter calls, \(statistics.leaderTakeovers) leader takeovers, \(statistics.staleCompletions + statistics.droppedCompletions) lost")
+    }
+
+    /// Accepts until the listener closes; one child task per connection echoes what it reads.
+    static func serve(_ listener: TCPListener, bufferSize: Int) async throws {
+        try await withThrowingDiscardingTaskGroup { group in
+            for try await connection in listener.connections {
+                group.addTask {
+                    // The task's own buffer: written by `read(into:)`, read by `write`, never
+                    // while either is in progress (they copy within the call).
+                    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: bufferSize, alignment: 16)
+                    defer {
+                        buffer.deallocate()
+                        connection.close()
+                    }
+                    do {
+                        while true {
+                            let count = try await connection.read(into: buffer)
+                            if count == 0 { return }
+                            try await connection.write(UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
+                        }
+                    } catch {
+                        // Reset, or closed by the shutdown: the connection ends.
+                    }
+                }
+            }
+        }
+    }
+}
