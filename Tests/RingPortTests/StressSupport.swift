@@ -183,11 +183,13 @@ final class StressServer: @unchecked Sendable {
     let address: SocketAddress
     private let opened = LockedBox(0)
 
-    /// Starts `ringport <kind> --port 0 ...` with `options` added.
-    init(_ kind: Kind, _ options: [String] = []) throws {
+    /// Starts `ringport <kind> --port 0 ...` with `options` added (after `shellPrefix`, e.g. a
+    /// `ulimit`, when given).
+    init(_ kind: Kind, _ options: [String] = [], shellPrefix: String? = nil) throws {
         self.kind = kind
         ringport = try RunningRingport(
-            [kind.rawValue, "--host", "127.0.0.1", "--port", "0", "--log-level", "warning", "--grace-period", "5"] + options)
+            [kind.rawValue, "--host", "127.0.0.1", "--port", "0", "--log-level", "warning", "--grace-period", "5"] + options,
+            shellPrefix: shellPrefix)
         pid = ringport.process.processIdentifier
         address = ringport.address
     }

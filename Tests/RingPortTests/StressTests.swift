@@ -330,6 +330,79 @@ extension RingPortTests {
             let refused = warmUp.refusedClosed + result.refusedClosed
             server.expectSummary(summary, served: server.connectionsOpened - refused, refused: refused)
         }
+
+        // MARK: 9. Out of descriptors
+
+        /// Under `ulimit -n 64`, 200 clients connect and send 1 KiB each. The server accepts what
+        /// its descriptors allow and serves those (twice, to show it keeps serving them); accept
+        /// fails with EMFILE for the rest, which wait in the listen queue while the server backs
+        /// off (logged as a warning, no error); as served clients leave, the waiting ones are
+        /// accepted and served, until all 200 are.
+        @Test(.timeLimit(.minutes(2)))
+        func twoHundredClientsUnderSixtyFourDescriptorsAreAllServedInTurn() throws {
+            let server = try StressServer(.echo, ["--workers", "2"], shellPrefix: "ulimit -n 64")
+            let start = server.footprint
+            let baseline = start
+            let began = ContinuousClock.now
+            let clients = try (0..<200).map { _ in try server.connect() }
+            defer { clients.forEach { close($0) } }
+            var payloads: [[UInt8]] = []
+            for (index, client) in clients.enumerated() {
+                setReceiveTimeout(client, .milliseconds(30))
+                payloads.append(stressPayload(count: 1024, seed: 1500 + UInt64(index)))
+                #expect(sendAll(client, payloads[index]))
+            }
+            // The first wave: what the server could accept.
+            var served = Set<Int>()
+            var mismatches = 0
+            func echo(of client: Int32) -> [UInt8] {
+                var echoed = receiveExactly(client, count: 1024)
+                if !echoed.isEmpty && echoed.count < 1024 { echoed += receiveExactly(client, count: 1024 - echoed.count) }
+                return echoed
+            }
+            for (index, client) in clients.enumerated() {
+                let echoed = echo(of: client)
+                if echoed.isEmpty { continue }
+                if echoed == payloads[index] { served.insert(index) } else { mismatches += 1 }
+            }
+            let firstWave = served.count
+            let peak = server.footprint
+            #expect(firstWave >= 10 && firstWave < 64, "served \(firstWave) at once with 64 descriptors")
+            // Those held are still served.
+            var heldServedAgain = 0
+            for index in served {
+                let again = stressPayload(count: 512, seed: 1700 + UInt64(index))
+                if sendAll(clients[index], again), receiveExactly(clients[index], count: 512) == again { heldServedAgain += 1 }
+            }
+            #expect(heldServedAgain == firstWave)
+            // They leave; the waiting ones are accepted and served in turn, each leaving once served.
+            for index in served { shutdown(clients[index], Int32(SHUT_RDWR)) }
+            let deadline = ContinuousClock.now + .seconds(60)
+            while served.count + mismatches < 200 && ContinuousClock.now < deadline {
+                for (index, client) in clients.enumerated() where !served.contains(index) {
+                    let echoed = echo(of: client)
+                    if echoed.isEmpty { continue }
+                    if echoed == payloads[index] { served.insert(index) } else { mismatches += 1 }
+                    shutdown(client, Int32(SHUT_RDWR))
+                }
+            }
+            let elapsed = ContinuousClock.now - began
+            #expect(mismatches == 0)
+            #expect(served.count == 200, "\(served.count) of 200 served within 60 s")
+            for client in clients { shutdown(client, Int32(SHUT_RDWR)) }
+            let summary = server.conclude(
+                "200 clients under ulimit -n 64", start: start, baseline: baseline, peak: peak, elapsed: elapsed
+            ) {
+                "\(firstWave) served at once (and again), \(served.count - firstWave) more served as they left, \(served.count)/200 byte-exact, \(mismatches) mismatches"
+            }
+            if let summary {
+                #expect(summary["connections served"] == server.connectionsOpened, "\(summary)")
+                #expect(summary["refused"] == 0 && summary["lost"] == 0, "\(summary)")
+                #expect(summary["accept errors"] > 0, "accept failed with EMFILE: \(summary)")
+            }
+            let warnings = server.ringport.logLines.all.filter { $0.contains("accept failed") }
+            #expect(!warnings.isEmpty && warnings.allSatisfy { $0.contains("Too many open files") }, "\(warnings.prefix(3))")
+        }
     }
 }
 
