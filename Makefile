@@ -5,6 +5,8 @@
 #   make stress      hostile and broken clients against the servers (about a minute after the build)
 #   make sanitize    the tests under ThreadSanitizer and AddressSanitizer
 #   make fuzz        libFuzzer on the HTTP request parser, 60 s (FUZZ_SECONDS=...)
+#   make soak        mixed echo + HTTP + churn load for 5 minutes (SOAK_SECONDS=...), then the
+#                    leak and error counts
 #   make bench       compares the echo server with C and SwiftNIO baselines under the same load
 #   make bench-http  compares the HTTP responder with SwiftNIO's NIOHTTP1 under wrk
 #   make bench-conns server memory per idle connection (10,000 connections)
@@ -18,7 +20,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8888
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: all deps test-deps build release run test stress sanitize fuzz bench bench-deps bench-http bench-conns bench-micro bench-check bench-thresholds clean
+.PHONY: all deps test-deps build release run test stress sanitize fuzz soak bench bench-deps bench-http bench-conns bench-micro bench-check bench-thresholds clean
 
 all: build
 
@@ -73,6 +75,22 @@ sanitize: test-deps
 FUZZ_SECONDS ?= 60
 fuzz:
 	Fuzz/run.sh $(FUZZ_SECONDS)
+
+# Mixed load against ringport echo and ringport http processes (Tests/Soak/soak.py): ringport
+# load with every echoed byte checked, wrk on GET /plaintext, and two threads of hostile and
+# broken clients, in rounds of 30 s for SOAK_SECONDS; prints a line per round and, at the end,
+# each server's descriptors and memory against its warmed-up start, its shutdown summary, and
+# the leak and error counts (exit status 1 unless both are 0).
+SOAK_SECONDS ?= 300
+soak: release
+	@missing=""; \
+	command -v wrk >/dev/null 2>&1 || missing="$$missing wrk"; \
+	command -v python3 >/dev/null 2>&1 || missing="$$missing python3"; \
+	if [ -n "$$missing" ]; then \
+		echo "not found:$$missing: installing"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+	python3 Tests/Soak/soak.py --seconds $(SOAK_SECONDS) --ringport .build/release/ringport
 
 # The baselines: C echo servers and load client of our own, SwiftNIO echo and HTTP servers
 # (Benchmarks/ is a package of its own, so RingPort does not depend on SwiftNIO), and wrk.
