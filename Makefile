@@ -62,9 +62,11 @@ stress: test-deps
 
 # The test suite under ThreadSanitizer, then under AddressSanitizer (with LeakSanitizer), each in
 # a build directory of its own. Only the Swift Testing runner runs (the XCTest runner has no tests).
+# The suppression files (Tests/Sanitizers) say what each suppresses and why.
 sanitize: test-deps
 	$(SWIFT) build --build-tests --sanitize=thread --scratch-path .build-tsan
-	$(SWIFT) test --skip-build --sanitize=thread --scratch-path .build-tsan --disable-xctest
+	TSAN_OPTIONS=suppressions=$(CURDIR)/Tests/Sanitizers/tsan-suppressions.txt \
+		$(SWIFT) test --skip-build --sanitize=thread --scratch-path .build-tsan --disable-xctest
 	$(SWIFT) build --build-tests --sanitize=address --scratch-path .build-asan
 	LSAN_OPTIONS=suppressions=$(CURDIR)/Tests/Sanitizers/lsan-suppressions.txt \
 		$(SWIFT) test --skip-build --sanitize=address --scratch-path .build-asan --disable-xctest

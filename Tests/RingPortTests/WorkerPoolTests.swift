@@ -150,3 +150,42 @@ extension RingPortTests {
         }
     }
 }
+
+extension RingPortTests.WorkerPoolTests {
+    /// The kernel finishes a request's work on the thread that submitted it. After a standby
+    /// took a ring over from a leader stuck in a handler, the old leader parks, but the requests
+    /// it submitted (here a multishot accept) must still complete: a connection made afterwards
+    /// is accepted.
+    @Test func requestsSubmittedByAFormerLeaderStillComplete() throws {
+        var configuration = CompletionPort.Configuration()
+        configuration.ringCount = 1
+        configuration.workerCount = 4
+        configuration.stallThreshold = .milliseconds(2)
+        configuration.logger.logLevel = .error
+        let port = try CompletionPort(configuration: configuration)
+        let listenerDescriptor = try TCPSocket.makeListener(address: SocketAddress(host: "127.0.0.1", port: 0))
+        let address = try TCPSocket.localAddress(of: listenerDescriptor)
+        let listener = try port.associate(descriptor: listenerDescriptor)
+        let accepted = LockedBox<[Int32]>([])
+        let pool = WorkerPool(port: port) { completion in
+            guard let descriptor = completion.acceptedDescriptor else { return }
+            let count = accepted.withLock { $0.append(descriptor); return $0.count }
+            // The first accept's handler blocks: a standby takes the ring over meanwhile.
+            if count == 1 { usleep(100_000) }
+        }
+        try pool.start()
+        try port.acceptMultishot(on: listener, context: IOContext(capacity: 0))
+        var clients: [Int32] = []
+        defer { clients.forEach { close($0) } }
+        for round in 1...4 {
+            clients.append(try TCPSocket.connect(to: address))
+            #expect(eventually(timeout: .seconds(5)) { accepted.withLock { $0.count } == round }, "connection \(round) was accepted")
+            // Let the former leader come back from its handler and park.
+            usleep(200_000)
+        }
+        #expect(port.statistics.leaderTakeovers >= 1)
+        pool.shutdown()
+        accepted.withLock { $0.forEach { close($0) } }
+        port.close()
+    }
+}
