@@ -56,9 +56,11 @@ test: test-deps build
 # Hostile and broken clients against ringport echo and http processes (StressTests.swift):
 # 10,000 connect/close cycles, resets mid-write, half-close, slowloris, 1,000 clients that never
 # read, a 64 MiB burst, garbage HTTP, connections past the limit; fds and RSS checked after each.
+# STRESS_BUILD: the build directory (.ci/run reuses make test's .build instead of building again).
+STRESS_BUILD ?= .build-stress
 stress: test-deps
-	$(SWIFT) build --build-tests --scratch-path .build-stress
-	RINGPORT_STRESS=1 $(SWIFT) test --skip-build --scratch-path .build-stress --disable-xctest --filter StressTests
+	$(SWIFT) build --build-tests --scratch-path $(STRESS_BUILD)
+	RINGPORT_STRESS=1 $(SWIFT) test --skip-build --scratch-path $(STRESS_BUILD) --disable-xctest --filter StressTests
 
 # The test suite under ThreadSanitizer, then under AddressSanitizer (with LeakSanitizer), each in
 # a build directory of its own. Only the Swift Testing runner runs (the XCTest runner has no tests).
