@@ -53,6 +53,9 @@ public final class TCPServer: Sendable {
         public var writeChunkSize = 16384
         /// How to accept. `.automatic` picks multishot where the kernel has it.
         public var acceptStrategy = AcceptStrategy.automatic
+        /// The grace period of the graceful shutdown that ``TCPServer/run()`` performs when its
+        /// service group shuts down gracefully (see ``TCPServer/shutdown(gracePeriod:)``).
+        public var gracefulShutdownPeriod: Duration = .seconds(10)
         /// A label for logs and metrics (the `server` dimension).
         public var label = "server"
         /// Where the server logs.
@@ -111,6 +114,8 @@ public final class TCPServer: Sendable {
     public let features: IOURingFeatures
     private let core: ServerCore
     private let workers: WorkerPool
+    /// Signalled when a shutdown has finished (what ``run()`` waits for).
+    let stopped = OneShotEvent()
 
     /// Probes the kernel, sets up the completion port and binds the listener. Nothing is accepted
     /// before ``start()``.
@@ -153,16 +158,23 @@ public final class TCPServer: Sendable {
         }
     }
 
-    /// Starts the workers, the accepts and the idle sweep.
+    /// Starts the workers, the accepts and the idle sweep. (As a service, ``run()`` does this.)
     public func start() throws(RingPortError) {
-        guard core.transition(from: .idle, to: .running) else {
+        guard try startIfIdle() else {
             throw RingPortError(.invalidArgument, operation: "TCPServer.start: a server starts once")
         }
+    }
+
+    /// Starts the server as ``start()`` does if it was neither started nor shut down before;
+    /// returns whether it did.
+    func startIfIdle() throws(RingPortError) -> Bool {
+        guard core.transition(from: .idle, to: .running) else { return false }
         try workers.start()
         try core.startAccepting()
         try core.startSweeping()
         configuration.logger.info(
             "\(configuration.label) listening on \(localAddress): \(workers.threadCount) workers, \(core.port.ringCount) ring(s), \(core.acceptDescription), \(core.receiveDescription)")
+        return true
     }
 
     /// Stops the server gracefully: stops accepting; asks every connection to finish (answer what
@@ -178,6 +190,7 @@ public final class TCPServer: Sendable {
         workers.shutdown()
         core.port.close()
         core.finish()
+        stopped.signal()
     }
 
     /// Cuts a running ``shutdown(gracePeriod:)``'s grace period short: every connection is
