@@ -75,6 +75,21 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // Examples/: small programs on each layer, built with everything else (see Examples/README.md).
+        .executableTarget(
+            name: "RawEcho",
+            dependencies: ["RingPort"],
+            path: "Examples/RawEcho"
+        ),
+        .executableTarget(
+            name: "AsyncEcho",
+            dependencies: [
+                "RingPort",
+                "RingPortAsync",
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ],
+            path: "Examples/AsyncEcho"
+        ),
         .testTarget(
             name: "RingPortTests",
             dependencies: [
@@ -82,6 +97,8 @@ let package = Package(
                 "RingPortAsync",
                 "RingPortServer",
                 "ringport",
+                "RawEcho",
+                "AsyncEcho",
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "SystemPackage", package: "swift-system"),

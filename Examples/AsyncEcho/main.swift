@@ -1,0 +1,29 @@
+// AsyncEcho: the echo server with RingPortAsync: one task per connection reads and writes back.
+// Usage: AsyncEcho [port] (or PORT=...; default 8888). Stops on SIGINT or SIGTERM.
+import Glibc
+import RingPort
+import RingPortAsync
+import UnixSignals
+
+let signals = await UnixSignalsSequence(trapping: .sigint, .sigterm)
+let portArgument = CommandLine.arguments.dropFirst().first ?? getenv("PORT").map { String(cString: $0) }
+let address = try SocketAddress(host: "127.0.0.1", port: UInt16(portArgument ?? "8888") ?? 8888)
+let io = try AsyncPort()  // a completion port, its worker threads, a task executor on them
+let listener = try TCPListener.bind(to: address, on: io)
+print("AsyncEcho listening on \(listener.localAddress)")
+fflush(nil)
+let server = Task(executorPreference: io.preferredExecutor) { [listener] in  // on the port's workers
+    try await withThrowingDiscardingTaskGroup { group in
+        for try await connection in listener.connections {  // ends when the listener is closed
+            group.addTask {
+                defer { connection.close() }
+                do {  // read() returns nil when the peer closed; write() sends every byte
+                    while let bytes = try await connection.read() { try await connection.write(bytes) }
+                } catch {}  // reset, or closed by the shutdown
+            }
+        }
+    }
+}
+for await _ in signals { break }
+await io.shutdown()  // closes the listener and the connections still open: their tasks end
+try await server.value
