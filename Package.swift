@@ -90,6 +90,16 @@ let package = Package(
             ],
             path: "Examples/AsyncEcho"
         ),
+        .executableTarget(
+            name: "KeyValueServer",
+            dependencies: [
+                "RingPort",
+                "RingPortServer",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            path: "Examples/KeyValueServer"
+        ),
         .testTarget(
             name: "RingPortTests",
             dependencies: [
@@ -99,6 +109,7 @@ let package = Package(
                 "ringport",
                 "RawEcho",
                 "AsyncEcho",
+                "KeyValueServer",
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "SystemPackage", package: "swift-system"),
