@@ -21,7 +21,7 @@ let contexts = ContextPool(bufferSize: 16384)  // per-I/O contexts, recycled
 let workers = WorkerPool(port: port) { completion in  // CPU × 2 + 2 threads dequeue completions
     guard let handle = completion.handle, let context = completion.context else { return }
     switch completion.operation {
-    case .accept where completion.error == nil:  // a new connection: its context, its first read
+    case .accept where !completion.isCancelled:  // a new connection: its context, its first read
         if let descriptor = completion.acceptedDescriptor,
            let connection = try? port.associate(descriptor: descriptor) {
             try? port.read(connection, into: contexts.take())
@@ -38,7 +38,7 @@ let workers = WorkerPool(port: port) { completion in  // CPU × 2 + 2 threads de
         } else {
             try? port.read(handle, into: context)  // all written: post the next read
         }
-    case .accept: break  // the listener failed or was closed: stop accepting
+    case .accept: break  // cancelled: the listener was closed
     default:  // 0 bytes (the peer closed) or an error: close and free
         port.close(handle)
         contexts.recycle(context)
