@@ -10,7 +10,7 @@ import Glibc
 /// A completion port whose completions resume Swift tasks: the runtime under ``TCPListener``
 /// and ``TCPConnection``.
 ///
-/// It owns a ``CompletionPort`` and a ``WorkerPool`` whose handler resumes the task waiting for
+/// It owns a `CompletionPort` and a `WorkerPool` whose handler resumes the task waiting for
 /// each completion, and a ``PortTaskExecutor`` that runs tasks on those same workers. Every
 /// read, write, accept and connect carries an `IOContext` that the port owns from the post
 /// until its completion is dequeued; the awaiting call returns only after that.
@@ -30,7 +30,7 @@ import Glibc
 public final class AsyncPort: Sendable {
     /// How to build an ``AsyncPort``.
     public struct Configuration: Sendable {
-        /// The completion port: rings, ring sizes, worker count (``CompletionPort/Configuration/workerCount``).
+        /// The completion port: rings, ring sizes, worker count (`CompletionPort.Configuration.workerCount`).
         public var port = CompletionPort.Configuration()
         /// Where ``AsyncPort/preferredExecutor`` puts tasks. Default: ``Resumption/portWorkers``,
         /// which measured faster (see `docs/ARCHITECTURE.md`).
@@ -76,7 +76,7 @@ public final class AsyncPort: Sendable {
 
     /// Creates the port and starts its workers.
     ///
-    /// - Throws: ``RingPortError`` when io_uring is unavailable (see ``CompletionPort/init(configuration:)``),
+    /// - Throws: `RingPortError` when io_uring is unavailable (see `CompletionPort.init(configuration:)`),
     ///   a size is out of range, or a worker thread cannot start.
     public init(configuration: Configuration = .init()) throws(RingPortError) {
         guard configuration.receiveBufferSize >= 1, configuration.sendBufferSize >= 1 else {
@@ -108,7 +108,7 @@ public final class AsyncPort: Sendable {
         configuration.resumption == .portWorkers ? executor : nil
     }
 
-    /// The completion port's counters (``CompletionPort/Statistics/operationsInFlight`` is 0
+    /// The completion port's counters (`CompletionPort.Statistics.operationsInFlight` is 0
     /// when no async operation is pending).
     public var statistics: CompletionPort.Statistics {
         port.statistics
@@ -119,7 +119,7 @@ public final class AsyncPort: Sendable {
         state.load(ordering: .acquiring) != AsyncPort.running
     }
 
-    /// Throws ``RingPortError/Code/portClosed`` once ``shutdown()`` has begun.
+    /// Throws `RingPortError.Code.portClosed` once ``shutdown()`` has begun.
     func checkRunning(_ operation: @autoclosure () -> String) throws(RingPortError) {
         if isShutDown { throw RingPortError(.portClosed, operation: operation()) }
     }
@@ -145,7 +145,7 @@ public final class AsyncPort: Sendable {
     // MARK: Shutdown
 
     /// Shuts the port down: closes every handle (listeners end their sequences, pending reads,
-    /// writes, accepts and connects throw ``RingPortError/Code/handleClosed``), waits until
+    /// writes, accepts and connects throw `RingPortError.Code.handleClosed`), waits until
     /// their completions were handled (up to 10 s), stops the workers, and closes the port.
     /// Tasks that prefer ``executor`` keep running on the global executor afterwards.
     /// Idempotent; later calls return at once.

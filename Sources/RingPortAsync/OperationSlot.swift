@@ -61,7 +61,7 @@ final class OperationSlot: @unchecked Sendable {
 
     /// Takes the slot for the calling task.
     ///
-    /// - Throws: ``RingPortError/Code/contextInFlight`` when another task holds it (two reads,
+    /// - Throws: `RingPortError.Code.contextInFlight` when another task holds it (two reads,
     ///   two writes or two accepts at once on one object).
     func claim(_ operation: @autoclosure () -> String) throws(RingPortError) {
         let taken = waiter.withLock { waiter -> Bool in

@@ -16,7 +16,7 @@ import Glibc
 /// ## Thread-safety
 /// All methods may be called from any task. One read and one write may be in progress at the
 /// same time (e.g. a reading task and a writing task); a second concurrent read, or write,
-/// throws ``RingPortError/Code/contextInFlight``.
+/// throws `RingPortError.Code.contextInFlight`.
 ///
 /// ## Buffer ownership
 /// A read receives into the connection's receive buffer and copies into the caller's memory
@@ -36,9 +36,9 @@ import Glibc
 ///   the stream is then in an unknown state, and the connection should be closed.
 ///
 /// ## Errors
-/// Reads and writes throw ``RingPortError``: ``RingPortError/Code/systemCallFailed`` with the
+/// Reads and writes throw `RingPortError`: `RingPortError.Code.systemCallFailed` with the
 /// kernel's `errno` (e.g. `ECONNRESET`, `EPIPE`) when the operation failed,
-/// ``RingPortError/Code/handleClosed`` after ``close()`` (also for an operation pending when
+/// `RingPortError.Code.handleClosed` after ``close()`` (also for an operation pending when
 /// the connection was closed, or when the ``AsyncPort`` shut down); or `CancellationError`.
 ///
 /// ## Lifetime
@@ -85,8 +85,8 @@ public final class TCPConnection: Sendable {
     /// Connects to `address` (io_uring `CONNECT`) and returns the connection, with
     /// `TCP_NODELAY` set.
     ///
-    /// - Throws: ``RingPortError/Code/systemCallFailed`` with the `errno` of the failure (e.g.
-    ///   `ECONNREFUSED`); ``RingPortError/Code/portClosed`` after ``AsyncPort/shutdown()``;
+    /// - Throws: `RingPortError.Code.systemCallFailed` with the `errno` of the failure (e.g.
+    ///   `ECONNREFUSED`); `RingPortError.Code.portClosed` after ``AsyncPort/shutdown()``;
     ///   `CancellationError` when the task was cancelled first (the socket is closed).
     public static func connect(to address: SocketAddress, on asyncPort: AsyncPort) async throws -> TCPConnection {
         try asyncPort.checkRunning("connect to \(address)")
@@ -131,7 +131,7 @@ public final class TCPConnection: Sendable {
     }
 
     /// Closes the connection: cancels its pending read and write (they throw
-    /// ``RingPortError/Code/handleClosed``) and closes the socket once they are done with it.
+    /// `RingPortError.Code.handleClosed`) and closes the socket once they are done with it.
     /// Idempotent; does not wait.
     public func close() {
         asyncPort.port.close(handle)

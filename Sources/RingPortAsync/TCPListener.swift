@@ -17,7 +17,7 @@ import Glibc
 /// ## Thread-safety
 /// All methods may be called from any task. One accept at a time: a second concurrent
 /// ``accept()`` (or a second iterator in use at the same time) throws
-/// ``RingPortError/Code/contextInFlight``.
+/// `RingPortError.Code.contextInFlight`.
 ///
 /// ## Ending
 /// ``close()`` (or ``AsyncPort/shutdown()``) stops listening: the pending accept ends, the
@@ -47,8 +47,8 @@ public final class TCPListener: Sendable {
 
     /// Creates a listening socket on `address` and associates it with `asyncPort`.
     ///
-    /// - Throws: ``RingPortError/Code/systemCallFailed`` when `socket`, `bind` or `listen` fail
-    ///   (e.g. `EADDRINUSE`); ``RingPortError/Code/portClosed`` after ``AsyncPort/shutdown()``.
+    /// - Throws: `RingPortError.Code.systemCallFailed` when `socket`, `bind` or `listen` fail
+    ///   (e.g. `EADDRINUSE`); `RingPortError.Code.portClosed` after ``AsyncPort/shutdown()``.
     public static func bind(
         to address: SocketAddress, on asyncPort: AsyncPort, options: TCPSocket.ListenerOptions = .init()
     ) throws(RingPortError) -> TCPListener {
@@ -98,7 +98,7 @@ public final class TCPListener: Sendable {
     /// Waits for the next connection and returns it, with `TCP_NODELAY` set; nil once the
     /// listener is closed.
     ///
-    /// - Throws: ``RingPortError/Code/systemCallFailed`` with the accept's `errno` (e.g.
+    /// - Throws: `RingPortError.Code.systemCallFailed` with the accept's `errno` (e.g.
     ///   `EMFILE` when the process is out of descriptors: the listener stays usable, try again
     ///   later; ``connections`` does that by itself); `CancellationError`.
     public func accept() async throws -> TCPConnection? {

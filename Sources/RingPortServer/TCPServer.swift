@@ -6,11 +6,11 @@ import Synchronization
 import Glibc
 #endif
 
-/// A TCP server on a ``CompletionPort``: accepts connections, reads from them, and hands the
+/// A TCP server on a `CompletionPort`: accepts connections, reads from them, and hands the
 /// bytes to a ``ConnectionHandler``, with the limits a server on the internet needs.
 ///
 /// - **Accepting.** A multishot accept where the kernel has it (Linux 5.19+), else a pool of
-///   pre-posted accepts (the `AcceptEx` pattern), chosen by ``IOURingFeatures/probe()``. New
+///   pre-posted accepts (the `AcceptEx` pattern), chosen by `IOURingFeatures.probe()`. New
 ///   connections are spread over the port's rings. Beyond ``Configuration/maximumConnections``
 ///   a new connection is closed at once and counted as refused. When accepting fails
 ///   (`EMFILE`, `ENFILE`, ...) the server logs once, backs off (10 ms doubling to 1 s), and keeps
@@ -120,7 +120,7 @@ public final class TCPServer: Sendable {
     /// Probes the kernel, sets up the completion port and binds the listener. Nothing is accepted
     /// before ``start()``.
     ///
-    /// - Throws: ``RingPortError``: io_uring unavailable (with the cause and the fix), a socket
+    /// - Throws: `RingPortError`: io_uring unavailable (with the cause and the fix), a socket
     ///   call failed (e.g. `EADDRINUSE`), or an invalid configuration.
     public init(configuration: Configuration, handler: some ConnectionHandler) throws(RingPortError) {
         guard configuration.maximumConnections > 0, configuration.maximumQueuedWriteBytes > 0,
