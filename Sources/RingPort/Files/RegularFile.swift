@@ -11,7 +11,7 @@ import Glibc
 ///
 /// Every descriptor returned is close-on-exec and owned by the caller until it is handed to
 /// ``CompletionPort/associate(descriptor:peerAddress:userState:)``, which takes any descriptor
-/// (``CompletionPort/openFile(atPath:access:options:permissions:)`` does both).
+/// (``CompletionPort/openFile(atPath:access:options:permissions:userState:)`` does both).
 ///
 /// Stateless; safe to call from any thread.
 public enum RegularFile {
@@ -56,7 +56,12 @@ public enum RegularFile {
 
     /// Opens the file at `path` (`open(2)` with `O_CLOEXEC`). The caller owns the descriptor.
     ///
-    /// - Parameter permissions: the mode of a file ``Options/create`` creates (before the umask).
+    /// - Parameters:
+    ///   - path: the file's path, absolute or relative to the working directory.
+    ///   - access: whether the descriptor reads, writes or both.
+    ///   - options: creation and truncation flags; none by default.
+    ///   - permissions: the mode of a file ``Options/create`` creates (before the umask).
+    /// - Returns: the new descriptor, close-on-exec.
     public static func open(
         atPath path: String, access: Access, options: Options = [], permissions: mode_t = 0o644
     ) throws(RingPortError) -> Int32 {

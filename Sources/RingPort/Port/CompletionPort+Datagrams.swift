@@ -28,7 +28,11 @@ extension CompletionPort {
     /// ``UDPSocket/connect(_:to:)``) may complete with an error the network reported for an
     /// earlier send, e.g. `ECONNREFUSED`.
     ///
-    /// - Parameter range: where in the buffer to receive; the whole buffer by default.
+    /// - Parameters:
+    ///   - handle: the datagram socket's handle.
+    ///   - context: the context whose buffer receives the datagram and whose scratch memory
+    ///     holds the message header; the port owns it until the completion is dequeued.
+    ///   - range: where in the buffer to receive; the whole buffer by default.
     /// - Throws: as the other posting methods (handle or port closed, context in flight, range
     ///   outside the buffer, submission failed); nothing is queued then.
     public func receiveMessage(_ handle: IOHandle, into context: IOContext, range: Range<Int>? = nil) throws(RingPortError) {
@@ -60,6 +64,9 @@ extension CompletionPort {
     /// says nothing about its arrival.
     ///
     /// - Parameters:
+    ///   - handle: the datagram socket's handle.
+    ///   - context: the context whose buffer holds the datagram; the port owns it until the
+    ///     completion is dequeued.
     ///   - range: the datagram's bytes; may be empty.
     ///   - address: where to send it; nil sends to the peer of a connected socket (see
     ///     ``UDPSocket/connect(_:to:)``). Copied into the context's scratch memory.

@@ -9,7 +9,7 @@ import Glibc
 ///
 /// A file is associated like a socket — ``associate(descriptor:peerAddress:userState:)`` takes
 /// any descriptor — or opened and associated in one step with
-/// ``openFile(atPath:access:options:permissions:)``. Each operation names its own offset, so
+/// ``openFile(atPath:access:options:permissions:userState:)``. Each operation names its own offset, so
 /// several may be in flight on one file at once and the file position is neither used nor
 /// moved. The kernel does buffered file I/O that would block on its own worker threads, so a
 /// read that misses the page cache does not stall the ring.
@@ -26,6 +26,13 @@ extension CompletionPort {
     /// and associates it with the port. The returned handle owns the descriptor: ``close(_:)``
     /// closes it. Opening is a plain, blocking `open(2)` on the calling thread.
     ///
+    /// - Parameters:
+    ///   - path: the file's path.
+    ///   - access: whether the descriptor reads, writes or both.
+    ///   - options: creation and truncation flags; none by default.
+    ///   - permissions: the mode of a file ``RegularFile/Options/create`` creates (before the
+    ///     umask).
+    ///   - userState: the application's per-handle state (``IOHandle/userState``).
     /// - Throws: ``RingPortError/Code/systemCallFailed`` with the `errno` when the file cannot
     ///   be opened; ``RingPortError/Code/portClosed`` when the port is closed (the descriptor
     ///   is closed again).
@@ -49,6 +56,9 @@ extension CompletionPort {
     /// asked when the file ends inside the range, 0 when `offset` is at or past its end.
     ///
     /// - Parameters:
+    ///   - handle: the file's handle.
+    ///   - context: the context whose buffer receives the bytes; the port owns it until the
+    ///     completion is dequeued.
     ///   - range: where in the buffer to read into; the whole buffer by default.
     ///   - offset: the file offset to read from, at least 0.
     /// - Throws: ``RingPortError/Code/invalidArgument`` for a negative offset, and as the other
@@ -76,7 +86,12 @@ extension CompletionPort {
     /// be fewer than asked (e.g. the disk filled up): post the rest again at the offset that
     /// follows.
     ///
-    /// - Parameter offset: the file offset to write at, at least 0.
+    /// - Parameters:
+    ///   - handle: the file's handle.
+    ///   - context: the context whose buffer holds the bytes; the port owns it until the
+    ///     completion is dequeued.
+    ///   - range: the bytes of the buffer to write.
+    ///   - offset: the file offset to write at, at least 0.
     /// - Throws: as ``read(_:into:range:atOffset:)``.
     public func write(
         _ handle: IOHandle, from context: IOContext, range: Range<Int>, atOffset offset: Int64

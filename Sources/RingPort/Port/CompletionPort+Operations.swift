@@ -21,7 +21,11 @@ extension CompletionPort {
     /// Posts a receive into `context`'s buffer (`OP_READ`). The completion's
     /// ``Completion/bytesTransferred`` says how many bytes arrived; 0 means the peer closed.
     ///
-    /// - Parameter range: where in the buffer to receive; the whole buffer by default.
+    /// - Parameters:
+    ///   - handle: the socket's handle.
+    ///   - context: the context whose buffer receives the bytes; the port owns it until the
+    ///     completion is dequeued.
+    ///   - range: where in the buffer to receive; the whole buffer by default.
     public func read(_ handle: IOHandle, into context: IOContext, range: Range<Int>? = nil) throws(RingPortError) {
         let range = range ?? 0..<context.capacity
         try validate(range, in: context, operation: .read)
@@ -142,8 +146,12 @@ extension CompletionPort {
     /// Posts a timer that completes after `duration` (``IOOperation/timeout``; ``Completion/error``
     /// is nil when it expired, `ECANCELED` when it was cancelled with ``cancel(_:)``).
     ///
-    /// - Parameter handle: a handle to deliver the completion with (and to serialise it with
-    ///   that handle's other completions), or nil.
+    /// - Parameters:
+    ///   - duration: how long from now (a negative duration counts as zero).
+    ///   - context: the context that carries the timer (its scratch memory holds the timespec);
+    ///     the port owns it until the completion is dequeued. Cancel the timer with it.
+    ///   - handle: a handle to deliver the completion with (and to serialise it with that
+    ///     handle's other completions), or nil.
     public func timeout(after duration: Duration, context: IOContext, handle: IOHandle? = nil) throws(RingPortError) {
         let nanoseconds = duration.nanosecondsClamped
         let timespec = context.scratchTimeout
@@ -167,7 +175,13 @@ extension CompletionPort {
     /// ``Completion/result``, and the given handle, context and value. Use it to wake workers,
     /// hand work to them, or tell them to stop.
     ///
-    /// - Parameter handle: when given, the completion is serialised with that handle's others.
+    /// - Parameters:
+    ///   - bytesTransferred: the completion's ``Completion/result`` (and
+    ///     ``Completion/bytesTransferred`` when positive).
+    ///   - handle: when given, the completion is serialised with that handle's others.
+    ///   - context: a context to carry with the completion, or nil; the port owns it until the
+    ///     completion is dequeued.
+    ///   - value: the completion's ``Completion/userValue``.
     public func post(
         bytesTransferred: Int32 = 0, handle: IOHandle? = nil, context: IOContext? = nil, value: UInt64 = 0
     ) throws(RingPortError) {
