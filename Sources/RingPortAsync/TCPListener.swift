@@ -186,11 +186,14 @@ public final class TCPListener: Sendable {
     ///
     /// Thread-safety: a value; iterate it from one task at a time (see ``TCPListener``).
     public struct Connections: AsyncSequence, Sendable {
+        /// An accepted connection, owned by whoever takes it from the sequence.
         public typealias Element = TCPConnection
+        /// `RingPortError` or `CancellationError`.
         public typealias Failure = any Error
 
         let listener: TCPListener
 
+        /// An iterator that accepts one connection per ``Iterator/next()``.
         public func makeAsyncIterator() -> Iterator {
             Iterator(listener: listener)
         }

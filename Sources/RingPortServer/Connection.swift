@@ -46,6 +46,7 @@ public final class Connection: @unchecked Sendable {
         /// The server shut down.
         case serverShutdown
 
+        /// A short phrase for logs, e.g. "idle timeout" or "failed: ECONNRESET".
         public var description: String {
             switch self {
             case .peerClosed: "peer closed"

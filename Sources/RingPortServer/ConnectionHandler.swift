@@ -11,9 +11,10 @@ import SystemPackage
 /// wait (up to the port's stall threshold, after which another worker takes the ring over).
 ///
 /// ## What a callback may do
-/// Call the connection's methods (``Connection/write(_:)``, ``Connection/close()``, ...), read
-/// and write ``Connection/userState``, and post operations on the connection's port. Do not
-/// block for long and do not call ``TCPServer/shutdown(gracePeriod:)`` from a callback.
+/// Call the connection's methods (``Connection/write(_:)-(UnsafeRawBufferPointer)``,
+/// ``Connection/close()``, ...), read and write ``Connection/userState``, and post operations
+/// on the connection's port. Do not block for long and do not call
+/// ``TCPServer/shutdown(gracePeriod:)`` from a callback.
 public protocol ConnectionHandler: Sendable {
     /// A connection was accepted. The first bytes follow in ``connection(_:received:)``.
     func connectionOpened(_ connection: Connection)
@@ -31,8 +32,11 @@ public protocol ConnectionHandler: Sendable {
 }
 
 extension ConnectionHandler {
+    /// Does nothing: a handler that keeps no per-connection state need not implement it.
     public func connectionOpened(_ connection: Connection) {}
+    /// Does nothing: a handler that never writes its own contexts need not implement it.
     public func connection(_ connection: Connection, finishedWriting context: IOContext) {}
+    /// Does nothing. The connection's ``Connection/userState`` is dropped with the connection.
     public func connectionClosed(_ connection: Connection, reason: Connection.CloseReason) {}
 }
 

@@ -9,6 +9,8 @@ public struct EchoHandler: ConnectionHandler {
     /// An echo handler.
     public init() {}
 
+    /// Writes `bytes` back (``Connection/write(_:)-(ReceivedBytes)``), in order with what was
+    /// received before.
     public func connection(_ connection: Connection, received bytes: ReceivedBytes) {
         connection.write(bytes)
     }

@@ -121,5 +121,6 @@ public struct IOURingUnavailability: Hashable, Sendable, CustomStringConvertible
         }
     }
 
+    /// The ``explanation`` followed by the ``fix``, for a person to read.
     public var description: String { "\(explanation) Fix: \(fix)" }
 }

@@ -78,6 +78,7 @@ extension RingPortError {
         /// multishot receive without provided buffer rings. See ``IOURingFeatures``.
         public static let unsupported = Code(value: .unsupported)
 
+        /// A short phrase naming the kind of failure, e.g. "handle closed".
         public var description: String {
             switch value {
             case .ioURingUnavailable: "io_uring unavailable"

@@ -72,6 +72,8 @@ public struct Completion: Sendable, CustomStringConvertible {
         operation == .accept && result >= 0 ? result : nil
     }
 
+    /// The operation, the result (with the error's name when it failed) and the handle's
+    /// ``IOHandle/ID``, for logs.
     public var description: String {
         var text = "Completion(\(operation), result: \(result)"
         if let error { text += " (\(error))" }

@@ -35,6 +35,7 @@ public final class IOHandle: @unchecked Sendable {
         /// The slot's generation when the handle was created.
         public let generation: UInt32
 
+        /// `ring.slot.generation`, for logs.
         public var description: String { "\(ring).\(slot).\(generation)" }
     }
 

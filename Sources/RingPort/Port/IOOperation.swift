@@ -3,8 +3,11 @@
 /// The first three keep the raw values of the classic completion-port server
 /// (`OP_READ = 1`, `OP_WRITE = 2`, `OP_ACCEPT = 3`). A value type, safe to pass between threads.
 public struct IOOperation: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
+    /// The tag's number (1, 2 and 3 are the classic `OP_READ`, `OP_WRITE` and `OP_ACCEPT`).
     public let rawValue: UInt8
 
+    /// The tag with this number. RingPort posts only the tags declared here; another number is
+    /// a tag no operation carries.
     public init(rawValue: UInt8) {
         self.rawValue = rawValue
     }
@@ -33,6 +36,7 @@ public struct IOOperation: RawRepresentable, Hashable, Sendable, CustomStringCon
     /// A datagram sent from the context's buffer to an address (`WSASendTo`; io_uring `SENDMSG`).
     public static let sendMessage = IOOperation(rawValue: 10)
 
+    /// The tag's name, e.g. `read`, or `operation(N)` for a number without one.
     public var description: String {
         switch self {
         case .read: "read"

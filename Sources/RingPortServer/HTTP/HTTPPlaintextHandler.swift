@@ -27,11 +27,14 @@ public struct HTTPPlaintextHandler: ConnectionHandler {
         configuration.idleTimeoutCountsReceivedBytes = false
     }
 
+    /// Gives the connection its parser and date cache (its ``Connection/userState``).
     public func connectionOpened(_ connection: Connection) {
         connection.userState = HTTPConnectionState(
             parser: HTTPRequestParser(maximumHeadBytes: maximumHeadBytes, maximumBodyBytes: maximumBodyBytes))
     }
 
+    /// Parses the requests `bytes` completes and answers them in one write; closes the
+    /// connection after answering a request that does not keep it alive, or an invalid one.
     public func connection(_ connection: Connection, received bytes: ReceivedBytes) {
         guard let state = connection.userState as? HTTPConnectionState else { return }
         state.date.refresh()
