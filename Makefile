@@ -5,6 +5,9 @@
 #   make stress      hostile and broken clients against the servers (about a minute after the build)
 #   make sanitize    the tests under ThreadSanitizer and AddressSanitizer
 #   make fuzz        libFuzzer on the HTTP request parser, 60 s (FUZZ_SECONDS=...)
+#   make docs        DocC documentation of RingPort, RingPortServer and RingPortAsync under
+#                    .build/plugins/Swift-DocC/outputs/; fails on any DocC warning and on a
+#                    public symbol without a doc comment
 #   make soak        mixed echo + HTTP + churn load for 5 minutes (SOAK_SECONDS=...), then the
 #                    leak and error counts
 #   make bench       compares the echo server with C and SwiftNIO baselines under the same load
@@ -20,7 +23,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8888
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: all deps test-deps build release run test stress sanitize fuzz soak bench bench-deps bench-http bench-conns bench-micro bench-check bench-thresholds clean
+.PHONY: all deps test-deps build release run test stress sanitize fuzz docs soak bench bench-deps bench-http bench-conns bench-micro bench-check bench-thresholds clean
 
 all: build
 
@@ -79,6 +82,20 @@ sanitize: test-deps
 FUZZ_SECONDS ?= 60
 fuzz:
 	Fuzz/run.sh $(FUZZ_SECONDS)
+
+# The documentation of the library modules: each module's catalog (Sources/<Module>/<Module>.docc)
+# and doc comments, built by swift-docc-plugin into .build/plugins/Swift-DocC/outputs/<Module>.doccarchive
+# (`swift package --disable-sandbox preview-documentation --target <Module>` serves one). Every
+# DocC warning is an error: a symbol link that does not resolve, a bad topic reference, an
+# undocumented parameter of a documented method. Then Tests/Docs/check-doc-comments.py fails on a
+# public symbol without a doc comment of its own. The check is this target failing.
+DOC_TARGETS ?= RingPort RingPortServer RingPortAsync
+docs: test-deps
+	@set -e; for target in $(DOC_TARGETS); do \
+		echo "$(SWIFT) package --disable-sandbox generate-documentation --target $$target --warnings-as-errors"; \
+		$(SWIFT) package --disable-sandbox generate-documentation --target $$target --warnings-as-errors; \
+	done
+	python3 Tests/Docs/check-doc-comments.py $(DOC_TARGETS)
 
 # Mixed load against ringport echo and ringport http processes (Tests/Soak/soak.py): ringport
 # load with every echoed byte checked, wrk on GET /plaintext, and two threads of hostile and
