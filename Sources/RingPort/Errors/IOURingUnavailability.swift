@@ -47,7 +47,7 @@ public struct IOURingUnavailability: Hashable, Sendable, CustomStringConvertible
 
     /// Classifies a failed `io_uring_setup`. `ioURingDisabledSetting` is the value of the sysctl
     /// `kernel.io_uring_disabled` (nil when the file is absent or unreadable).
-    public static func classify(_ errno: Errno, ioURingDisabledSetting: Int?) -> IOURingUnavailability {
+    static func classify(_ errno: Errno, ioURingDisabledSetting: Int?) -> IOURingUnavailability {
         switch errno {
         case .noFunction: return .notInKernel
         case .notPermitted, .permissionDenied:
@@ -64,7 +64,7 @@ public struct IOURingUnavailability: Hashable, Sendable, CustomStringConvertible
     }
 
     /// Reads `kernel.io_uring_disabled` (0, 1 or 2), or nil when the kernel has no such setting.
-    public static func readIOURingDisabledSetting() -> Int? {
+    static func readIOURingDisabledSetting() -> Int? {
         let fd = open("/proc/sys/kernel/io_uring_disabled", O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return nil }
         defer { close(fd) }

@@ -74,8 +74,9 @@ public enum TCPSocket {
         try setOption(descriptor, Int32(IPPROTO_TCP), TCP_NODELAY, 1, name: "TCP_NODELAY")
     }
 
-    /// Sets an integer socket option.
-    public static func setOption(
+    /// Sets an integer socket option (for the typed wrappers of this module; `name` names the
+    /// option in the error).
+    static func setOption(
         _ descriptor: Int32, _ level: Int32, _ option: Int32, _ value: Int32, name: String
     ) throws(RingPortError) {
         var value = value
