@@ -18,6 +18,8 @@ func ringportExecutable() throws -> URL {
 
 /// Reads a pipe line by line on a background queue.
 final class LineReader: @unchecked Sendable {
+    // @unchecked: `lines` and `partial` are only touched with `lock` held, by the readability
+    // handler (on Foundation's queue) and by `all` (on the test's thread).
     private let lock = NSLock()
     private var lines: [String] = []
     private var partial = ""

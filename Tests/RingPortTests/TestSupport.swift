@@ -107,6 +107,7 @@ func makeSingleRingPort(entries: UInt32 = 64) throws -> CompletionPort {
 /// A value behind an NSLock (ThreadSanitizer understands it; it does not see through
 /// `Synchronization.Mutex` on Linux).
 final class LockedBox<Value>: @unchecked Sendable {
+    // @unchecked: `value` is only touched inside `withLock`, with `lock` held.
     private let lock = NSLock()
     private var value: Value
 

@@ -131,8 +131,6 @@ enum PortBenchmarkThresholds {
 
 // MARK: - Fixtures
 
-/// State a benchmark's setup hook builds, its closure uses and its teardown hook closes. The
-/// framework runs the three one after the other, never at once.
 /// A fixture whose one operation is an echo round trip.
 protocol RoundTripFixture: AnyObject {
     func roundTrip() throws
@@ -160,7 +158,12 @@ func roundTripBenchmark<F: RoundTripFixture>(_ name: String, make: @escaping @Se
     }
 }
 
+/// State a benchmark's setup hook builds, its closure uses and its teardown hook closes. The
+/// framework runs the three one after the other, never at once.
 final class Fixture<Value>: @unchecked Sendable {
+    // @unchecked: `value` is written by the setup and teardown hooks and read by the benchmark
+    // closure, which the framework runs one after the other (never at once), each call
+    // ordered after the previous one's return.
     var value: Value?
 
     func take() -> Value? {
