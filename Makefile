@@ -1,7 +1,7 @@
 # RingPort: the I/O completion port model on io_uring.
 #
 #   make run    installs what is missing, builds release, starts the echo server on 127.0.0.1:8888
-#   make test   installs what is missing, builds, runs the tests
+#   make test   installs what is missing, builds, runs the tests (examples included), builds the docs
 #   make stress      hostile and broken clients against the servers (about a minute after the build)
 #   make sanitize    the tests under ThreadSanitizer and AddressSanitizer
 #   make fuzz        libFuzzer on the HTTP request parser, 60 s (FUZZ_SECONDS=...)
@@ -53,8 +53,11 @@ run: release
 	.build/release/ringport echo --host $(HOST) --port $(PORT)
 
 # The tests start the ringport executable, so build every product first.
+# The tests build and run the examples too (Examples/, each against a real client); then the
+# DocC catalogs must build without a warning (make docs).
 test: test-deps build
 	$(SWIFT) test
+	$(MAKE) --no-print-directory docs
 
 # Hostile and broken clients against ringport echo and http processes (StressTests.swift):
 # 10,000 connect/close cycles, resets mid-write, half-close, slowloris, 1,000 clients that never

@@ -32,7 +32,7 @@ extension TCPServer: Service {
     /// `run()` is safe on Swift's cooperative pool). Do not call it from a
     /// ``ConnectionHandler`` callback.
     ///
-    /// - Throws: ``RingPortError`` when the server cannot start (its port is closed again
+    /// - Throws: `RingPortError` when the server cannot start (its port is closed again
     ///   before the error is thrown).
     public func run() async throws {
         do {
