@@ -337,63 +337,26 @@ extension RingPortTests {
         /// its descriptors allow and serves those (twice, to show it keeps serving them); accept
         /// fails with EMFILE for the rest, which wait in the listen queue while the server backs
         /// off (logged as a warning, no error); as served clients leave, the waiting ones are
-        /// accepted and served, until all 200 are.
+        /// accepted and served, until all 200 are. A first round warms the server up.
         @Test(.timeLimit(.minutes(2)))
         func twoHundredClientsUnderSixtyFourDescriptorsAreAllServedInTurn() throws {
             let server = try StressServer(.echo, ["--workers", "2"], shellPrefix: "ulimit -n 64")
             let start = server.footprint
-            let baseline = start
+            let warmUp = try descriptorExhaustionRound(server, seed: 1500)
+            #expect(warmUp.served == 200 && warmUp.mismatches == 0, "warm-up: \(warmUp)")
+            let baseline = warmedBaseline(server, start: start)
+
             let began = ContinuousClock.now
-            let clients = try (0..<200).map { _ in try server.connect() }
-            defer { clients.forEach { close($0) } }
-            var payloads: [[UInt8]] = []
-            for (index, client) in clients.enumerated() {
-                setReceiveTimeout(client, .milliseconds(30))
-                payloads.append(stressPayload(count: 1024, seed: 1500 + UInt64(index)))
-                #expect(sendAll(client, payloads[index]))
-            }
-            // The first wave: what the server could accept.
-            var served = Set<Int>()
-            var mismatches = 0
-            func echo(of client: Int32) -> [UInt8] {
-                var echoed = receiveExactly(client, count: 1024)
-                if !echoed.isEmpty && echoed.count < 1024 { echoed += receiveExactly(client, count: 1024 - echoed.count) }
-                return echoed
-            }
-            for (index, client) in clients.enumerated() {
-                let echoed = echo(of: client)
-                if echoed.isEmpty { continue }
-                if echoed == payloads[index] { served.insert(index) } else { mismatches += 1 }
-            }
-            let firstWave = served.count
-            let peak = server.footprint
-            #expect(firstWave >= 10 && firstWave < 64, "served \(firstWave) at once with 64 descriptors")
-            // Those held are still served.
-            var heldServedAgain = 0
-            for index in served {
-                let again = stressPayload(count: 512, seed: 1700 + UInt64(index))
-                if sendAll(clients[index], again), receiveExactly(clients[index], count: 512) == again { heldServedAgain += 1 }
-            }
-            #expect(heldServedAgain == firstWave)
-            // They leave; the waiting ones are accepted and served in turn, each leaving once served.
-            for index in served { shutdown(clients[index], Int32(SHUT_RDWR)) }
-            let deadline = ContinuousClock.now + .seconds(60)
-            while served.count + mismatches < 200 && ContinuousClock.now < deadline {
-                for (index, client) in clients.enumerated() where !served.contains(index) {
-                    let echoed = echo(of: client)
-                    if echoed.isEmpty { continue }
-                    if echoed == payloads[index] { served.insert(index) } else { mismatches += 1 }
-                    shutdown(client, Int32(SHUT_RDWR))
-                }
-            }
+            let result = try descriptorExhaustionRound(server, seed: 1800)
             let elapsed = ContinuousClock.now - began
-            #expect(mismatches == 0)
-            #expect(served.count == 200, "\(served.count) of 200 served within 60 s")
-            for client in clients { shutdown(client, Int32(SHUT_RDWR)) }
+            #expect(result.firstWave >= 10 && result.firstWave < 64, "served \(result.firstWave) at once with 64 descriptors")
+            #expect(result.heldServedAgain == result.firstWave)
+            #expect(result.mismatches == 0)
+            #expect(result.served == 200, "\(result.served) of 200 served within 60 s")
             let summary = server.conclude(
-                "200 clients under ulimit -n 64", start: start, baseline: baseline, peak: peak, elapsed: elapsed
+                "200 clients under ulimit -n 64", start: start, baseline: baseline, peak: result.peak, elapsed: elapsed
             ) {
-                "\(firstWave) served at once (and again), \(served.count - firstWave) more served as they left, \(served.count)/200 byte-exact, \(mismatches) mismatches"
+                "\(result.firstWave) served at once (and again), \(result.served - result.firstWave) more served as they left, \(result.served)/200 byte-exact, \(result.mismatches) mismatches"
             }
             if let summary {
                 #expect(summary["connections served"] == server.connectionsOpened, "\(summary)")
@@ -407,6 +370,67 @@ extension RingPortTests {
 }
 
 // MARK: - The cases' clients
+
+// MARK: 9
+
+struct DescriptorExhaustionResult: CustomStringConvertible {
+    var firstWave = 0
+    var heldServedAgain = 0
+    var served = 0
+    var mismatches = 0
+    var peak: Footprint?
+
+    var description: String {
+        "\(firstWave) at once, \(heldServedAgain) served again, \(served) served, \(mismatches) mismatches"
+    }
+}
+
+/// 200 clients connect and send 1 KiB each; those the server holds are served, then served again,
+/// then leave; the others are served as the server accepts them, each leaving once served.
+func descriptorExhaustionRound(_ server: StressServer, seed: UInt64) throws -> DescriptorExhaustionResult {
+    var result = DescriptorExhaustionResult()
+    let clients = try (0..<200).map { _ in try server.connect() }
+    defer { clients.forEach { close($0) } }
+    var payloads: [[UInt8]] = []
+    for (index, client) in clients.enumerated() {
+        setReceiveTimeout(client, .milliseconds(30))
+        payloads.append(stressPayload(count: 1024, seed: seed + UInt64(index)))
+        #expect(sendAll(client, payloads[index]))
+    }
+    func echo(of client: Int32) -> [UInt8] {
+        var echoed = receiveExactly(client, count: 1024)
+        if !echoed.isEmpty && echoed.count < 1024 { echoed += receiveExactly(client, count: 1024 - echoed.count) }
+        return echoed
+    }
+    // The first wave: what the server could accept.
+    var served = Set<Int>()
+    for (index, client) in clients.enumerated() {
+        let echoed = echo(of: client)
+        if echoed.isEmpty { continue }
+        if echoed == payloads[index] { served.insert(index) } else { result.mismatches += 1 }
+    }
+    result.firstWave = served.count
+    result.peak = server.footprint
+    // Those held are still served.
+    for index in served {
+        let again = stressPayload(count: 512, seed: seed + 1000 + UInt64(index))
+        if sendAll(clients[index], again), receiveExactly(clients[index], count: 512) == again { result.heldServedAgain += 1 }
+    }
+    // They leave; the waiting ones are accepted and served in turn, each leaving once served.
+    for index in served { shutdown(clients[index], Int32(SHUT_RDWR)) }
+    let deadline = ContinuousClock.now + .seconds(60)
+    while served.count + result.mismatches < 200 && ContinuousClock.now < deadline {
+        for (index, client) in clients.enumerated() where !served.contains(index) {
+            let echoed = echo(of: client)
+            if echoed.isEmpty { continue }
+            if echoed == payloads[index] { served.insert(index) } else { result.mismatches += 1 }
+            shutdown(client, Int32(SHUT_RDWR))
+        }
+    }
+    for client in clients { shutdown(client, Int32(SHUT_RDWR)) }
+    result.served = served.count
+    return result
+}
 
 /// Ends a case's warm-up: makes every provided receive buffer resident (32 MiB through one
 /// connection, twice the default ring: the kernel cycles through the ring's buffers in order and
