@@ -99,6 +99,8 @@ public final class Connection: @unchecked Sendable {
     @exclusivity(unchecked) private var deliveredBufferRetained = false
     /// Monotonic nanoseconds of the last progress (see ``TCPServer/Configuration/idleTimeout``).
     let lastProgress: Atomic<UInt64>
+    /// Monotonic nanoseconds when the connection was accepted.
+    let openedAt = MonotonicInstant.now.nanoseconds
 
     init(handle: IOHandle, peerAddress: SocketAddress?, services: ServerServices) {
         self.handle = handle

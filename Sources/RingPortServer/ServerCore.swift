@@ -141,6 +141,7 @@ final class ServerCore: Sendable {
         guard let reason = connection.finishIfDone() else { return }
         _ = connections.withLock { $0.removeValue(forKey: connection.id) }
         services.counters.closed.add(1, ordering: .relaxed)
+        services.counters.connectionClosed(afterNanoseconds: MonotonicInstant.now.nanoseconds &- connection.openedAt)
         handler.connectionClosed(connection, reason: reason)
         connection.handle.userState = nil
     }

@@ -3,7 +3,8 @@ import RingPort
 import Synchronization
 
 /// The counters of a ``TCPServer``, kept in atomics on the hot path and exported to swift-metrics
-/// by ``export()`` (the server calls it periodically and at shutdown).
+/// by ``export()`` (the server calls it periodically and at shutdown); and the connection-duration
+/// timer, recorded as each connection closes.
 ///
 /// Thread-safety: every method may be called from any thread.
 final class ServerCounters: Sendable {
@@ -20,9 +21,17 @@ final class ServerCounters: Sendable {
     let bufferExhaustions = Atomic<Int>(0)
 
     private let exporter: MetricsExporter
+    /// How long connections stayed open, recorded as each one closes (swift-metrics `Timer`).
+    private let connectionDuration: Metrics.Timer
 
     init(label: String) {
         exporter = MetricsExporter(label: label)
+        connectionDuration = Metrics.Timer(label: "ringport_connection_duration", dimensions: [("server", label)])
+    }
+
+    /// A connection closed after `nanoseconds` open.
+    func connectionClosed(afterNanoseconds nanoseconds: UInt64) {
+        connectionDuration.recordNanoseconds(Int64(clamping: nanoseconds))
     }
 
     /// A snapshot.

@@ -96,6 +96,8 @@ extension RingPortTests {
             #expect(metrics.value("ringport_bytes_sent_total", server) == 30)
             #expect(metrics.value("ringport_connections_open", server) == 0)
             #expect(metrics.value("ringport_operations_submitted_total", server) > 0)
+            // The connection-duration timer recorded the connections as they closed.
+            #expect(metrics.value("ringport_connection_duration", server) > 0)
         }
 
         private func dimensions(_ label: String) -> [(String, String)] {
