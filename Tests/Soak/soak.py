@@ -267,6 +267,32 @@ def run_wrk(port, seconds):
     }
 
 
+def fill_receive_buffers(echo_port, http_port, total=32 << 20):
+    """Sends `total` bytes through one echo connection (reading them back) and as request bodies
+    to the HTTP server, so that every provided receive buffer of both has been written once."""
+    chunk = bytes(range(256)) * 4096  # 1 MiB
+    with socket.create_connection(("127.0.0.1", echo_port), timeout=30) as client:
+        for _ in range(total // len(chunk)):
+            client.sendall(chunk)
+            if Churn.receive_exactly(client, len(chunk)) != chunk:
+                raise SystemExit("soak: the echo warm-up came back wrong")
+    body = b"x" * 1_000_000
+    with socket.create_connection(("127.0.0.1", http_port), timeout=30) as client:
+        for _ in range(total // len(body)):
+            client.sendall(b"POST /plaintext HTTP/1.1\r\nHost: soak\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+            answer = b""
+            while b"\r\n\r\n" not in answer:
+                data = client.recv(4096)
+                if not data:
+                    raise SystemExit("soak: the HTTP warm-up connection closed")
+                answer += data
+            length = re.search(rb"Content-Length: (\d+)", answer, re.I)
+            head, _, rest = answer.partition(b"\r\n\r\n")
+            missing = (int(length.group(1)) if length else 0) - len(rest)
+            if missing > 0:
+                Churn.receive_exactly(client, missing)
+
+
 def settle(server, baseline, timeout=20):
     """Waits until the server is back to its warmed-up descriptors and within 10% of its memory."""
     deadline = time.monotonic() + timeout
@@ -295,6 +321,9 @@ def main():
         f"(port {http.port}); rounds of {arguments.round:.0f} s")
 
     # Warm-up: every path once, so that pools and provided buffers are resident; then the baseline.
+    # The kernel hands out the provided receive buffers in ring order and each becomes resident
+    # the first time it is written: 32 MiB through each server touches all of them.
+    fill_receive_buffers(echo.port, http.port)
     churn = Churn(echo.port, http.port, arguments.seed)
     warm = threading.Thread(target=churn.run, args=(time.monotonic() + 3, arguments.seed))
     warm.start()
