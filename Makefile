@@ -106,21 +106,17 @@ docs: test-deps
 # each server's descriptors and memory against its warmed-up start, its shutdown summary, and
 # the leak and error counts (exit status 1 unless both are 0).
 SOAK_SECONDS ?= 300
-soak: release
-	@missing=""; \
-	command -v wrk >/dev/null 2>&1 || missing="$$missing wrk"; \
-	command -v python3 >/dev/null 2>&1 || missing="$$missing python3"; \
-	if [ -n "$$missing" ]; then \
-		echo "not found:$$missing: installing"; \
-		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
-	fi
+soak: release load-tools
 	python3 Tests/Soak/soak.py --seconds $(SOAK_SECONDS) --ringport .build/release/ringport
 
 # The baselines: C echo servers and load client of our own, SwiftNIO echo and HTTP servers
 # (Benchmarks/ is a package of its own, so RingPort does not depend on SwiftNIO), and wrk.
-bench-deps: release
+bench-deps: release load-tools
 	Benchmarks/scripts/build-c.sh
 	cd Benchmarks && $(SWIFT) build -c release --product nio-echo && $(SWIFT) build -c release --product nio-http
+
+# wrk and python3, for the soak and the benchmarks.
+load-tools:
 	@missing=""; \
 	command -v wrk >/dev/null 2>&1 || missing="$$missing wrk"; \
 	command -v python3 >/dev/null 2>&1 || missing="$$missing python3"; \

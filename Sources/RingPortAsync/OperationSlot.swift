@@ -132,3 +132,31 @@ final class OperationSlot: @unchecked Sendable {
         continuation?.resume(returning: .completed(completion, cancelRequested: cancelRequested))
     }
 }
+
+extension OperationSlot.Outcome {
+    /// The completion of an operation that carries no error, and whether cancellation was
+    /// requested while it was in flight (its result arrived anyway: the caller decides what to
+    /// keep). Throws `CancellationError` when the task was cancelled before posting or the
+    /// cancellation won, the posting error when nothing was posted, ``RingPortError/Code/handleClosed``
+    /// (`closed` says what) when the operation was cancelled because its handle closed, and
+    /// ``RingPortError/Code/systemCallFailed`` with the errno (`failed` says what) otherwise.
+    func completionWithoutError(
+        closed: @autoclosure () -> String, failed: @autoclosure () -> String
+    ) throws -> (completion: Completion, cancelRequested: Bool) {
+        switch self {
+        case .cancelledBeforePosting:
+            throw CancellationError()
+        case .notPosted(let error):
+            throw error
+        case .completed(let completion, let cancelRequested):
+            if let error = completion.error {
+                if completion.isCancelled {
+                    if cancelRequested { throw CancellationError() }
+                    throw RingPortError(.handleClosed, operation: closed())
+                }
+                throw RingPortError(.systemCallFailed, operation: failed(), errno: error)
+            }
+            return (completion, cancelRequested)
+        }
+    }
+}

@@ -101,22 +101,10 @@ public final class TCPConnection: Sendable {
             try asyncPort.port.connect(handle, to: address, context: context)
         }
         do {
-            switch outcome {
-            case .cancelledBeforePosting:
-                throw CancellationError()
-            case .notPosted(let error):
-                throw error
-            case .completed(let completion, let cancelRequested):
-                if let error = completion.error {
-                    if completion.isCancelled {
-                        if cancelRequested { throw CancellationError() }
-                        throw RingPortError(.handleClosed, operation: "connect to \(address)")
-                    }
-                    throw RingPortError(.systemCallFailed, operation: "connect to \(address)", errno: error)
-                }
-                // Connected, but nobody wants the connection any more.
-                if cancelRequested { throw CancellationError() }
-            }
+            let (_, cancelRequested) = try outcome.completionWithoutError(
+                closed: "connect to \(address)", failed: "connect to \(address)")
+            // Connected, but nobody wants the connection any more.
+            if cancelRequested { throw CancellationError() }
         } catch {
             connection.close()
             throw error
@@ -185,31 +173,19 @@ public final class TCPConnection: Sendable {
         let outcome = await reader.perform { context throws(RingPortError) in
             try port.read(handle, into: context)
         }
-        switch outcome {
-        case .cancelledBeforePosting:
-            throw CancellationError()
-        case .notPosted(let error):
-            throw error
-        case .completed(let completion, let cancelRequested):
-            if let error = completion.error {
-                if completion.isCancelled {
-                    if cancelRequested { throw CancellationError() }
-                    throw RingPortError(.handleClosed, operation: "read on a closed connection")
-                }
-                throw RingPortError(.systemCallFailed, operation: "recv from \(peerDescription)", errno: error)
-            }
-            let count = completion.bytesTransferred
-            if count == 0 {
-                reader.endOfStream = true
-            } else {
-                reader.bufferedStart = 0
-                reader.bufferedEnd = count
-            }
-            // The bytes (or the end of stream) arrived before the cancellation took effect:
-            // they stay buffered for the next read.
-            if cancelRequested { throw CancellationError() }
-            return count > 0
+        let (completion, cancelRequested) = try outcome.completionWithoutError(
+            closed: "read on a closed connection", failed: "recv from \(peerDescription)")
+        let count = completion.bytesTransferred
+        if count == 0 {
+            reader.endOfStream = true
+        } else {
+            reader.bufferedStart = 0
+            reader.bufferedEnd = count
         }
+        // The bytes (or the end of stream) arrived before the cancellation took effect:
+        // they stay buffered for the next read.
+        if cancelRequested { throw CancellationError() }
+        return count > 0
     }
 
     // MARK: Writing
@@ -275,25 +251,13 @@ public final class TCPConnection: Sendable {
             let outcome = await writer.perform { context throws(RingPortError) in
                 try port.write(handle, from: context, range: range)
             }
-            switch outcome {
-            case .cancelledBeforePosting:
-                throw CancellationError()
-            case .notPosted(let error):
-                throw error
-            case .completed(let completion, let cancelRequested):
-                if let error = completion.error {
-                    if completion.isCancelled {
-                        if cancelRequested { throw CancellationError() }
-                        throw RingPortError(.handleClosed, operation: "write on a closed connection")
-                    }
-                    throw RingPortError(.systemCallFailed, operation: "send to \(peerDescription)", errno: error)
-                }
-                if cancelRequested { throw CancellationError() }
-                guard completion.bytesTransferred > 0 else {
-                    throw RingPortError(.systemCallFailed, operation: "send to \(peerDescription) made no progress", errno: .brokenPipe)
-                }
-                offset += completion.bytesTransferred
+            let (completion, cancelRequested) = try outcome.completionWithoutError(
+                closed: "write on a closed connection", failed: "send to \(peerDescription)")
+            if cancelRequested { throw CancellationError() }
+            guard completion.bytesTransferred > 0 else {
+                throw RingPortError(.systemCallFailed, operation: "send to \(peerDescription) made no progress", errno: .brokenPipe)
             }
+            offset += completion.bytesTransferred
         }
     }
 

@@ -159,11 +159,8 @@ extension RingPortTests {
         @Test func cancellingASendReportsExactlyTheBytesThePeerGets() throws {
             let port = try makeSingleRingPort()
             let worker = port.makeWorker()
-            let listener = try TCPSocket.makeListener(address: SocketAddress(host: "127.0.0.1", port: 0))
-            defer { close(listener) }
-            let peer = try TCPSocket.connect(to: TCPSocket.localAddress(of: listener))
+            let (peer, accepted) = try makeLoopbackTCPPair()
             defer { close(peer) }
-            let accepted = accept(listener, nil, nil)
             // Tiny buffers would leave the window shut for hundreds of milliseconds after the
             // peer reads (TCP's silly-window avoidance); a 64 KiB send buffer fills quickly enough.
             var sendBuffer: Int32 = 64 * 1024

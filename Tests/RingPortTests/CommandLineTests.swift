@@ -56,8 +56,17 @@ struct RunningRingport {
     /// Starts `ringport` with `arguments` (through `/bin/sh -c "<shellPrefix> exec ringport ..."` when
     /// a shell prefix such as a ulimit is given) and waits for its banner.
     init(_ arguments: [String], shellPrefix: String? = nil) throws {
+        try self.init(executable: ringportExecutable().path, arguments, shellPrefix: shellPrefix)
+    }
+
+    /// Starts the server `executable` (ringport, or one of `Examples/`) with `arguments` and
+    /// `environment` added to this process's, and waits for its banner ("... listening on
+    /// 127.0.0.1:<port>").
+    init(executable: String, _ arguments: [String], environment: [String: String] = [:], shellPrefix: String? = nil) throws {
         process = Process()
-        let executable = try ringportExecutable().path
+        if !environment.isEmpty {
+            process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        }
         if let shellPrefix {
             process.executableURL = URL(fileURLWithPath: "/bin/sh")
             process.arguments = ["-c", "\(shellPrefix) && exec \"$0\" \"$@\"", executable] + arguments
@@ -79,7 +88,7 @@ struct RunningRingport {
               let port = UInt16(hostPort.dropFirst("127.0.0.1:".count))
         else {
             process.terminate()
-            throw POSIXError(.EIO, userInfo: [NSLocalizedDescriptionKey: "ringport did not start: \(logLines.all)"])
+            throw POSIXError(.EIO, userInfo: [NSLocalizedDescriptionKey: "\(executable) did not start: \(lines.all) \(logLines.all)"])
         }
         self.banner = banner
         address = try SocketAddress(host: "127.0.0.1", port: port)

@@ -27,27 +27,11 @@ struct RunningExample {
         guard FileManager.default.isExecutableFile(atPath: executable.path) else {
             throw POSIXError(.ENOENT, userInfo: [NSLocalizedDescriptionKey: "\(executable.path) not built: run `swift build` first"])
         }
-        process = Process()
-        process.executableURL = executable
-        process.arguments = arguments
-        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
-        let output = Pipe()
-        let errors = Pipe()
-        process.standardOutput = output
-        process.standardError = errors
-        lines = LineReader(output)
-        logLines = LineReader(errors)
-        try process.run()
-        let prefix = "\(name) listening on 127.0.0.1:"
-        let lines = self.lines
-        guard eventually({ lines.all.contains { $0.hasPrefix(prefix) } }),
-              let banner = lines.all.first(where: { $0.hasPrefix(prefix) }),
-              let port = UInt16(banner.dropFirst(prefix.count))
-        else {
-            process.terminate()
-            throw POSIXError(.EIO, userInfo: [NSLocalizedDescriptionKey: "\(name) did not start: \(self.lines.all) \(logLines.all)"])
-        }
-        address = try SocketAddress(host: "127.0.0.1", port: port)
+        let running = try RunningRingport(executable: executable.path, arguments, environment: environment)
+        process = running.process
+        lines = running.lines
+        logLines = running.logLines
+        address = running.address
     }
 
     /// Sends SIGTERM and waits for the exit.

@@ -152,11 +152,8 @@ extension RingPortTests {
         @Test func zeroCopySendCompletesOnceWithTheBytesSent() throws {
             let port = try makeSingleRingPort()
             let worker = port.makeWorker()
-            let listener = try TCPSocket.makeListener(address: SocketAddress(host: "127.0.0.1", port: 0))
-            defer { close(listener) }
-            let peer = try TCPSocket.connect(to: TCPSocket.localAddress(of: listener))
+            let (peer, accepted) = try makeLoopbackTCPPair()
             defer { close(peer) }
-            let accepted = accept(listener, nil, nil)
             let handle = try port.associate(descriptor: accepted)
             let payload = SeededGenerator(state: 5).bytesArray(count: 200_000)
             let context = IOContext(capacity: payload.count)

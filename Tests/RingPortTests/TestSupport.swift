@@ -96,6 +96,20 @@ struct BlockingClient {
     }
 }
 
+/// A connected pair of TCP sockets on loopback: the client end, and the end a listener accepted
+/// (the listener is closed again).
+func makeLoopbackTCPPair() throws -> (client: Int32, accepted: Int32) {
+    let listener = try TCPSocket.makeListener(address: SocketAddress(host: "127.0.0.1", port: 0))
+    defer { close(listener) }
+    let client = try TCPSocket.connect(to: TCPSocket.localAddress(of: listener))
+    let accepted = accept(listener, nil, nil)
+    guard accepted >= 0 else {
+        close(client)
+        throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO)
+    }
+    return (client, accepted)
+}
+
 /// A port with one ring and a small completion queue, for tests that drive a worker by hand.
 func makeSingleRingPort(entries: UInt32 = 64) throws -> CompletionPort {
     var configuration = CompletionPort.Configuration()
