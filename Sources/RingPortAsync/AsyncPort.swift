@@ -157,18 +157,13 @@ public final class AsyncPort: Sendable {
             return
         }
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            do {
-                _ = try PThread(name: "ringport-stop", detached: true) { [self] in
-                    stopWorkersAndPort()
-                    continuation.resume()
-                }
-            } catch {
-                // No thread to wait on: wait here. This blocks the caller's thread, which is
-                // only a problem if it is one of the workers.
-                logger.error("shutdown: \(error); waiting on the calling thread")
+            // Without a thread, the waiting happens on the caller's thread, which is only a
+            // problem if it is one of the workers.
+            let error = PThread.runDetached(name: "ringport-stop") { [self] in
                 stopWorkersAndPort()
                 continuation.resume()
             }
+            if let error { logger.error("shutdown: \(error); waited on the calling thread") }
         }
     }
 

@@ -64,15 +64,10 @@ extension TCPServer: Service {
     /// when it has finished. A second call while one shuts down returns at once (the shutdown
     /// is idempotent), so the graceful path and a cancellation may both call this.
     private func startShutdownThread(gracePeriod: Duration) {
-        do {
-            _ = try PThread(name: "ringport-stop", detached: true) { [self] in
-                shutdown(gracePeriod: gracePeriod)
-            }
-        } catch {
-            // No thread to wait on: shut down on the calling thread (a task's thread, blocked
-            // for the grace period at most).
-            configuration.logger.error("shutdown: \(error); shutting down on the calling thread")
-            shutdown(gracePeriod: gracePeriod)
+        // Without a thread, the shutdown runs on the calling thread (a task's thread, blocked
+        // for the grace period at most).
+        if let error = PThread.runDetached(name: "ringport-stop", { [self] in shutdown(gracePeriod: gracePeriod) }) {
+            configuration.logger.error("shutdown: \(error); shut down on the calling thread")
         }
     }
 }

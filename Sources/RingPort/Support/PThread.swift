@@ -41,6 +41,21 @@ package struct PThread {
         self.thread = thread
     }
 
+    /// Runs `body` on a new detached thread named `name`, or, when no thread can be created,
+    /// on the calling thread (blocking it until `body` returns); returns the error in that case.
+    /// For blocking work (a shutdown that waits for operations to drain) started from a task,
+    /// which must not hold a thread of Swift's cooperative pool.
+    @discardableResult
+    package static func runDetached(name: String, _ body: @escaping @Sendable () -> Void) -> RingPortError? {
+        do {
+            _ = try PThread(name: name, detached: true, body: body)
+            return nil
+        } catch {
+            body()
+            return error
+        }
+    }
+
     /// Waits for the thread to finish.
     package func join() {
         pthread_join(thread, nil)
