@@ -129,11 +129,18 @@ public final class FaultInjection: Sendable {
         }
     }
 
-    /// Whether this kernel completes a NOP with the result given in its SQE: submits one on a
-    /// ring of its own and looks at the CQE (older kernels answer 0, or `EINVAL` for the flag).
+    /// Whether this kernel completes a NOP with the result given in its SQE, tried on a ring of
+    /// its own.
     static func kernelInjectsNOPResults() -> Bool {
         guard let ring = try? IOURing(entries: 2, completionEntries: 4) else { return false }
         defer { ring.close() }
+        return kernelInjectsNOPResults(on: ring)
+    }
+
+    /// Whether this kernel completes a NOP with the result given in its SQE: submits one on
+    /// `ring` (which must have nothing in flight) and looks at the CQE (older kernels answer 0,
+    /// or `EINVAL` for the flag).
+    static func kernelInjectsNOPResults(on ring: IOURing) -> Bool {
         guard let entry = ring.nextSubmissionEntry() else { return false }
         let probe: Int32 = 12_345
         io_uring_prep_nop(entry)

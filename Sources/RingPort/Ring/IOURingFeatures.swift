@@ -38,11 +38,12 @@ public struct IOURingFeatures: Hashable, Sendable, CustomStringConvertible {
     public static func probe() throws(RingPortError) -> IOURingFeatures {
         var features = IOURingFeatures(kernelRelease: kernelRelease())
         let ring = try IOURing(entries: 8, completionEntries: 16)
+        // First, while nothing else is in flight on the ring.
+        features.nopResultInjection = FaultInjection.kernelInjectsNOPResults(on: ring)
         features.submitAll = ring.setupFlags & IORING_SETUP_SUBMIT_ALL != 0
         features.cooperativeTaskRun = ring.setupFlags & IORING_SETUP_COOP_TASKRUN != 0
         features.zeroCopySend = ring.supports(opcode: Int32(IORING_OP_SEND_ZC.rawValue))
         features.multishotAccept = (try? probeMultishotAccept(ring)) ?? false
-        features.nopResultInjection = FaultInjection.kernelInjectsNOPResults()
         let buffers = try? ProvidedBufferRing(ring: ring, groupID: 1, count: 2, bufferSize: 64)
         if let buffers {
             features.providedBufferRings = true
