@@ -56,7 +56,7 @@ run: release
 # The tests build and run the examples too (Examples/, each against a real client); then the
 # DocC catalogs must build without a warning (make docs).
 test: test-deps build
-	$(SWIFT) test
+	$(SWIFT) test --no-parallel
 	$(MAKE) --no-print-directory docs
 
 # Hostile and broken clients against ringport echo and http processes (StressTests.swift):
@@ -66,7 +66,7 @@ test: test-deps build
 STRESS_BUILD ?= .build-stress
 stress: test-deps
 	$(SWIFT) build --build-tests --scratch-path $(STRESS_BUILD)
-	RINGPORT_STRESS=1 $(SWIFT) test --skip-build --scratch-path $(STRESS_BUILD) --disable-xctest --filter StressTests
+	RINGPORT_STRESS=1 $(SWIFT) test --skip-build --no-parallel --scratch-path $(STRESS_BUILD) --disable-xctest --filter StressTests
 
 # The test suite under ThreadSanitizer, then under AddressSanitizer (with LeakSanitizer), each in
 # a build directory of its own. Only the Swift Testing runner runs (the XCTest runner has no tests).
@@ -74,10 +74,10 @@ stress: test-deps
 sanitize: test-deps
 	$(SWIFT) build --build-tests --sanitize=thread --scratch-path .build-tsan
 	TSAN_OPTIONS=suppressions=$(CURDIR)/Tests/Sanitizers/tsan-suppressions.txt \
-		$(SWIFT) test --skip-build --sanitize=thread --scratch-path .build-tsan --disable-xctest
+		$(SWIFT) test --skip-build --no-parallel --sanitize=thread --scratch-path .build-tsan --disable-xctest
 	$(SWIFT) build --build-tests --sanitize=address --scratch-path .build-asan
 	LSAN_OPTIONS=suppressions=$(CURDIR)/Tests/Sanitizers/lsan-suppressions.txt \
-		$(SWIFT) test --skip-build --sanitize=address --scratch-path .build-asan --disable-xctest
+		$(SWIFT) test --skip-build --no-parallel --sanitize=address --scratch-path .build-asan --disable-xctest
 
 # libFuzzer on the HTTP request parser (Fuzz/run.sh): builds into .build-fuzz/, runs each
 # target FUZZ_SECONDS seconds with a working corpus under $TMPDIR; fails on a crash or a
@@ -92,7 +92,7 @@ fuzz:
 # DocC warning is an error: a symbol link that does not resolve, a bad topic reference, an
 # undocumented parameter of a documented method. Then Tests/Docs/check-doc-comments.py fails on a
 # public symbol without a doc comment of its own. The check is this target failing.
-DOC_TARGETS ?= RingPort RingPortServer RingPortAsync
+DOC_TARGETS ?= RingPort RingPortServer RingPortHTTP RingPortAsync
 docs: test-deps
 	@set -e; for target in $(DOC_TARGETS); do \
 		echo "$(SWIFT) package --disable-sandbox generate-documentation --target $$target --warnings-as-errors"; \

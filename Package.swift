@@ -10,6 +10,7 @@ let package = Package(
     products: [
         .library(name: "RingPort", targets: ["RingPort"]),
         .library(name: "RingPortServer", targets: ["RingPortServer"]),
+        .library(name: "RingPortHTTP", targets: ["RingPortHTTP"]),
         .library(name: "RingPortAsync", targets: ["RingPortAsync"]),
         .executable(name: "ringport", targets: ["ringport"]),
     ],
@@ -42,7 +43,7 @@ let package = Package(
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
         ),
-        // Servers built on the proactor.
+        // Servers built on the proactor: TCPServer, Connection, ConnectionHandler.
         .target(
             name: "RingPortServer",
             dependencies: [
@@ -53,6 +54,12 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
+        ),
+        // HTTP/1.1 on the server: the request parser and the plaintext responder (a protocol
+        // beside the transport, as NIOHTTP1 is beside NIOCore).
+        .target(
+            name: "RingPortHTTP",
+            dependencies: ["RingPort", "RingPortServer"]
         ),
         // async/await over the port: TCP listener and connections, a task executor on the
         // port's worker threads.
@@ -65,16 +72,28 @@ let package = Package(
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
         ),
-        // The command-line tool.
+        // The echo load generator behind `ringport load` (package access: used by the tool).
+        .target(
+            name: "RingPortLoad",
+            dependencies: [
+                "RingPort",
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // The command-line tool: the servers (run by a ServiceGroup), the load generator, the probe.
         .executableTarget(
             name: "ringport",
             dependencies: [
                 "RingPort",
                 "RingPortAsync",
+                "RingPortHTTP",
+                "RingPortLoad",
                 "RingPortServer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ]
         ),
         // Examples/: small programs on each layer, built with everything else (see Examples/README.md).
@@ -102,19 +121,55 @@ let package = Package(
             ],
             path: "Examples/KeyValueServer"
         ),
+
+        // Tests: one target per library module, in-process, on real sockets over loopback; and
+        // IntegrationTests, the only target that depends on executables (it starts the CLI and
+        // the examples as processes: command line, load generator, examples, stress).
+        // RingPortTestSupport holds what several of them share (clients, polling, seeds).
+        .target(
+            name: "RingPortTestSupport",
+            dependencies: ["RingPort", "RingPortServer"],
+            path: "Tests/RingPortTestSupport"
+        ),
         .testTarget(
             name: "RingPortTests",
+            dependencies: [
+                "RingPort", "RingPortTestSupport",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
+        .testTarget(
+            name: "RingPortServerTests",
+            dependencies: [
+                "RingPort", "RingPortServer", "RingPortTestSupport",
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
+        .testTarget(
+            name: "RingPortHTTPTests",
+            dependencies: ["RingPort", "RingPortServer", "RingPortHTTP", "RingPortTestSupport"]
+        ),
+        .testTarget(
+            name: "RingPortAsyncTests",
+            dependencies: [
+                "RingPort", "RingPortAsync", "RingPortTestSupport",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
+        .testTarget(
+            name: "IntegrationTests",
             dependencies: [
                 "RingPort",
                 "RingPortAsync",
                 "RingPortServer",
+                "RingPortTestSupport",
                 "ringport",
                 "RawEcho",
                 "AsyncEcho",
                 "KeyValueServer",
-                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-                .product(name: "SystemPackage", package: "swift-system"),
             ],
             exclude: ["Fixtures"]
         ),

@@ -89,7 +89,7 @@ build_target() {
     local started=$SECONDS
     rm -rf "$objects"
     mkdir -p "$objects"
-    local common=(-parse-as-library -swift-version 6 -O -g -wmo)
+    local common=(-parse-as-library -swift-version 6 -package-name RingPort -O -g -wmo)
     "$swiftc" -sanitize=fuzzer,address "${common[@]}" -module-name "$module" \
         -emit-module -emit-module-path "$objects/$module.swiftmodule" -c "${sources[@]}" -o "$objects/$module.o"
     "$swiftc" -sanitize=address "${common[@]}" -module-name "${name}Fuzz" -I "$objects" \

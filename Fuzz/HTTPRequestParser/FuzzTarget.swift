@@ -1,16 +1,16 @@
 // libFuzzer entry point for HTTPRequestParser.
 //
-// Fuzz/run.sh builds it in two modules: RingPortServer, made of the files in sources.txt (just
-// Sources/RingPortServer/HTTP/HTTPRequestParser.swift, which imports nothing and uses nothing
-// else of RingPortServer) compiled with -sanitize=fuzzer,address, so that coverage guides
-// libFuzzer; and this target (this file, and HTTPParserProperties.swift and SeededGenerator.swift, links to the ones in Tests/RingPortTests) compiled with
+// Fuzz/run.sh builds it in two modules: RingPortHTTP, made of the files in sources.txt (just
+// Sources/RingPortHTTP/HTTPRequestParser.swift, which imports nothing and uses nothing
+// else of RingPortHTTP) compiled with -sanitize=fuzzer,address, so that coverage guides
+// libFuzzer; and this target (this file, and HTTPParserProperties.swift and SeededGenerator.swift, links to the ones in Tests/RingPortHTTPTests and Tests/RingPortTestSupport) compiled with
 // -sanitize=address only, linked with -sanitize=fuzzer,address.
 //
 // The input is the byte stream of one connection. Every property of HTTPParserProperties is
 // checked; a violation stops the run with fatalError and the list of what failed, and libFuzzer
 // writes the input as a crash artifact.
 
-import RingPortServer
+import RingPortHTTP
 
 #if canImport(Glibc)
 import Glibc

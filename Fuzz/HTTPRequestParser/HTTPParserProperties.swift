@@ -1,1 +1,1 @@
-../../Tests/RingPortTests/HTTPParserProperties.swift
+../../Tests/RingPortHTTPTests/HTTPParserProperties.swift

@@ -1,1 +1,1 @@
-../../Tests/RingPortTests/SeededGenerator.swift
+../../Tests/RingPortTestSupport/SeededGenerator.swift

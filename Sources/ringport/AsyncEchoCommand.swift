@@ -1,17 +1,15 @@
 import ArgumentParser
-import Dispatch
 import Logging
 import RingPort
 import RingPortAsync
+import ServiceLifecycle
 
-#if canImport(Glibc)
 import Glibc
-#endif
 
 /// `ringport async-echo`: the echo server written with RingPortAsync (a task per connection,
 /// `read` then `write`), to compare resuming tasks on the port's workers with resuming them on
 /// Swift's global executor, and both with the completion-port echo (`ringport echo`).
-struct AsyncEchoCommand: ParsableCommand {
+struct AsyncEchoCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "async-echo",
         abstract: "Run the echo server written with async/await (RingPortAsync).",
@@ -54,15 +52,13 @@ struct AsyncEchoCommand: ParsableCommand {
         if bufferSize < 1 { throw ValidationError("--buffer-size must be at least 1") }
     }
 
-    func run() throws {
+    func run() async throws {
         let level = logLevel
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
             handler.logLevel = level
             return handler
         }
-        // Before any thread starts, so that every thread inherits the blocked signals.
-        let signals = ShutdownSignals()
         var configuration = AsyncPort.Configuration()
         if let workers { configuration.port.workerCount = workers }
         if let rings { configuration.port.ringCount = rings }
@@ -72,37 +68,31 @@ struct AsyncEchoCommand: ParsableCommand {
         configuration.resumption = resume == .workers ? .portWorkers : .globalExecutor
         configuration.logger = Logger(label: "ringport.async-echo")
 
-        let io: AsyncPort
-        let listener: TCPListener
+        let service: AsyncEchoService
         do {
             let address = try SocketAddress(host: host, port: port)
-            io = try AsyncPort(configuration: configuration)
-            listener = try TCPListener.bind(to: address, on: io)
+            let io = try AsyncPort(configuration: configuration)
+            service = AsyncEchoService(io: io, listener: try TCPListener.bind(to: address, on: io), bufferSize: bufferSize)
         } catch {
-            printError(error)
+            StandardError.write("error: \(error)")
             throw ExitCode.failure
         }
-        let bufferSize = self.bufferSize
-        let server = Task(executorPreference: io.preferredExecutor) {
-            try await AsyncEchoCommand.serve(listener, bufferSize: bufferSize)
-        }
-        let rings = io.port.ringCount
-        print("ringport async-echo listening on \(listener.localAddress) (\(configuration.port.workerCount) workers, \(rings) \(rings == 1 ? "ring" : "rings"), tasks on \(resume == .workers ? "the port's workers" : "the global executor"))")
+        let rings = service.io.port.ringCount
+        print(
+            "ringport async-echo listening on \(service.listener.localAddress) (\(configuration.port.workerCount) workers, \(rings) \(rings == 1 ? "ring" : "rings"), tasks on \(resume == .workers ? "the port's workers" : "the global executor"))"
+        )
         fflush(nil)
 
-        let signal = signals.wait()
-        print("received \(signal == SIGINT ? "SIGINT" : "SIGTERM"), shutting down")
-        fflush(nil)
-        let stopped = DispatchSemaphore(value: 0)
-        Task {
-            listener.close()
-            await io.shutdown()  // closes the connections still open: their tasks end
-            if case .failure(let error) = await server.result { printError(error) }
-            stopped.signal()
+        try await ServiceRunner.run([service], logger: configuration.logger) { signal, first in
+            if first {
+                print("received \(signal.name), shutting down")
+                fflush(nil)
+            }
         }
-        stopped.wait()
-        let statistics = io.statistics
-        print("stopped: \(statistics.completions) completions, \(statistics.kernelEnters) io_uring_enter calls, \(statistics.leaderTakeovers) leader takeovers, \(statistics.staleCompletions + statistics.droppedCompletions) lost")
+        let statistics = service.io.statistics
+        print(
+            "stopped: \(statistics.completions) completions, \(statistics.kernelEnters) io_uring_enter calls, \(statistics.leaderTakeovers) leader takeovers, \(statistics.staleCompletions + statistics.droppedCompletions) lost"
+        )
     }
 
     /// Accepts until the listener closes; one child task per connection echoes what it reads.
@@ -128,6 +118,38 @@ struct AsyncEchoCommand: ParsableCommand {
                     }
                 }
             }
+        }
+    }
+}
+
+/// `ringport async-echo` as a service: serves until its group shuts down (gracefully or not),
+/// then stops listening and shuts the port down, which closes every connection and ends their
+/// tasks.
+///
+/// Thread-safety: immutable; `run()` is called once, by the service group.
+final class AsyncEchoService: Service {
+    let io: AsyncPort
+    let listener: TCPListener
+    let bufferSize: Int
+
+    init(io: AsyncPort, listener: TCPListener, bufferSize: Int) {
+        self.io = io
+        self.listener = listener
+        self.bufferSize = bufferSize
+    }
+
+    func run() async throws {
+        let listener = self.listener
+        let bufferSize = self.bufferSize
+        let serving = Task(executorPreference: io.preferredExecutor) {
+            try await AsyncEchoCommand.serve(listener, bufferSize: bufferSize)
+        }
+        // Until the group shuts down; a cancellation (second signal) ends the wait too.
+        try? await gracefulShutdown()
+        listener.close()
+        await io.shutdown()
+        if case .failure(let error) = await serving.result {
+            StandardError.write("error: \(error)")
         }
     }
 }

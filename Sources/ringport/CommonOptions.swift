@@ -109,6 +109,7 @@ struct ServerOptions: ParsableArguments {
         case .multishot: configuration.acceptStrategy = .multishot
         case .pool: configuration.acceptStrategy = .pool(depth: acceptDepth)
         }
+        configuration.gracefulShutdownPeriod = .milliseconds(Int64(gracePeriod * 1000))
         configuration.label = label
         configuration.logger = Logger(label: "ringport.\(label)")
         return configuration

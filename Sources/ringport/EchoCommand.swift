@@ -1,7 +1,7 @@
 import ArgumentParser
 import RingPortServer
 
-struct EchoCommand: ParsableCommand {
+struct EchoCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "echo",
         abstract: "Run the echo server: every byte a client sends comes back.",
@@ -10,7 +10,7 @@ struct EchoCommand: ParsableCommand {
 
     @OptionGroup var server: ServerOptions
 
-    func run() throws {
-        try runServer(options: server, label: "echo", handler: EchoHandler())
+    func run() async throws {
+        try await runServer(options: server, label: "echo", handler: EchoHandler())
     }
 }

@@ -1,7 +1,8 @@
 import ArgumentParser
+import RingPortHTTP
 import RingPortServer
 
-struct HTTPCommand: ParsableCommand {
+struct HTTPCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "http",
         abstract: "Run the HTTP/1.1 plaintext responder: GET /plaintext answers Hello, World!",
@@ -21,8 +22,8 @@ struct HTTPCommand: ParsableCommand {
     @Option(help: "The largest request body accepted (and skipped), in bytes.")
     var maxBodyBytes = 1 << 20
 
-    func run() throws {
-        try runServer(
+    func run() async throws {
+        try await runServer(
             options: server, label: "http",
             handler: HTTPPlaintextHandler(maximumHeadBytes: maxHeadBytes, maximumBodyBytes: maxBodyBytes),
             configure: HTTPPlaintextHandler.configure)

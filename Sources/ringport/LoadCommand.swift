@@ -1,5 +1,6 @@
 import ArgumentParser
 import RingPort
+import RingPortLoad
 
 #if canImport(Glibc)
 import Glibc
@@ -112,8 +113,8 @@ struct LoadCommand: ParsableCommand {
         }
         let plan = LoadPlan(
             address: address, connections: connections, messageSize: size, depth: depth,
-            warmupNanoseconds: Self.nanoseconds(warmup), durationNanoseconds: Self.nanoseconds(duration),
-            workers: workers, connectTimeoutNanoseconds: Self.nanoseconds(connectTimeout), receiveMode: receiveMode)
+            warmup: .seconds(warmup), duration: .seconds(duration), workers: workers,
+            connectTimeout: .seconds(connectTimeout), receiveMode: receiveMode)
 
         do {
             try DescriptorLimit.raise(toFit: connections + 16 + 2 * workers)  // a ring and an eventfd per worker
@@ -133,7 +134,7 @@ struct LoadCommand: ParsableCommand {
         let showsProgress = !quiet && (self.progress || isatty(STDERR_FILENO) == 1)
         let monitor = LoadMonitor(
             workers: progress, showsProgress: showsProgress,
-            hardDeadline: MonotonicInstant.now.nanoseconds + plan.connectPhaseLimitNanoseconds + LoadPlan.teardownAllowance)
+            hardDeadline: MonotonicInstant.now.advanced(by: plan.connectPhaseLimit + LoadPlan.teardownAllowance).nanoseconds)
         let report: LoadReport
         do {
             try monitor.start()
@@ -155,10 +156,5 @@ struct LoadCommand: ParsableCommand {
         if report.exitStatus != 0 {
             throw ExitCode(report.exitStatus)
         }
-    }
-
-    /// `seconds` in nanoseconds (rounded).
-    private static func nanoseconds(_ seconds: Double) -> UInt64 {
-        UInt64((seconds * 1e9).rounded())
     }
 }

@@ -13,7 +13,7 @@ struct ProbeCommand: ParsableCommand {
             print(try IOURingFeatures.probe())
             print("CPUs available: \(SystemInfo.availableCPUCount); default workers: \(CompletionPort.Configuration.defaultWorkerCount), default rings: \(CompletionPort.Configuration.defaultRingCount)")
         } catch {
-            printError(error)
+            StandardError.write("error: \(error)")
             throw ExitCode.failure
         }
     }

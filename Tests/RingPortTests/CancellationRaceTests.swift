@@ -1,6 +1,7 @@
 import Foundation
 import RingPort
 import SystemPackage
+import RingPortTestSupport
 import Testing
 
 #if canImport(Glibc)

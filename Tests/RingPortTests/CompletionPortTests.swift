@@ -1,14 +1,12 @@
 import Foundation
 import RingPort
 import SystemPackage
+import RingPortTestSupport
 import Testing
 
 #if canImport(Glibc)
 import Glibc
 #endif
-
-/// Every test of the package runs serially: several count the process's descriptors and threads.
-@Suite(.serialized) struct RingPortTests {}
 
 extension RingPortTests {
     @Suite struct CompletionPortTests {

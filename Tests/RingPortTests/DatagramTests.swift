@@ -1,6 +1,7 @@
 import Foundation
 @testable import RingPort
 import SystemPackage
+import RingPortTestSupport
 import Testing
 
 #if canImport(Glibc)

@@ -1,5 +1,6 @@
 import CLiburing
 import SystemPackage
+import RingPortTestSupport
 import Testing
 
 @testable import RingPort

@@ -1,6 +1,7 @@
 import Foundation
 import RingPort
 import Synchronization
+import RingPortTestSupport
 import Testing
 
 #if canImport(Glibc)

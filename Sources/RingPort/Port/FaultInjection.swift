@@ -81,7 +81,7 @@ public final class FaultInjection: Sendable {
     }
 
     /// Test seam: pretend the kernel cannot inject results.
-    init(rules: [Rule], seed: UInt64, kernelInjectsResults: Bool) {
+    package init(rules: [Rule], seed: UInt64, kernelInjectsResults: Bool) {
         self.rules = rules
         self.kernelInjectsResults = kernelInjectsResults
         state = LockedValue(State(random: seed, injected: [Int](repeating: 0, count: rules.count)))

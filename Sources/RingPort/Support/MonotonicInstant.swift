@@ -39,7 +39,7 @@ package struct MonotonicInstant: Comparable, Sendable {
         lhs.nanoseconds < rhs.nanoseconds
     }
 
-    func advanced(by duration: Duration) -> MonotonicInstant {
+    package func advanced(by duration: Duration) -> MonotonicInstant {
         let (sum, overflow) = nanoseconds.addingReportingOverflow(duration.nanosecondsClamped)
         return overflow || sum > MonotonicInstant.distantFuture.nanoseconds
             ? .distantFuture : MonotonicInstant(nanoseconds: sum)

@@ -15,6 +15,10 @@ package struct PThread {
     /// Starts a thread named `name` (truncated to 15 bytes, the kernel's limit) running `body`.
     /// The new thread owns the closure and releases it when `body` returns. A `detached`
     /// thread's resources are freed when it ends; it cannot be joined.
+    ///
+    /// The thread blocks the asynchronous signals a process is sent (``blockedSignals``): they
+    /// are the application's to take (a `sigwait` loop, a signal source), on its own threads,
+    /// never on a RingPort worker that happened to be picked by the kernel.
     package init(name: String, detached: Bool = false, body: @escaping @Sendable () -> Void) throws(RingPortError) {
         final class Box {
             let name: String
@@ -26,6 +30,11 @@ package struct PThread {
         }
         let box = Unmanaged.passRetained(Box(name: name, body: body))
         var thread = pthread_t()
+        // The new thread inherits the mask in effect here: block, create, restore.
+        var blocked = PThread.blockedSignals
+        var previous = sigset_t()
+        pthread_sigmask(SIG_BLOCK, &blocked, &previous)
+        defer { pthread_sigmask(SIG_SETMASK, &previous, nil) }
         let result = pthread_create(&thread, nil, { argument in
             // Ownership of the box passes to the new thread, which releases it.
             let box = Unmanaged<Box>.fromOpaque(argument!).takeRetainedValue()
@@ -54,6 +63,16 @@ package struct PThread {
             body()
             return error
         }
+    }
+
+    /// The signals RingPort's threads block: SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2.
+    static var blockedSignals: sigset_t {
+        var set = sigset_t()
+        sigemptyset(&set)
+        for signal in [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2] {
+            sigaddset(&set, signal)
+        }
+        return set
     }
 
     /// Waits for the thread to finish.

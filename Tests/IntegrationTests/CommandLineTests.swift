@@ -1,0 +1,263 @@
+import Foundation
+import RingPort
+import RingPortTestSupport
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The `ringport` executable built next to the test bundle.
+func ringportExecutable() throws -> URL {
+    let directory = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent()
+    let executable = directory.appendingPathComponent("ringport")
+    guard FileManager.default.isExecutableFile(atPath: executable.path) else {
+        throw POSIXError(.ENOENT, userInfo: [NSLocalizedDescriptionKey: "\(executable.path) not built: run `swift build` first"])
+    }
+    return executable
+}
+
+/// Reads a pipe line by line on a background queue.
+final class LineReader: @unchecked Sendable {
+    // @unchecked: `lines`, `partial` and `ended` are only touched with `lock` held, by the
+    // readability handler (on Foundation's queue) and by `all` and `ended` (on the test's thread).
+    private let lock = NSLock()
+    private var lines: [String] = []
+    private var partial = ""
+    private var reachedEnd = false
+
+    init(_ pipe: Pipe) {
+        pipe.fileHandleForReading.readabilityHandler = { [self] handle in
+            let data = handle.availableData
+            if data.isEmpty { handle.readabilityHandler = nil }
+            lock.lock()
+            defer { lock.unlock() }
+            if data.isEmpty { reachedEnd = true }
+            partial += String(decoding: data, as: UTF8.self)
+            while let newline = partial.firstIndex(of: "\n") {
+                lines.append(String(partial[..<newline]))
+                partial = String(partial[partial.index(after: newline)...])
+            }
+        }
+    }
+
+    var all: [String] {
+        lock.lock()
+        defer { lock.unlock() }
+        return lines
+    }
+
+    /// Whether the writer closed the pipe and every line before that was read.
+    var ended: Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        return reachedEnd
+    }
+}
+
+/// A `ringport` server started for a test: its process, its output and log lines, its address.
+struct RunningRingport {
+    let process: Process
+    let lines: LineReader
+    let logLines: LineReader
+    /// The banner line ("ringport echo listening on ...").
+    let banner: String
+    let address: SocketAddress
+
+    /// Starts `ringport` with `arguments` (through `/bin/sh -c "<shellPrefix> exec ringport ..."` when
+    /// a shell prefix such as a ulimit is given) and waits for its banner.
+    init(_ arguments: [String], shellPrefix: String? = nil) throws {
+        try self.init(executable: ringportExecutable().path, arguments, shellPrefix: shellPrefix)
+    }
+
+    /// Starts the server `executable` (ringport, or one of `Examples/`) with `arguments` and
+    /// `environment` added to this process's, and waits for its banner ("... listening on
+    /// 127.0.0.1:<port>").
+    init(executable: String, _ arguments: [String], environment: [String: String] = [:], shellPrefix: String? = nil) throws {
+        process = Process()
+        if !environment.isEmpty {
+            process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        }
+        if let shellPrefix {
+            process.executableURL = URL(fileURLWithPath: "/bin/sh")
+            process.arguments = ["-c", "\(shellPrefix) && exec \"$0\" \"$@\"", executable] + arguments
+        } else {
+            process.executableURL = URL(fileURLWithPath: executable)
+            process.arguments = arguments
+        }
+        let output = Pipe()
+        let errors = Pipe()
+        process.standardOutput = output
+        process.standardError = errors
+        lines = LineReader(output)
+        logLines = LineReader(errors)
+        try process.run()
+        let lines = self.lines
+        guard eventually({ lines.all.contains { $0.contains("listening on") } }),
+              let banner = lines.all.first(where: { $0.contains("listening on") }),
+              let hostPort = banner.split(separator: " ").first(where: { $0.hasPrefix("127.0.0.1:") }),
+              let port = UInt16(hostPort.dropFirst("127.0.0.1:".count))
+        else {
+            process.terminate()
+            throw POSIXError(.EIO, userInfo: [NSLocalizedDescriptionKey: "\(executable) did not start: \(lines.all) \(logLines.all)"])
+        }
+        self.banner = banner
+        address = try SocketAddress(host: "127.0.0.1", port: port)
+    }
+
+    /// Sends SIGTERM and waits for the exit and for the last of its output and log lines.
+    func terminate() {
+        kill(process.processIdentifier, SIGTERM)
+        waitUntilExit()
+    }
+
+    /// Waits for the exit and for the last of its output and log lines.
+    func waitUntilExit() {
+        process.waitUntilExit()
+        let (lines, logLines) = (self.lines, self.logLines)
+        _ = eventually { lines.ended && logLines.ended }
+    }
+
+    /// The "stopped: ..." summary line, once printed.
+    var summary: String? {
+        let lines = self.lines
+        guard eventually({ lines.all.contains { $0.hasPrefix("stopped:") } }) else { return nil }
+        return lines.all.first { $0.hasPrefix("stopped:") }
+    }
+}
+
+extension IntegrationTests {
+    @Suite struct CommandLineTests {
+        @Test func echoCommandServesTwoHundredClientsAndStopsCleanly() throws {
+            let server = try RunningRingport(["echo", "--host", "127.0.0.1", "--port", "0", "--workers", "6", "--log-level", "warning"])
+            defer { if server.process.isRunning { server.process.terminate() } }
+            #expect(server.banner.contains("6 workers"))
+
+            EchoLoad(connections: 200, messagesPerConnection: 3, maximumMessageSize: 64 * 1024, seed: 99)
+                .expectCleanRun(against: server.address)
+
+            server.terminate()
+            #expect(server.process.terminationReason == .exit)
+            #expect(server.process.terminationStatus == 0)
+            let summary = try #require(server.summary)
+            #expect(summary.contains("200 connections served"))
+            #expect(summary.hasSuffix(" 0 lost"))
+        }
+
+        /// io_uring_setup denied by a seccomp filter, as container runtimes do: the command names
+        /// the cause and the fix and exits 1 without starting anything.
+        @Test(arguments: [(EPERM, "seccomp"), (ENOSYS, "does not provide io_uring"), (ENOMEM, "ulimit -l")])
+        func refusedIOURingIsReportedWithCauseAndFix(errno: Int32, cause: String) throws {
+            let fixture = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+                .appendingPathComponent("Fixtures/deny-io-uring-setup.py")
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+            process.arguments = ["python3", fixture.path, "\(errno)", try ringportExecutable().path, "echo", "--port", "0"]
+            let output = Pipe()
+            let errors = Pipe()
+            process.standardOutput = output
+            process.standardError = errors
+            try process.run()
+            let message = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            let printed = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            process.waitUntilExit()
+            #expect(process.terminationStatus == 1)
+            #expect(message.hasPrefix("error: io_uring unavailable: io_uring_setup"), "\(message)")
+            #expect(message.contains("(errno \(errno))"))
+            #expect(message.contains(cause))
+            #expect(message.contains("Fix:"))
+            #expect(!printed.contains("listening"))
+        }
+
+        /// The server under `ulimit -n 64` with 120 clients: it serves the ones it holds, backs
+        /// off while accept fails with EMFILE (logging it once, not spinning), and serves the rest
+        /// as the first ones leave.
+        @Test func descriptorExhaustionBacksOffAndRecovers() throws {
+            let server = try RunningRingport(["echo", "--port", "0", "--workers", "2", "--log-level", "notice"], shellPrefix: "ulimit -n 64")
+            let process = server.process
+            let logLines = server.logLines
+            defer { if process.isRunning { process.terminate() } }
+            let address = server.address
+
+            // 120 clients connect (the backlog holds those the server cannot accept yet) and send one byte.
+            let clients = try (0..<120).map { _ in try BlockingClient(connectingTo: address, receiveTimeout: .milliseconds(100)) }
+            for client in clients { try client.send([42]) }
+            var served = Set<Int>()
+            for (index, client) in clients.enumerated() where (try? client.receive(count: 1)) == [42] {
+                served.insert(index)
+            }
+            #expect(served.count > 10 && served.count < 64, "served \(served.count) with 64 descriptors")
+            #expect(eventually { logLines.all.contains { $0.contains("accept failed") } })
+
+            // While accepting fails, the server waits instead of spinning.
+            let statPath = "/proc/\(process.processIdentifier)/stat"
+            func cpuTicks() -> Int {
+                let fields = ((try? String(contentsOfFile: statPath, encoding: .utf8)) ?? "").split(separator: ")").last?.split(separator: " ") ?? []
+                return fields.count > 13 ? (Int(fields[11]) ?? 0) + (Int(fields[12]) ?? 0) : 0
+            }
+            let ticksBefore = cpuTicks()
+            usleep(1_000_000)
+            #expect(cpuTicks() - ticksBefore < 20, "less than 20% of a CPU while accept keeps failing")
+
+            // The served ones leave; the rest are accepted and echoed.
+            for index in served { clients[index].close() }
+            for (index, client) in clients.enumerated() where !served.contains(index) {
+                var echoed: [UInt8] = []
+                let deadline = ContinuousClock.now + .seconds(10)
+                while echoed.isEmpty && ContinuousClock.now < deadline {
+                    echoed = (try? client.receive(count: 1)) ?? []
+                }
+                #expect(echoed == [42], "client \(index) was served after the others left")
+                client.close()
+            }
+            #expect(eventually { logLines.all.contains { $0.contains("accepting again") } })
+            server.terminate()
+            #expect(process.terminationStatus == 0)
+            // Logged once per episode of failures, not once per failed accept.
+            let failures = logLines.all.filter { $0.contains("accept failed") }.count
+            let recoveries = logLines.all.filter { $0.contains("accepting again") }.count
+            #expect(failures >= 1 && failures <= recoveries + 1)
+            let summary = try #require(server.summary)
+            let acceptErrors = try #require(summary.split(separator: ",").first { $0.contains("accept errors") }
+                .flatMap { Int($0.split(separator: " ")[0]) })
+            #expect(acceptErrors > failures)
+        }
+
+        /// A first SIGTERM waits for a client that does not read (its writes cannot finish); a
+        /// second one closes it at once.
+        @Test func aSecondSignalForcesTheShutdown() throws {
+            let server = try RunningRingport(["echo", "--port", "0", "--grace-period", "30", "--max-write-queue", "65536", "--log-level", "warning"])
+            let process = server.process
+            defer { if process.isRunning { process.terminate() } }
+            let address = server.address
+            let hog = try BlockingClient(connectingTo: address, receiveTimeout: .seconds(1))
+            var small: Int32 = 16 * 1024
+            setsockopt(hog.descriptor, SOL_SOCKET, SO_RCVBUF, &small, socklen_t(MemoryLayout<Int32>.size))
+            for _ in 0..<8 { _ = try? hog.send([UInt8](repeating: 1, count: 1 << 20)) }
+
+            kill(process.processIdentifier, SIGTERM)
+            usleep(500_000)
+            #expect(process.isRunning, "the first signal waits for the connection to finish")
+            let start = ContinuousClock.now
+            kill(process.processIdentifier, SIGTERM)
+            process.waitUntilExit()
+            #expect(ContinuousClock.now - start < .seconds(5))
+            #expect(process.terminationStatus == 0)
+            #expect(server.summary?.hasSuffix(" 0 lost") == true)
+            hog.close()
+        }
+
+        @Test func invalidOptionsExitNonZeroWithAMessage() throws {
+            let process = Process()
+            process.executableURL = try ringportExecutable()
+            process.arguments = ["echo", "--port", "0", "--ring-entries", "0"]
+            let errors = Pipe()
+            process.standardError = errors
+            try process.run()
+            process.waitUntilExit()
+            let message = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            #expect(process.terminationStatus != 0)
+            #expect(message.contains("ringEntries 0"))
+        }
+    }
+}

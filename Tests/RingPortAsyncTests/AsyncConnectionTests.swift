@@ -1,0 +1,325 @@
+import Foundation
+import RingPort
+import RingPortAsync
+import SystemPackage
+import RingPortTestSupport
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The async layer over real loopback sockets: what comes back, how errors and cancellation
+/// surface, and that nothing stays in flight or open afterwards.
+extension RingPortAsyncTests {
+    @Suite struct AsyncConnectionTests {
+        /// Async clients (one writer and one reader task each) against the async echo server:
+        /// every byte of many random-size messages comes back in order, with tasks resumed on the
+        /// port's workers and on the global executor.
+        @Test(.timeLimit(.minutes(1)), arguments: [AsyncPort.Resumption.portWorkers, .globalExecutor])
+        func echoesManyRandomMessagesFromManyClientsByteExact(resumption: AsyncPort.Resumption) async throws {
+            let descriptorsBefore = nonTimerDescriptorCount()
+            let io = try makeAsyncPort(resumption)
+            let listener = try TCPListener.bind(to: loopbackAnyPort(), on: io)
+            let server = Task(executorPreference: io.preferredExecutor) { try await echo(listener) }
+            let address = listener.localAddress
+
+            let clients = 24
+            let verified = try await withThrowingTaskGroup(of: Int.self) { group in
+                for client in 0..<clients {
+                    group.addTask(executorPreference: io.preferredExecutor) {
+                        var generator = SeededGenerator(state: UInt64(client) &+ 100)
+                        var stream: [UInt8] = []
+                        var messages: [[UInt8]] = []
+                        for _ in 0..<20 {
+                            let message = generator.bytes(count: Int.random(in: 1...40_000, using: &generator))
+                            messages.append(message)
+                            stream += message
+                        }
+                        let connection = try await TCPConnection.connect(to: address, on: io)
+                        defer { connection.close() }
+                        let expected = stream
+                        async let written: Void = {
+                            for message in messages { try await connection.write(message) }
+                        }()
+                        var received: [UInt8] = []
+                        received.reserveCapacity(expected.count)
+                        while received.count < expected.count, let bytes = try await connection.read() {
+                            received += bytes
+                        }
+                        try await written
+                        #expect(received == expected, "client \(client)")
+                        return received.count
+                    }
+                }
+                return try await group.reduce(0, +)
+            }
+            #expect(verified > clients * 20)
+            listener.close()
+            try await server.value
+            await expectCleanShutdown(io, descriptorsBefore: descriptorsBefore)
+        }
+
+        @Test(.timeLimit(.minutes(1))) func connectToAClosedPortThrowsConnectionRefused() async throws {
+            let descriptorsBefore = nonTimerDescriptorCount()
+            let io = try makeAsyncPort()
+            // A port that was just listening and no longer is.
+            let probe = try TCPSocket.makeListener(address: loopbackAnyPort())
+            let address = try TCPSocket.localAddress(of: probe)
+            close(probe)
+
+            await #expect {
+                _ = try await TCPConnection.connect(to: address, on: io)
+            } throws: { error in
+                let error = try #require(error as? RingPortError)
+                return error.code == .systemCallFailed && error.errno == .connectionRefused
+            }
+            await expectCleanShutdown(io, descriptorsBefore: descriptorsBefore)
+        }
+
+        @Test(.timeLimit(.minutes(1))) func readingAPeerThatClosesReturnsTheBytesThenEndOfStream() async throws {
+            let descriptorsBefore = nonTimerDescriptorCount()
+            let io = try makeAsyncPort()
+            let listener = try TCPListener.bind(to: loopbackAnyPort(), on: io)
+            let address = listener.localAddress
+            let client = try await onThread { try BlockingClient(connectingTo: address) }
+            let connection = try #require(try await listener.accept())
+            try client.send(Array("goodbye".utf8))
+            client.close()
+
+            var received: [UInt8] = []
+            while let bytes = try await connection.read(maximumCount: 3) {
+                #expect(bytes.count <= 3)
+                received += bytes
+            }
+            #expect(received == Array("goodbye".utf8))
+            // The end of stream stays: later reads report it again, in both forms.
+            #expect(try await connection.read() == nil)
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 8, alignment: 1)
+            defer { buffer.deallocate() }
+            #expect(try await connection.read(into: buffer) == 0)
+            connection.close()
+            listener.close()
+            await expectCleanShutdown(io, descriptorsBefore: descriptorsBefore)
+        }
+
+        /// A pending read whose task is cancelled throws CancellationError after its io_uring
+        /// operation completed (as cancelled); the connection stays usable and a later read gets
+        /// the next bytes.
+        @Test(.timeLimit(.minutes(1)), arguments: [AsyncPort.Resumption.portWorkers, .globalExecutor])
+        func cancellingAPendingReadThrowsCancellationAndKeepsTheConnectionUsable(
+            resumption: AsyncPort.Resumption
+        ) async throws {
+            let descriptorsBefore = nonTimerDescriptorCount()
+            let io = try makeAsyncPort(resumption)
+            let (connection, client) = try await connectedPair(on: io)
+
+            let submittedBefore = io.statistics.submittedOperations
+            let reading = Task(executorPreference: io.preferredExecutor) { try await connection.read() }
+            // The read is with the kernel (not cancelled before it was posted). On the port's
+            // workers, starting the task posted a wake-up first.
+            let posts: UInt64 = resumption == .portWorkers ? 2 : 1
+            #expect(await eventuallyAsync {
+                let statistics = io.statistics
+                return statistics.operationsInFlight == 1 && statistics.submittedOperations - submittedBefore == posts
+            })
+            reading.cancel()
+            await #expect(throws: CancellationError.self) { _ = try await reading.value }
+            #expect(await eventuallyAsync { io.statistics.operationsInFlight == 0 })
+            #expect(!connection.isClosed)
+
+            try client.send(Array("still here".utf8))
+            let bytes = try await Task(executorPreference: io.preferredExecutor) { try await connection.read() }.value
+            #expect(bytes == Array("still here".utf8))
+            // And the other direction still works.
+            try await connection.write(Array("pong".utf8))
+            #expect(try client.receive(count: 4) == Array("pong".utf8))
+
+            client.close()
+            connection.close()
+            await expectCleanShutdown(io, descriptorsBefore: descriptorsBefore)
+        }
+
+        /// Cancelling reads while the peer's bytes are arriving: whichever wins each race — the
+        /// cancellation (the bytes stay in the socket) or the bytes (they stay buffered) — no
+        /// byte is lost or reordered.
+        @Test(.timeLimit(.minutes(1))) func readsCancelledWhileBytesArriveLoseNothing() async throws {
+            let descriptorsBefore = nonTimerDescriptorCount()
+            let io = try makeAsyncPort()
+            let (connection, client) = try await connectedPair(on: io)
+            let rounds = 300
+            var received: [UInt8] = []
+            var cancelledRounds = 0
+            for round in 0..<rounds {
+                let reading = Task(executorPreference: io.executor) { try await connection.read() }
+                // Half the rounds send before cancelling, half after: both orders race.
+                if round % 2 == 0 { try client.send([UInt8(truncatingIfNeeded: round)]) }
+                reading.cancel()
+                if round % 2 == 1 { try client.send([UInt8(truncatingIfNeeded: round)]) }
+                do {
+                    received += try #require(try await reading.value)
+                } catch is CancellationError {
+                    cancelledRounds += 1
+                }
+            }
+            // What the cancelled reads left behind (buffered, or still in the socket) comes now.
+            while received.count < rounds, let bytes = try await connection.read() {
+                received += bytes
+            }
+            #expect(received == (0..<rounds).map { UInt8(truncatingIfNeeded: $0) })
+            #expect(cancelledRounds > 0)
+            #expect(await eventuallyAsync { io.statistics.operationsInFlight == 0 })
+            client.close()
+            connection.close()
+            await expectCleanShutdown(io, descriptorsBefore: descriptorsBefore)
+        }
+
+        /// A write blocked on a peer that does not read fails when the peer resets the
+        /// connection, and leaves nothing in flight or open.
+        @Test(.timeLimit(.minutes(1))) func aWriteToAPeerThatResetsThrows() async throws {
+            let descriptorsBefore = nonTimerDescriptorCount()
+            let io = try makeAsyncPort()
+            let (connection, client) = try await connectedPair(on: io)
+            // More than the loopback socket buffers hold: the write waits for the peer.
+            let payload = [UInt8](repeating: 0x5A, count: 64 << 20)
+            let writing = Task(executorPreference: io.executor) { try await connection.write(payload) }
+            #expect(await eventuallyAsync { io.statistics.operationsInFlight == 1 })
+            client.setResetOnClose()
+            client.close()
+
+            await #expect {
+                try await writing.value
+            } throws: { error in
+                let error = try #require(error as? RingPortError)
+                return error.code == .systemCallFailed && (error.errno == .connectionReset || error.errno == .brokenPipe)
+            }
+            // Reading from the reset connection fails (or sees the end), it does not hang.
+            let read = await Task { try await connection.read() }.result
+            switch read {
+            case .success(let bytes): #expect(bytes == nil)
+            case .failure(let error): #expect((error as? RingPortError)?.code == .systemCallFailed)
+            }
+            connection.close()
+            await expectCleanShutdown(io, descriptorsBefore: descriptorsBefore)
+        }
+
+        /// Closing the listener ends its sequence of connections after the ones accepted.
+        @Test(.timeLimit(.minutes(1))) func closingTheListenerEndsTheSequence() async throws {
+            let descriptorsBefore = nonTimerDescriptorCount()
+            let io = try makeAsyncPort()
+            let listener = try TCPListener.bind(to: loopbackAnyPort(), on: io)
+            let acceptedCount = LockedBox(0)
+            let accepted = Task(executorPreference: io.executor) {
+                var connections: [TCPConnection] = []
+                for try await connection in listener.connections {
+                    connections.append(connection)
+                    acceptedCount.withLock { $0 += 1 }
+                }
+                return connections
+            }
+            let address = listener.localAddress
+            let clients = try await onThread { try (0..<3).map { _ in try BlockingClient(connectingTo: address) } }
+            // The three are accepted; then the iterator posts the next accept and waits in it.
+            #expect(await eventuallyAsync { acceptedCount.withLock { $0 } == 3 && io.statistics.operationsInFlight == 1 })
+            listener.close()
+            let connections = try await accepted.value
+            #expect(connections.count == 3)
+            #expect(try await listener.accept() == nil)
+            for connection in connections { connection.close() }
+            for client in clients { client.close() }
+            await expectCleanShutdown(io, descriptorsBefore: descriptorsBefore)
+        }
+
+        /// Shutting the port down ends pending operations with handleClosed instead of
+        /// leaving their tasks suspended.
+        @Test(.timeLimit(.minutes(1))) func shutdownEndsPendingOperations() async throws {
+            let descriptorsBefore = nonTimerDescriptorCount()
+            let io = try makeAsyncPort()
+            let (connection, client) = try await connectedPair(on: io)
+            let reading = Task(executorPreference: io.executor) { try await connection.read() }
+            #expect(await eventuallyAsync { io.statistics.operationsInFlight == 1 })
+            await io.shutdown()
+            await #expect {
+                _ = try await reading.value
+            } throws: { error in
+                (error as? RingPortError)?.code == .handleClosed
+            }
+            #expect(connection.isClosed)
+            await #expect {
+                _ = try await TCPConnection.connect(to: client.localAddress, on: io)
+            } throws: { error in
+                (error as? RingPortError)?.code == .portClosed
+            }
+            client.close()
+            #expect(await eventuallyAsync { nonTimerDescriptorCount() == descriptorsBefore })
+        }
+
+        @Test(.timeLimit(.minutes(1))) func twoConcurrentReadsOnOneConnectionAreRefused() async throws {
+            let descriptorsBefore = nonTimerDescriptorCount()
+            let io = try makeAsyncPort()
+            let (connection, client) = try await connectedPair(on: io)
+            let first = Task { try await connection.read() }
+            #expect(await eventuallyAsync { io.statistics.operationsInFlight == 1 })
+            await #expect {
+                _ = try await connection.read()
+            } throws: { error in
+                (error as? RingPortError)?.code == .contextInFlight
+            }
+            try client.send([1, 2, 3])
+            #expect(try await first.value == [1, 2, 3])
+            client.close()
+            connection.close()
+            await expectCleanShutdown(io, descriptorsBefore: descriptorsBefore)
+        }
+
+        /// A task that prefers the port's executor runs on the port's worker threads, also after
+        /// it was resumed by a completion.
+        @Test(.timeLimit(.minutes(1))) func tasksPreferringTheExecutorRunOnTheWorkers() async throws {
+            let descriptorsBefore = nonTimerDescriptorCount()
+            let io = try makeAsyncPort()
+            let (connection, client) = try await connectedPair(on: io)
+            let threads = Task(executorPreference: io.executor) {
+                let before = currentThreadName()
+                let bytes = try await connection.read()
+                return (before, currentThreadName(), bytes)
+            }
+            try client.send([42])
+            let (before, after, bytes) = try await threads.value
+            #expect(bytes == [42])
+            #expect(before.hasPrefix("ringport-async"), "\(before)")
+            #expect(after.hasPrefix("ringport-async"), "\(after)")
+            client.close()
+            connection.close()
+            await expectCleanShutdown(io, descriptorsBefore: descriptorsBefore)
+            // After the shutdown a task that still prefers the executor runs elsewhere.
+            let late = await Task(executorPreference: io.executor) { currentThreadName() }.value
+            #expect(!late.hasPrefix("ringport-async"))
+        }
+    }
+}
+
+/// A side of a loopback connection on `io` and a blocking client for the other side.
+private func connectedPair(on io: AsyncPort) async throws -> (TCPConnection, PeerClient) {
+    let listener = try TCPListener.bind(to: loopbackAnyPort(), on: io)
+    defer { listener.close() }
+    let address = listener.localAddress
+    async let client = onThread { try BlockingClient(connectingTo: address) }
+    let connection = try #require(try await listener.accept())
+    return (connection, PeerClient(try await client, address: address))
+}
+
+/// A ``BlockingClient`` and the address of the listener it connected to.
+private struct PeerClient: Sendable {
+    let client: BlockingClient
+    let localAddress: SocketAddress
+
+    init(_ client: BlockingClient, address: SocketAddress) {
+        self.client = client
+        localAddress = address
+    }
+
+    func send(_ bytes: [UInt8]) throws { try client.send(bytes) }
+    func receive(count: Int) throws -> [UInt8] { try client.receive(count: count) }
+    func setResetOnClose() { client.setResetOnClose() }
+    func close() { client.close() }
+}

@@ -1,0 +1,49 @@
+import Foundation
+import RingPort
+import RingPortAsync
+import RingPortTestSupport
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension AsyncPort.Resumption: CustomTestStringConvertible {
+    public var testDescription: String {
+        switch self {
+        case .portWorkers: "port workers"
+        case .globalExecutor: "global executor"
+        }
+    }
+}
+
+/// An async port with one ring (and the default six workers) resuming tasks as asked.
+func makeAsyncPort(_ resumption: AsyncPort.Resumption = .portWorkers, receiveBufferSize: Int = 16384) throws -> AsyncPort {
+    var configuration = AsyncPort.Configuration()
+    configuration.port.ringCount = 1
+    configuration.resumption = resumption
+    configuration.receiveBufferSize = receiveBufferSize
+    return try AsyncPort(configuration: configuration)
+}
+
+/// Expects the async port to be idle (no operation in flight, no completion waiting), shuts it
+/// down, and expects the process's descriptors to come back to `descriptorsBefore`.
+func expectCleanShutdown(
+    _ asyncPort: AsyncPort, descriptorsBefore: Int, sourceLocation: SourceLocation = #_sourceLocation
+) async {
+    let idle = await eventuallyAsync {
+        let statistics = asyncPort.statistics
+        return statistics.operationsInFlight == 0 && statistics.completionsWaiting == 0
+    }
+    #expect(idle, "still in flight: \(asyncPort.statistics)", sourceLocation: sourceLocation)
+    #expect(asyncPort.statistics.staleCompletions == 0, sourceLocation: sourceLocation)
+    await asyncPort.shutdown()
+    let released = await eventuallyAsync { nonTimerDescriptorCount() == descriptorsBefore }
+    #expect(released, "descriptors: \(nonTimerDescriptorCount()) open, \(descriptorsBefore) before: \(describeDescriptors())", sourceLocation: sourceLocation)
+}
+
+/// The name of the calling thread.
+func currentThreadName() -> String {
+    let name = (try? String(contentsOfFile: "/proc/thread-self/comm", encoding: .utf8)) ?? ""
+    return name.trimmingCharacters(in: .whitespacesAndNewlines)
+}

@@ -1,0 +1,114 @@
+import Foundation
+import RingPort
+import RingPortServer
+import RingPortTestSupport
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+
+extension RingPortServerTests {
+    @Suite struct EchoServerTests {
+        @Test(arguments: ServerMode.allCases)
+        func echoesRandomPayloadsExactlyToManyConcurrentClients(mode: ServerMode) throws {
+            try withServer(configure: mode.apply) { server in
+                EchoLoad(connections: 128, messagesPerConnection: 3, maximumMessageSize: 256 * 1024, seed: 42)
+                    .expectCleanRun(against: server.localAddress)
+                #expect(eventually { server.statistics.open == 0 })
+                #expect(server.statistics.accepted == 128)
+            }
+        }
+
+        @Test(arguments: ServerMode.allCases)
+        func peerCloseAndPeerResetFreeEverything(mode: ServerMode) throws {
+            var descriptorsWithIdleServer = 0
+            try withServer(configure: mode.apply) { server in
+                // Let the workers settle (doorbells armed, accepts submitted).
+                let idleOperations = settledOperationsInFlight(server)
+                descriptorsWithIdleServer = openDescriptorCount()
+                let idleHandles = server.portStatistics.openHandles
+
+                var clients: [BlockingClient] = []
+                for index in 0..<60 {
+                    let client = try BlockingClient(connectingTo: server.localAddress)
+                    let message = Array("message \(index)".utf8)
+                    try client.send(message)
+                    #expect(try client.receive(count: message.count) == message)
+                    clients.append(client)
+                }
+                #expect(eventually { server.statistics.open == 60 })
+                // A third close normally, a third reset, a third reset while the server is writing a large reply.
+                for (index, client) in clients.enumerated() {
+                    switch index % 3 {
+                    case 0:
+                        client.close()
+                    case 1:
+                        client.setResetOnClose()
+                        client.close()
+                    default:
+                        try client.send([UInt8](repeating: 7, count: 1 << 20))
+                        client.setResetOnClose()
+                        client.close()
+                    }
+                }
+                #expect(eventually { server.statistics.open == 0 })
+                #expect(server.statistics.closed == 60)
+                #expect(eventually { server.portStatistics.openHandles == idleHandles })
+                #expect(eventually { server.portStatistics.operationsInFlight == idleOperations })
+                #expect(eventually { openDescriptorCount() == descriptorsWithIdleServer })
+                #expect(server.portStatistics.buffersOutstanding == 0)
+                #expect(server.portStatistics.staleCompletions == 0)
+
+                // Still serving.
+                let client = try BlockingClient(connectingTo: server.localAddress)
+                try client.send(Array("still here".utf8))
+                #expect(try client.receive(count: 10) == Array("still here".utf8))
+                client.close()
+            }
+        }
+
+        @Test(arguments: ServerMode.allCases)
+        func tinyRingsUnderHeavyLoadLoseNothing(mode: ServerMode) throws {
+            try withServer(configure: {
+                $0.port.ringEntries = 4
+                $0.port.completionQueueEntries = 8
+                $0.port.ringCount = 1
+                $0.port.providedBuffers = .init(count: 64, size: 1024)
+                $0.receiveBufferSize = 1024
+                mode.apply(&$0)
+            }) { server in
+                EchoLoad(connections: 300, messagesPerConnection: 4, maximumMessageSize: 16 * 1024, seed: 7)
+                    .expectCleanRun(against: server.localAddress)
+                #expect(eventually { server.statistics.open == 0 })
+                let statistics = server.portStatistics
+                #expect(statistics.staleCompletions == 0)
+                #expect(statistics.droppedCompletions == 0)
+                #expect(statistics.submissionQueueFullEvents > 0, "the load must have filled the 4-entry submission queue")
+                #expect(statistics.submittedOperations == statistics.completedOperations + UInt64(statistics.operationsInFlight))
+            }
+        }
+
+        @Test func shutdownClosesEveryConnectionAndDescriptor() throws {
+            let descriptorsBefore = openDescriptorCount()
+            let server = try TCPServer(configuration: testServerConfiguration(), handler: EchoHandler())
+            try server.start()
+            var clients: [BlockingClient] = []
+            for _ in 0..<20 {
+                let client = try BlockingClient(connectingTo: server.localAddress)
+                try client.send([1, 2, 3])
+                #expect(try client.receive(count: 3) == [1, 2, 3])
+                clients.append(client)
+            }
+            server.shutdown()
+            #expect(server.statistics.open == 0)
+            // Every client sees end of stream.
+            for client in clients {
+                #expect(try client.receive(count: 1) == [])
+                client.close()
+            }
+            #expect(openDescriptorCount() == descriptorsBefore)
+        }
+    }
+}

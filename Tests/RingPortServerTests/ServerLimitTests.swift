@@ -1,0 +1,107 @@
+import Foundation
+import RingPort
+import RingPortServer
+import RingPortTestSupport
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension RingPortServerTests {
+    @Suite struct ServerLimitTests {
+        @Test func echoesAThousandClientsWithPayloadsUpToOneMebibyte() throws {
+            raiseDescriptorLimit(to: 8192)
+            try withServer { server in
+                EchoLoad(connections: 1000, messagesPerConnection: 1, maximumMessageSize: 1 << 20, seed: 1000, timeout: .seconds(120))
+                    .expectCleanRun(against: server.localAddress)
+                #expect(eventually { server.statistics.open == 0 })
+                #expect(server.statistics.accepted == 1000)
+                #expect(server.portStatistics.buffersOutstanding == 0)
+            }
+        }
+
+        @Test func connectionsBeyondTheLimitAreRefusedWhileOthersAreServed() throws {
+            try withServer(configure: { $0.maximumConnections = 10 }) { server in
+                let held = try (0..<10).map { _ in try BlockingClient(connectingTo: server.localAddress) }
+                for client in held {
+                    try client.send([1])
+                    #expect(try client.receive(count: 1) == [1])
+                }
+                // The eleventh and twelfth are accepted and closed at once.
+                for _ in 0..<2 {
+                    let refused = try BlockingClient(connectingTo: server.localAddress, receiveTimeout: .seconds(5))
+                    #expect((try? refused.receive(count: 1)) ?? [] == [])
+                    refused.close()
+                }
+                #expect(eventually { server.statistics.refused == 2 })
+                // The held ones still work.
+                for client in held {
+                    try client.send([2, 3])
+                    #expect(try client.receive(count: 2) == [2, 3])
+                    client.close()
+                }
+                // Once they are gone there is room again.
+                #expect(eventually { server.statistics.open == 0 })
+                let late = try BlockingClient(connectingTo: server.localAddress)
+                try late.send([9])
+                #expect(try late.receive(count: 1) == [9])
+                late.close()
+            }
+        }
+
+        @Test func idleTimeoutClosesASilentClientOnly() throws {
+            try withServer(configure: { $0.idleTimeout = .milliseconds(400) }) { server in
+                let silent = try BlockingClient(connectingTo: server.localAddress, receiveTimeout: .seconds(5))
+                let chatty = try BlockingClient(connectingTo: server.localAddress)
+                let start = ContinuousClock.now
+                // The chatty one talks every 100 ms for a second.
+                while ContinuousClock.now - start < .seconds(1) {
+                    try chatty.send([7])
+                    #expect(try chatty.receive(count: 1) == [7])
+                    usleep(100_000)
+                }
+                #expect(try silent.receive(count: 1) == [], "the silent client was closed")
+                try chatty.send([8])
+                #expect(try chatty.receive(count: 1) == [8])
+                #expect(server.statistics.idleTimeouts == 1)
+                silent.close()
+                chatty.close()
+            }
+        }
+
+        @Test func aClientThatNeverReadsCannotGrowServerMemory() throws {
+            let limit = 256 * 1024
+            try withServer(configure: {
+                $0.maximumQueuedWriteBytes = limit
+                // A small buffer pool, so that what the pool may hold (1 MiB, resident once the
+                // kernel has written into it) stays small beside the bound checked below.
+                $0.port.providedBuffers = .init(count: 64, size: 16384)
+            }) { server in
+                let hog = try BlockingClient(connectingTo: server.localAddress, receiveTimeout: .seconds(2))
+                var small: Int32 = 64 * 1024
+                setsockopt(hog.descriptor, SOL_SOCKET, SO_RCVBUF, &small, socklen_t(MemoryLayout<Int32>.size))
+                let before = residentBytes()
+                // Push 64 MiB without reading: the sends stall once the server stops reading.
+                let chunk = [UInt8](repeating: 0x5A, count: 1 << 20)
+                var sent = 0
+                for _ in 0..<64 {
+                    guard (try? hog.send(chunk)) != nil else { break }
+                    sent += chunk.count
+                }
+                #expect(sent < 64 << 20, "the server stopped reading, so the client's sends blocked")
+                #expect(eventually { server.statistics.backpressurePauses >= 1 })
+                let growth = residentBytes() - before
+                #expect(growth < 16 << 20, "server memory grew by \(growth) bytes")
+                // Others are still served.
+                let other = try BlockingClient(connectingTo: server.localAddress)
+                try other.send([1, 2, 3])
+                #expect(try other.receive(count: 3) == [1, 2, 3])
+                other.close()
+                hog.setResetOnClose()
+                hog.close()
+                #expect(eventually { server.statistics.open == 0 })
+            }
+        }
+    }
+}
