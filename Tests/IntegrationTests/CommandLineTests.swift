@@ -129,7 +129,7 @@ struct RunningRingport {
 extension IntegrationTests {
     @Suite struct CommandLineTests {
         @Test func echoCommandServesTwoHundredClientsAndStopsCleanly() throws {
-            let server = try RunningRingport(["echo", "--host", "127.0.0.1", "--port", "0", "--workers", "6", "--log-level", "warning"])
+            let server = try RunningRingport(["echo", "--host", "127.0.0.1", "--port", "0", "--workers", "6", "--log-level", "debug"])
             defer { if server.process.isRunning { server.process.terminate() } }
             #expect(server.banner.contains("6 workers"))
 
@@ -230,10 +230,16 @@ extension IntegrationTests {
             let process = server.process
             defer { if process.isRunning { process.terminate() } }
             let address = server.address
-            let hog = try BlockingClient(connectingTo: address, receiveTimeout: .seconds(1))
+            let hog = try BlockingClient(connectingTo: address, receiveTimeout: .seconds(2))
             var small: Int32 = 16 * 1024
             setsockopt(hog.descriptor, SOL_SOCKET, SO_RCVBUF, &small, socklen_t(MemoryLayout<Int32>.size))
-            for _ in 0..<8 { _ = try? hog.send([UInt8](repeating: 1, count: 1 << 20)) }
+            // Send until a send makes no progress for 2 s: every buffer on the way is full and the
+            // server, its write queue over the limit, has stopped reading (with bytes queued).
+            var stuck = false
+            for _ in 0..<64 where !stuck {
+                do { try hog.send([UInt8](repeating: 1, count: 1 << 20)) } catch { stuck = true }
+            }
+            try #require(stuck, "64 MiB went through a client that never reads")
 
             kill(process.processIdentifier, SIGTERM)
             usleep(500_000)

@@ -56,7 +56,7 @@ extension RingPortTests {
             configuration.ringCount = 1
             configuration.setupFault = { flags in flags & IORING_SETUP_COOP_TASKRUN != 0 ? -EINVAL : nil }
             let port = try CompletionPort(configuration: configuration)
-            #expect(port.shards[0].ring.setupFlags & IORING_SETUP_COOP_TASKRUN == 0)
+            #expect(port.rings[0].uring.setupFlags & IORING_SETUP_COOP_TASKRUN == 0)
             let worker = port.makeWorker()
             try port.nop(value: 5)
             #expect(try worker.dequeue(timeout: .seconds(5))?.userValue == 5)

@@ -39,7 +39,7 @@ extension CompletionPort {
         let range = range ?? 0..<context.capacity
         try validate(range, in: context, operation: .receiveMessage)
         let descriptor = handle.descriptor
-        try shards[handle.shardIndex].post(.receiveMessage, handle: handle, context: context) { entry in
+        try rings[handle.id.ring].post(.receiveMessage, handle: handle, context: context) { entry in
             // The post owns the context here, so its scratch may be allocated or grown. The
             // header, vector and address live in the context's scratch memory and the bytes in
             // its buffer; the in-flight table holds the context, so the kernel may read the
@@ -76,7 +76,7 @@ extension CompletionPort {
     ) throws(RingPortError) {
         try validate(range, in: context, operation: .sendMessage)
         let descriptor = handle.descriptor
-        try shards[handle.shardIndex].post(.sendMessage, handle: handle, context: context) { entry in
+        try rings[handle.id.ring].post(.sendMessage, handle: handle, context: context) { entry in
             // As for a receive: the post owns the context; the header, vector and address stay
             // in its scratch memory, and the bytes in its buffer, until the completion.
             let message = context.messageScratch

@@ -31,7 +31,7 @@ extension CompletionPort {
         try validate(range, in: context, operation: .read)
         let descriptor = handle.descriptor
         let buffer = context.bytes + range.lowerBound
-        try shards[handle.shardIndex].post(.read, handle: handle, context: context) { entry in
+        try rings[handle.id.ring].post(.read, handle: handle, context: context) { entry in
             io_uring_prep_recv(entry, descriptor, buffer, range.count, 0)
         }
     }
@@ -44,7 +44,7 @@ extension CompletionPort {
         try validate(range, in: context, operation: .write)
         let descriptor = handle.descriptor
         let buffer = context.bytes + range.lowerBound
-        try shards[handle.shardIndex].post(.write, handle: handle, context: context) { entry in
+        try rings[handle.id.ring].post(.write, handle: handle, context: context) { entry in
             io_uring_prep_send(entry, descriptor, buffer, range.count, Int32(MSG_NOSIGNAL))
         }
     }
@@ -60,7 +60,7 @@ extension CompletionPort {
         }
         let descriptor = handle.descriptor
         let bytes = buffer.withUnsafeBytes { $0.baseAddress! } + range.lowerBound
-        try shards[handle.shardIndex].post(.write, handle: handle, context: context) { entry in
+        try rings[handle.id.ring].post(.write, handle: handle, context: context) { entry in
             // The provided buffer's memory belongs to the ring and stays mapped while the port lives.
             io_uring_prep_send(entry, descriptor, bytes, range.count, Int32(MSG_NOSIGNAL))
         }
@@ -73,7 +73,7 @@ extension CompletionPort {
         let descriptor = listener.descriptor
         let address = context.scratchAddress
         let addressLength = context.scratchAddressLength
-        try shards[listener.shardIndex].post(.accept, handle: listener, context: context) { entry in
+        try rings[listener.id.ring].post(.accept, handle: listener, context: context) { entry in
             // The kernel writes the peer address into the context's scratch memory, which the
             // context (held by the in-flight table) keeps alive until the completion.
             addressLength.pointee = socklen_t(MemoryLayout<sockaddr_storage>.size)
@@ -90,7 +90,7 @@ extension CompletionPort {
     /// reported (use `getpeername`).
     public func acceptMultishot(on listener: IOHandle, context: IOContext) throws(RingPortError) {
         let descriptor = listener.descriptor
-        try shards[listener.shardIndex].post(.accept, handle: listener, context: context) { entry in
+        try rings[listener.id.ring].post(.accept, handle: listener, context: context) { entry in
             io_uring_prep_multishot_accept(entry, descriptor, nil, nil, Int32(SOCK_CLOEXEC.rawValue))
         }
     }
@@ -104,13 +104,13 @@ extension CompletionPort {
     ///
     /// - Throws: ``RingPortError/Code/unsupported`` when the port has no provided buffers.
     public func receiveMultishot(_ handle: IOHandle, context: IOContext) throws(RingPortError) {
-        let shard = shards[handle.shardIndex]
-        guard let bufferRing = shard.bufferRing else {
+        let ring = rings[handle.id.ring]
+        guard let bufferRing = ring.bufferRing else {
             throw RingPortError(.unsupported, operation: "multishot receive without provided buffers")
         }
         let descriptor = handle.descriptor
         let group = bufferRing.groupID
-        try shard.post(.read, handle: handle, context: context) { entry in
+        try ring.post(.read, handle: handle, context: context) { entry in
             io_uring_prep_recv_multishot(entry, descriptor, nil, 0, 0)
             entry.pointee.flags |= CLiburing_IOSQE_BUFFER_SELECT
             entry.pointee.buf_group = group
@@ -125,7 +125,7 @@ extension CompletionPort {
         try validate(range, in: context, operation: .write)
         let descriptor = handle.descriptor
         let buffer = context.bytes + range.lowerBound
-        try shards[handle.shardIndex].post(.write, handle: handle, context: context, isZeroCopy: true) { entry in
+        try rings[handle.id.ring].post(.write, handle: handle, context: context, isZeroCopy: true) { entry in
             io_uring_prep_send_zc(entry, descriptor, buffer, range.count, Int32(MSG_NOSIGNAL), 0)
         }
     }
@@ -134,7 +134,7 @@ extension CompletionPort {
     public func connect(_ handle: IOHandle, to address: SocketAddress, context: IOContext) throws(RingPortError) {
         let descriptor = handle.descriptor
         let storage = context.scratchAddress
-        try shards[handle.shardIndex].post(.connect, handle: handle, context: context) { entry in
+        try rings[handle.id.ring].post(.connect, handle: handle, context: context) { entry in
             // The address lives in the context's scratch memory until the completion.
             let length = address.write(to: &storage.pointee)
             storage.withMemoryRebound(to: sockaddr.self, capacity: 1) { socketAddress in
@@ -155,7 +155,7 @@ extension CompletionPort {
     public func timeout(after duration: Duration, context: IOContext, handle: IOHandle? = nil) throws(RingPortError) {
         let nanoseconds = duration.nanosecondsClamped
         let timespec = context.scratchTimeout
-        try shard(for: handle).post(.timeout, handle: handle, context: context) { entry in
+        try ring(for: handle).post(.timeout, handle: handle, context: context) { entry in
             // The kernel reads the timespec from the context's scratch memory.
             timespec.pointee = __kernel_timespec(
                 tv_sec: Int64(nanoseconds / 1_000_000_000), tv_nsec: Int64(nanoseconds % 1_000_000_000))
@@ -165,7 +165,7 @@ extension CompletionPort {
 
     /// Posts a no-op that completes after one trip through the kernel (``IOOperation/nop``).
     public func nop(context: IOContext? = nil, handle: IOHandle? = nil, value: UInt64 = 0) throws(RingPortError) {
-        try shard(for: handle).post(.nop, handle: handle, context: context, userValue: value) { entry in
+        try ring(for: handle).post(.nop, handle: handle, context: context, userValue: value) { entry in
             io_uring_prep_nop(entry)
         }
     }
@@ -185,7 +185,7 @@ extension CompletionPort {
     public func post(
         bytesTransferred: Int32 = 0, handle: IOHandle? = nil, context: IOContext? = nil, value: UInt64 = 0
     ) throws(RingPortError) {
-        try shard(for: handle).post(
+        try ring(for: handle).post(
             .user, handle: handle, context: context, postedResult: bytesTransferred, userValue: value
         ) { entry in
             io_uring_prep_nop(entry)
@@ -204,11 +204,11 @@ extension CompletionPort {
     /// - Throws: ``RingPortError`` when the cancellation cannot be queued (the ring failed).
     @discardableResult
     public func cancel(_ context: IOContext) throws(RingPortError) -> Bool {
-        guard let index = context.kernelShard else { return false }
-        let shard = shards[index]
-        return try shard.lock.withLock { () throws(RingPortError) -> Bool in
-            guard context.kernelShard == index else { return false }
-            try shard.cancelLocked(userData: context.userData)
+        guard let index = context.kernelRing else { return false }
+        let ring = rings[index]
+        return try ring.lock.withLock { () throws(RingPortError) -> Bool in
+            guard context.kernelRing == index else { return false }
+            try ring.cancelLocked(userData: context.userData)
             return true
         }
     }
@@ -219,18 +219,18 @@ extension CompletionPort {
     /// - Throws: ``RingPortError`` when the cancellations cannot be queued (the ring failed).
     @discardableResult
     public func cancelAll(on handle: IOHandle) throws(RingPortError) -> Int {
-        let shard = shards[handle.shardIndex]
-        return try shard.lock.withLock { () throws(RingPortError) -> Int in
-            try shard.cancelOperationsLocked(of: handle)
+        let ring = rings[handle.id.ring]
+        return try ring.lock.withLock { () throws(RingPortError) -> Int in
+            try ring.cancelOperationsLocked(of: handle)
         }
     }
 
     // MARK: Helpers
 
     /// The handle's ring, or the next ring round-robin for operations without a handle.
-    private func shard(for handle: IOHandle?) -> Shard {
-        if let handle { return shards[handle.shardIndex] }
-        return shards[nextShardIndex()]
+    private func ring(for handle: IOHandle?) -> Ring {
+        if let handle { return rings[handle.id.ring] }
+        return rings[nextRingIndex()]
     }
 
     /// Throws ``RingPortError/Code/invalidArgument`` unless `range` lies within `context`'s buffer.

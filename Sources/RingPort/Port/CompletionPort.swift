@@ -126,10 +126,11 @@ public final class CompletionPort: Sendable {
 
     /// The configuration the port was built with.
     public let configuration: Configuration
-    let shards: [Shard]
-    private let nextShard = Atomic<Int>(0)
+    /// The rings; a handle's ring is `rings[handle.id.ring]`.
+    let rings: [Ring]
+    private let nextRing = Atomic<Int>(0)
     private let attachedWorkers: LockedValue<[Int]>
-    private let uncoveredShards: Atomic<Int>
+    private let uncoveredRings: Atomic<Int>
     private let closed = Atomic<Bool>(false)
 
     /// How often a worker polls rings that have no worker attached.
@@ -163,30 +164,30 @@ public final class CompletionPort: Sendable {
             }
         }
         self.configuration = configuration
-        var shards: [Shard] = []
+        var rings: [Ring] = []
         for index in 0..<configuration.ringCount {
-            let ring = try IOURing(
+            let uring = try IOURing(
                 entries: configuration.ringEntries, completionEntries: completionEntries,
                 setupHook: configuration.setupFault, hiddenFeatures: configuration.hiddenFeatures)
             var bufferRing: ProvidedBufferRing?
             if let buffers = configuration.providedBuffers {
                 do {
                     bufferRing = try ProvidedBufferRing(
-                        ring: ring, groupID: CompletionPort.providedBufferGroup,
+                        ring: uring, groupID: CompletionPort.providedBufferGroup,
                         count: buffers.count, bufferSize: buffers.size)
                 } catch {
                     configuration.logger.notice(
                         "provided buffer rings are unavailable (\(error)); multishot receive is disabled")
                 }
             }
-            shards.append(try Shard(
-                index: index, ring: ring, bufferRing: bufferRing,
+            rings.append(try Ring(
+                index: index, uring: uring, bufferRing: bufferRing,
                 stallThreshold: configuration.stallThreshold, faultInjection: configuration.faultInjection,
                 logger: configuration.logger))
         }
-        self.shards = shards
-        attachedWorkers = LockedValue([Int](repeating: 0, count: shards.count))
-        uncoveredShards = Atomic(shards.count)
+        self.rings = rings
+        attachedWorkers = LockedValue([Int](repeating: 0, count: rings.count))
+        uncoveredRings = Atomic(rings.count)
     }
 
     deinit {
@@ -194,13 +195,13 @@ public final class CompletionPort: Sendable {
     }
 
     /// The number of rings.
-    public var ringCount: Int { shards.count }
+    public var ringCount: Int { rings.count }
 
     /// Whether ``receiveMultishot(_:context:)`` can be used: the port was configured with
     /// ``Configuration/providedBuffers`` and the kernel registered them (Linux 5.19+; multishot
     /// receive itself needs 6.0, see ``IOURingFeatures``).
     public var supportsMultishotReceive: Bool {
-        shards.allSatisfy { $0.bufferRing != nil }
+        rings.allSatisfy { $0.bufferRing != nil }
     }
 
     // MARK: Handles
@@ -220,15 +221,9 @@ public final class CompletionPort: Sendable {
         guard descriptor >= 0 else {
             throw RingPortError(.invalidArgument, operation: "associate descriptor \(descriptor)")
         }
-        let shard = shards[nextShardIndex()]
-        return try shard.lock.withLock { () throws(RingPortError) -> IOHandle in
-            guard !shard.isClosed else { throw RingPortError(.portClosed, operation: "associate") }
-            let address = shard.handles.insert { slot, generation in
-                IOHandle(
-                    descriptor: descriptor, peerAddress: peerAddress, userState: userState,
-                    id: IOHandle.ID(ring: shard.index, slot: slot, generation: generation))
-            }
-            return shard.handles[address.slot]
+        let ring = rings[nextRingIndex()]
+        return try ring.lock.withLock { () throws(RingPortError) -> IOHandle in
+            try ring.associateLocked(descriptor: descriptor, peerAddress: peerAddress, userState: userState)
         }
     }
 
@@ -238,25 +233,21 @@ public final class CompletionPort: Sendable {
     ///
     /// Operations posted on the handle afterwards fail with ``RingPortError/Code/handleClosed``.
     public func close(_ handle: IOHandle) {
-        let shard = shards[handle.shardIndex]
-        shard.lock.withLock { shard.closeLocked(handle) }
+        let ring = rings[handle.id.ring]
+        ring.lock.withLock { ring.closeLocked(handle) }
     }
 
     /// Closes every handle still open, as ``close(_:)`` does one by one. Servers call this to
     /// shut down: each handle's operations complete as cancelled and are handled as usual.
     public func closeAllHandles() {
-        for shard in shards {
-            shard.lock.withLock {
-                for slot in shard.handles.liveSlots {
-                    shard.closeLocked(shard.handles[slot])
-                }
-            }
+        for ring in rings {
+            ring.lock.withLock { ring.closeAllHandlesLocked() }
         }
     }
 
     /// The next ring index, round-robin.
-    func nextShardIndex() -> Int {
-        shards.count == 1 ? 0 : nextShard.wrappingAdd(1, ordering: .relaxed).oldValue % shards.count
+    func nextRingIndex() -> Int {
+        rings.count == 1 ? 0 : nextRing.wrappingAdd(1, ordering: .relaxed).oldValue % rings.count
     }
 
     // MARK: Workers
@@ -271,55 +262,45 @@ public final class CompletionPort: Sendable {
         let index = attachedWorkers.withLock { counts -> Int in
             let index = counts.indices.min { counts[$0] < counts[$1] }!
             counts[index] += 1
-            uncoveredShards.store(counts.count { $0 == 0 }, ordering: .releasing)
+            uncoveredRings.store(counts.count { $0 == 0 }, ordering: .releasing)
             return index
         }
-        let shard = shards[index]
-        shard.lock.withLock { shard.attachedWorkers += 1 }
-        return CompletionWorker(port: self, shard: shard, stopSignal: stopSignal)
+        let ring = rings[index]
+        ring.lock.withLock { ring.leadership.attach() }
+        return CompletionWorker(port: self, ring: ring, stopSignal: stopSignal)
     }
 
     func workerDetached(from index: Int) {
         attachedWorkers.withLock { counts in
             counts[index] -= 1
-            uncoveredShards.store(counts.count { $0 == 0 }, ordering: .releasing)
+            uncoveredRings.store(counts.count { $0 == 0 }, ordering: .releasing)
         }
     }
 
     /// Whether some ring has no worker attached (then workers poll it).
-    var hasUncoveredShards: Bool {
-        uncoveredShards.load(ordering: .relaxed) > 0
+    var hasUncoveredRings: Bool {
+        uncoveredRings.load(ordering: .relaxed) > 0
     }
 
     /// Reaps the rings no worker is attached to and takes up to `budget` of their completions.
-    /// Called without any shard lock held.
-    func serveUncoveredShards(
+    /// Called without any ring's lock held.
+    func serveUncoveredRings(
         budget: Int, worker: ObjectIdentifier, held: inout [IOHandle], deliver: (Completion) -> Void
     ) -> Int {
         var taken = 0
-        for shard in shards where taken < budget {
-            shard.lock.lock()
+        for ring in rings where taken < budget {
             // Checked under the ring's lock: a worker may have attached since the caller looked.
-            if shard.attachedWorkers == 0 {
-                // This worker stands in for the missing leader: it submits and reaps.
-                shard.submitLoggingErrorsLocked()
-                shard.reapLocked()
-                taken += shard.takeReadyLocked(budget: budget - taken, worker: worker, held: &held, deliver: deliver)
+            taken += ring.lock.withLock {
+                ring.serveWithoutWorkersLocked(budget: budget - taken, worker: worker, held: &held, deliver: deliver)
             }
-            shard.lock.unlock()
         }
         return taken
     }
 
     /// Wakes every worker of the port so that it notices a stop request.
     func wakeAllWorkers() {
-        for shard in shards {
-            shard.lock.withLock {
-                shard.lock.broadcast()
-                if shard.leaderState == .waitingInKernel {
-                    shard.ringDoorbellLocked()
-                }
-            }
+        for ring in rings {
+            ring.lock.withLock { ring.wakeAllWorkersLocked() }
         }
     }
 
@@ -328,22 +309,8 @@ public final class CompletionPort: Sendable {
     /// A snapshot of the port's counters.
     public var statistics: Statistics {
         var total = Statistics()
-        for shard in shards {
-            shard.lock.withLock {
-                let counters = shard.counters
-                total.submittedOperations += counters.submitted
-                total.completedOperations += counters.completed
-                total.completions += counters.completions
-                total.staleCompletions += counters.stale
-                total.kernelEnters += counters.enterCalls
-                total.submissionQueueFullEvents += counters.submissionQueueFull
-                total.leaderTakeovers += counters.takeovers
-                total.operationsInFlight += shard.operations.count
-                total.completionsWaiting += shard.ready.count
-                total.droppedCompletions += shard.droppedCompletionsLocked
-                total.openHandles += shard.handles.count
-                total.buffersOutstanding += shard.buffersOutstandingLocked
-            }
+        for ring in rings {
+            ring.lock.withLock { ring.addStatisticsLocked(to: &total) }
         }
         return total
     }
@@ -360,65 +327,12 @@ public final class CompletionPort: Sendable {
         guard !closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
         let attached = attachedWorkers.withLock { $0.reduce(0, +) }
         precondition(attached == 0, "CompletionPort.close() with \(attached) workers still attached")
-        for shard in shards {
-            shard.lock.withLock {
-                shard.isClosed = true
-                // No worker is attached, so this thread submits (it stands in for the leader).
-                for slot in shard.operations.liveSlots {
-                    let generation = shard.operations.generation(of: slot)
-                    try? shard.cancelLocked(userData: UserData(slot: slot, generation: generation).rawValue)
-                }
-                shard.cancelDoorbellReadsLocked()
-                shard.submitLoggingErrorsLocked()
-            }
+        for ring in rings {
+            ring.lock.withLock { ring.beginClosingLocked() }
         }
-        for shard in shards {
-            drain(shard)
+        for ring in rings {
+            let deadline = MonotonicInstant.now.advanced(by: .seconds(10))
+            ring.lock.withLock { ring.drainAndCloseLocked(deadline: deadline) }
         }
-    }
-
-    /// Waits until the kernel has completed every operation of `shard`, then drops the
-    /// completions and closes the handles.
-    private func drain(_ shard: Shard) {
-        let deadline = MonotonicInstant.now.advanced(by: .seconds(10))
-        shard.lock.lock()
-        defer { shard.lock.unlock() }
-        while true {
-            // Handles closed meanwhile may have queued cancellations; submit them too.
-            shard.submitLoggingErrorsLocked()
-            shard.reapLocked()
-            if shard.operations.count == 0 && shard.doorbellReads.isEmpty { break }
-            let now = MonotonicInstant.now
-            if now >= deadline {
-                // The kernel still owns these buffers: keep them alive rather than free memory it may write.
-                shard.logger.error("ring \(shard.index): \(shard.operations.count) operations did not complete at close; their contexts are kept alive")
-                for slot in shard.operations.liveSlots {
-                    if let context = shard.operations[slot].context {
-                        _ = Unmanaged.passRetained(context)
-                    }
-                }
-                break
-            }
-            shard.lock.unlock()
-            _ = shard.ring.enter(toSubmit: 0, waitFor: 1, timeout: min(now.nanoseconds(until: deadline), 100_000_000))
-            shard.lock.lock()
-        }
-        var dropped = 0
-        func drop(_ completion: Completion) {
-            if let descriptor = completion.acceptedDescriptor { Glibc.close(descriptor) }
-            if let buffer = completion.receivedBuffer { shard.bufferRing?.recycleLocked(buffer.id) }
-            completion.context?.endFlight()
-            dropped += 1
-        }
-        while let completion = shard.ready.popFirst() { drop(completion) }
-        for slot in shard.handles.liveSlots {
-            let handle = shard.handles.remove(slot: slot)
-            while let completion = handle.deferredCompletions.popFirst() { drop(completion) }
-            if handle.markClosed() { Glibc.close(handle.descriptor) }
-        }
-        if dropped > 0 {
-            shard.logger.warning("ring \(shard.index): \(dropped) completions were not dequeued before close")
-        }
-        shard.closeRingLocked()
     }
 }

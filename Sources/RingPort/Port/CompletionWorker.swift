@@ -1,9 +1,5 @@
 import Synchronization
 
-#if canImport(Glibc)
-import Glibc
-#endif
-
 /// A thread's seat at a completion port: what a worker thread calls "get queued completion
 /// status" on.
 ///
@@ -31,20 +27,19 @@ public final class CompletionWorker {
     // cost 12–14% of the server's CPU per message (docs/ARCHITECTURE.md).
     /// The port this worker dequeues from.
     public let port: CompletionPort
-    let shard: Shard
+    /// The ring this worker is attached to (its "home" ring).
+    let ring: Ring
     private let stopSignal: StopSignal?
     private var identity: ObjectIdentifier { ObjectIdentifier(self) }
-    /// The longest the sentry sleeps while its leader is idle in the kernel.
-    static let idleSentryInterval: UInt64 = 100_000_000
 
     /// Handles whose completions this worker has been given and not yet released.
     @exclusivity(unchecked) private var held: [IOHandle] = []
     @exclusivity(unchecked) private var releasing: [IOHandle] = []
     @exclusivity(unchecked) private var isDetached = false
 
-    init(port: CompletionPort, shard: Shard, stopSignal: StopSignal?) {
+    init(port: CompletionPort, ring: Ring, stopSignal: StopSignal?) {
         self.port = port
-        self.shard = shard
+        self.ring = ring
         self.stopSignal = stopSignal
         held.reserveCapacity(64)
         releasing.reserveCapacity(64)
@@ -84,7 +79,7 @@ public final class CompletionWorker {
     /// thread or blocking).
     public func release() {
         var budget = 0
-        shard.lock.withLock {
+        ring.lock.withLock {
             _ = releaseHeldLocked(budget: &budget) { _ in }
         }
     }
@@ -95,17 +90,10 @@ public final class CompletionWorker {
         guard !isDetached else { return }
         release()
         isDetached = true
-        shard.lock.withLock {
-            if shard.leader == identity {
-                // What this leader prepared and did not submit yet is submitted by the next
-                // leader: this thread may be about to exit, and the kernel would cancel it.
-                shard.leader = nil
-                shard.leaderState = .none
-                if shard.parkedWorkers > 0 { shard.lock.signal() }
-            }
-            shard.attachedWorkers -= 1
+        ring.lock.withLock {
+            ring.leadership.detach(identity)
         }
-        port.workerDetached(from: shard.index)
+        port.workerDetached(from: ring.index)
     }
 
     // MARK: The dequeue loop
@@ -121,12 +109,13 @@ public final class CompletionWorker {
         precondition(!isDetached, "dequeue on a detached CompletionWorker")
         var budget = budget
         let me = identity
-        let shard = self.shard
-        shard.lock.lock()
-        defer { shard.lock.unlock() }
+        let ring = self.ring
+        let leadership = ring.leadership
+        ring.lock.lock()
+        defer { ring.lock.unlock() }
         var taken = releaseHeldLocked(budget: &budget, deliver: deliver)
         if taken > 0 {
-            if shard.leader == me { shard.leaderRan() }
+            leadership.ran(me)
             return taken
         }
         // A zero (or past) timeout still gets one look at the kernel: submit and reap without
@@ -134,22 +123,20 @@ public final class CompletionWorker {
         var polled = false
         while true {
             if stopSignal?.isRequested == true { return 0 }
-            taken = shard.takeReadyLocked(budget: budget, worker: me, held: &held, deliver: deliver)
+            taken = ring.takeReadyLocked(budget: budget, worker: me, held: &held, deliver: deliver)
             if taken > 0 {
-                if shard.leader == me {
-                    shard.leaderRan()
-                }
+                leadership.ran(me)
                 return taken
             }
-            if shard.isClosed {
+            if ring.isClosed {
                 throw RingPortError(.portClosed, operation: "dequeue")
             }
-            if port.hasUncoveredShards {
-                shard.lock.unlock()
-                taken = port.serveUncoveredShards(budget: budget, worker: me, held: &held, deliver: deliver)
-                shard.lock.lock()
+            if port.hasUncoveredRings {
+                ring.lock.unlock()
+                taken = port.serveUncoveredRings(budget: budget, worker: me, held: &held, deliver: deliver)
+                ring.lock.lock()
                 if taken > 0 {
-                    if shard.leader == me { shard.leaderRan() }
+                    leadership.ran(me)
                     return taken
                 }
                 // The lock was released: a stop request may have come meanwhile (completions
@@ -159,22 +146,24 @@ public final class CompletionWorker {
             let now = MonotonicInstant.now
             let expired = now >= deadline
             if expired && polled { return 0 }
-            if shard.leader == nil || shard.leader == me {
-                takeLeadershipLocked()
-                try waitInKernelLocked(now: now, deadline: deadline, wait: !expired)
+            if leadership.isVacant || leadership.isLeader(me) {
+                ring.takeLeadershipLocked(by: me)
+                try ring.waitInKernelLocked(
+                    now: now, deadline: deadline, wait: !expired,
+                    maximumWait: port.hasUncoveredRings ? CompletionPort.uncoveredRingPollInterval : nil)
                 polled = true
             } else if expired {
                 return 0
-            } else if parkLocked(now: now, deadline: deadline) {
+            } else if leadership.park(now: now, deadline: deadline, hasWork: { ring.hasWorkLocked }) {
                 // This worker, the sentry, found the leader stuck in a handler: it leads now.
-                takeLeadershipLocked()
+                ring.takeLeadershipLocked(by: me)
             }
         }
     }
 
     /// Releases every held handle. Completions of those handles that were deferred while they
     /// were held come back to this worker (up to `budget`); returns how many were delivered.
-    /// Called with the home shard's lock held; a handle of another ring (served while that ring
+    /// Called with the home ring's lock held; a handle of another ring (served while that ring
     /// had no worker) is released under its own ring's lock, never with two locks held.
     private func releaseHeldLocked(budget: inout Int, deliver: (Completion) -> Void) -> Int {
         guard !held.isEmpty else { return 0 }
@@ -182,103 +171,19 @@ public final class CompletionWorker {
         let initialBudget = budget
         let me = identity
         for handle in releasing {
-            if handle.shardIndex == shard.index {
-                shard.releaseLocked(handle, budget: &budget, worker: me, held: &held, deliver: deliver)
+            if handle.id.ring == ring.index {
+                ring.releaseLocked(handle, budget: &budget, worker: me, held: &held, deliver: deliver)
             } else {
-                let owner = port.shards[handle.shardIndex]
-                shard.lock.unlock()
+                let owner = port.rings[handle.id.ring]
+                ring.lock.unlock()
                 owner.lock.withLock {
                     owner.releaseLocked(handle, budget: &budget, worker: me, held: &held, deliver: deliver)
                 }
-                shard.lock.lock()
+                ring.lock.lock()
             }
         }
         releasing.removeAll(keepingCapacity: true)
         return initialBudget - budget
-    }
-
-    /// Whether the leader is handling completions and made no progress since `observed`, while
-    /// operations, completions or queued entries wait for it.
-    private func leaderIsStalledLocked(sinceProgress observed: UInt64) -> Bool {
-        shard.leaderState == .running && shard.leaderProgress == observed
-            && (shard.operations.count > 0 || !shard.ready.isEmpty || shard.hasQueuedSubmissionsLocked)
-    }
-
-    private func takeLeadershipLocked() {
-        let me = identity
-        if shard.leader != me {
-            if shard.leader != nil {
-                // The previous leader is stuck in a handler; it becomes a standby when it returns.
-                shard.counters.takeovers &+= 1
-                if shard.parkedWorkers > 0 && !shard.sentryParked { shard.lock.signal() }
-            }
-            shard.leader = me
-        }
-        shard.leaderThread = pthread_self()
-    }
-
-    /// Submits what was prepared and, when `wait` is set and nothing is ready yet, waits in
-    /// `io_uring_enter` without holding the lock; then reaps. Returns with the lock held and this
-    /// worker still the leader.
-    private func waitInKernelLocked(now: MonotonicInstant, deadline: MonotonicInstant, wait: Bool) throws(RingPortError) {
-        if !shard.overflow.isEmpty {
-            try shard.submitLocked()
-        }
-        try shard.armDoorbellLocked()
-        let toSubmit = shard.ring.flushSubmissions()
-        // Submitting can reap (when the kernel asks for room): then there is no reason to sleep.
-        let waitFor: UInt32 = wait && shard.ready.isEmpty ? 1 : 0
-        shard.leaderState = .waitingInKernel
-        shard.doorbellRung = false
-        var timeout: UInt64? = deadline == .distantFuture ? nil : now.nanoseconds(until: deadline)
-        if port.hasUncoveredShards {
-            timeout = min(timeout ?? .max, CompletionPort.uncoveredRingPollInterval)
-        }
-        shard.lock.unlock()
-        let result = shard.ring.enter(toSubmit: toSubmit, waitFor: waitFor, timeout: timeout)
-        shard.lock.lock()
-        shard.leaderRan()
-        shard.counters.enterCalls &+= 1
-        shard.reapLocked()
-        if result < 0 {
-            switch -result {
-            case ETIME, EINTR, EBUSY, EAGAIN:
-                break
-            case EBADR:
-                shard.reportDroppedCompletionsLocked()
-            default:
-                throw RingPortError(
-                    .waitFailed, operation: "io_uring_enter(GETEVENTS) on ring \(shard.index)",
-                    errno: .init(rawValue: -result))
-            }
-        }
-    }
-
-    /// Parks as a standby until signalled or the deadline. One parked worker, the sentry, wakes
-    /// every stall threshold instead; it returns true when the leader made no progress in that
-    /// time while work waited for it (the caller then takes the ring over).
-    private func parkLocked(now: MonotonicInstant, deadline: MonotonicInstant) -> Bool {
-        shard.parkedWorkers += 1
-        defer { shard.parkedWorkers -= 1 }
-        guard !shard.sentryParked else {
-            if deadline == .distantFuture {
-                shard.lock.wait()
-            } else {
-                shard.lock.wait(until: deadline)
-            }
-            return false
-        }
-        shard.sentryParked = true
-        let observed = shard.leaderProgress
-        let wakeUp = MonotonicInstant(nanoseconds: now.nanoseconds &+ shard.sentryInterval)
-        shard.lock.wait(until: min(deadline, wakeUp))
-        shard.sentryParked = false
-        if shard.leaderState == .waitingInKernel {
-            shard.sentryInterval = min(shard.sentryInterval &* 2, CompletionWorker.idleSentryInterval)
-        } else {
-            shard.sentryInterval = shard.stallThreshold
-        }
-        return MonotonicInstant.now >= wakeUp && leaderIsStalledLocked(sinceProgress: observed)
     }
 }
 

@@ -65,13 +65,13 @@ public final class IOContext: @unchecked Sendable {
     @exclusivity(unchecked) private var scratchStorage: UnsafeMutablePointer<Scratch>?
 
     /// Who owns the context: ``applicationOwned``, ``completedOwned`` (reaped, waiting to be
-    /// dequeued), or `kernelOwnedBase + shard` (the kernel holds it on that shard's ring).
+    /// dequeued), or `kernelOwnedBase + ring` (the kernel holds it on that ring).
     private let state = Atomic<Int>(IOContext.applicationOwned)
     static let applicationOwned = 0
     static let completedOwned = 1
     static let kernelOwnedBase = 2
 
-    // In-flight bookkeeping, guarded by the owning shard's lock while the kernel owns the context.
+    // In-flight bookkeeping, guarded by the owning ring's lock while the kernel owns the context.
     @exclusivity(unchecked) var userData: UInt64 = 0
     @exclusivity(unchecked) var indexInHandle: Int = -1
 
@@ -178,17 +178,17 @@ public final class IOContext: @unchecked Sendable {
 
     // MARK: Port-side transitions
 
-    /// Hands the context to the kernel through `shard`'s ring. Returns false when the port
+    /// Hands the context to the kernel through ring `ring`. Returns false when the port
     /// already owned it.
-    func beginFlight(onShard shard: Int) -> Bool {
+    func beginFlight(onRing ring: Int) -> Bool {
         state.compareExchange(
-            expected: IOContext.applicationOwned, desired: IOContext.kernelOwnedBase + shard,
+            expected: IOContext.applicationOwned, desired: IOContext.kernelOwnedBase + ring,
             ordering: .acquiringAndReleasing
         ).exchanged
     }
 
-    /// The shard whose kernel ring owns the context, or nil when the kernel does not own it.
-    var kernelShard: Int? {
+    /// The ring whose io_uring instance owns the context, or nil when the kernel does not own it.
+    var kernelRing: Int? {
         let value = state.load(ordering: .acquiring)
         return value >= IOContext.kernelOwnedBase ? value - IOContext.kernelOwnedBase : nil
     }

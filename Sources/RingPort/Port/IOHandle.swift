@@ -17,7 +17,7 @@ import Synchronization
 /// The other properties are immutable or synchronised.
 public final class IOHandle: @unchecked Sendable {
     // @unchecked: `userState` is confined by the per-handle serialisation described above;
-    // the bookkeeping below is guarded by the owning shard's lock; `closed` is atomic.
+    // the bookkeeping below is guarded by the owning ring's lock; `closed` is atomic.
     //
     // Stored properties marked @exclusivity(unchecked) skip Swift's dynamic exclusivity checks:
     // every access is already serialised as described, and on the echo benchmark the checks
@@ -28,7 +28,7 @@ public final class IOHandle: @unchecked Sendable {
     /// is never reused while the port lives, unlike the descriptor number, which the kernel
     /// hands out again as soon as it is closed.
     public struct ID: Hashable, Sendable, CustomStringConvertible {
-        /// The ring (shard) that owns the handle.
+        /// The ring that owns the handle (an index into the port's rings).
         public let ring: Int
         /// The handle's slot in its ring's handle table.
         public let slot: UInt32
@@ -50,7 +50,7 @@ public final class IOHandle: @unchecked Sendable {
 
     private let closed = Atomic<Bool>(false)
 
-    // Guarded by the owning shard's lock.
+    // Guarded by the owning ring's lock.
     /// The worker handling a completion of this handle, if any.
     @exclusivity(unchecked) var handlingWorker: ObjectIdentifier?
     /// Completions reaped while another thread handled this handle, in completion order.
@@ -76,7 +76,4 @@ public final class IOHandle: @unchecked Sendable {
     func markClosed() -> Bool {
         !closed.exchange(true, ordering: .acquiringAndReleasing)
     }
-
-    /// The shard (ring) that owns this handle.
-    var shardIndex: Int { id.ring }
 }

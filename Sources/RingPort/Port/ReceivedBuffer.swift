@@ -9,7 +9,7 @@
 /// Thread-safety: a value type that may be passed between threads with its ownership;
 /// ``release()`` may be called from any thread (it takes the ring's lock).
 public struct ReceivedBuffer: Sendable {
-    let shard: Shard
+    let ring: Ring
     /// The buffer's ID in its ring.
     public let id: UInt16
     /// The number of bytes received into it.
@@ -19,7 +19,7 @@ public struct ReceivedBuffer: Sendable {
     public func withUnsafeBytes<Result, Failure: Error>(
         _ body: (UnsafeRawBufferPointer) throws(Failure) -> Result
     ) throws(Failure) -> Result {
-        try body(shard.bufferRingBytes(of: id, count: count))
+        try body(ring.bufferRingBytes(of: id, count: count))
     }
 
     /// The received bytes, copied into an array.
@@ -29,6 +29,6 @@ public struct ReceivedBuffer: Sendable {
 
     /// Gives the buffer back to the kernel. Call once.
     public func release() {
-        shard.recycleBuffer(id)
+        ring.recycleBuffer(id)
     }
 }

@@ -10,7 +10,7 @@ import Glibc
 ///
 /// Thread-safety: none of its own. Preparing SQEs and flushing (``nextSubmissionEntry()``,
 /// ``flushSubmissions()``) and reaping (``peekCompletions(into:)``, ``advanceCompletions(by:)``)
-/// must be serialised by the caller (``Shard`` holds its lock). ``enter(toSubmit:waitFor:timeout:)``
+/// must be serialised by the caller (``Ring`` holds its lock). ``enter(toSubmit:waitFor:timeout:)``
 /// may run without that lock, concurrently with the others: the kernel serialises its side, and
 /// the user-space queue state it depends on was published by ``flushSubmissions()``.
 ///
@@ -95,7 +95,7 @@ final class IOURing {
     }
 
     /// Whether the ring is set up (not yet torn down by ``close()``). Read on every submission
-    /// under the shard's lock, hence no dynamic exclusivity check.
+    /// under the ring's lock, hence no dynamic exclusivity check.
     @exclusivity(unchecked) private(set) var isOpen = true
 
     /// Unmaps the queues and closes the ring's descriptor. Nothing may touch the ring afterwards;

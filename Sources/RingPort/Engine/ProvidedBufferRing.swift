@@ -14,10 +14,10 @@ import Glibc
 /// registered with `io_uring_register_buf_ring`.
 ///
 /// Thread-safety: none of its own; ``recycleLocked(_:)`` and the buffer accounting are guarded by
-/// the owning ``Shard``'s lock (which is why their dynamic exclusivity checks are off). The kernel reads the entries and writes the buffers.
+/// the owning ``Ring``'s lock (which is why their dynamic exclusivity checks are off). The kernel reads the entries and writes the buffers.
 ///
 /// Ownership: the entries and the buffers are allocated here and freed in `deinit`, which the
-/// shard runs only after the io_uring instance is gone (so the kernel no longer uses them).
+/// ring runs only after the io_uring instance is gone (so the kernel no longer uses them).
 final class ProvidedBufferRing {
     /// The buffer group ID that SQEs name (`buf_group`).
     let groupID: UInt16
@@ -29,7 +29,7 @@ final class ProvidedBufferRing {
     private let entriesByteCount: Int
     private let buffers: UnsafeMutableRawPointer
     private let mask: Int32
-    /// Buffers handed to the application and not recycled yet (guarded by the shard's lock).
+    /// Buffers handed to the application and not recycled yet (guarded by the ring's lock).
     @exclusivity(unchecked) private(set) var outstanding = 0
     @exclusivity(unchecked) private var isHeldByApplication: [Bool]
 

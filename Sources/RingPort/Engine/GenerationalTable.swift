@@ -6,7 +6,7 @@
 /// table stops growing once it holds as many entries as were ever alive at once: steady state
 /// allocates nothing.
 ///
-/// Thread-safety: none; the owner (a ``Shard``) guards it with its lock.
+/// Thread-safety: none; the owner (a ``Ring``) guards it with its lock.
 struct GenerationalTable<Element> {
     private struct Entry {
         var generation: UInt32

@@ -1,4 +1,4 @@
-/// What the port remembers about an operation the kernel owns, in the shard's in-flight
+/// What the port remembers about an operation the kernel owns, in the ring's in-flight
 /// table. The SQE's `user_data` is the record's address (see ``UserData``), never a pointer.
 struct OperationRecord {
     var operation: IOOperation
@@ -43,7 +43,7 @@ struct UserData: Hashable {
 
     /// An `ASYNC_CANCEL` request (its own completion says only whether it found the target).
     static let cancelRequest = UserData(slot: .max, generation: 1)
-    /// A leader's read on the shard's doorbell eventfd, the `sequence`-th armed.
+    /// A leader's read on the ring's doorbell eventfd, the `sequence`-th armed.
     static func doorbell(sequence: UInt32) -> UserData {
         UserData(slot: .max, generation: 0x8000_0000 | sequence)
     }

@@ -3,33 +3,28 @@ import DequeModule
 import Logging
 import SystemPackage
 
-#if canImport(Glibc)
 import Glibc
-#endif
 
 /// One ring of a completion port and everything that belongs to it: the handles it owns, the
-/// operations its kernel ring holds, the completions reaped but not yet dequeued, and the
-/// leadership of the workers attached to it.
+/// operations its io_uring instance holds, the completions reaped but not yet dequeued, and the
+/// workers that drive it (``RingLeadership``).
 ///
-/// A handle belongs to one shard for life, so every operation of a handle goes through one
-/// ring, in the order it was posted, and its completions come back through one queue.
+/// A handle belongs to one ring for life, so every operation of a handle goes through one
+/// io_uring instance, in the order it was posted, and its completions come back through one
+/// queue.
 ///
 /// ## Threads
 /// Everything below is guarded by ``lock``, except the leader's `io_uring_enter`, which runs
-/// unlocked so that other threads can post while it waits.
+/// unlocked so that other threads can post while it waits. The state is private: the port and
+/// its workers change it only through the methods here (those named `…Locked` expect the lock
+/// held) and through ``leadership``.
 ///
-/// At most one attached worker is the *leader*: the only thread that enters the kernel for
-/// this ring while workers are attached. It submits, waits, reaps, and handles what it reaped.
-/// The other attached workers park on ``lock``'s condition; one of them (the *sentry*) wakes
-/// every ``stallThreshold`` and takes the leadership over when the leader has been inside one
-/// completion's handler for longer than that.
-///
-/// Other threads never submit: they prepare their SQE (or queue it in ``overflow`` when the
-/// submission queue is full) and ring the ``doorbell`` if the leader sleeps in the kernel. The
+/// Other threads never submit: they prepare their SQE (or queue it in the overflow queue when
+/// the submission queue is full) and ring the doorbell if the leader sleeps in the kernel. The
 /// kernel ties an io_uring request to the thread that submitted it and cancels it when that
 /// thread exits; submitting only from the port's workers keeps operations posted from
 /// short-lived threads (a Swift concurrency pool thread, a request thread) alive.
-final class Shard: @unchecked Sendable {
+final class Ring: @unchecked Sendable {
     // @unchecked: every mutable property is guarded by `lock` (see above); `doorbell` is an
     // immutable descriptor, and its buffer is written by the kernel only.
     //
@@ -38,78 +33,61 @@ final class Shard: @unchecked Sendable {
     // cost 12–14% of the server's CPU per message (measured with -enforce-exclusivity=unchecked
     // against the default build; docs/ARCHITECTURE.md).
 
-    enum LeaderState: Equatable {
-        /// No worker leads this ring.
-        case none
-        /// The leader is inside `io_uring_enter`, waiting for completions.
-        case waitingInKernel
-        /// The leader is handling completions.
-        case running
-    }
-
+    /// The ring's counters, named as ``CompletionPort/Statistics`` names them.
     struct Counters {
-        var submitted: UInt64 = 0
-        var completed: UInt64 = 0
+        var submittedOperations: UInt64 = 0
+        var completedOperations: UInt64 = 0
         var completions: UInt64 = 0
-        var stale: UInt64 = 0
+        var staleCompletions: UInt64 = 0
         var internalCompletions: UInt64 = 0
-        var enterCalls: UInt64 = 0
-        var submissionQueueFull: UInt64 = 0
+        var kernelEnters: UInt64 = 0
+        var submissionQueueFullEvents: UInt64 = 0
         var busyRetries: UInt64 = 0
-        var takeovers: UInt64 = 0
+        var leaderTakeovers: UInt64 = 0
         var submitErrors: UInt64 = 0
         var doorbells: UInt64 = 0
-        /// The kernel's count of dropped completions, saved when the ring closes.
-        var droppedAtClose: UInt64 = 0
+        /// The kernel's count of dropped completions, saved when the io_uring instance closes.
+        var droppedCompletionsAtClose: UInt64 = 0
     }
 
+    /// The ring's index in its port (``IOHandle/ID/ring``).
     let index: Int
-    let ring: IOURing
+    /// The io_uring instance.
+    let uring: IOURing
     let lock = ConditionMutex()
+    /// Who leads the ring, and the standbys (guarded by ``lock``).
+    let leadership: RingLeadership
     let logger: Logger
-    let stallThreshold: UInt64
     /// An eventfd the leader keeps a read posted on, so that other threads can wake it.
-    let doorbell: Int32
+    private let doorbell: Int32
     /// Where the kernel writes the doorbell's 8-byte counter. Freed in `deinit`, after the ring.
     private let doorbellBuffer: UnsafeMutablePointer<UInt64>
     /// Provided buffers for multishot receives, when the port was configured with them and the
     /// kernel has buffer rings. Its accounting is guarded by `lock`.
     let bufferRing: ProvidedBufferRing?
     /// Operations to replace with NOPs completing with chosen results (tests only).
-    let faultInjection: FaultInjection?
+    private let faultInjection: FaultInjection?
 
     // Guarded by `lock`.
-    @exclusivity(unchecked) var operations: GenerationalTable<OperationRecord>
-    @exclusivity(unchecked) var handles = GenerationalTable<IOHandle>()
-    @exclusivity(unchecked) var ready = Deque<Completion>()
+    @exclusivity(unchecked) private var operations: GenerationalTable<OperationRecord>
+    @exclusivity(unchecked) private var handles = GenerationalTable<IOHandle>()
+    @exclusivity(unchecked) private var ready = Deque<Completion>()
     /// SQEs prepared by non-leader threads while the submission queue was full, in order.
-    @exclusivity(unchecked) var overflow = Deque<io_uring_sqe>()
-    @exclusivity(unchecked) var leader: ObjectIdentifier?
-    @exclusivity(unchecked) var leaderThread = pthread_t()
-    @exclusivity(unchecked) var leaderState = LeaderState.none
-    /// Counts the leader's returns from `dequeue` and from the kernel: the sentry sees a stalled
-    /// leader as one whose count did not move for a whole stall threshold (no clock read on the
-    /// hot path).
-    @exclusivity(unchecked) var leaderProgress: UInt64 = 0
-    /// How long the sentry sleeps: the stall threshold while the leader works, doubling up to
-    /// 100 ms while it finds the leader idle in the kernel (an idle server barely wakes up).
-    @exclusivity(unchecked) var sentryInterval: UInt64
-    @exclusivity(unchecked) var attachedWorkers = 0
-    @exclusivity(unchecked) var parkedWorkers = 0
-    @exclusivity(unchecked) var sentryParked = false
-    @exclusivity(unchecked) var isClosed = false
+    @exclusivity(unchecked) private var overflow = Deque<io_uring_sqe>()
+    /// Set by ``CompletionPort/close()``: no post, association or dequeue from then on.
+    @exclusivity(unchecked) private(set) var isClosed = false
     /// The thread whose doorbell read is the current one, if one is armed. The kernel runs a
     /// request's completion work on the thread that submitted it, so a leader that took over
     /// arms a read of its own: the old leader may be stuck where that work cannot run.
-    @exclusivity(unchecked) var doorbellArmedBy: pthread_t?
+    @exclusivity(unchecked) private var doorbellArmedBy: pthread_t?
     /// Sequence numbers of the doorbell reads the kernel holds (usually one).
-    @exclusivity(unchecked) var doorbellReads: [UInt32] = []
+    @exclusivity(unchecked) private var doorbellReads: [UInt32] = []
     @exclusivity(unchecked) private var doorbellSequence: UInt32 = 0
-    @exclusivity(unchecked) var doorbellRung = false
-    @exclusivity(unchecked) var counters = Counters()
+    @exclusivity(unchecked) private var doorbellRung = false
+    @exclusivity(unchecked) private(set) var counters = Counters()
 
     init(
-        index: Int, ring: IOURing, bufferRing: ProvidedBufferRing?, stallThreshold: Duration,
+        index: Int, uring: IOURing, bufferRing: ProvidedBufferRing?, stallThreshold: Duration,
         faultInjection: FaultInjection? = nil, logger: Logger
     ) throws(RingPortError) {
         let doorbell = eventfd(0, Int32(EFD_CLOEXEC))
@@ -117,43 +95,150 @@ final class Shard: @unchecked Sendable {
             throw RingPortError(.systemCallFailed, operation: "eventfd for ring \(index)", errno: Errno(rawValue: Glibc.errno))
         }
         self.index = index
-        self.ring = ring
+        self.uring = uring
         self.bufferRing = bufferRing
         self.faultInjection = faultInjection
-        self.stallThreshold = stallThreshold.nanosecondsClamped
-        sentryInterval = self.stallThreshold
+        leadership = RingLeadership(lock: lock, stallThreshold: stallThreshold)
         self.logger = logger
         self.doorbell = doorbell
         doorbellBuffer = .allocate(capacity: 1)
         doorbellBuffer.initialize(to: 0)
-        operations = GenerationalTable(reservingCapacity: Int(ring.completionEntries))
-        ready.reserveCapacity(Int(ring.completionEntries))
+        operations = GenerationalTable(reservingCapacity: Int(uring.completionEntries))
+        ready.reserveCapacity(Int(uring.completionEntries))
     }
 
     deinit {
-        closeRingLocked()
+        closeIOURingLocked()
         doorbellBuffer.deallocate()
     }
 
-    /// The leader returned with completions or from the kernel.
-    @inline(__always)
-    func leaderRan() {
-        leaderState = .running
-        leaderProgress &+= 1
-    }
-
     /// Whether entries wait to be submitted (prepared, or in the overflow queue).
-    var hasQueuedSubmissionsLocked: Bool {
-        ring.unpublishedSubmissions > 0 || !overflow.isEmpty
+    private var hasQueuedSubmissionsLocked: Bool {
+        uring.unpublishedSubmissions > 0 || !overflow.isEmpty
     }
 
-    /// Whether the calling thread is this ring's leader (and so may submit).
-    @inline(__always)
-    var callerIsLeaderLocked: Bool {
-        if case .running = leaderState {
-            return pthread_equal(leaderThread, pthread_self()) != 0
+    /// Whether work waits for the leader: operations in flight, completions ready, or entries to
+    /// submit (what makes a leader that does not progress a stalled one).
+    var hasWorkLocked: Bool {
+        operations.count > 0 || !ready.isEmpty || hasQueuedSubmissionsLocked
+    }
+
+    /// Whether completions wait to be dequeued.
+    var hasReadyCompletionsLocked: Bool {
+        !ready.isEmpty
+    }
+
+    // MARK: Handles
+
+    /// Puts a new handle for `descriptor` in this ring's handle table.
+    func associateLocked(
+        descriptor: Int32, peerAddress: SocketAddress?, userState: (any Sendable)?
+    ) throws(RingPortError) -> IOHandle {
+        guard !isClosed else { throw RingPortError(.portClosed, operation: "associate") }
+        let address = handles.insert { slot, generation in
+            IOHandle(
+                descriptor: descriptor, peerAddress: peerAddress, userState: userState,
+                id: IOHandle.ID(ring: index, slot: slot, generation: generation))
         }
-        return false
+        return handles[address.slot]
+    }
+
+    /// Closes every handle still open (see ``closeLocked(_:)``).
+    func closeAllHandlesLocked() {
+        for slot in handles.liveSlots {
+            closeLocked(handles[slot])
+        }
+    }
+
+    // MARK: Leading and waiting
+
+    /// `worker` leads the ring from now on (see ``RingLeadership/take(by:)``); a takeover from a
+    /// stuck leader is counted.
+    func takeLeadershipLocked(by worker: ObjectIdentifier) {
+        if leadership.take(by: worker) {
+            counters.leaderTakeovers &+= 1
+        }
+    }
+
+    /// The leader submits what was prepared and, when `wait` is set and nothing is ready yet,
+    /// waits in `io_uring_enter` until a completion arrives, `deadline` passes, or at most
+    /// `maximumWait` nanoseconds — without holding the lock; then reaps. Returns with the lock
+    /// held and the caller still the leader.
+    ///
+    /// - Throws: ``RingPortError/Code/waitFailed`` when `io_uring_enter` fails for a reason other
+    ///   than a timeout, an interruption or a full completion queue; a submission error.
+    func waitInKernelLocked(
+        now: MonotonicInstant, deadline: MonotonicInstant, wait: Bool, maximumWait: UInt64?
+    ) throws(RingPortError) {
+        if !overflow.isEmpty {
+            try submitLocked()
+        }
+        try armDoorbellLocked()
+        let toSubmit = uring.flushSubmissions()
+        // Submitting can reap (when the kernel asks for room): then there is no reason to sleep.
+        let waitFor: UInt32 = wait && ready.isEmpty ? 1 : 0
+        leadership.leaderWillWaitInKernel()
+        doorbellRung = false
+        var timeout: UInt64? = deadline == .distantFuture ? nil : now.nanoseconds(until: deadline)
+        if let maximumWait {
+            timeout = min(timeout ?? .max, maximumWait)
+        }
+        lock.unlock()
+        let result = uring.enter(toSubmit: toSubmit, waitFor: waitFor, timeout: timeout)
+        lock.lock()
+        leadership.leaderRan()
+        counters.kernelEnters &+= 1
+        reapLocked()
+        if result < 0 {
+            switch -result {
+            case ETIME, EINTR, EBUSY, EAGAIN:
+                break
+            case EBADR:
+                reportDroppedCompletionsLocked()
+            default:
+                throw RingPortError(
+                    .waitFailed, operation: "io_uring_enter(GETEVENTS) on ring \(index)",
+                    errno: .init(rawValue: -result))
+            }
+        }
+    }
+
+    /// Stands in for the missing leader of a ring no worker is attached to: submits, reaps, and
+    /// takes up to `budget` completions (nothing when a worker attached meanwhile).
+    func serveWithoutWorkersLocked(
+        budget: Int, worker: ObjectIdentifier, held: inout [IOHandle], deliver: (Completion) -> Void
+    ) -> Int {
+        guard leadership.attachedWorkers == 0 else { return 0 }
+        submitLoggingErrorsLocked()
+        reapLocked()
+        return takeReadyLocked(budget: budget, worker: worker, held: &held, deliver: deliver)
+    }
+
+    /// Wakes every worker of the ring (the pool is stopping): the standbys, and the leader out
+    /// of the kernel.
+    func wakeAllWorkersLocked() {
+        leadership.wakeAllStandbys()
+        if leadership.state == .waitingInKernel {
+            ringDoorbellLocked()
+        }
+    }
+
+    // MARK: Statistics
+
+    /// Adds this ring's counters and gauges to `statistics`.
+    func addStatisticsLocked(to statistics: inout CompletionPort.Statistics) {
+        statistics.submittedOperations += counters.submittedOperations
+        statistics.completedOperations += counters.completedOperations
+        statistics.completions += counters.completions
+        statistics.staleCompletions += counters.staleCompletions
+        statistics.kernelEnters += counters.kernelEnters
+        statistics.submissionQueueFullEvents += counters.submissionQueueFullEvents
+        statistics.leaderTakeovers += counters.leaderTakeovers
+        statistics.operationsInFlight += operations.count
+        statistics.completionsWaiting += ready.count
+        statistics.droppedCompletions += droppedCompletionsLocked
+        statistics.openHandles += handles.count
+        statistics.buffersOutstanding += bufferRing?.outstanding ?? 0
     }
 
     // MARK: Posting
@@ -181,7 +266,7 @@ final class Shard: @unchecked Sendable {
         if let handle, handle.isClosed {
             throw RingPortError(.handleClosed, operation: "post \(operation) on handle \(handle.id)")
         }
-        if let context, !context.beginFlight(onShard: index) {
+        if let context, !context.beginFlight(onRing: index) {
             throw RingPortError(.contextInFlight, operation: "post \(operation)")
         }
         var record = OperationRecord(
@@ -217,25 +302,25 @@ final class Shard: @unchecked Sendable {
                 handle.inflightContexts.append(context)
             }
         }
-        counters.submitted &+= 1
+        counters.submittedOperations &+= 1
     }
 
     /// Fills one SQE with `fill` and queues it, keeping the order of everything queued before:
     /// straight into the submission queue when there is room, else (leader) after submitting
     /// to make room, else (any other thread) into ``overflow``. Wakes the leader if needed.
     @inline(__always)
-    func enqueueLocked(_ fill: (UnsafeMutablePointer<io_uring_sqe>) -> Void) throws(RingPortError) {
-        if callerIsLeaderLocked {
+    private func enqueueLocked(_ fill: (UnsafeMutablePointer<io_uring_sqe>) -> Void) throws(RingPortError) {
+        if leadership.callerIsRunningLeader {
             fill(try nextSubmissionEntryLocked())
             return
         }
-        if overflow.isEmpty, let entry = ring.nextSubmissionEntry() {
+        if overflow.isEmpty, let entry = uring.nextSubmissionEntry() {
             fill(entry)
         } else {
             var entry = io_uring_sqe()
             fill(&entry)
             overflow.append(entry)
-            counters.submissionQueueFull &+= 1
+            counters.submissionQueueFullEvents &+= 1
         }
         notifyLeaderLocked()
     }
@@ -244,19 +329,19 @@ final class Shard: @unchecked Sendable {
     /// in the kernel, signals a parked worker when nobody leads. A running leader submits on its
     /// next wait by itself.
     @inline(__always)
-    func notifyLeaderLocked() {
-        switch leaderState {
+    private func notifyLeaderLocked() {
+        switch leadership.state {
         case .waitingInKernel:
             ringDoorbellLocked()
         case .none:
-            if parkedWorkers > 0 { lock.signal() }
+            leadership.wakeOneStandby()
         case .running:
             break
         }
     }
 
     /// Wakes the leader out of `io_uring_enter` (once per sleep).
-    func ringDoorbellLocked() {
+    private func ringDoorbellLocked() {
         guard !doorbellRung else { return }
         doorbellRung = true
         counters.doorbells &+= 1
@@ -266,7 +351,7 @@ final class Shard: @unchecked Sendable {
 
     /// Posts the read on the doorbell that a write by another thread completes, unless this
     /// thread has one armed already. Leader only.
-    func armDoorbellLocked() throws(RingPortError) {
+    private func armDoorbellLocked() throws(RingPortError) {
         let me = pthread_self()
         if let armer = doorbellArmedBy, pthread_equal(armer, me) != 0 { return }
         let entry = try nextSubmissionEntryLocked()
@@ -278,7 +363,7 @@ final class Shard: @unchecked Sendable {
     }
 
     /// Queues cancellations of every doorbell read (when the port closes).
-    func cancelDoorbellReadsLocked() {
+    private func cancelDoorbellReadsLocked() {
         for sequence in doorbellReads {
             try? cancelLocked(userData: UserData.doorbell(sequence: sequence).rawValue)
         }
@@ -287,12 +372,12 @@ final class Shard: @unchecked Sendable {
     /// The next free SQE, after the overflowed ones. When the submission queue is full, submits
     /// what it holds first (never drops an entry). Leader (or a thread standing in for it) only.
     @inline(__always)
-    func nextSubmissionEntryLocked() throws(RingPortError) -> UnsafeMutablePointer<io_uring_sqe> {
+    private func nextSubmissionEntryLocked() throws(RingPortError) -> UnsafeMutablePointer<io_uring_sqe> {
         while true {
-            if overflow.isEmpty, let entry = ring.nextSubmissionEntry() {
+            if overflow.isEmpty, let entry = uring.nextSubmissionEntry() {
                 return entry
             }
-            counters.submissionQueueFull &+= 1
+            counters.submissionQueueFullEvents &+= 1
             try submitLocked()
         }
     }
@@ -300,10 +385,10 @@ final class Shard: @unchecked Sendable {
     /// Submits everything queued (overflow included), retrying while the kernel asks for
     /// completions to be reaped first (`EBUSY`, `EAGAIN`) or the call is interrupted.
     /// Leader (or a thread standing in for it: a worker serving an uncovered ring, ``CompletionPort/close()``) only.
-    func submitLocked() throws(RingPortError) {
-        guard ring.isOpen else { return }
+    private func submitLocked() throws(RingPortError) {
+        guard uring.isOpen else { return }
         repeat {
-            while !overflow.isEmpty, let entry = ring.nextSubmissionEntry() {
+            while !overflow.isEmpty, let entry = uring.nextSubmissionEntry() {
                 entry.pointee = overflow.removeFirst()
             }
             try enterSubmittingLocked()
@@ -312,7 +397,7 @@ final class Shard: @unchecked Sendable {
 
     /// Submits and logs an error instead of throwing: the entries stay queued and the next
     /// `io_uring_enter` submits them again.
-    func submitLoggingErrorsLocked() {
+    private func submitLoggingErrorsLocked() {
         do {
             try submitLocked()
         } catch {
@@ -322,11 +407,11 @@ final class Shard: @unchecked Sendable {
     }
 
     private func enterSubmittingLocked() throws(RingPortError) {
-        var pending = ring.flushSubmissions()
+        var pending = uring.flushSubmissions()
         var idleRounds = 0
         while pending > 0 {
-            let result = ring.enter(toSubmit: pending, waitFor: 0, timeout: nil)
-            counters.enterCalls &+= 1
+            let result = uring.enter(toSubmit: pending, waitFor: 0, timeout: nil)
+            counters.kernelEnters &+= 1
             if result < 0 {
                 switch -result {
                 case EINTR:
@@ -342,7 +427,7 @@ final class Shard: @unchecked Sendable {
                             errno: Errno(rawValue: -result))
                     }
                     if reapLocked() == 0 { sched_yield() }
-                    pending = ring.flushSubmissions()
+                    pending = uring.flushSubmissions()
                     continue
                 default:
                     throw RingPortError(
@@ -350,7 +435,7 @@ final class Shard: @unchecked Sendable {
                         errno: Errno(rawValue: -result))
                 }
             }
-            let remaining = ring.flushSubmissions()
+            let remaining = uring.flushSubmissions()
             if remaining >= pending && result == 0 {
                 idleRounds += 1
                 if idleRounds > 10_000 {
@@ -367,16 +452,16 @@ final class Shard: @unchecked Sendable {
 
     /// Moves every visible CQE into the ready queue and returns how many there were.
     @discardableResult
-    func reapLocked() -> Int {
-        guard ring.isOpen else { return 0 }
+    private func reapLocked() -> Int {
+        guard uring.isOpen else { return 0 }
         var total = 0
         withUnsafeTemporaryAllocation(of: UnsafeMutablePointer<io_uring_cqe>?.self, capacity: 64) { batch in
             while true {
-                let count = ring.peekCompletions(into: batch)
+                let count = uring.peekCompletions(into: batch)
                 for position in 0..<count {
                     consumeLocked(batch[position].unsafelyUnwrapped.pointee)
                 }
-                ring.advanceCompletions(by: count)
+                uring.advanceCompletions(by: count)
                 total += count
                 if count < batch.count { break }
             }
@@ -399,7 +484,7 @@ final class Shard: @unchecked Sendable {
             return
         }
         guard operations.contains(slot: userData.slot, generation: userData.generation) else {
-            counters.stale &+= 1
+            counters.staleCompletions &+= 1
             logger.error("ring \(index): stale completion dropped (user_data \(entry.user_data), result \(entry.res))")
             return
         }
@@ -424,7 +509,7 @@ final class Shard: @unchecked Sendable {
         if entry.flags & IORING_CQE_F_BUFFER != 0, let bufferRing {
             let id = UInt16(truncatingIfNeeded: entry.flags >> UInt32(IORING_CQE_BUFFER_SHIFT))
             bufferRing.handOutLocked(id)
-            receivedBuffer = ReceivedBuffer(shard: self, id: id, count: Int(max(entry.res, 0)))
+            receivedBuffer = ReceivedBuffer(ring: self, id: id, count: Int(max(entry.res, 0)))
         }
         let result: Int32
         if record.isZeroCopy && entry.flags & IORING_CQE_F_NOTIF != 0 {
@@ -437,7 +522,7 @@ final class Shard: @unchecked Sendable {
             result = entry.res
         }
         counters.completions &+= 1
-        if isFinal { counters.completed &+= 1 }
+        if isFinal { counters.completedOperations &+= 1 }
         ready.append(Completion(
             operation: record.operation,
             result: result,
@@ -458,11 +543,6 @@ final class Shard: @unchecked Sendable {
     /// Gives a provided buffer back to the kernel.
     func recycleBuffer(_ id: UInt16) {
         lock.withLock { bufferRing!.recycleLocked(id) }
-    }
-
-    /// Provided buffers the application holds now.
-    var buffersOutstandingLocked: Int {
-        bufferRing?.outstanding ?? 0
     }
 
     private func removeInflight(_ context: IOContext, from handle: IOHandle) {
@@ -532,7 +612,7 @@ final class Shard: @unchecked Sendable {
     /// Queues an `ASYNC_CANCEL` for the operation with `userData`. Its completion still arrives
     /// (as `ECANCELED` when the cancellation wins the race).
     func cancelLocked(userData: UInt64) throws(RingPortError) {
-        guard ring.isOpen else { return }
+        guard uring.isOpen else { return }
         try enqueueLocked { entry in
             io_uring_prep_cancel64(entry, userData, 0)
             io_uring_sqe_set_data64(entry, UserData.cancelRequest.rawValue)
@@ -581,23 +661,82 @@ final class Shard: @unchecked Sendable {
     /// allocate room in its overflow list (it reports this once, then the flag clears). The
     /// operations concerned never complete; this is logged as an error and counted in
     /// ``CompletionPort/Statistics/droppedCompletions``.
-    func reportDroppedCompletionsLocked() {
+    private func reportDroppedCompletionsLocked() {
         logger.error("ring \(index): the kernel dropped \(droppedCompletionsLocked) completions (out of memory for its overflow list)")
     }
 
     // MARK: Closing
 
+    /// The port closes: from now on nothing can be posted, associated or dequeued. Queues the
+    /// cancellation of every operation in flight (the doorbell reads included) and submits.
+    /// The caller stands in for the leader: no worker is attached any more.
+    func beginClosingLocked() {
+        isClosed = true
+        for slot in operations.liveSlots {
+            let generation = operations.generation(of: slot)
+            try? cancelLocked(userData: UserData(slot: slot, generation: generation).rawValue)
+        }
+        cancelDoorbellReadsLocked()
+        submitLoggingErrorsLocked()
+    }
+
+    /// After ``beginClosingLocked()``: waits until the kernel has completed every operation (at
+    /// most until `deadline`), drops the completions nobody dequeued (closing the descriptors
+    /// accepts produced, giving provided buffers back), closes the handles still open, and tears
+    /// the io_uring instance down. If the kernel keeps operations past the deadline, their
+    /// contexts are leaked on purpose rather than freed under the kernel.
+    func drainAndCloseLocked(deadline: MonotonicInstant) {
+        while true {
+            // Handles closed meanwhile may have queued cancellations; submit them too.
+            submitLoggingErrorsLocked()
+            reapLocked()
+            if operations.count == 0 && doorbellReads.isEmpty { break }
+            let now = MonotonicInstant.now
+            if now >= deadline {
+                // The kernel still owns these buffers: keep them alive rather than free memory it may write.
+                logger.error(
+                    "ring \(index): \(operations.count) operations did not complete at close; their contexts are kept alive")
+                for slot in operations.liveSlots {
+                    if let context = operations[slot].context {
+                        _ = Unmanaged.passRetained(context)
+                    }
+                }
+                break
+            }
+            lock.unlock()
+            _ = uring.enter(toSubmit: 0, waitFor: 1, timeout: min(now.nanoseconds(until: deadline), 100_000_000))
+            lock.lock()
+        }
+        var dropped = 0
+        func drop(_ completion: Completion) {
+            if let descriptor = completion.acceptedDescriptor { Glibc.close(descriptor) }
+            if let buffer = completion.receivedBuffer { bufferRing?.recycleLocked(buffer.id) }
+            completion.context?.endFlight()
+            dropped += 1
+        }
+        while let completion = ready.popFirst() { drop(completion) }
+        for slot in handles.liveSlots {
+            let handle = handles.remove(slot: slot)
+            while let completion = handle.deferredCompletions.popFirst() { drop(completion) }
+            if handle.markClosed() { Glibc.close(handle.descriptor) }
+        }
+        if dropped > 0 {
+            logger.warning("ring \(index): \(dropped) completions were not dequeued before close")
+        }
+        closeIOURingLocked()
+    }
+
     /// Completions the kernel dropped on this ring (its overflow list could not grow).
     var droppedCompletionsLocked: UInt64 {
-        ring.isOpen ? UInt64(ring.droppedCompletions) : counters.droppedAtClose
+        uring.isOpen ? UInt64(uring.droppedCompletions) : counters.droppedCompletionsAtClose
     }
 
     /// Tears the ring down once its operations have all completed, then closes the doorbell
     /// (after io_uring_queue_exit the kernel no longer reads it). Idempotent.
-    func closeRingLocked() {
-        guard ring.isOpen else { return }
-        counters.droppedAtClose = droppedCompletionsLocked
-        ring.close()
+    private func closeIOURingLocked() {
+        guard uring.isOpen else { return }
+        counters.droppedCompletionsAtClose = droppedCompletionsLocked
+        uring.close()
         Glibc.close(doorbell)
     }
 }

@@ -1,0 +1,182 @@
+import Glibc
+
+/// Who drives one ``Ring``: its leader, the standbys parked behind it, and the sentry among them
+/// that takes the ring over when the leader is stuck in a handler.
+///
+/// The rules, all here:
+/// - **One leader per ring.** At most one attached worker leads (``take(by:)``): the only thread
+///   that enters the kernel for the ring while workers are attached. It submits, waits, reaps,
+///   and handles what it reaped.
+/// - **Standbys park.** The other attached workers wait on the ring's condition (``park(now:deadline:hasWork:)``);
+///   a worker leaves the lead with ``resign(_:)`` (detaching) and a parked one is signalled.
+/// - **One sentry.** The first standby to park is the sentry: it wakes every ``stallThreshold``
+///   (doubling up to ``idleSentryInterval`` while the leader sleeps in the kernel) and reports the
+///   leader stalled when the leader's progress count did not move for a whole threshold while
+///   work waited. The caller then takes the ring over (``take(by:)`` counts it).
+///
+/// ## Threads
+/// Every method is called with the ring's lock held (``lock``, whose condition the standbys wait
+/// on). A class, not a struct: a parked worker waits inside ``park(now:deadline:hasWork:)``
+/// while other workers change the leadership.
+final class RingLeadership {
+    // Stored properties marked @exclusivity(unchecked) skip Swift's dynamic exclusivity checks:
+    // every access happens with the ring's lock held, and on the echo benchmark the checks cost
+    // 12–14% of the server's CPU per message (docs/ARCHITECTURE.md).
+
+    /// What the leader is doing.
+    enum State: Equatable {
+        /// No worker leads this ring.
+        case none
+        /// The leader is inside `io_uring_enter`, waiting for completions.
+        case waitingInKernel
+        /// The leader is handling completions.
+        case running
+    }
+
+    /// The longest the sentry sleeps while its leader is idle in the kernel.
+    static let idleSentryInterval: UInt64 = 100_000_000
+
+    /// The ring's lock: its condition is where standbys park.
+    private let lock: ConditionMutex
+    /// How long a leader may stay inside one handler before the sentry takes over (nanoseconds).
+    let stallThreshold: UInt64
+
+    @exclusivity(unchecked) private var leader: ObjectIdentifier?
+    @exclusivity(unchecked) private var leaderThread = pthread_t()
+    /// What the leader is doing (``State/none`` when nobody leads).
+    @exclusivity(unchecked) private(set) var state = State.none
+    /// Counts the leader's returns from `dequeue` and from the kernel: the sentry sees a stalled
+    /// leader as one whose count did not move for a whole stall threshold (no clock read on the
+    /// hot path).
+    @exclusivity(unchecked) private var progress: UInt64 = 0
+    /// How long the sentry sleeps: the stall threshold while the leader works, doubling up to
+    /// ``idleSentryInterval`` while it finds the leader idle in the kernel (an idle server barely
+    /// wakes up).
+    @exclusivity(unchecked) private var sentryInterval: UInt64
+    @exclusivity(unchecked) private var sentryParked = false
+    /// Workers attached to the ring, and how many of them are parked now.
+    @exclusivity(unchecked) private(set) var attachedWorkers = 0
+    @exclusivity(unchecked) private(set) var parkedWorkers = 0
+
+    init(lock: ConditionMutex, stallThreshold: Duration) {
+        self.lock = lock
+        self.stallThreshold = stallThreshold.nanosecondsClamped
+        sentryInterval = self.stallThreshold
+    }
+
+    // MARK: Attaching
+
+    /// A worker attached to the ring.
+    func attach() {
+        attachedWorkers += 1
+    }
+
+    /// A worker detached: if it led, the lead is free and a parked worker is woken to take it
+    /// (what the leader prepared and did not submit is submitted by the next one: this thread may
+    /// be about to exit, and the kernel would cancel it).
+    func detach(_ worker: ObjectIdentifier) {
+        if leader == worker {
+            leader = nil
+            state = .none
+            if parkedWorkers > 0 { lock.signal() }
+        }
+        attachedWorkers -= 1
+    }
+
+    // MARK: Leading
+
+    /// Whether `worker` leads the ring.
+    @inline(__always)
+    func isLeader(_ worker: ObjectIdentifier) -> Bool {
+        leader == worker
+    }
+
+    /// Whether nobody leads the ring (a worker that wants to wait may take the lead).
+    var isVacant: Bool {
+        leader == nil
+    }
+
+    /// Whether the calling thread is the leader and is handling completions (so it may submit
+    /// straight into the submission queue: it enters the kernel next).
+    @inline(__always)
+    var callerIsRunningLeader: Bool {
+        if case .running = state {
+            return pthread_equal(leaderThread, pthread_self()) != 0
+        }
+        return false
+    }
+
+    /// `worker`, on the calling thread, leads from now on. Returns true when it took the ring
+    /// over from another leader (stuck in a handler; it becomes a standby when it returns).
+    func take(by worker: ObjectIdentifier) -> Bool {
+        var tookOver = false
+        if leader != worker {
+            if leader != nil {
+                tookOver = true
+                if parkedWorkers > 0 && !sentryParked { lock.signal() }
+            }
+            leader = worker
+        }
+        leaderThread = pthread_self()
+        return tookOver
+    }
+
+    /// The leader returned with completions or from the kernel: it is running and made progress.
+    @inline(__always)
+    func leaderRan() {
+        state = .running
+        progress &+= 1
+    }
+
+    /// `worker` returned from `dequeue` with completions: counts as the leader's progress if it
+    /// leads.
+    @inline(__always)
+    func ran(_ worker: ObjectIdentifier) {
+        if leader == worker { leaderRan() }
+    }
+
+    /// The leader is about to wait in the kernel (without the lock).
+    func leaderWillWaitInKernel() {
+        state = .waitingInKernel
+    }
+
+    // MARK: Standing by
+
+    /// Parks the calling worker as a standby until signalled or `deadline`. One parked worker,
+    /// the sentry, wakes every stall threshold instead; it returns true when the leader made no
+    /// progress in that time while `hasWork()` (then the caller takes the ring over with
+    /// ``take(by:)``). Returns with the lock held.
+    func park(now: MonotonicInstant, deadline: MonotonicInstant, hasWork: () -> Bool) -> Bool {
+        parkedWorkers += 1
+        defer { parkedWorkers -= 1 }
+        guard !sentryParked else {
+            if deadline == .distantFuture {
+                lock.wait()
+            } else {
+                lock.wait(until: deadline)
+            }
+            return false
+        }
+        sentryParked = true
+        let observed = progress
+        let wakeUp = MonotonicInstant(nanoseconds: now.nanoseconds &+ sentryInterval)
+        lock.wait(until: min(deadline, wakeUp))
+        sentryParked = false
+        if state == .waitingInKernel {
+            sentryInterval = min(sentryInterval &* 2, RingLeadership.idleSentryInterval)
+        } else {
+            sentryInterval = stallThreshold
+        }
+        return MonotonicInstant.now >= wakeUp && state == .running && progress == observed && hasWork()
+    }
+
+    /// Wakes one parked worker, if any (work arrived while nobody leads).
+    func wakeOneStandby() {
+        if parkedWorkers > 0 { lock.signal() }
+    }
+
+    /// Wakes every parked worker (the pool is stopping).
+    func wakeAllStandbys() {
+        lock.broadcast()
+    }
+}
