@@ -82,18 +82,11 @@ public final class Connection: @unchecked Sendable {
     }
 
     // Confined to the connection's callbacks.
+    /// The lifecycle: phase, reading, operations in flight (see ``ConnectionState``).
+    @exclusivity(unchecked) private var state: ConnectionState
     @exclusivity(unchecked) private var writeQueue = Deque<Chunk>()
     /// Bytes queued and not yet sent.
     @exclusivity(unchecked) public private(set) var queuedBytes = 0
-    @exclusivity(unchecked) private var operationsInFlight = 0
-    @exclusivity(unchecked) private var receiveInFlight = false
-    @exclusivity(unchecked) private var sendInFlight = false
-    @exclusivity(unchecked) private var readPaused = false
-    @exclusivity(unchecked) private var peerFinished = false
-    @exclusivity(unchecked) private var closeReason: CloseReason?
-    @exclusivity(unchecked) private var closeAfterFlush = false
-    @exclusivity(unchecked) private var descriptorClosed = false
-    @exclusivity(unchecked) private var finished = false
     /// The provided buffer being delivered, and whether the handler kept it.
     @exclusivity(unchecked) private var deliveredBuffer: ReceivedBuffer?
     @exclusivity(unchecked) private var deliveredBufferRetained = false
@@ -108,6 +101,7 @@ public final class Connection: @unchecked Sendable {
         self.services = services
         receiveContext = services.receiveContexts.take()
         sendContext = services.bookkeepingContexts.take()
+        state = ConnectionState(multishotReceive: services.multishotReceive)
         lastProgress = Atomic(ServerServices.now())
     }
 
@@ -115,10 +109,10 @@ public final class Connection: @unchecked Sendable {
 
     /// Whether the connection is closing (or closed). A connection closing gracefully still
     /// sends what is queued, and what is written until its descriptor closes.
-    public var isClosing: Bool { closeReason != nil }
+    public var isClosing: Bool { state.closeReason != nil }
 
     /// Whether writes are still accepted: until the descriptor is closed.
-    private var acceptsWrites: Bool { !descriptorClosed }
+    private var acceptsWrites: Bool { state.descriptorIsOpen }
 
     /// Queues a copy of `bytes` for sending.
     public func write(_ bytes: UnsafeRawBufferPointer) {
@@ -127,7 +121,7 @@ public final class Connection: @unchecked Sendable {
         while !remaining.isEmpty {
             let context: IOContext
             if case .copied(let last)? = writeQueue.last, last.count < last.capacity,
-               !(sendInFlight && writeQueue.count == 1)
+               !(state.sendInFlight && writeQueue.count == 1)
             {
                 context = last
             } else {
@@ -185,7 +179,7 @@ public final class Connection: @unchecked Sendable {
 
     /// Closes the connection after everything queued is sent. Reading stops at once.
     public func close() {
-        startClose(.closedByHandler, graceful: true)
+        apply(.closeGracefully(.closedByHandler))
     }
 
     /// Counts a request the handler rejected (malformed, too large) in the server's statistics.
@@ -203,38 +197,33 @@ public final class Connection: @unchecked Sendable {
 
     /// The connection was accepted: start reading.
     func start() {
-        armReceive()
+        apply(.opened)
     }
 
     /// A receive completed: hands the bytes (if any) to `deliver`, which calls the handler.
     func receiveCompleted(_ completion: Completion, deliver: (ReceivedBytes) -> Void) {
-        // Whatever happened, a gracefully closing connection may now have nothing left to do.
-        defer { closeIfFlushed() }
-        if !completion.hasMore {
-            receiveInFlight = false
-            operationsInFlight -= 1
-        }
+        // An error or the end of stream comes with the receive's last completion.
         if let error = completion.error {
             if completion.isCancelled {
                 // Paused for backpressure, or closing: nothing to do here. A cancellation the
                 // connection did not ask for (the kernel cancels a request whose submitting
-                // thread exited) must not leave it without a receive: armReceive posts one
-                // unless paused or closing.
-                armReceive()
+                // thread exited) must not leave it without a receive: the state posts one unless
+                // paused or closing.
+                apply(.receiveFinished(.cancelled))
             } else if error == .noBufferSpace {
                 // Every provided buffer of the ring is out: receive again as soon as one comes back.
                 services.counters.bufferExhaustions.add(1, ordering: .relaxed)
-                if closeReason == nil { services.waitForBuffers(self) }
+                apply(.receiveFinished(.noBuffers))
+                if state.reading == .waitingForBuffers { services.waitForBuffers(self) }
             } else {
                 services.counters.connectionErrors.add(1, ordering: .relaxed)
-                startClose(.failed(error), graceful: false)
+                apply(.receiveFinished(.failed(error)))
             }
             return
         }
         let count = completion.bytesTransferred
         if count == 0 {
-            peerFinished = true
-            startClose(.peerClosed, graceful: true)
+            apply(.receiveFinished(.endOfStream))
             return
         }
         services.counters.bytesReceived.add(count, ordering: .relaxed)
@@ -242,7 +231,7 @@ public final class Connection: @unchecked Sendable {
         // Bytes that arrived are delivered until the descriptor closes, also while closing
         // gracefully: a request received before a shutdown still gets its answer.
         if let buffer = completion.receivedBuffer {
-            if !descriptorClosed {
+            if state.descriptorIsOpen {
                 deliveredBuffer = buffer
                 deliveredBufferRetained = false
                 buffer.withUnsafeBytes { deliver(ReceivedBytes(storage: $0, providedBuffer: buffer)) }
@@ -250,30 +239,32 @@ public final class Connection: @unchecked Sendable {
             }
             if !deliveredBufferRetained { release(buffer) }
             deliveredBufferRetained = false
-        } else if !descriptorClosed {
+        } else if state.descriptorIsOpen {
             receiveContext.withUnsafeBytes {
                 deliver(ReceivedBytes(storage: UnsafeRawBufferPointer(rebasing: $0[0..<count]), providedBuffer: nil))
             }
         }
-        if queuedBytes > services.maximumQueuedWriteBytes && !readPaused {
-            pauseReading()
+        if queuedBytes > services.maximumQueuedWriteBytes && state.reading != .paused && state.reading != .ended {
+            services.counters.backpressurePauses.add(1, ordering: .relaxed)
+            apply(.pauseReading)
         }
-        armReceive()
+        // Delivered: only now may the next receive reuse the buffer.
+        if !completion.hasMore {
+            apply(.receiveFinished(.bytes))
+        }
     }
 
     /// A send completed.
     func sendCompleted(_ completion: Completion) {
-        sendInFlight = false
-        operationsInFlight -= 1
         guard completion.error == nil, completion.bytesTransferred > 0 else {
             if !completion.isCancelled {
                 services.counters.connectionErrors.add(1, ordering: .relaxed)
-                startClose(.failed(completion.error ?? .brokenPipe), graceful: false)
+                apply(.sendFinished(.failed(completion.error ?? .brokenPipe)))
             } else {
                 // Closing cancels sends only with the descriptor (then flush does nothing); any
                 // other cancellation sent nothing, so the head of the queue goes again.
+                apply(.sendFinished(.cancelled))
                 flush()
-                closeIfFlushed()
             }
             return
         }
@@ -304,17 +295,16 @@ public final class Connection: @unchecked Sendable {
                 writeQueue[0] = .owned(context, range.lowerBound + sent..<range.upperBound)
             }
         }
-        if readPaused && queuedBytes <= services.maximumQueuedWriteBytes / 2 {
-            readPaused = false
-            armReceive()
+        apply(.sendFinished(.sent))
+        if state.reading == .paused && queuedBytes <= services.maximumQueuedWriteBytes / 2 {
+            apply(.resumeReading)
         }
         flush()
-        closeIfFlushed()
     }
 
     /// Provided buffers came back after `ENOBUFS`: receive again.
     func buffersAvailable() {
-        armReceive()
+        apply(.buffersAvailable)
     }
 
     /// The server asks the connection to close (shutdown or idle timeout).
@@ -322,17 +312,16 @@ public final class Connection: @unchecked Sendable {
         if reason == .idleTimeout {
             // The sweep saw no progress; make sure it is still so now that we run.
             let idle = ServerServices.now() &- lastProgress.load(ordering: .relaxed)
-            guard closeReason == nil, idle >= services.idleTimeoutNanoseconds else { return }
+            guard state.phase == .open, idle >= services.idleTimeoutNanoseconds else { return }
             services.counters.idleTimeouts.add(1, ordering: .relaxed)
         }
-        startClose(reason, graceful: graceful)
+        apply(graceful ? .closeGracefully(reason) : .closeNow(reason))
     }
 
     /// When the connection is closed and no operation of it is in flight, releases everything
     /// and returns the reason, once. The server then calls the handler's `connectionClosed`.
     func finishIfDone() -> CloseReason? {
-        guard descriptorClosed, operationsInFlight == 0, !finished, let reason = closeReason else { return nil }
-        finished = true
+        guard let reason = state.finishIfDone() else { return nil }
         while let chunk = writeQueue.popFirst() {
             switch chunk {
             case .copied(let context): services.writeChunks.recycle(context)
@@ -350,21 +339,35 @@ public final class Connection: @unchecked Sendable {
 
     // MARK: Internals
 
+    /// Moves the lifecycle for `event` (``ConnectionState/apply(_:writeQueueIsEmpty:)``) and does
+    /// what it asks: cancel the receive, close the handle, post a receive.
+    private func apply(_ event: ConnectionState.Event) {
+        let actions = state.apply(event, writeQueueIsEmpty: writeQueue.isEmpty)
+        if actions.contains(.cancelReceive) {
+            _ = try? services.port.cancel(receiveContext)
+        }
+        if actions.contains(.closeDescriptor) {
+            // The port cancels what is in flight; those completions finish the close.
+            services.port.close(handle)
+        }
+        if actions.contains(.postReceive) {
+            postReceive()
+        }
+    }
+
     private func queued(_ count: Int) {
         queuedBytes += count
         flush()
     }
 
-    private func armReceive() {
-        guard !receiveInFlight, !readPaused, !peerFinished, closeReason == nil else { return }
+    private func postReceive() {
         do {
             if services.multishotReceive {
                 try services.port.receiveMultishot(handle, context: receiveContext)
             } else {
                 try services.port.read(handle, into: receiveContext)
             }
-            receiveInFlight = true
-            operationsInFlight += 1
+            apply(.receivePosted)
         } catch {
             failToPost(error)
         }
@@ -375,17 +378,9 @@ public final class Connection: @unchecked Sendable {
         services.bufferReleased(onRing: id.ring)
     }
 
-    private func pauseReading() {
-        readPaused = true
-        services.counters.backpressurePauses.add(1, ordering: .relaxed)
-        if receiveInFlight && services.multishotReceive {
-            _ = try? services.port.cancel(receiveContext)
-        }
-    }
-
     /// Posts the send of the head of the queue, unless one is in flight.
     private func flush() {
-        guard !sendInFlight, !descriptorClosed, let head = writeQueue.first else { return }
+        guard state.canSend, let head = writeQueue.first else { return }
         do {
             switch head {
             case .copied(let context):
@@ -399,8 +394,7 @@ public final class Connection: @unchecked Sendable {
                     try services.port.write(handle, from: context, range: range)
                 }
             }
-            sendInFlight = true
-            operationsInFlight += 1
+            apply(.sendPosted)
         } catch {
             failToPost(error)
         }
@@ -411,35 +405,6 @@ public final class Connection: @unchecked Sendable {
             services.logger.error("connection \(id): \(error)")
             services.counters.connectionErrors.add(1, ordering: .relaxed)
         }
-        startClose(closeReason ?? .failed(error.errno ?? .ioError), graceful: false)
-    }
-
-    /// Starts closing. Graceful: stop reading, deliver what already arrived, send everything
-    /// queued, then close. Otherwise close at once (the port cancels what is in flight).
-    private func startClose(_ reason: CloseReason, graceful: Bool) {
-        if closeReason == nil {
-            closeReason = reason
-        }
-        guard !descriptorClosed else { return }
-        if graceful {
-            closeAfterFlush = true
-            if receiveInFlight { _ = try? services.port.cancel(receiveContext) }
-            closeIfFlushed()
-        } else {
-            closeDescriptor()
-        }
-    }
-
-    /// Closes a gracefully closing connection once nothing is left to send or to receive.
-    private func closeIfFlushed() {
-        if closeAfterFlush && !descriptorClosed && writeQueue.isEmpty && !receiveInFlight {
-            closeDescriptor()
-        }
-    }
-
-    /// Closes the handle: the port cancels what is in flight; those completions finish the close.
-    private func closeDescriptor() {
-        descriptorClosed = true
-        services.port.close(handle)
+        apply(.closeNow(state.closeReason ?? .failed(error.errno ?? .ioError)))
     }
 }

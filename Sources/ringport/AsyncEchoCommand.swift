@@ -68,6 +68,7 @@ struct AsyncEchoCommand: AsyncParsableCommand {
         configuration.resumption = resume == .workers ? .portWorkers : .globalExecutor
         configuration.logger = Logger(label: "ringport.async-echo")
 
+        let runner = await ServiceRunner()
         let service: AsyncEchoService
         do {
             let address = try SocketAddress(host: host, port: port)
@@ -83,7 +84,7 @@ struct AsyncEchoCommand: AsyncParsableCommand {
         )
         fflush(nil)
 
-        try await ServiceRunner.run([service], logger: configuration.logger) { signal, first in
+        try await runner.run([service], logger: configuration.logger) { signal, first in
             if first {
                 print("received \(signal.name), shutting down")
                 fflush(nil)

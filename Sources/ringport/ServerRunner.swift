@@ -14,6 +14,7 @@ func runServer(
     var configuration = try options.serverConfiguration(label: label)
     configure(&configuration)
 
+    let runner = await ServiceRunner()
     let server: TCPServer
     do {
         server = try TCPServer(configuration: configuration, handler: handler)
@@ -28,7 +29,7 @@ func runServer(
     )
     fflush(nil)
 
-    try await ServiceRunner.run([server], logger: configuration.logger) { signal, first in
+    try await runner.run([server], logger: configuration.logger) { signal, first in
         print(first ? "received \(signal.name), shutting down (again to force)" : "received \(signal.name) again, closing every connection now")
         fflush(nil)
     }

@@ -8,7 +8,18 @@ import Glibc
 /// or SIGTERM and cancelled on the second (a `TCPServer` then closes its connections at once).
 ///
 /// The one signal loop of the tool. Main task only: it traps SIGINT and SIGTERM for the process.
-enum ServiceRunner {
+struct ServiceRunner {
+    private let signals: UnixSignalsSequence
+
+    /// Traps SIGINT and SIGTERM (and ignores SIGPIPE). Create it before printing that the server
+    /// listens: whoever reads the banner sees a process that will take its signals, with all
+    /// its descriptors open.
+    init() async {
+        // RingPort sends with MSG_NOSIGNAL; this covers any other write to a closed socket.
+        signal(SIGPIPE, SIG_IGN)
+        signals = await UnixSignalsSequence(trapping: .sigint, .sigterm)
+    }
+
     /// Blocks SIGINT and SIGTERM in the calling thread, and so in every thread it starts later.
     ///
     /// Call it first thing on the main thread, before any other thread exists. The signals then
@@ -25,14 +36,10 @@ enum ServiceRunner {
 
     /// Runs `services` until they have all returned; calls `onSignal` with each signal caught and
     /// whether it was the first (graceful) one.
-    static func run(
+    func run(
         _ services: [any Service], logger: Logger, onSignal: @escaping @Sendable (UnixSignal, _ first: Bool) -> Void
     ) async throws {
-        // RingPort sends with MSG_NOSIGNAL; this covers any other write to a closed socket.
-        signal(SIGPIPE, SIG_IGN)
-        // Trapped before the services start, so that an early signal shuts them down instead of
-        // killing the process.
-        let signals = await UnixSignalsSequence(trapping: .sigint, .sigterm)
+        let signals = self.signals
         let group = ServiceGroup(configuration: ServiceGroupConfiguration(services: services, logger: logger))
         try await withThrowingTaskGroup(of: Bool.self) { tasks in
             tasks.addTask {

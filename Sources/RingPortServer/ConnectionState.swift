@@ -1,0 +1,222 @@
+import SystemPackage
+
+/// The lifecycle of a ``Connection``: where it is (``Phase``), whether it reads (``Reading``),
+/// which of its two operations are in flight, and the one transition function,
+/// ``apply(_:writeQueueIsEmpty:)``, that moves it and says what the connection must do.
+///
+/// ```
+///            closeGracefully             write queue empty,            last completion in
+///   open ─────────────────▶ draining ──── no receive in flight ──▶ closed ─────────────▶ finished
+///     │                                         ▲                   ▲
+///     └──────────────── closeNow ───────────────┴───────────────────┘
+/// ```
+///
+/// - **open**: reading (unless ``Reading/paused`` for backpressure, waiting for provided buffers,
+///   or ended by the peer) and writing.
+/// - **draining**: closing gracefully. No more reading (the receive is cancelled); what arrived is
+///   still delivered and what is queued is sent; then the descriptor closes.
+/// - **closed**: the descriptor is closed, so the port cancels what is in flight; the connection
+///   waits for those completions.
+/// - **finished**: every completion is in; the connection gave back its contexts and the server
+///   told the handler (once).
+///
+/// Bytes of a receive are delivered before its ``Event/receiveFinished(_:)`` is applied: the
+/// next receive (posted when that event leaves the connection reading) may reuse the buffer.
+///
+/// Thread-safety: a value inside its connection, confined like the rest of it to the
+/// connection's completions.
+struct ConnectionState {
+    enum Phase: Equatable {
+        case open
+        case draining(Connection.CloseReason)
+        case closed(Connection.CloseReason)
+        case finished(Connection.CloseReason)
+    }
+
+    enum Reading: Equatable {
+        /// A receive is posted whenever none is in flight.
+        case active
+        /// The write queue is over its limit: no receive until half of it is sent.
+        case paused
+        /// The ring ran out of provided buffers (`ENOBUFS`): no receive until one comes back.
+        case waitingForBuffers
+        /// The peer closed its side: nothing more will arrive.
+        case ended
+    }
+
+    /// How a receive ended (its last completion; a multishot receive's earlier ones carry
+    /// bytes and change nothing here).
+    enum ReceiveOutcome {
+        /// Bytes arrived (and were delivered).
+        case bytes
+        /// Cancelled: by the connection (pause, close) or by the kernel (its submitting thread
+        /// exited); either way, receive again if the connection still reads.
+        case cancelled
+        /// The ring had no provided buffer (`ENOBUFS`).
+        case noBuffers
+        /// The peer closed its side (a receive of 0 bytes).
+        case endOfStream
+        /// Reset, or another error: the connection closes at once.
+        case failed(Errno)
+    }
+
+    /// How a send ended.
+    enum SendOutcome {
+        /// Bytes were sent (the write queue already accounts for them).
+        case sent
+        /// Cancelled without sending (the kernel cancelled it, or the descriptor closed).
+        case cancelled
+        /// Broken pipe, reset, ...: the connection closes at once.
+        case failed(Errno)
+    }
+
+    /// What happened to the connection.
+    enum Event {
+        /// The connection opened: it starts reading.
+        case opened
+        /// A receive was posted.
+        case receivePosted
+        /// A receive's last completion arrived.
+        case receiveFinished(ReceiveOutcome)
+        /// Provided buffers came back after ``ReceiveOutcome/noBuffers``.
+        case buffersAvailable
+        /// A send was posted.
+        case sendPosted
+        /// A send's completion arrived.
+        case sendFinished(SendOutcome)
+        /// The write queue grew over its limit: stop reading.
+        case pauseReading
+        /// The write queue drained to half its limit: read again.
+        case resumeReading
+        /// Stop reading, deliver what arrived, send what is queued, then close.
+        case closeGracefully(Connection.CloseReason)
+        /// Close the descriptor now (the port cancels what is in flight).
+        case closeNow(Connection.CloseReason)
+    }
+
+    /// What the connection must do after an event.
+    struct Actions: OptionSet {
+        let rawValue: UInt8
+        /// Post a receive (plain, or multishot).
+        static let postReceive = Actions(rawValue: 1 << 0)
+        /// Cancel the receive in flight.
+        static let cancelReceive = Actions(rawValue: 1 << 1)
+        /// Close the handle (and so the descriptor).
+        static let closeDescriptor = Actions(rawValue: 1 << 2)
+    }
+
+    private(set) var phase = Phase.open
+    private(set) var reading = Reading.active
+    private(set) var receiveInFlight = false
+    private(set) var sendInFlight = false
+    /// Whether receives are multishot: pausing then cancels the one in flight (a plain receive
+    /// is let finish: it is the last).
+    private let multishotReceive: Bool
+
+    init(multishotReceive: Bool) {
+        self.multishotReceive = multishotReceive
+    }
+
+    /// Why the connection is closing or closed; nil while open.
+    var closeReason: Connection.CloseReason? {
+        switch phase {
+        case .open: nil
+        case .draining(let reason), .closed(let reason), .finished(let reason): reason
+        }
+    }
+
+    /// Whether the descriptor is still open: bytes received are delivered and writes are sent
+    /// until it closes.
+    var descriptorIsOpen: Bool {
+        switch phase {
+        case .open, .draining: true
+        case .closed, .finished: false
+        }
+    }
+
+    /// Whether a send may be posted now.
+    var canSend: Bool {
+        descriptorIsOpen && !sendInFlight
+    }
+
+    /// The transition function: moves the state for `event` and returns what the connection must
+    /// do. `writeQueueIsEmpty` tells whether a draining connection has sent everything.
+    mutating func apply(_ event: Event, writeQueueIsEmpty: Bool) -> Actions {
+        var actions: Actions = []
+        switch event {
+        case .opened:
+            break
+        case .receivePosted:
+            receiveInFlight = true
+        case .receiveFinished(let outcome):
+            receiveInFlight = false
+            switch outcome {
+            case .bytes, .cancelled:
+                break
+            case .noBuffers:
+                if reading == .active { reading = .waitingForBuffers }
+            case .endOfStream:
+                reading = .ended
+                actions.formUnion(startClosing(.peerClosed, graceful: true))
+            case .failed(let errno):
+                actions.formUnion(startClosing(.failed(errno), graceful: false))
+            }
+        case .buffersAvailable:
+            if reading == .waitingForBuffers { reading = .active }
+        case .sendPosted:
+            sendInFlight = true
+        case .sendFinished(let outcome):
+            sendInFlight = false
+            if case .failed(let errno) = outcome {
+                actions.formUnion(startClosing(.failed(errno), graceful: false))
+            }
+        case .pauseReading:
+            if reading == .active || reading == .waitingForBuffers {
+                reading = .paused
+                if receiveInFlight && multishotReceive { actions.insert(.cancelReceive) }
+            }
+        case .resumeReading:
+            if reading == .paused { reading = .active }
+        case .closeGracefully(let reason):
+            actions.formUnion(startClosing(reason, graceful: true))
+        case .closeNow(let reason):
+            actions.formUnion(startClosing(reason, graceful: false))
+        }
+        // What holds in every state, whatever the event.
+        if phase == .open && reading == .active && !receiveInFlight {
+            actions.insert(.postReceive)
+        }
+        if case .draining(let reason) = phase, writeQueueIsEmpty, !receiveInFlight {
+            phase = .closed(reason)
+            actions.insert(.closeDescriptor)
+        }
+        return actions
+    }
+
+    /// Open → draining (graceful: the receive in flight is cancelled) or → closed; a connection
+    /// already closing keeps its first reason, and closes now if asked to.
+    private mutating func startClosing(_ reason: Connection.CloseReason, graceful: Bool) -> Actions {
+        switch phase {
+        case .open:
+            if graceful {
+                phase = .draining(reason)
+                return receiveInFlight ? .cancelReceive : []
+            }
+            phase = .closed(reason)
+            return .closeDescriptor
+        case .draining(let first):
+            if graceful { return [] }
+            phase = .closed(first)
+            return .closeDescriptor
+        case .closed, .finished:
+            return []
+        }
+    }
+
+    /// Closed with nothing in flight → finished: returns the reason, once.
+    mutating func finishIfDone() -> Connection.CloseReason? {
+        guard case .closed(let reason) = phase, !receiveInFlight, !sendInFlight else { return nil }
+        phase = .finished(reason)
+        return reason
+    }
+}
