@@ -12,9 +12,7 @@
 
 import RingPortHTTP
 
-#if canImport(Glibc)
 import Glibc
-#endif
 
 /// Inputs up to this size are also fed one byte per call (that costs O(n²) in the parser).
 private let byteByByteLimit = 1024

@@ -3,9 +3,7 @@ import RingPort
 import SystemPackage
 import Synchronization
 
-#if canImport(Glibc)
 import Glibc
-#endif
 
 /// A completion port whose completions resume Swift tasks: the runtime under ``TCPListener``
 /// and ``TCPConnection``.
@@ -137,7 +135,7 @@ public final class AsyncPort: Sendable {
         } else if let descriptor = completion.acceptedDescriptor {
             // Nobody waits for this accept (it cannot happen with the async layer's own
             // operations); do not leak the socket.
-            close(descriptor)
+            SystemCall.close(descriptor)
         }
         if let local { executor.runLocalJobs(local) }
     }
@@ -172,12 +170,7 @@ public final class AsyncPort: Sendable {
         // the first sweep.
         for _ in 0..<2 {
             port.closeAllHandles()
-            let deadline = ContinuousClock.now + .seconds(10)
-            while ContinuousClock.now < deadline {
-                let statistics = port.statistics
-                if statistics.operationsInFlight == 0 && statistics.completionsWaiting == 0 { break }
-                usleep(1000)
-            }
+            _ = waitUntil(MonotonicInstant.now.advanced(by: .seconds(10))) { port.isIdle }
         }
         let statistics = port.statistics
         if statistics.operationsInFlight > 0 {

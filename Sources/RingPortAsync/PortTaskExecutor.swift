@@ -1,9 +1,7 @@
 import DequeModule
 import RingPort
 
-#if canImport(Glibc)
 import Glibc
-#endif
 
 /// A task executor whose jobs run on an ``AsyncPort``'s worker threads.
 ///

@@ -1,9 +1,7 @@
 import RingPort
 import SystemPackage
 
-#if canImport(Glibc)
 import Glibc
-#endif
 
 /// A TCP connection on an ``AsyncPort``, read and written with `async` calls.
 ///
@@ -60,7 +58,7 @@ public final class TCPConnection: Sendable {
         do {
             handle = try asyncPort.port.associate(descriptor: descriptor, peerAddress: peerAddress)
         } catch {
-            Glibc.close(descriptor)
+            SystemCall.close(descriptor)
             throw error
         }
         self.init(handle: handle, peerAddress: peerAddress, on: asyncPort)

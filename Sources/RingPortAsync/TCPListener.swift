@@ -2,9 +2,7 @@ import Logging
 import RingPort
 import SystemPackage
 
-#if canImport(Glibc)
 import Glibc
-#endif
 
 /// A listening TCP socket on an ``AsyncPort`` whose accepted connections are an
 /// `AsyncSequence` (``connections``), or come one by one from ``accept()``.
@@ -35,6 +33,8 @@ public final class TCPListener: Sendable {
     public let asyncPort: AsyncPort
     private let handle: IOHandle
     private let acceptor: OperationSlot
+    /// How long the ``connections`` iterator waits after a failed accept.
+    let backoff = AcceptBackoff()
     /// A connection accepted by an accept whose task was cancelled, for the next accept; and
     /// whether the listener is closed (then it is closed instead of kept).
     private let leftover = LockedValue(Leftover())
@@ -60,7 +60,7 @@ public final class TCPListener: Sendable {
             localAddress = try TCPSocket.localAddress(of: descriptor)
             handle = try asyncPort.port.associate(descriptor: descriptor)
         } catch {
-            Glibc.close(descriptor)
+            SystemCall.close(descriptor)
             throw error
         }
         return TCPListener(handle: handle, localAddress: localAddress, asyncPort: asyncPort)
@@ -86,7 +86,7 @@ public final class TCPListener: Sendable {
             defer { leftover.descriptor = nil }
             return leftover.descriptor
         }
-        if let descriptor { Glibc.close(descriptor) }
+        if let descriptor { SystemCall.close(descriptor) }
         asyncPort.port.close(handle)
     }
 
@@ -122,13 +122,14 @@ public final class TCPListener: Sendable {
                 throw error
             case .completed(let completion, let cancelRequested):
                 if let descriptor = completion.acceptedDescriptor {
+                    backoff.succeeded()
                     let peerAddress = acceptor.context.acceptedPeerAddress
                     if cancelRequested {
                         keepLeftover(descriptor, peerAddress)
                         throw CancellationError()
                     }
                     if handle.isClosed {
-                        Glibc.close(descriptor)
+                        SystemCall.close(descriptor)
                         return nil
                     }
                     return try TCPListener.connection(descriptor, peerAddress, on: asyncPort)
@@ -138,8 +139,8 @@ public final class TCPListener: Sendable {
                     if cancelRequested { throw CancellationError() }
                     return nil  // the listener was closed
                 }
-                // The connection died in the backlog: not the listener's problem.
-                if error == .connectionAbort || error == .interrupted { continue }
+                // The connection died in the backlog (or the like): not the listener's problem.
+                if AcceptBackoff.isConnectionError(error) { continue }
                 throw RingPortError(.systemCallFailed, operation: "accept on \(localAddress)", errno: error)
             }
         }
@@ -159,7 +160,7 @@ public final class TCPListener: Sendable {
             leftover.peerAddress = peerAddress
             return true
         }
-        if !kept { Glibc.close(descriptor) }
+        if !kept { SystemCall.close(descriptor) }
     }
 
     private func takeLeftover() -> (Int32, SocketAddress?)? {
@@ -174,10 +175,9 @@ public final class TCPListener: Sendable {
 
     /// The accepted connections, as an `AsyncSequence` that ends when the listener is closed.
     ///
-    /// Iterating posts one accept per connection asked for. When accepting fails for lack of
-    /// resources (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`) the iterator logs a warning, waits
-    /// (10 ms doubling to 1 s) and tries again instead of ending; other errors end the
-    /// iteration by throwing.
+    /// Iterating posts one accept per connection asked for. When accepting fails (`EMFILE`,
+    /// `ENFILE`, `ENOBUFS`, `ENOMEM`, ...) the iterator logs a warning, waits (10 ms doubling to
+    /// 1 s, the server's accept back-off) and tries again instead of ending.
     public var connections: Connections {
         Connections(listener: self)
     }
@@ -204,23 +204,16 @@ public final class TCPListener: Sendable {
 
             /// The next connection, or nil once the listener is closed.
             public mutating func next() async throws -> TCPConnection? {
-                var backoff = Duration.milliseconds(10)
                 while true {
                     do {
                         return try await listener.accept()
-                    } catch let error as RingPortError where Iterator.isResourceShortage(error) {
-                        listener.asyncPort.logger.warning("accept on \(listener.localAddress): \(error); retrying in \(backoff)")
-                        try await Task.sleep(for: backoff)
-                        backoff = Swift.min(backoff * 2, .seconds(1))
+                    } catch let error as RingPortError {
+                        guard error.code == .systemCallFailed, let cause = error.errno else { throw error }
+                        guard let (delay, _) = listener.backoff.delay(after: cause) else { continue }
+                        listener.asyncPort.logger.warning(
+                            "accept on \(listener.localAddress): \(error); retrying in \(delay)")
+                        try await Task.sleep(for: delay)
                     }
-                }
-            }
-
-            private static func isResourceShortage(_ error: RingPortError) -> Bool {
-                guard error.code == .systemCallFailed, let cause = error.errno else { return false }
-                switch cause {
-                case .tooManyOpenFiles, .tooManyOpenFilesInSystem, .noBufferSpace, .noMemory: return true
-                default: return false
                 }
             }
         }

@@ -1,7 +1,5 @@
 import RingPort
-#if canImport(Glibc)
 import Glibc
-#endif
 
 /// The process's open-file limit (`RLIMIT_NOFILE`).
 ///

@@ -1,9 +1,7 @@
 import Logging
 import RingPort
 
-#if canImport(Glibc)
 import Glibc
-#endif
 
 /// The engine of `ringport load`: a TCP echo load generator on a ``CompletionPort``.
 ///
@@ -193,7 +191,7 @@ package final class EchoLoadGenerator {
                         try TCPSocket.setNoDelay(descriptor)
                         handle = try port.associate(descriptor: descriptor, peerAddress: address)
                     } catch {
-                        Glibc.close(descriptor)
+                        SystemCall.close(descriptor)
                         throw error
                     }
                     handles.append(handle)

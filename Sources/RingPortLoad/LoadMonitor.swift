@@ -1,9 +1,7 @@
 import RingPort
 import Synchronization
 
-#if canImport(Glibc)
 import Glibc
-#endif
 
 /// The counters one load worker publishes for the progress line.
 ///

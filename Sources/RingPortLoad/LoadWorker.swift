@@ -1,8 +1,6 @@
 import RingPort
 
-#if canImport(Glibc)
 import Glibc
-#endif
 
 /// One load worker: the completion handling of `ringport load` on one thread.
 ///

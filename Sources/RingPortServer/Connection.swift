@@ -3,9 +3,7 @@ import RingPort
 import Synchronization
 import SystemPackage
 
-#if canImport(Glibc)
 import Glibc
-#endif
 
 /// One accepted TCP connection of a ``TCPServer``.
 ///
@@ -66,7 +64,7 @@ public final class Connection: @unchecked Sendable {
     @exclusivity(unchecked) public var userState: (any Sendable)?
 
     let handle: IOHandle
-    unowned let services: ServerServices
+    unowned let resources: ServerResources
     /// The context of the receive (and of its retry timer after `ENOBUFS`).
     let receiveContext: IOContext
     /// The bookkeeping context of sends from provided buffers.
@@ -90,19 +88,21 @@ public final class Connection: @unchecked Sendable {
     /// The provided buffer being delivered, and whether the handler kept it.
     @exclusivity(unchecked) private var deliveredBuffer: ReceivedBuffer?
     @exclusivity(unchecked) private var deliveredBufferRetained = false
-    /// Monotonic nanoseconds of the last progress (see ``TCPServer/Configuration/idleTimeout``).
-    let lastProgress: Atomic<UInt64>
-    /// Monotonic nanoseconds when the connection was accepted.
-    let openedAt = MonotonicInstant.now.nanoseconds
+    /// When the connection last made progress (see ``TCPServer/Configuration/idleTimeout``): a
+    /// ``MonotonicInstant`` from the coarse clock (cheap enough to read twice per message),
+    /// stored as its nanoseconds so that the idle sweep can read it from another thread.
+    private let lastProgress: Atomic<UInt64>
+    /// When the connection was accepted.
+    let openedAt = MonotonicInstant.now
 
-    init(handle: IOHandle, peerAddress: SocketAddress?, services: ServerServices) {
+    init(handle: IOHandle, peerAddress: SocketAddress?, resources: ServerResources) {
         self.handle = handle
         self.peerAddress = peerAddress
-        self.services = services
-        receiveContext = services.receiveContexts.take()
-        sendContext = services.bookkeepingContexts.take()
-        state = ConnectionState(multishotReceive: services.multishotReceive)
-        lastProgress = Atomic(ServerServices.now())
+        self.resources = resources
+        receiveContext = resources.receiveContexts.take()
+        sendContext = resources.bookkeepingContexts.take()
+        state = ConnectionState(multishotReceive: resources.multishotReceive)
+        lastProgress = Atomic(MonotonicInstant.coarseNow.nanoseconds)
     }
 
     // MARK: The handler's API
@@ -125,7 +125,7 @@ public final class Connection: @unchecked Sendable {
             {
                 context = last
             } else {
-                context = services.writeChunks.take()
+                context = resources.writeChunks.take()
                 writeQueue.append(.copied(context))
             }
             let take = min(remaining.count, context.capacity - context.count)
@@ -152,9 +152,9 @@ public final class Connection: @unchecked Sendable {
         // Small receives are copied so that their provided buffer goes back to the ring at once;
         // large ones are sent from the buffer itself — when nothing else is queued (so one
         // connection holds at most one buffer) and the ring's budget allows it (so peers that
-        // never read cannot hold the ring's buffers: ServerServices.pinBuffer).
+        // never read cannot hold the ring's buffers: ServerResources.pinBuffer).
         if let buffer = received.providedBuffer, buffer.id == deliveredBuffer?.id, !deliveredBufferRetained,
-           buffer.count >= services.writeChunkSize / 4, writeQueue.isEmpty, services.pinBuffer(onRing: id.ring)
+           buffer.count >= resources.writeChunkSize / 4, writeQueue.isEmpty, resources.pinBuffer(onRing: id.ring)
         {
             deliveredBufferRetained = true
             writeQueue.append(.provided(buffer, sent: 0))
@@ -170,7 +170,7 @@ public final class Connection: @unchecked Sendable {
     public func write(_ context: IOContext, range: Range<Int>) {
         precondition(range.lowerBound >= 0 && range.upperBound <= context.capacity, "range outside the context's buffer")
         guard acceptsWrites, !range.isEmpty else {
-            services.finishedWriting(context, on: self)
+            resources.finishedWriting(context, on: self)
             return
         }
         writeQueue.append(.owned(context, range))
@@ -184,13 +184,21 @@ public final class Connection: @unchecked Sendable {
 
     /// Counts a request the handler rejected (malformed, too large) in the server's statistics.
     public func reportProtocolError() {
-        services.counters.protocolErrors.add(1, ordering: .relaxed)
+        resources.counters.protocolErrors.add(1, ordering: .relaxed)
     }
 
     /// Marks progress for the idle timeout, for handlers whose protocol counts only complete
     /// requests as progress (``TCPServer/Configuration/idleTimeoutCountsReceivedBytes`` false).
     public func markProgress() {
-        lastProgress.store(ServerServices.now(), ordering: .relaxed)
+        lastProgress.store(MonotonicInstant.coarseNow.nanoseconds, ordering: .relaxed)
+    }
+
+    /// Whether the connection made no progress for the idle timeout, as of `now` (the coarse
+    /// clock). Any thread (the idle sweep).
+    func isIdle(at now: MonotonicInstant) -> Bool {
+        guard let timeout = resources.idleTimeout else { return false }
+        let last = MonotonicInstant(nanoseconds: lastProgress.load(ordering: .relaxed))
+        return last.duration(to: now) >= timeout
     }
 
     // MARK: Events (called by the server, inside the connection's callbacks)
@@ -212,11 +220,11 @@ public final class Connection: @unchecked Sendable {
                 apply(.receiveFinished(.cancelled))
             } else if error == .noBufferSpace {
                 // Every provided buffer of the ring is out: receive again as soon as one comes back.
-                services.counters.bufferExhaustions.add(1, ordering: .relaxed)
+                resources.counters.bufferExhaustions.add(1, ordering: .relaxed)
                 apply(.receiveFinished(.noBuffers))
-                if state.reading == .waitingForBuffers { services.waitForBuffers(self) }
+                if state.reading == .waitingForBuffers { resources.waitForBuffers(self) }
             } else {
-                services.counters.connectionErrors.add(1, ordering: .relaxed)
+                resources.counters.connectionErrors.add(1, ordering: .relaxed)
                 apply(.receiveFinished(.failed(error)))
             }
             return
@@ -226,8 +234,8 @@ public final class Connection: @unchecked Sendable {
             apply(.receiveFinished(.endOfStream))
             return
         }
-        services.counters.bytesReceived.add(count, ordering: .relaxed)
-        if services.idleTimeoutCountsReceivedBytes { markProgress() }
+        resources.counters.bytesReceived.add(count, ordering: .relaxed)
+        if resources.idleTimeoutCountsReceivedBytes { markProgress() }
         // Bytes that arrived are delivered until the descriptor closes, also while closing
         // gracefully: a request received before a shutdown still gets its answer.
         if let buffer = completion.receivedBuffer {
@@ -244,8 +252,8 @@ public final class Connection: @unchecked Sendable {
                 deliver(ReceivedBytes(storage: UnsafeRawBufferPointer(rebasing: $0[0..<count]), providedBuffer: nil))
             }
         }
-        if queuedBytes > services.maximumQueuedWriteBytes && state.reading != .paused && state.reading != .ended {
-            services.counters.backpressurePauses.add(1, ordering: .relaxed)
+        if queuedBytes > resources.maximumQueuedWriteBytes && state.reading != .paused && state.reading != .ended {
+            resources.counters.backpressurePauses.add(1, ordering: .relaxed)
             apply(.pauseReading)
         }
         // Delivered: only now may the next receive reuse the buffer.
@@ -258,7 +266,7 @@ public final class Connection: @unchecked Sendable {
     func sendCompleted(_ completion: Completion) {
         guard completion.error == nil, completion.bytesTransferred > 0 else {
             if !completion.isCancelled {
-                services.counters.connectionErrors.add(1, ordering: .relaxed)
+                resources.counters.connectionErrors.add(1, ordering: .relaxed)
                 apply(.sendFinished(.failed(completion.error ?? .brokenPipe)))
             } else {
                 // Closing cancels sends only with the descriptor (then flush does nothing); any
@@ -269,7 +277,7 @@ public final class Connection: @unchecked Sendable {
             return
         }
         let sent = completion.bytesTransferred
-        services.counters.bytesSent.add(sent, ordering: .relaxed)
+        resources.counters.bytesSent.add(sent, ordering: .relaxed)
         markProgress()
         queuedBytes -= sent
         switch writeQueue[0] {
@@ -277,26 +285,26 @@ public final class Connection: @unchecked Sendable {
             context.offset += sent
             if context.offset == context.count {
                 writeQueue.removeFirst()
-                services.writeChunks.recycle(context)
+                resources.writeChunks.recycle(context)
             }
         case .provided(let buffer, let before):
             if before + sent == buffer.count {
                 writeQueue.removeFirst()
                 release(buffer)
-                services.unpinBuffer(onRing: id.ring)
+                resources.unpinBuffer(onRing: id.ring)
             } else {
                 writeQueue[0] = .provided(buffer, sent: before + sent)
             }
         case .owned(let context, let range):
             if sent == range.count {
                 writeQueue.removeFirst()
-                services.finishedWriting(context, on: self)
+                resources.finishedWriting(context, on: self)
             } else {
                 writeQueue[0] = .owned(context, range.lowerBound + sent..<range.upperBound)
             }
         }
         apply(.sendFinished(.sent))
-        if state.reading == .paused && queuedBytes <= services.maximumQueuedWriteBytes / 2 {
+        if state.reading == .paused && queuedBytes <= resources.maximumQueuedWriteBytes / 2 {
             apply(.resumeReading)
         }
         flush()
@@ -311,9 +319,8 @@ public final class Connection: @unchecked Sendable {
     func closeRequested(_ reason: CloseReason, graceful: Bool) {
         if reason == .idleTimeout {
             // The sweep saw no progress; make sure it is still so now that we run.
-            let idle = ServerServices.now() &- lastProgress.load(ordering: .relaxed)
-            guard state.phase == .open, idle >= services.idleTimeoutNanoseconds else { return }
-            services.counters.idleTimeouts.add(1, ordering: .relaxed)
+            guard state.phase == .open, isIdle(at: .coarseNow) else { return }
+            resources.counters.idleTimeouts.add(1, ordering: .relaxed)
         }
         apply(graceful ? .closeGracefully(reason) : .closeNow(reason))
     }
@@ -324,16 +331,16 @@ public final class Connection: @unchecked Sendable {
         guard let reason = state.finishIfDone() else { return nil }
         while let chunk = writeQueue.popFirst() {
             switch chunk {
-            case .copied(let context): services.writeChunks.recycle(context)
+            case .copied(let context): resources.writeChunks.recycle(context)
             case .provided(let buffer, _):
                 release(buffer)
-                services.unpinBuffer(onRing: id.ring)
-            case .owned(let context, _): services.finishedWriting(context, on: self)
+                resources.unpinBuffer(onRing: id.ring)
+            case .owned(let context, _): resources.finishedWriting(context, on: self)
             }
         }
         queuedBytes = 0
-        services.receiveContexts.recycle(receiveContext)
-        services.bookkeepingContexts.recycle(sendContext)
+        resources.receiveContexts.recycle(receiveContext)
+        resources.bookkeepingContexts.recycle(sendContext)
         return reason
     }
 
@@ -344,11 +351,11 @@ public final class Connection: @unchecked Sendable {
     private func apply(_ event: ConnectionState.Event) {
         let actions = state.apply(event, writeQueueIsEmpty: writeQueue.isEmpty)
         if actions.contains(.cancelReceive) {
-            _ = try? services.port.cancel(receiveContext)
+            _ = try? resources.port.cancel(receiveContext)
         }
         if actions.contains(.closeDescriptor) {
             // The port cancels what is in flight; those completions finish the close.
-            services.port.close(handle)
+            resources.port.close(handle)
         }
         if actions.contains(.postReceive) {
             postReceive()
@@ -362,10 +369,10 @@ public final class Connection: @unchecked Sendable {
 
     private func postReceive() {
         do {
-            if services.multishotReceive {
-                try services.port.receiveMultishot(handle, context: receiveContext)
+            if resources.multishotReceive {
+                try resources.port.receiveMultishot(handle, context: receiveContext)
             } else {
-                try services.port.read(handle, into: receiveContext)
+                try resources.port.read(handle, into: receiveContext)
             }
             apply(.receivePosted)
         } catch {
@@ -375,7 +382,7 @@ public final class Connection: @unchecked Sendable {
 
     private func release(_ buffer: ReceivedBuffer) {
         buffer.release()
-        services.bufferReleased(onRing: id.ring)
+        resources.bufferReleased(onRing: id.ring)
     }
 
     /// Posts the send of the head of the queue, unless one is in flight.
@@ -384,14 +391,14 @@ public final class Connection: @unchecked Sendable {
         do {
             switch head {
             case .copied(let context):
-                try services.port.write(handle, from: context, range: context.offset..<context.count)
+                try resources.port.write(handle, from: context, range: context.offset..<context.count)
             case .provided(let buffer, let sent):
-                try services.port.write(handle, from: buffer, range: sent..<buffer.count, context: sendContext)
+                try resources.port.write(handle, from: buffer, range: sent..<buffer.count, context: sendContext)
             case .owned(let context, let range):
-                if range.count >= services.zeroCopyThreshold && services.zeroCopySend {
-                    try services.port.writeZeroCopy(handle, from: context, range: range)
+                if range.count >= resources.zeroCopyThreshold && resources.zeroCopySend {
+                    try resources.port.writeZeroCopy(handle, from: context, range: range)
                 } else {
-                    try services.port.write(handle, from: context, range: range)
+                    try resources.port.write(handle, from: context, range: range)
                 }
             }
             apply(.sendPosted)
@@ -402,8 +409,8 @@ public final class Connection: @unchecked Sendable {
 
     private func failToPost(_ error: RingPortError) {
         if error.code != .handleClosed && error.code != .portClosed {
-            services.logger.error("connection \(id): \(error)")
-            services.counters.connectionErrors.add(1, ordering: .relaxed)
+            resources.logger.error("connection \(id): \(error)")
+            resources.counters.connectionErrors.add(1, ordering: .relaxed)
         }
         apply(.closeNow(state.closeReason ?? .failed(error.errno ?? .ioError)))
     }

@@ -2,9 +2,7 @@ import Logging
 import RingPort
 import Synchronization
 
-#if canImport(Glibc)
 import Glibc
-#endif
 
 /// The inside of a ``TCPServer``: the completion handler its workers run, accepting, the idle
 /// sweep, and the shutdown sequence.
@@ -16,26 +14,31 @@ final class ServerCore: Sendable {
         case idle, running, draining, stopped
     }
 
-    /// What an `IOContext.userValue` or a posted value means to the server.
-    enum Tag {
-        /// A context of the listener's accepts (and of the back-off timer after a failed accept).
-        static let accept: UInt64 = 1
+    /// What a timer's context is for (its `IOContext.userValue`).
+    enum TimerPurpose: UInt64 {
+        /// A context of the listener's accepts, carrying the back-off timer after a failed accept.
+        case acceptBackoff = 1
         /// The idle sweep's timer.
-        static let sweep: UInt64 = 2
-        /// Posted on a connection's handle: close gracefully (shutdown).
-        static let shutdown: UInt64 = 3
-        /// Posted on a connection's handle: close at once (forced shutdown).
-        static let forceClose: UInt64 = 4
-        /// Posted on a connection's handle: close if still idle.
-        static let idleCheck: UInt64 = 5
-        /// Posted on a connection's handle: provided buffers are back after `ENOBUFS`.
-        static let buffersAvailable: UInt64 = 6
-        /// Posted on a new connection's handle: open it (the handler's callback, the first receive).
-        static let open: UInt64 = 7
+        case sweep = 2
+    }
+
+    /// A command posted on a connection's handle (the user completion's value), so that it runs
+    /// serialised with the connection's other completions.
+    enum ConnectionCommand: UInt64 {
+        /// Open it: the handler's callback, the first receive.
+        case open = 1
+        /// Close gracefully (shutdown).
+        case shutdown = 2
+        /// Close at once (forced shutdown).
+        case forceClose = 3
+        /// Close if still idle.
+        case idleCheck = 4
+        /// Provided buffers are back after `ENOBUFS`.
+        case buffersAvailable = 5
     }
 
     let port: CompletionPort
-    let services: ServerServices
+    let resources: ServerResources
     let forceRequested = Atomic<Bool>(false)
     private let listener: IOHandle
     private let handler: any ConnectionHandler
@@ -47,8 +50,7 @@ final class ServerCore: Sendable {
     private let useMultishotAccept: Bool
     /// Accepts (or their back-off timers) in flight, and the sweep timer.
     private let outstandingTimersAndAccepts = Atomic<Int>(0)
-    private let acceptBackoffNanoseconds = Atomic<UInt64>(0)
-    private let acceptFailing = Atomic<Bool>(false)
+    private let acceptBackoff = AcceptBackoff()
     private let sweepContext = IOContext(capacity: 0)
     private let sweepInterval: Duration
 
@@ -62,7 +64,7 @@ final class ServerCore: Sendable {
         self.configuration = configuration
         logger = configuration.logger
         let counters = ServerCounters(label: configuration.label)
-        services = ServerServices(
+        resources = ServerResources(
             port: port, configuration: configuration, features: features, counters: counters,
             finishedWriting: { connection, context in handler.connection(connection, finishedWriting: context) })
         switch configuration.acceptStrategy {
@@ -76,8 +78,8 @@ final class ServerCore: Sendable {
             useMultishotAccept = false
             acceptContexts = (0..<depth).map { _ in IOContext(capacity: 0) }
         }
-        for context in acceptContexts { context.userValue = Tag.accept }
-        sweepContext.userValue = Tag.sweep
+        for context in acceptContexts { context.userValue = TimerPurpose.acceptBackoff.rawValue }
+        sweepContext.userValue = TimerPurpose.sweep.rawValue
         if let idle = configuration.idleTimeout {
             sweepInterval = max(.milliseconds(10), min(.seconds(1), idle / 4))
         } else {
@@ -90,7 +92,7 @@ final class ServerCore: Sendable {
     }
 
     var receiveDescription: String {
-        services.multishotReceive ? "multishot receive into provided buffers" : "plain receive into per-connection buffers"
+        resources.multishotReceive ? "multishot receive into provided buffers" : "plain receive into per-connection buffers"
     }
 
     func transition(from old: State, to new: State) -> Bool {
@@ -118,14 +120,15 @@ final class ServerCore: Sendable {
         case .timeout:
             timerFired(completion)
         case .user:
-            guard let connection = connection(of: completion) else { return }
-            switch completion.userValue {
-            case Tag.open: start(connection)
-            case Tag.shutdown: connection.closeRequested(.serverShutdown, graceful: true)
-            case Tag.forceClose: connection.closeRequested(.serverShutdown, graceful: false)
-            case Tag.idleCheck: connection.closeRequested(.idleTimeout, graceful: false)
-            case Tag.buffersAvailable: connection.buffersAvailable()
-            default: break
+            guard let connection = connection(of: completion),
+                let command = ConnectionCommand(rawValue: completion.userValue)
+            else { return }
+            switch command {
+            case .open: start(connection)
+            case .shutdown: connection.closeRequested(.serverShutdown, graceful: true)
+            case .forceClose: connection.closeRequested(.serverShutdown, graceful: false)
+            case .idleCheck: connection.closeRequested(.idleTimeout, graceful: false)
+            case .buffersAvailable: connection.buffersAvailable()
             }
             finishIfDone(connection)
         default:
@@ -140,22 +143,20 @@ final class ServerCore: Sendable {
     private func finishIfDone(_ connection: Connection) {
         guard let reason = connection.finishIfDone() else { return }
         _ = connections.withLock { $0.removeValue(forKey: connection.id) }
-        services.counters.closed.add(1, ordering: .relaxed)
-        services.counters.connectionClosed(afterNanoseconds: MonotonicInstant.now.nanoseconds &- connection.openedAt)
+        resources.counters.closed.add(1, ordering: .relaxed)
+        resources.counters.connectionClosed(after: connection.openedAt.duration(to: .now))
         handler.connectionClosed(connection, reason: reason)
         connection.handle.userState = nil
     }
 
     private func timerFired(_ completion: Completion) {
-        guard let context = completion.context else { return }
-        switch context.userValue {
-        case Tag.accept:
+        guard let context = completion.context, let purpose = TimerPurpose(rawValue: context.userValue) else { return }
+        switch purpose {
+        case .acceptBackoff:
             // The back-off after a failed accept is over (or was cancelled at shutdown).
             postAccept(context)
-        case Tag.sweep:
+        case .sweep:
             sweep()
-        default:
-            break
         }
     }
 
@@ -199,10 +200,9 @@ final class ServerCore: Sendable {
     private func acceptCompleted(_ completion: Completion) {
         guard let context = completion.context else { return }
         if let descriptor = completion.acceptedDescriptor {
-            if acceptFailing.exchange(false, ordering: .relaxed) {
+            if acceptBackoff.succeeded() {
                 logger.notice("\(configuration.label): accepting again")
             }
-            acceptBackoffNanoseconds.store(0, ordering: .relaxed)
             openConnection(descriptor)
         }
         guard !completion.hasMore else { return }
@@ -218,16 +218,19 @@ final class ServerCore: Sendable {
             postAccept(context)
             return
         }
-        // EMFILE, ENFILE, ENOBUFS, ENOMEM...: keep serving what we have, try again after a
-        // back-off instead of spinning on a listener that keeps failing; say so once.
-        services.counters.acceptErrors.add(1, ordering: .relaxed)
-        if !acceptFailing.exchange(true, ordering: .relaxed) {
+        // ECONNABORTED and the like end one connection in the backlog: accept again. EMFILE,
+        // ENFILE, ENOBUFS, ENOMEM...: keep serving what we have, try again after a back-off
+        // instead of spinning on a listener that keeps failing; say so once per episode.
+        resources.counters.acceptErrors.add(1, ordering: .relaxed)
+        guard let (delay, started) = acceptBackoff.delay(after: error) else {
+            postAccept(context)
+            return
+        }
+        if started {
             logger.warning("\(configuration.label): accept failed: \(error); backing off and retrying")
         }
-        let backoff = min(max(acceptBackoffNanoseconds.load(ordering: .relaxed) * 2, 10_000_000), 1_000_000_000)
-        acceptBackoffNanoseconds.store(backoff, ordering: .relaxed)
         do {
-            try port.timeout(after: .nanoseconds(backoff), context: context, handle: listener)
+            try port.timeout(after: delay, context: context, handle: listener)
         } catch {
             outstandingTimersAndAccepts.subtract(1, ordering: .releasing)
         }
@@ -235,13 +238,13 @@ final class ServerCore: Sendable {
 
     private func openConnection(_ descriptor: Int32) {
         guard isRunning else {
-            close(descriptor)
+            SystemCall.close(descriptor)
             return
         }
-        let counters = services.counters
+        let counters = resources.counters
         let open = counters.accepted.load(ordering: .relaxed) - counters.closed.load(ordering: .relaxed)
         guard open < configuration.maximumConnections else {
-            close(descriptor)
+            SystemCall.close(descriptor)
             counters.refused.add(1, ordering: .relaxed)
             return
         }
@@ -252,10 +255,10 @@ final class ServerCore: Sendable {
             handle = try port.associate(descriptor: descriptor, peerAddress: peer)
         } catch {
             logger.error("\(configuration.label): associating a connection: \(error)")
-            close(descriptor)
+            SystemCall.close(descriptor)
             return
         }
-        let connection = Connection(handle: handle, peerAddress: peer, services: services)
+        let connection = Connection(handle: handle, peerAddress: peer, resources: resources)
         handle.userState = connection
         connections.withLock { $0[connection.id] = connection }
         counters.accepted.add(1, ordering: .relaxed)
@@ -263,7 +266,7 @@ final class ServerCore: Sendable {
         // while this accept's handler still runs. Everything a connection does must happen in
         // completions of its handle, which the port serialises: so it opens in one.
         do {
-            try port.post(handle: handle, value: Tag.open)
+            try port.post(handle: handle, value: ConnectionCommand.open.rawValue)
         } catch {
             logger.error("\(configuration.label): opening a connection: \(error)")
             port.close(handle)
@@ -299,18 +302,16 @@ final class ServerCore: Sendable {
     /// for buffers, returns memory freed after a burst, exports the metrics, and re-arms.
     private func sweep() {
         if configuration.idleTimeout != nil {
-            let now = ServerServices.now()
-            let limit = services.idleTimeoutNanoseconds
+            let now = MonotonicInstant.coarseNow
             connections.withLock { connections in
-                for connection in connections.values
-                where now &- connection.lastProgress.load(ordering: .relaxed) >= limit {
-                    try? port.post(handle: connection.handle, value: Tag.idleCheck)
+                for connection in connections.values where connection.isIdle(at: now) {
+                    try? port.post(handle: connection.handle, value: ConnectionCommand.idleCheck.rawValue)
                 }
             }
         }
-        services.wakeAllWaitingForBuffers()
-        services.returnIdleMemory()
-        services.counters.export(port: port.statistics)
+        resources.wakeAllWaitingForBuffers()
+        resources.returnIdleMemory()
+        resources.counters.export(port: port.statistics)
         guard isRunning else {
             outstandingTimersAndAccepts.subtract(1, ordering: .releasing)
             return
@@ -327,49 +328,43 @@ final class ServerCore: Sendable {
     /// Stops accepting, closes every connection (gracefully for `gracePeriod`, then by force),
     /// and waits until nothing of the server is in flight.
     func drain(gracePeriod: Duration) {
-        let start = ContinuousClock.now
+        let start = MonotonicInstant.now
         port.close(listener)
         _ = try? port.cancel(sweepContext)
-        postToEveryConnection(Tag.shutdown)
-        _ = waitUntil(start + gracePeriod) { services.counters.snapshot().open == 0 || forceRequested.load(ordering: .acquiring) }
-        let open = services.counters.snapshot().open
+        postToEveryConnection(.shutdown)
+        _ = waitUntil(start.advanced(by: gracePeriod)) {
+            resources.counters.snapshot().open == 0 || forceRequested.load(ordering: .acquiring)
+        }
+        let open = resources.counters.snapshot().open
         if open > 0 {
             let why = forceRequested.load(ordering: .acquiring) ? "on request" : "after the grace period"
             logger.warning("\(configuration.label): closing \(open) connection(s) at once \(why)")
-            postToEveryConnection(Tag.forceClose)
+            postToEveryConnection(.forceClose)
         }
-        let drained = waitUntil(.now + .seconds(10)) {
-            services.counters.snapshot().open == 0 && outstandingTimersAndAccepts.load(ordering: .acquiring) == 0
-                && port.statistics.operationsInFlight == 0 && port.statistics.completionsWaiting == 0
+        let drained = waitUntil(MonotonicInstant.now.advanced(by: .seconds(10))) {
+            resources.counters.snapshot().open == 0 && outstandingTimersAndAccepts.load(ordering: .acquiring) == 0
+                && port.isIdle
         }
         if !drained {
             logger.error("\(configuration.label): operations still in flight at shutdown; the port cancels them")
         }
-        logger.info("\(configuration.label): drained in \(ContinuousClock.now - start)")
+        logger.info("\(configuration.label): drained in \(start.duration(to: .now))")
     }
 
     /// Marks the server stopped and reports.
     func finish() {
         state.store(.stopped, ordering: .releasing)
-        services.counters.export(port: port.statistics)
-        let statistics = services.counters.snapshot()
+        resources.counters.export(port: port.statistics)
+        let statistics = resources.counters.snapshot()
         logger.info(
             "\(configuration.label) stopped: \(statistics.accepted) accepted, \(statistics.refused) refused, \(statistics.closed) closed, \(statistics.bytesReceived) bytes in, \(statistics.bytesSent) bytes out, \(statistics.idleTimeouts) idle timeouts, \(statistics.acceptErrors + statistics.connectionErrors + statistics.protocolErrors) errors")
     }
 
-    private func postToEveryConnection(_ tag: UInt64) {
+    private func postToEveryConnection(_ command: ConnectionCommand) {
         connections.withLock { connections in
             for connection in connections.values {
-                try? port.post(handle: connection.handle, value: tag)
+                try? port.post(handle: connection.handle, value: command.rawValue)
             }
         }
-    }
-
-    private func waitUntil(_ deadline: ContinuousClock.Instant, _ condition: () -> Bool) -> Bool {
-        while !condition() {
-            if ContinuousClock.now >= deadline { return false }
-            usleep(1_000)
-        }
-        return true
     }
 }

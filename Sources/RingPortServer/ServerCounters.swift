@@ -29,9 +29,9 @@ final class ServerCounters: Sendable {
         connectionDuration = Metrics.Timer(label: "ringport_connection_duration", dimensions: [("server", label)])
     }
 
-    /// A connection closed after `nanoseconds` open.
-    func connectionClosed(afterNanoseconds nanoseconds: UInt64) {
-        connectionDuration.recordNanoseconds(Int64(clamping: nanoseconds))
+    /// A connection closed after being open for `duration`.
+    func connectionClosed(after duration: Duration) {
+        connectionDuration.recordNanoseconds(Int64(clamping: duration.nanosecondsClamped))
     }
 
     /// A snapshot.

@@ -7,7 +7,7 @@ import ServiceLifecycle
 ///
 /// ```swift
 /// let server = try TCPServer(configuration: configuration, handler: MyHandler())
-/// let group = ServiceGroup(services: [server], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+/// let group = ServiceGroup(resources: [server], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
 /// try await group.run()
 /// ```
 extension TCPServer: Service {

@@ -2,9 +2,7 @@ import Logging
 import RingPort
 import Synchronization
 
-#if canImport(Glibc)
 import Glibc
-#endif
 
 /// A TCP server on a `CompletionPort`: accepts connections, reads from them, and hands the
 /// bytes to a ``ConnectionHandler``, with the limits a server on the internet needs.
@@ -146,7 +144,7 @@ public final class TCPServer: Sendable {
             localAddress = try TCPSocket.localAddress(of: listenerDescriptor)
             listener = try port.associate(descriptor: listenerDescriptor)
         } catch {
-            close(listenerDescriptor)
+            SystemCall.close(listenerDescriptor)
             port.close()
             throw error
         }
@@ -201,7 +199,7 @@ public final class TCPServer: Sendable {
 
     /// A snapshot of the server's counters.
     public var statistics: Statistics {
-        core.services.counters.snapshot()
+        core.resources.counters.snapshot()
     }
 
     /// The completion port's counters.

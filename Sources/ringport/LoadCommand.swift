@@ -2,9 +2,7 @@ import ArgumentParser
 import RingPort
 import RingPortLoad
 
-#if canImport(Glibc)
 import Glibc
-#endif
 
 /// `ringport load`: a TCP echo load generator on the completion port, the Swift counterpart of
 /// `Benchmarks/c/echo_load.c` with the same options, checks, JSON keys and exit statuses.

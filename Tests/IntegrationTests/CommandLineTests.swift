@@ -3,9 +3,7 @@ import RingPort
 import RingPortTestSupport
 import Testing
 
-#if canImport(Glibc)
 import Glibc
-#endif
 
 /// The `ringport` executable built next to the test bundle.
 func ringportExecutable() throws -> URL {

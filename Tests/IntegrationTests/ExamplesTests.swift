@@ -6,9 +6,7 @@ import ServiceLifecycle
 import RingPortTestSupport
 import Testing
 
-#if canImport(Glibc)
 import Glibc
-#endif
 
 /// An example of `Examples/`, built next to the test bundle, started for a test: its process, its
 /// output and log lines, and the address from its banner ("<Name> listening on 127.0.0.1:<port>").

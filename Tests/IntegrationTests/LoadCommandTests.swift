@@ -5,9 +5,7 @@ import Synchronization
 import RingPortTestSupport
 import Testing
 
-#if canImport(Glibc)
 import Glibc
-#endif
 
 /// One finished `ringport load` process: its exit status, standard output and standard error.
 struct FinishedLoad {

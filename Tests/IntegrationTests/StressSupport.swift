@@ -3,9 +3,7 @@ import RingPort
 import RingPortTestSupport
 import Testing
 
-#if canImport(Glibc)
 import Glibc
-#endif
 
 // Helpers of the "hostile and broken clients" stress suite (StressTests.swift): a `ringport`
 // process under test with its descriptor count and resident memory, its shutdown summary, and

@@ -3,9 +3,7 @@ import RingPort
 import RingPortTestSupport
 import Testing
 
-#if canImport(Glibc)
 import Glibc
-#endif
 
 // The "hostile and broken clients" stress suite (`make stress`): each case starts a `ringport echo`
 // or `ringport http` process, warms it up along the paths the case uses, reads its descriptor

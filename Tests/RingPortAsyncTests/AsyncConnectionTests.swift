@@ -5,9 +5,7 @@ import SystemPackage
 import RingPortTestSupport
 import Testing
 
-#if canImport(Glibc)
 import Glibc
-#endif
 
 /// The async layer over real loopback sockets: what comes back, how errors and cancellation
 /// surface, and that nothing stays in flight or open afterwards.

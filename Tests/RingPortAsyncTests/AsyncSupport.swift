@@ -4,9 +4,7 @@ import RingPortAsync
 import RingPortTestSupport
 import Testing
 
-#if canImport(Glibc)
 import Glibc
-#endif
 
 extension AsyncPort.Resumption: CustomTestStringConvertible {
     public var testDescription: String {

@@ -5,9 +5,7 @@ import RingPortServer
 import RingPortTestSupport
 import Testing
 
-#if canImport(Glibc)
 import Glibc
-#endif
 
 /// Parses `text` split into the given chunk sizes, returning the targets of the requests and the
 /// error, if any.

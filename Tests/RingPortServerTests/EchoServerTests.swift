@@ -4,9 +4,7 @@ import RingPortServer
 import RingPortTestSupport
 import Testing
 
-#if canImport(Glibc)
 import Glibc
-#endif
 
 
 extension RingPortServerTests {

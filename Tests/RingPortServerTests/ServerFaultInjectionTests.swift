@@ -5,9 +5,7 @@ import SystemPackage
 import RingPortTestSupport
 import Testing
 
-#if canImport(Glibc)
 import Glibc
-#endif
 
 /// The server's branches for each failure, driven by results injected through the kernel's
 /// own completion path (see `FaultInjection`): every byte of the unaffected traffic checked.

@@ -5,9 +5,7 @@ import Synchronization
 import RingPortTestSupport
 import Testing
 
-#if canImport(Glibc)
 import Glibc
-#endif
 
 /// Answers any received bytes with the whole payload of one shared context, sent without a copy.
 final class LargeReplyHandler: ConnectionHandler {

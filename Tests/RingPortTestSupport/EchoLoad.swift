@@ -2,9 +2,7 @@ import Foundation
 import RingPort
 import Testing
 
-#if canImport(Glibc)
 import Glibc
-#endif
 
 /// A test client that drives many TCP connections from one thread with poll(2): each connection
 /// sends its messages (random bytes of random sizes) while reading back what the server echoes,

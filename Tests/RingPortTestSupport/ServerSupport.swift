@@ -3,9 +3,7 @@ import RingPort
 import RingPortServer
 import Testing
 
-#if canImport(Glibc)
 import Glibc
-#endif
 
 /// A server configuration on an ephemeral loopback port, logging warnings only.
 package func testServerConfiguration() throws -> TCPServer.Configuration {

@@ -2,9 +2,7 @@ import Foundation
 import RingPort
 import Testing
 
-#if canImport(Glibc)
 import Glibc
-#endif
 
 /// The loopback address with port 0 (the kernel picks one).
 package func loopbackAnyPort() throws -> SocketAddress {

@@ -2,9 +2,7 @@ import Foundation
 import RingPort
 import Testing
 
-#if canImport(Glibc)
 import Glibc
-#endif
 
 /// The number of open descriptors of this process (entries of /proc/self/fd).
 package func openDescriptorCount() -> Int {

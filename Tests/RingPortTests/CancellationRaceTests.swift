@@ -4,9 +4,7 @@ import SystemPackage
 import RingPortTestSupport
 import Testing
 
-#if canImport(Glibc)
 import Glibc
-#endif
 
 /// Runs `body` on a thread of its own; `join()` waits for it.
 final class Racer: Sendable {

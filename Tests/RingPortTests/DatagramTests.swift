@@ -4,9 +4,7 @@ import SystemPackage
 import RingPortTestSupport
 import Testing
 
-#if canImport(Glibc)
 import Glibc
-#endif
 
 extension RingPortTests {
     /// UDP through the port: `receiveMessage` / `sendMessage` over real sockets on loopback.

@@ -5,9 +5,7 @@ import Testing
 
 @testable import RingPort
 
-#if canImport(Glibc)
 import Glibc
-#endif
 
 extension RingPortTests {
     @Suite struct FaultInjectionTests {

@@ -4,9 +4,7 @@ import SystemPackage
 import RingPortTestSupport
 import Testing
 
-#if canImport(Glibc)
 import Glibc
-#endif
 
 extension RingPortTests {
     /// Positioned file I/O through the port over real files in the temporary directory.

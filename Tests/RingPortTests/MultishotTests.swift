@@ -4,9 +4,7 @@ import SystemPackage
 import RingPortTestSupport
 import Testing
 
-#if canImport(Glibc)
 import Glibc
-#endif
 
 /// A one-ring port with `buffers` provided buffers of `size` bytes, a worker, and a multishot
 /// receive posted on one end of a socket pair; returns the other end too.

@@ -4,9 +4,7 @@ import Synchronization
 import RingPortTestSupport
 import Testing
 
-#if canImport(Glibc)
 import Glibc
-#endif
 
 /// The CPUs this process may run on, read from /proc/self/status ("Cpus_allowed_list: 0-1,4").
 func cpusAllowedByProc() throws -> Int {

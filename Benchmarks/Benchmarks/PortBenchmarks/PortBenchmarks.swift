@@ -13,9 +13,7 @@
 import Benchmark
 import RingPort
 
-#if canImport(Glibc)
 import Glibc
-#endif
 
 let benchmarks: @Sendable () -> Void = {
     Benchmark.defaultConfiguration = .init(

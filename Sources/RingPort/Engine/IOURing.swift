@@ -1,9 +1,7 @@
 import CLiburing
 import SystemPackage
 
-#if canImport(Glibc)
 import Glibc
-#endif
 
 /// One io_uring instance: the submission and completion queues and the calls that move
 /// entries through them.

@@ -1,9 +1,7 @@
 import CLiburing
 import SystemPackage
 
-#if canImport(Glibc)
 import Glibc
-#endif
 
 /// A ring of provided buffers registered with one io_uring instance (`IORING_REGISTER_PBUF_RING`):
 /// a multishot receive takes a free buffer from it for every completion, so an idle connection

@@ -345,8 +345,7 @@ final class Ring: @unchecked Sendable {
         guard !doorbellRung else { return }
         doorbellRung = true
         counters.doorbells &+= 1
-        var one: UInt64 = 1
-        _ = Glibc.write(doorbell, &one, MemoryLayout<UInt64>.size)
+        SystemCall.signalEventCounter(doorbell)
     }
 
     /// Posts the read on the doorbell that a write by another thread completes, unless this
@@ -641,7 +640,7 @@ final class Ring: @unchecked Sendable {
         if isClosed {
             // The port is closing: every operation was cancelled and no SQE can be queued any
             // more, so no queued entry can name this descriptor.
-            Glibc.close(descriptor)
+            SystemCall.close(descriptor)
             return
         }
         do {
@@ -653,7 +652,7 @@ final class Ring: @unchecked Sendable {
         } catch {
             // The ring no longer accepts submissions; close the descriptor here instead.
             logger.error("ring \(index): closing handle \(handle.id): \(error)")
-            Glibc.close(descriptor)
+            SystemCall.close(descriptor)
         }
     }
 
@@ -709,7 +708,7 @@ final class Ring: @unchecked Sendable {
         }
         var dropped = 0
         func drop(_ completion: Completion) {
-            if let descriptor = completion.acceptedDescriptor { Glibc.close(descriptor) }
+            if let descriptor = completion.acceptedDescriptor { SystemCall.close(descriptor) }
             if let buffer = completion.receivedBuffer { bufferRing?.recycleLocked(buffer.id) }
             completion.context?.endFlight()
             dropped += 1
@@ -718,7 +717,7 @@ final class Ring: @unchecked Sendable {
         for slot in handles.liveSlots {
             let handle = handles.remove(slot: slot)
             while let completion = handle.deferredCompletions.popFirst() { drop(completion) }
-            if handle.markClosed() { Glibc.close(handle.descriptor) }
+            if handle.markClosed() { SystemCall.close(handle.descriptor) }
         }
         if dropped > 0 {
             logger.warning("ring \(index): \(dropped) completions were not dequeued before close")
@@ -737,6 +736,6 @@ final class Ring: @unchecked Sendable {
         guard uring.isOpen else { return }
         counters.droppedCompletionsAtClose = droppedCompletionsLocked
         uring.close()
-        Glibc.close(doorbell)
+        SystemCall.close(doorbell)
     }
 }

@@ -1,6 +1,4 @@
-#if canImport(Glibc)
 import Glibc
-#endif
 import SystemPackage
 
 /// Why the kernel refused to set up an io_uring instance, with what to do about it.
@@ -67,7 +65,7 @@ public struct IOURingUnavailability: Hashable, Sendable, CustomStringConvertible
     static func readIOURingDisabledSetting() -> Int? {
         let fd = open("/proc/sys/kernel/io_uring_disabled", O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return nil }
-        defer { close(fd) }
+        defer { SystemCall.close(fd) }
         var byte: UInt8 = 0
         guard read(fd, &byte, 1) == 1, byte >= UInt8(ascii: "0"), byte <= UInt8(ascii: "9") else { return nil }
         return Int(byte - UInt8(ascii: "0"))

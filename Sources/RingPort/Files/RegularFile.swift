@@ -1,8 +1,6 @@
 import SystemPackage
 
-#if canImport(Glibc)
 import Glibc
-#endif
 
 /// Thin, typed wrappers over the system calls that open a regular file for positioned I/O
 /// through a ``CompletionPort`` (``CompletionPort/read(_:into:range:atOffset:)``,

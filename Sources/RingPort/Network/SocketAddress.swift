@@ -1,6 +1,4 @@
-#if canImport(Glibc)
 import Glibc
-#endif
 
 /// An IPv4 or IPv6 socket address (address and port).
 ///

@@ -1,8 +1,6 @@
 import SystemPackage
 
-#if canImport(Glibc)
 import Glibc
-#endif
 
 /// Thin, typed wrappers over the socket system calls a TCP server or client needs before its
 /// descriptors are associated with a ``CompletionPort``. Every failure throws a
@@ -33,7 +31,7 @@ public enum TCPSocket {
             try SystemCall.check(address.withSocketAddress { bind(descriptor, $0, $1) }, "bind \(address)")
             try SystemCall.check(listen(descriptor, options.backlog), "listen \(address)")
         } catch {
-            close(descriptor)
+            SystemCall.close(descriptor)
             throw error
         }
         return descriptor
@@ -52,7 +50,7 @@ public enum TCPSocket {
         let result = address.withSocketAddress { Glibc.connect(descriptor, $0, $1) }
         if result != 0 {
             let error = Errno(rawValue: Glibc.errno)
-            close(descriptor)
+            SystemCall.close(descriptor)
             throw RingPortError(.systemCallFailed, operation: "connect \(address)", errno: error)
         }
         return descriptor

@@ -1,8 +1,6 @@
 import SystemPackage
 
-#if canImport(Glibc)
 import Glibc
-#endif
 
 /// Thin, typed wrappers over the socket system calls a UDP endpoint needs before its
 /// descriptor is associated with a ``CompletionPort`` and used with
@@ -55,7 +53,7 @@ public enum UDPSocket {
             }
             try SystemCall.check(address.withSocketAddress { bind(descriptor, $0, $1) }, "bind \(address)")
         } catch {
-            close(descriptor)
+            SystemCall.close(descriptor)
             throw error
         }
         return descriptor

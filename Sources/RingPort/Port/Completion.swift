@@ -1,9 +1,7 @@
 import CLiburing
 import SystemPackage
 
-#if canImport(Glibc)
 import Glibc
-#endif
 
 /// One finished operation, as a worker takes it off the port: what "get queued completion
 /// status" returns (bytes transferred, completion key, per-I/O context, error).

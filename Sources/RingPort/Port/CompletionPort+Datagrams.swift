@@ -1,8 +1,6 @@
 import CLiburing
 
-#if canImport(Glibc)
 import Glibc
-#endif
 
 /// Datagrams: receiving with the sender's address and sending to an address, like `WSARecvFrom`
 /// and `WSASendTo` on a completion port.

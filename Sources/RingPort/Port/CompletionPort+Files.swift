@@ -1,8 +1,6 @@
 import CLiburing
 
-#if canImport(Glibc)
 import Glibc
-#endif
 
 /// Positioned file I/O: reads and writes at an offset, like `ReadFile` / `WriteFile` with an
 /// `OVERLAPPED` offset on a file associated with a completion port.
@@ -44,7 +42,7 @@ extension CompletionPort {
         do {
             return try associate(descriptor: descriptor, userState: userState)
         } catch {
-            Glibc.close(descriptor)
+            SystemCall.close(descriptor)
             throw error
         }
     }

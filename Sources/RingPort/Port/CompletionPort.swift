@@ -2,9 +2,7 @@ import CLiburing
 import Logging
 import Synchronization
 
-#if canImport(Glibc)
 import Glibc
-#endif
 
 /// An I/O completion port on io_uring.
 ///

@@ -1,9 +1,7 @@
 import CLiburing
 import SystemPackage
 
-#if canImport(Glibc)
 import Glibc
-#endif
 
 /// Makes chosen operations fail (or end) with chosen results, through the kernel, so that tests
 /// can drive the error paths of completion handlers: a receive reset by the peer, a send to a

@@ -1,9 +1,7 @@
 import CLiburing
 import Synchronization
 
-#if canImport(Glibc)
 import Glibc
-#endif
 
 /// A per-I/O context: the buffer and the bookkeeping of one asynchronous operation, like the
 /// `PER_IO_DATA` (an `OVERLAPPED` plus a buffer and an operation tag) of a completion-port server.

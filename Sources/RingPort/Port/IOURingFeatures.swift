@@ -1,8 +1,6 @@
 import CLiburing
 
-#if canImport(Glibc)
 import Glibc
-#endif
 
 /// What the running kernel's io_uring offers of what RingPort uses, found by trying it.
 ///
@@ -85,16 +83,16 @@ public struct IOURingFeatures: Hashable, Sendable, CustomStringConvertible {
     /// `EINVAL` means the flag is unknown.
     private static func probeMultishotAccept(_ ring: IOURing) throws(RingPortError) -> Bool {
         let listener = try TCPSocket.makeListener(address: SocketAddress(host: "127.0.0.1", port: 0))
-        defer { close(listener) }
+        defer { SystemCall.close(listener) }
         let address = try TCPSocket.localAddress(of: listener)
         try submit(ring) { entry in
             io_uring_prep_multishot_accept(entry, listener, nil, nil, Int32(SOCK_CLOEXEC.rawValue))
             io_uring_sqe_set_data64(entry, 1)
         }
         let client = try TCPSocket.connect(to: address)
-        defer { close(client) }
+        defer { SystemCall.close(client) }
         let first = waitForCompletion(ring)
-        if let first, first.res >= 0 { close(first.res) }
+        if let first, first.res >= 0 { SystemCall.close(first.res) }
         let supported = first.map { $0.res >= 0 && $0.flags & IORING_CQE_F_MORE != 0 } ?? false
         if supported { try cancelAndDrain(ring, userData: 1) }
         return supported
@@ -106,7 +104,7 @@ public struct IOURingFeatures: Hashable, Sendable, CustomStringConvertible {
         guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0 else {
             throw RingPortError(.systemCallFailed, operation: "socketpair", errno: .init(rawValue: errno))
         }
-        defer { close(pair[0]); close(pair[1]) }
+        defer { SystemCall.close(pair[0]); SystemCall.close(pair[1]) }
         let group = buffers.groupID
         try submit(ring) { entry in
             io_uring_prep_recv_multishot(entry, pair[0], nil, 0, 0)

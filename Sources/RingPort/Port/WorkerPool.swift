@@ -1,8 +1,6 @@
 import Logging
 
-#if canImport(Glibc)
 import Glibc
-#endif
 
 /// The worker threads of a completion port: each loops on
 /// ``CompletionWorker/dequeue(timeout:)`` and hands every completion to the handler.

@@ -1,6 +1,4 @@
-#if canImport(Glibc)
 import Glibc
-#endif
 
 /// A pthread mutex paired with one condition variable that measures time on the monotonic clock.
 ///

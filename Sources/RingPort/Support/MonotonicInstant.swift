@@ -1,6 +1,4 @@
-#if canImport(Glibc)
 import Glibc
-#endif
 
 /// A point on the monotonic clock (`CLOCK_MONOTONIC`), in nanoseconds.
 ///
@@ -33,7 +31,7 @@ package struct MonotonicInstant: Comparable, Sendable {
     }
 
     /// An instant after which nothing waits.
-    static let distantFuture = MonotonicInstant(nanoseconds: UInt64.max / 2)
+    package static let distantFuture = MonotonicInstant(nanoseconds: UInt64.max / 2)
 
     package static func < (lhs: MonotonicInstant, rhs: MonotonicInstant) -> Bool {
         lhs.nanoseconds < rhs.nanoseconds
@@ -43,6 +41,11 @@ package struct MonotonicInstant: Comparable, Sendable {
         let (sum, overflow) = nanoseconds.addingReportingOverflow(duration.nanosecondsClamped)
         return overflow || sum > MonotonicInstant.distantFuture.nanoseconds
             ? .distantFuture : MonotonicInstant(nanoseconds: sum)
+    }
+
+    /// The time from `self` to `later` (zero when `later` is not later).
+    package func duration(to later: MonotonicInstant) -> Duration {
+        .nanoseconds(Int64(clamping: nanoseconds(until: later)))
     }
 
     /// Nanoseconds from `self` until `later`, or 0 when `later` has passed.

@@ -1,8 +1,6 @@
 import CLiburing
 
-#if canImport(Glibc)
 import Glibc
-#endif
 
 /// A POSIX thread running a closure: RingPort's workers, and the few threads of the `ringport`
 /// tool (package access).

@@ -1,6 +1,4 @@
-#if canImport(Glibc)
 import Glibc
-#endif
 
 /// Lines for standard error, written with one `write(2)` each: unbuffered, so they appear at
 /// once and in order, and safe from any thread (a line is never interleaved with another).

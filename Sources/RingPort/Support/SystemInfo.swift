@@ -1,8 +1,6 @@
 import CLiburing
 
-#if canImport(Glibc)
 import Glibc
-#endif
 
 /// Facts about the machine RingPort runs on.
 ///

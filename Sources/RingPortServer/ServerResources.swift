@@ -2,14 +2,12 @@ import Logging
 import RingPort
 import Synchronization
 
-#if canImport(Glibc)
 import Glibc
-#endif
 
 /// What connections share with their server: the port, the pools, the limits, the counters.
 ///
 /// Immutable after creation except for the pools and counters, which are thread-safe.
-final class ServerServices: Sendable {
+final class ServerResources: Sendable {
     let port: CompletionPort
     /// Receive contexts: buffers for plain receives, or empty when receives use provided buffers.
     let receiveContexts: ContextPool
@@ -23,7 +21,8 @@ final class ServerServices: Sendable {
     let zeroCopySend: Bool
     let zeroCopyThreshold: Int
     let maximumQueuedWriteBytes: Int
-    let idleTimeoutNanoseconds: UInt64
+    /// Close a connection idle for this long (``TCPServer/Configuration/idleTimeout``); nil: never.
+    let idleTimeout: Duration?
     let idleTimeoutCountsReceivedBytes: Bool
     let writeChunkSize: Int
     /// Per ring: provided buffers held in write queues (echoed without a copy), and how many
@@ -51,7 +50,7 @@ final class ServerServices: Sendable {
         zeroCopySend = features.zeroCopySend
         zeroCopyThreshold = configuration.zeroCopyThreshold
         maximumQueuedWriteBytes = configuration.maximumQueuedWriteBytes
-        idleTimeoutNanoseconds = configuration.idleTimeout?.nanosecondsClamped ?? .max
+        idleTimeout = configuration.idleTimeout
         idleTimeoutCountsReceivedBytes = configuration.idleTimeoutCountsReceivedBytes
         writeChunkSize = configuration.writeChunkSize
         starved = (0..<port.ringCount).map { _ in LockedValue([]) }
@@ -108,7 +107,7 @@ final class ServerServices: Sendable {
               let connection = starved[ring].withLock({ $0.popLast() })
         else { return }
         starvedCount.subtract(1, ordering: .relaxed)
-        try? port.post(handle: connection.handle, value: ServerCore.Tag.buffersAvailable)
+        try? port.post(handle: connection.handle, value: ServerCore.ConnectionCommand.buffersAvailable.rawValue)
     }
 
     /// Wakes every connection waiting for buffers (the idle sweep's safety net).
@@ -117,19 +116,13 @@ final class ServerServices: Sendable {
         for ring in starved.indices {
             for connection in starved[ring].withLock({ list -> [Connection] in defer { list.removeAll() }; return list }) {
                 starvedCount.subtract(1, ordering: .relaxed)
-                try? port.post(handle: connection.handle, value: ServerCore.Tag.buffersAvailable)
+                try? port.post(handle: connection.handle, value: ServerCore.ConnectionCommand.buffersAvailable.rawValue)
             }
         }
     }
 
     func finishedWriting(_ context: IOContext, on connection: Connection) {
         finishedWritingCallback(connection, context)
-    }
-
-    /// Monotonic nanoseconds from the coarse clock: enough for idle timeouts, and cheap enough
-    /// to read twice per message.
-    static func now() -> UInt64 {
-        MonotonicInstant.coarseNow.nanoseconds
     }
 }
 
