@@ -1,7 +1,10 @@
 # RingPort: the I/O completion port model on io_uring.
 #
 #   make run    installs what is missing, builds release, starts the echo server on 127.0.0.1:8888
-#   make test   installs what is missing, builds, runs the tests (examples included), builds the docs
+#   make test   installs what is missing, builds, runs the tests (examples included), builds the docs,
+#               checks the formatting (make lint)
+#   make lint        swift format lint (.swift-format: 120 columns) and no line over 120 characters
+#   make format      formats the code with swift format
 #   make stress      hostile and broken clients against the servers (about a minute after the build)
 #   make sanitize    the tests under ThreadSanitizer and AddressSanitizer
 #   make fuzz        libFuzzer on the HTTP request parser, 60 s (FUZZ_SECONDS=...)
@@ -23,7 +26,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8888
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: all deps test-deps build release run test stress sanitize fuzz docs soak bench bench-deps bench-http bench-conns bench-micro bench-check bench-thresholds clean
+.PHONY: all deps test-deps load-tools build release run test lint format stress sanitize fuzz docs soak bench bench-deps bench-http bench-conns bench-micro bench-check bench-thresholds clean
 
 all: build
 
@@ -58,6 +61,18 @@ run: release
 test: test-deps build
 	$(SWIFT) test --no-parallel
 	$(MAKE) --no-print-directory docs
+	$(MAKE) --no-print-directory lint
+
+# The formatting: swift format (the toolchain's; .swift-format at the root, 120 columns, as SwiftNIO
+# does) on every Swift file, and no line longer than 120 characters (swift format wraps code but
+# not string literals or comments).
+FORMAT_PATHS = Sources Tests Examples Benchmarks/Sources Benchmarks/Benchmarks Fuzz/HTTPRequestParser/FuzzTarget.swift Package.swift Benchmarks/Package.swift
+lint:
+	$(SWIFT) format lint --strict --recursive --parallel $(FORMAT_PATHS)
+	python3 Tests/Format/check-line-length.py 120
+
+format:
+	$(SWIFT) format format --in-place --recursive --parallel $(FORMAT_PATHS)
 
 # Hostile and broken clients against ringport echo and http processes (StressTests.swift):
 # 10,000 connect/close cycles, resets mid-write, half-close, slowloris, 1,000 clients that never
@@ -154,5 +169,6 @@ bench-check: deps
 bench-thresholds: deps
 	cd Benchmarks && $(SWIFT) package --allow-writing-to-package-directory benchmark thresholds update --no-progress
 
+# Every build directory: make test's, make stress's, the sanitizers', the fuzzer's, the benchmarks'.
 clean:
-	rm -rf .build
+	rm -rf .build .build-stress .build-tsan .build-asan .build-fuzz Benchmarks/.build Benchmarks/bin

@@ -74,7 +74,7 @@ let package = Package(
             ],
             path: "Benchmarks/PortBenchmarks",
             plugins: [
-                .plugin(name: "BenchmarkPlugin", package: "benchmark"),
+                .plugin(name: "BenchmarkPlugin", package: "benchmark")
             ]
         ),
     ],

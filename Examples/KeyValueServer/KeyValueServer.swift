@@ -49,6 +49,11 @@ struct KeyValueServer {
         try await ServiceGroup(configuration: groupConfiguration).run()
 
         let statistics = server.statistics
-        print("KeyValueServer stopped: \(statistics.accepted) connections served, \(statistics.protocolErrors) bad requests, \(store.count) keys, \(server.portStatistics.operationsInFlight) operations in flight")
+        print(
+            """
+            KeyValueServer stopped: \(statistics.accepted) connections served, \(statistics.protocolErrors) bad \
+            requests, \(store.count) keys, \(server.portStatistics.operationsInFlight) operations in flight
+            """
+        )
     }
 }

@@ -14,8 +14,9 @@ pthread_sigmask(SIG_BLOCK, &signals, nil)
 
 let portArgument = CommandLine.arguments.dropFirst().first ?? getenv("PORT").map { String(cString: $0) }
 let port = try CompletionPort()  // the completion port: io_uring underneath
-let listener = try port.associate(descriptor: TCPSocket.makeListener(
-    address: SocketAddress(host: "127.0.0.1", port: UInt16(portArgument ?? "8888") ?? 8888)))
+let listener = try port.associate(
+    descriptor: TCPSocket.makeListener(
+        address: SocketAddress(host: "127.0.0.1", port: UInt16(portArgument ?? "8888") ?? 8888)))
 let contexts = ContextPool(bufferSize: 16384)  // per-I/O contexts, recycled
 
 let workers = WorkerPool(port: port) { completion in  // CPU × 2 + 2 threads dequeue completions
@@ -23,7 +24,8 @@ let workers = WorkerPool(port: port) { completion in  // CPU × 2 + 2 threads de
     switch completion.operation {
     case .accept where !completion.isCancelled:  // a new connection: its context, its first read
         if let descriptor = completion.acceptedDescriptor,
-           let connection = try? port.associate(descriptor: descriptor) {
+            let connection = try? port.associate(descriptor: descriptor)
+        {
             try? port.read(connection, into: contexts.take())
         }
         try? port.accept(on: handle, context: context)  // and accept the next one

@@ -1,9 +1,8 @@
+import Glibc
 import Logging
 import RingPort
-import SystemPackage
 import Synchronization
-
-import Glibc
+import SystemPackage
 
 /// A completion port whose completions resume Swift tasks: the runtime under ``TCPListener``
 /// and ``TCPConnection``.
@@ -151,7 +150,11 @@ public final class AsyncPort: Sendable {
     /// May be called from any task, including one running on ``executor``: the waiting happens
     /// on a thread of its own.
     public func shutdown() async {
-        guard state.compareExchange(expected: AsyncPort.running, desired: AsyncPort.stopping, ordering: .acquiringAndReleasing).exchanged else {
+        guard
+            state.compareExchange(
+                expected: AsyncPort.running, desired: AsyncPort.stopping, ordering: .acquiringAndReleasing
+            ).exchanged
+        else {
             return
         }
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
@@ -174,7 +177,12 @@ public final class AsyncPort: Sendable {
         }
         let statistics = port.statistics
         if statistics.operationsInFlight > 0 {
-            logger.error("shutdown: \(statistics.operationsInFlight) operations still in flight after 10 s; the port cancels them")
+            logger.error(
+                """
+                shutdown: \(statistics.operationsInFlight) operations still in flight after 10 s; the port \
+                cancels them
+                """
+            )
         }
         workers.shutdown()
         executor.stop()

@@ -1,7 +1,6 @@
 import DequeModule
-import RingPort
-
 import Glibc
+import RingPort
 
 /// A task executor whose jobs run on an ``AsyncPort``'s worker threads.
 ///

@@ -1,7 +1,6 @@
+import Glibc
 import RingPort
 import SystemPackage
-
-import Glibc
 
 /// A TCP connection on an ``AsyncPort``, read and written with `async` calls.
 ///
@@ -253,7 +252,8 @@ public final class TCPConnection: Sendable {
                 closed: "write on a closed connection", failed: "send to \(peerDescription)")
             if cancelRequested { throw CancellationError() }
             guard completion.bytesTransferred > 0 else {
-                throw RingPortError(.systemCallFailed, operation: "send to \(peerDescription) made no progress", errno: .brokenPipe)
+                throw RingPortError(
+                    .systemCallFailed, operation: "send to \(peerDescription) made no progress", errno: .brokenPipe)
             }
             offset += completion.bytesTransferred
         }

@@ -1,8 +1,7 @@
+import Glibc
 import Logging
 import RingPort
 import SystemPackage
-
-import Glibc
 
 /// A listening TCP socket on an ``AsyncPort`` whose accepted connections are an
 /// `AsyncSequence` (``connections``), or come one by one from ``accept()``.

@@ -94,7 +94,9 @@ final class HTTPConnectionState: @unchecked Sendable {
             return
         }
         guard head.method == "GET" || isHead else {
-            appendStatus("405 Method Not Allowed", body: "Method Not Allowed", bodyOmitted: false, head: head, extra: "Allow: GET, HEAD\r\n")
+            appendStatus(
+                "405 Method Not Allowed", body: "Method Not Allowed", bodyOmitted: false, head: head,
+                extra: "Allow: GET, HEAD\r\n")
             return
         }
         appendHeaders("200 OK", contentLength: Self.body.count, head: head)
@@ -114,7 +116,9 @@ final class HTTPConnectionState: @unchecked Sendable {
         output += Array(body.utf8)
     }
 
-    private func appendStatus(_ status: String, body: String, bodyOmitted: Bool, head: HTTPRequestHead, extra: String = "") {
+    private func appendStatus(
+        _ status: String, body: String, bodyOmitted: Bool, head: HTTPRequestHead, extra: String = ""
+    ) {
         appendHeaders(status, contentLength: body.utf8.count, head: head, extra: extra)
         if !bodyOmitted { output += Array(body.utf8) }
     }

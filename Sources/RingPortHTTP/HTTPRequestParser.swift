@@ -177,7 +177,7 @@ public struct HTTPRequestParser: Sendable {
         guard case .success(let line) = requestLine else { return .failure(.badRequest("line not ended by CRLF")) }
         let parts = line.split(separator: 0x20, maxSplits: 3, omittingEmptySubsequences: false)
         guard parts.count == 3, !parts[0].isEmpty, parts[0].allSatisfy(isTokenCharacter),
-              !parts[1].isEmpty, parts[1].allSatisfy({ $0 > 0x20 && $0 < 0x7F })
+            !parts[1].isEmpty, parts[1].allSatisfy({ $0 > 0x20 && $0 < 0x7F })
         else {
             return .failure(.badRequest("malformed request line"))
         }
@@ -198,7 +198,7 @@ public struct HTTPRequestParser: Sendable {
                 return .failure(.badRequest("obsolete line folding"))
             }
             guard let colon = field.firstIndex(of: 0x3A), colon > field.startIndex,
-                  field[field.startIndex..<colon].allSatisfy(isTokenCharacter)
+                field[field.startIndex..<colon].allSatisfy(isTokenCharacter)
             else {
                 return .failure(.badRequest("malformed header field"))
             }
@@ -236,12 +236,13 @@ public struct HTTPRequestParser: Sendable {
         if minorVersion == 1 && !hasHost {
             return .failure(.badRequest("HTTP/1.1 request without Host"))
         }
-        return .success(HTTPRequestHead(
-            method: String(decoding: parts[0], as: UTF8.self),
-            target: String(decoding: parts[1], as: UTF8.self),
-            minorVersion: minorVersion,
-            keepAlive: minorVersion == 1 ? !connectionClose : connectionKeepAlive && !connectionClose,
-            contentLength: contentLength ?? 0))
+        return .success(
+            HTTPRequestHead(
+                method: String(decoding: parts[0], as: UTF8.self),
+                target: String(decoding: parts[1], as: UTF8.self),
+                minorVersion: minorVersion,
+                keepAlive: minorVersion == 1 ? !connectionClose : connectionKeepAlive && !connectionClose,
+                contentLength: contentLength ?? 0))
     }
 
     /// `tchar` of RFC 9110: the characters of methods and field names.
@@ -249,8 +250,8 @@ public struct HTTPRequestParser: Sendable {
         switch byte {
         case 0x30...0x39, 0x41...0x5A, 0x61...0x7A: true
         case UInt8(ascii: "!"), UInt8(ascii: "#"), UInt8(ascii: "$"), UInt8(ascii: "%"), UInt8(ascii: "&"),
-             UInt8(ascii: "'"), UInt8(ascii: "*"), UInt8(ascii: "+"), UInt8(ascii: "-"), UInt8(ascii: "."),
-             UInt8(ascii: "^"), UInt8(ascii: "_"), UInt8(ascii: "`"), UInt8(ascii: "|"), UInt8(ascii: "~"):
+            UInt8(ascii: "'"), UInt8(ascii: "*"), UInt8(ascii: "+"), UInt8(ascii: "-"), UInt8(ascii: "."),
+            UInt8(ascii: "^"), UInt8(ascii: "_"), UInt8(ascii: "`"), UInt8(ascii: "|"), UInt8(ascii: "~"):
             true
         default: false
         }

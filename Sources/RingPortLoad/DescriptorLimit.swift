@@ -1,5 +1,5 @@
-import RingPort
 import Glibc
+import RingPort
 
 /// The process's open-file limit (`RLIMIT_NOFILE`).
 ///
@@ -19,7 +19,11 @@ package enum DescriptorLimit {
         guard getrlimit(RLIMIT_NOFILE_VALUE, &limit) == 0 else { return }
         if limit.rlim_cur != rlim_t.max && limit.rlim_cur < rlim_t(needed) {  // rlim_t.max: RLIM_INFINITY
             throw LoadFailure(
-                "\(needed) descriptors are needed and RLIMIT_NOFILE allows \(limit.rlim_cur) (raise the hard limit, e.g. ulimit -Hn)")
+                """
+                \(needed) descriptors are needed and RLIMIT_NOFILE allows \(limit.rlim_cur) (raise the hard \
+                limit, e.g. ulimit -Hn)
+                """
+            )
         }
     }
 

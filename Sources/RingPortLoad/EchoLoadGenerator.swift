@@ -1,7 +1,6 @@
+import Glibc
 import Logging
 import RingPort
-
-import Glibc
 
 /// The engine of `ringport load`: a TCP echo load generator on a ``CompletionPort``.
 ///
@@ -59,7 +58,12 @@ package final class EchoLoadGenerator {
         }
         if plan.receiveMode == .multishot && !port.supportsMultishotReceive {
             port.close()
-            throw LoadFailure("multishot receive is unavailable: the kernel did not register the provided buffers (use --receive single)")
+            throw LoadFailure(
+                """
+                multishot receive is unavailable: the kernel did not register the provided buffers (use --receive \
+                single)
+                """
+            )
         }
         connections = LoadConnections(
             count: plan.connections, depth: plan.depth, sendBufferSize: plan.bufferSize,
@@ -207,12 +211,16 @@ package final class EchoLoadGenerator {
             if now >= stallEnd || now >= phaseEnd {
                 let seconds = Double(now - (now >= phaseEnd ? phaseStart : lastProgress)) / 1e9
                 throw LoadFailure(
-                    "connect \(address): timed out (no connection established for \(LoadReport.fixed(seconds, decimals: 1)) s;"
+                    """
+                    connect \(address): timed out (no connection established for \
+                    \(LoadReport.fixed(seconds, decimals: 1)) s;
+                    """
                         + " \(connected) of \(plan.connections) connected)")
             }
             do {
                 _ = try worker.dequeue(
-                    into: &batch, maximumCount: Self.connectWindow, timeout: .nanoseconds(Int64(min(stallEnd, phaseEnd) - now)))
+                    into: &batch, maximumCount: Self.connectWindow,
+                    timeout: .nanoseconds(Int64(min(stallEnd, phaseEnd) - now)))
             } catch {
                 throw LoadFailure("waiting for connects: \(error)")
             }

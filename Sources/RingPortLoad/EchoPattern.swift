@@ -1,4 +1,5 @@
 import RingPort
+
 /// The bytes `ringport load` sends, and the check of the bytes that come back.
 ///
 /// Byte `j` of message `sequence` on connection `connection` is
@@ -63,7 +64,8 @@ final class EchoPattern: @unchecked Sendable {
             index += 8
         }
         while index < count {
-            destination.storeBytes(of: source.load(fromByteOffset: index, as: UInt8.self) ^ x, toByteOffset: index, as: UInt8.self)
+            destination.storeBytes(
+                of: source.load(fromByteOffset: index, as: UInt8.self) ^ x, toByteOffset: index, as: UInt8.self)
             index += 1
         }
     }
@@ -79,7 +81,8 @@ final class EchoPattern: @unchecked Sendable {
         var bad = 0
         var index = 0
         while index + 8 <= count {
-            var difference = buffer.loadUnaligned(fromByteOffset: index, as: UInt64.self)
+            var difference =
+                buffer.loadUnaligned(fromByteOffset: index, as: UInt64.self)
                 ^ source.loadUnaligned(fromByteOffset: index, as: UInt64.self) ^ x8
             while difference != 0 {  // rare: count the differing bytes
                 if difference & 0xFF != 0 { bad += 1 }
@@ -88,7 +91,9 @@ final class EchoPattern: @unchecked Sendable {
             index += 8
         }
         while index < count {
-            if buffer.load(fromByteOffset: index, as: UInt8.self) ^ x != source.load(fromByteOffset: index, as: UInt8.self) {
+            if buffer.load(fromByteOffset: index, as: UInt8.self) ^ x
+                != source.load(fromByteOffset: index, as: UInt8.self)
+            {
                 bad += 1
             }
             index += 1

@@ -1,7 +1,6 @@
+import Glibc
 import RingPort
 import Synchronization
-
-import Glibc
 
 /// The counters one load worker publishes for the progress line.
 ///
@@ -105,13 +104,19 @@ package final class LoadMonitor: Sendable {
                 if now >= nextTick {
                     let completed = workers.reduce(0) { $0 + $1.completedMessages.load(ordering: .relaxed) }
                     let errors = workers.reduce(0) { $0 + $1.errors.load(ordering: .relaxed) }
-                    if showsProgress && !finished.load(ordering: .acquiring) && now < measureEnd.load(ordering: .relaxed) + 500_000_000 {
+                    if showsProgress && !finished.load(ordering: .acquiring)
+                        && now < measureEnd.load(ordering: .relaxed) + 500_000_000
+                    {
                         let seconds = Double(now - lastTick) / 1e9
                         let rate = seconds > 0 ? Double(completed &- lastCompleted) / seconds : 0
                         let phase = now < measureStart.load(ordering: .relaxed) ? " (warm-up)" : ""
                         let elapsed = (now - start + 500_000_000) / 1_000_000_000
                         StandardError.write(
-                            "ringport load: \(elapsed) s: \(LoadReport.grouped(rate, decimals: 0)) msgs/s, \(errors) errors\(phase)")
+                            """
+                            ringport load: \(elapsed) s: \(LoadReport.grouped(rate, decimals: 0)) msgs/s, \
+                            \(errors) errors\(phase)
+                            """
+                        )
                     }
                     lastTick = now
                     lastCompleted = completed

@@ -1,4 +1,5 @@
 import RingPort
+
 /// The result of one `ringport load` run, and its two printed forms: one JSON line with the keys
 /// of `Benchmarks/c/echo_load.c` (plus a few of its own), or a readable report.
 ///
@@ -98,7 +99,10 @@ package struct LoadReport: Sendable {
             "ringport load: \(plan.address), \(Self.grouped(Double(plan.connections), decimals: 0)) connections,"
                 + " \(plan.messageSize)-byte messages, \(plan.depth) in flight per connection,"
                 + " \(plan.workers) \(plan.workers == 1 ? "worker" : "workers"), \(plan.receiveMode.rawValue) receive",
-            "  measured    \(Self.fixed(measuredSeconds, decimals: 3)) s after \(Self.fixed(warmup, decimals: 3)) s of warm-up",
+            """
+              measured    \(Self.fixed(measuredSeconds, decimals: 3)) s after \(Self.fixed(warmup, decimals: 3)) \
+            s of warm-up
+            """,
             "  messages    \(Self.grouped(Double(tally.measuredMessages), decimals: 0))"
                 + " (\(Self.grouped(messagesPerSecond, decimals: 1)) msgs/s,"
                 + " \(Self.fixed(megabytesPerSecond, decimals: 3)) MB/s of payload each way)",
@@ -106,17 +110,24 @@ package struct LoadReport: Sendable {
         let percentiles = [("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p99.9", 99.9)].map { name, value in
             "\(name) \(Self.grouped(latencyMicroseconds(atPercentile: value), decimals: 1))"
         }
-        lines.append("  latency µs  " + percentiles.joined(separator: "  ")
-            + "  max \(Self.grouped(maximumLatencyMicroseconds, decimals: 1))")
+        lines.append(
+            "  latency µs  " + percentiles.joined(separator: "  ")
+                + "  max \(Self.grouped(maximumLatencyMicroseconds, decimals: 1))")
         var errors = "  errors      \(tally.errors)"
         if tally.errors > 0 {
-            errors += " (\(tally.corruptedMessages) corrupted messages with \(tally.mismatchedBytes) mismatched bytes,"
+            errors +=
+                " (\(tally.corruptedMessages) corrupted messages with \(tally.mismatchedBytes) mismatched bytes,"
                 + " \(tally.prematureCloses) premature closes, \(tally.socketErrors) socket errors,"
                 + " \(tally.unsolicitedData) with unsolicited data)"
         }
         lines.append(errors)
         if let clientCPUSeconds, let perMessage = clientCPUMicrosecondsPerMessage {
-            lines.append("  client CPU  \(Self.fixed(clientCPUSeconds, decimals: 3)) s, \(Self.fixed(perMessage, decimals: 3)) µs per message")
+            lines.append(
+                """
+                  client CPU  \(Self.fixed(clientCPUSeconds, decimals: 3)) s, \
+                \(Self.fixed(perMessage, decimals: 3)) µs per message
+                """
+            )
         }
         return lines.joined(separator: "\n")
     }

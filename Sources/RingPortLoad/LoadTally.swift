@@ -1,5 +1,5 @@
-import RingPort
 import Histogram
+import RingPort
 
 /// What one load worker counted: latencies of the measured messages and the errors.
 ///

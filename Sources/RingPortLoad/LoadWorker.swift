@@ -1,6 +1,5 @@
-import RingPort
-
 import Glibc
+import RingPort
 
 /// One load worker: the completion handling of `ringport load` on one thread.
 ///
@@ -187,7 +186,8 @@ struct LoadWorker {
         let operation = completion.operation
         if operation == .read {
             if let buffer = completion.receivedBuffer {
-                receivedIntoProvidedBuffer(buffer, hasMore: completion.hasMore, index: index, handle: handle, context: context, at: arrival)
+                receivedIntoProvidedBuffer(
+                    buffer, hasMore: completion.hasMore, index: index, handle: handle, context: context, at: arrival)
             } else {
                 received(completion.result, index: index, handle: handle, context: context, at: arrival)
             }
@@ -223,7 +223,9 @@ struct LoadWorker {
 
     /// A receive completed with `result` bytes (or an error) into `context`.
     @inline(__always)
-    private mutating func received(_ result: Int32, index: Int, handle: IOHandle, context: IOContext, at arrival: UInt64) {
+    private mutating func received(
+        _ result: Int32, index: Int, handle: IOHandle, context: IOContext, at arrival: UInt64
+    ) {
         guard result > 0 else {
             receiveEnded(result, index: index, handle: handle, context: context)
             return
@@ -287,12 +289,14 @@ struct LoadWorker {
             let sequence = state.pointee.receivedSequence
             let offset = state.pointee.receivedOffset
             let postedSequence = state.pointee.postedSequence
-            let sentOfMessage = sequence < postedSequence
+            let sentOfMessage =
+                sequence < postedSequence
                 ? messageSize : (sequence == postedSequence ? state.pointee.postedOffset : 0)
             let chunk = min(sentOfMessage - offset, left)
             guard chunk > 0 else { return false }
             let bad = pattern.mismatches(
-                in: position, connection: UInt32(truncatingIfNeeded: index), sequence: sequence, from: offset, count: chunk)
+                in: position, connection: UInt32(truncatingIfNeeded: index), sequence: sequence, from: offset,
+                count: chunk)
             if bad > 0 {
                 tally.mismatchedBytes += UInt64(bad)
                 if !state.pointee.isCorrupt {
@@ -362,7 +366,8 @@ struct LoadWorker {
             while filled < count {
                 let chunk = min(messageSize - offset, count - filled)
                 pattern.fill(
-                    base + filled, connection: UInt32(truncatingIfNeeded: index), sequence: sequence, from: offset, count: chunk)
+                    base + filled, connection: UInt32(truncatingIfNeeded: index), sequence: sequence, from: offset,
+                    count: chunk)
                 filled += chunk
                 offset += chunk
                 if offset == messageSize {

@@ -1,9 +1,8 @@
 import DequeModule
+import Glibc
 import RingPort
 import Synchronization
 import SystemPackage
-
-import Glibc
 
 /// One accepted TCP connection of a ``TCPServer``.
 ///
@@ -121,7 +120,7 @@ public final class Connection: @unchecked Sendable {
         while !remaining.isEmpty {
             let context: IOContext
             if case .copied(let last)? = writeQueue.last, last.count < last.capacity,
-               !(state.sendInFlight && writeQueue.count == 1)
+                !(state.sendInFlight && writeQueue.count == 1)
             {
                 context = last
             } else {
@@ -154,7 +153,7 @@ public final class Connection: @unchecked Sendable {
         // connection holds at most one buffer) and the ring's budget allows it (so peers that
         // never read cannot hold the ring's buffers: ServerResources.pinBuffer).
         if let buffer = received.providedBuffer, buffer.id == deliveredBuffer?.id, !deliveredBufferRetained,
-           buffer.count >= resources.writeChunkSize / 4, writeQueue.isEmpty, resources.pinBuffer(onRing: id.ring)
+            buffer.count >= resources.writeChunkSize / 4, writeQueue.isEmpty, resources.pinBuffer(onRing: id.ring)
         {
             deliveredBufferRetained = true
             writeQueue.append(.provided(buffer, sent: 0))
@@ -168,7 +167,8 @@ public final class Connection: @unchecked Sendable {
     /// (a zero-copy send at or above the server's threshold). The connection owns the context
     /// until ``ConnectionHandler/connection(_:finishedWriting:)`` hands it back.
     public func write(_ context: IOContext, range: Range<Int>) {
-        precondition(range.lowerBound >= 0 && range.upperBound <= context.capacity, "range outside the context's buffer")
+        precondition(
+            range.lowerBound >= 0 && range.upperBound <= context.capacity, "range outside the context's buffer")
         guard acceptsWrites, !range.isEmpty else {
             resources.finishedWriting(context, on: self)
             return

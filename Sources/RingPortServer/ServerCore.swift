@@ -1,8 +1,7 @@
+import Glibc
 import Logging
 import RingPort
 import Synchronization
-
-import Glibc
 
 /// The inside of a ``TCPServer``: the completion handler its workers run, accepting, the idle
 /// sweep, and the shutdown sequence.
@@ -92,7 +91,8 @@ final class ServerCore: Sendable {
     }
 
     var receiveDescription: String {
-        resources.multishotReceive ? "multishot receive into provided buffers" : "plain receive into per-connection buffers"
+        resources.multishotReceive
+            ? "multishot receive into provided buffers" : "plain receive into per-connection buffers"
     }
 
     func transition(from old: State, to new: State) -> Bool {
@@ -357,7 +357,13 @@ final class ServerCore: Sendable {
         resources.counters.export(port: port.statistics)
         let statistics = resources.counters.snapshot()
         logger.info(
-            "\(configuration.label) stopped: \(statistics.accepted) accepted, \(statistics.refused) refused, \(statistics.closed) closed, \(statistics.bytesReceived) bytes in, \(statistics.bytesSent) bytes out, \(statistics.idleTimeouts) idle timeouts, \(statistics.acceptErrors + statistics.connectionErrors + statistics.protocolErrors) errors")
+            """
+            \(configuration.label) stopped: \(statistics.accepted) accepted, \(statistics.refused) refused, \
+            \(statistics.closed) closed, \(statistics.bytesReceived) bytes in, \(statistics.bytesSent) bytes out, \
+            \(statistics.idleTimeouts) idle timeouts, \
+            \(statistics.acceptErrors + statistics.connectionErrors + statistics.protocolErrors) errors
+            """
+        )
     }
 
     private func postToEveryConnection(_ command: ConnectionCommand) {

@@ -1,8 +1,7 @@
+import Glibc
 import Logging
 import RingPort
 import Synchronization
-
-import Glibc
 
 /// What connections share with their server: the port, the pools, the limits, the counters.
 ///
@@ -37,7 +36,8 @@ final class ServerResources: Sendable {
     private let finishedWritingCallback: @Sendable (Connection, IOContext) -> Void
 
     init(
-        port: CompletionPort, configuration: TCPServer.Configuration, features: IOURingFeatures, counters: ServerCounters,
+        port: CompletionPort, configuration: TCPServer.Configuration, features: IOURingFeatures,
+        counters: ServerCounters,
         finishedWriting: @escaping @Sendable (Connection, IOContext) -> Void
     ) {
         self.port = port
@@ -85,7 +85,8 @@ final class ServerResources: Sendable {
     /// connections or of non-reading peers left behind), and once more than 4 MiB were freed,
     /// asks the allocator to give the free pages back to the system. The sweep calls this.
     func returnIdleMemory() {
-        let freed = writeChunks.trimIdle() * writeChunks.bufferSize
+        let freed =
+            writeChunks.trimIdle() * writeChunks.bufferSize
             + receiveContexts.trimIdle() * receiveContexts.bufferSize
         bookkeepingContexts.trimIdle()
         let total = freedSinceMemoryReturn.add(freed, ordering: .relaxed).newValue
@@ -104,7 +105,7 @@ final class ServerResources: Sendable {
     /// a completion posted on the connection's handle, so it runs serialised with the rest.
     func bufferReleased(onRing ring: Int) {
         guard starvedCount.load(ordering: .relaxed) > 0,
-              let connection = starved[ring].withLock({ $0.popLast() })
+            let connection = starved[ring].withLock({ $0.popLast() })
         else { return }
         starvedCount.subtract(1, ordering: .relaxed)
         try? port.post(handle: connection.handle, value: ServerCore.ConnectionCommand.buffersAvailable.rawValue)
@@ -114,7 +115,9 @@ final class ServerResources: Sendable {
     func wakeAllWaitingForBuffers() {
         guard starvedCount.load(ordering: .relaxed) > 0 else { return }
         for ring in starved.indices {
-            for connection in starved[ring].withLock({ list -> [Connection] in defer { list.removeAll() }; return list }) {
+            for connection in starved[ring].withLock({ list -> [Connection] in
+                defer { list.removeAll() }; return list
+            }) {
                 starvedCount.subtract(1, ordering: .relaxed)
                 try? port.post(handle: connection.handle, value: ServerCore.ConnectionCommand.buffersAvailable.rawValue)
             }

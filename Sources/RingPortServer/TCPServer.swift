@@ -1,8 +1,7 @@
+import Glibc
 import Logging
 import RingPort
 import Synchronization
-
-import Glibc
 
 /// A TCP server on a `CompletionPort`: accepts connections, reads from them, and hands the
 /// bytes to a ``ConnectionHandler``, with the limits a server on the internet needs.
@@ -122,7 +121,7 @@ public final class TCPServer: Sendable {
     ///   call failed (e.g. `EADDRINUSE`), or an invalid configuration.
     public init(configuration: Configuration, handler: some ConnectionHandler) throws(RingPortError) {
         guard configuration.maximumConnections > 0, configuration.maximumQueuedWriteBytes > 0,
-              configuration.receiveBufferSize > 0, configuration.writeChunkSize > 0
+            configuration.receiveBufferSize > 0, configuration.writeChunkSize > 0
         else {
             throw RingPortError(.invalidArgument, operation: "TCPServer limits and sizes must be positive")
         }
@@ -134,7 +133,8 @@ public final class TCPServer: Sendable {
         let port = try CompletionPort(configuration: configuration.port)
         let listenerDescriptor: Int32
         do {
-            listenerDescriptor = try TCPSocket.makeListener(address: configuration.address, options: configuration.listener)
+            listenerDescriptor = try TCPSocket.makeListener(
+                address: configuration.address, options: configuration.listener)
         } catch {
             port.close()
             throw error
@@ -171,7 +171,11 @@ public final class TCPServer: Sendable {
         try core.startAccepting()
         try core.startSweeping()
         configuration.logger.info(
-            "\(configuration.label) listening on \(localAddress): \(workers.threadCount) workers, \(core.port.ringCount) ring(s), \(core.acceptDescription), \(core.receiveDescription)")
+            """
+            \(configuration.label) listening on \(localAddress): \(workers.threadCount) workers, \
+            \(core.port.ringCount) ring(s), \(core.acceptDescription), \(core.receiveDescription)
+            """
+        )
         return true
     }
 

@@ -1,10 +1,9 @@
 import ArgumentParser
+import Glibc
 import Logging
 import RingPort
 import RingPortAsync
 import ServiceLifecycle
-
-import Glibc
 
 /// `ringport async-echo`: the echo server written with RingPortAsync (a task per connection,
 /// `read` then `write`), to compare resuming tasks on the port's workers with resuming them on
@@ -73,14 +72,19 @@ struct AsyncEchoCommand: AsyncParsableCommand {
         do {
             let address = try SocketAddress(host: host, port: port)
             let io = try AsyncPort(configuration: configuration)
-            service = AsyncEchoService(io: io, listener: try TCPListener.bind(to: address, on: io), bufferSize: bufferSize)
+            service = AsyncEchoService(
+                io: io, listener: try TCPListener.bind(to: address, on: io), bufferSize: bufferSize)
         } catch {
             StandardError.write("error: \(error)")
             throw ExitCode.failure
         }
         let rings = service.io.port.ringCount
         print(
-            "ringport async-echo listening on \(service.listener.localAddress) (\(configuration.port.workerCount) workers, \(rings) \(rings == 1 ? "ring" : "rings"), tasks on \(resume == .workers ? "the port's workers" : "the global executor"))"
+            """
+            ringport async-echo listening on \(service.listener.localAddress) (\(configuration.port.workerCount) \
+            workers, \(rings) \(rings == 1 ? "ring" : "rings"), tasks on \
+            \(resume == .workers ? "the port's workers" : "the global executor"))
+            """
         )
         fflush(nil)
 
@@ -92,7 +96,11 @@ struct AsyncEchoCommand: AsyncParsableCommand {
         }
         let statistics = service.io.statistics
         print(
-            "stopped: \(statistics.completions) completions, \(statistics.kernelEnters) io_uring_enter calls, \(statistics.leaderTakeovers) leader takeovers, \(statistics.staleCompletions + statistics.droppedCompletions) lost"
+            """
+            stopped: \(statistics.completions) completions, \(statistics.kernelEnters) io_uring_enter calls, \
+            \(statistics.leaderTakeovers) leader takeovers, \
+            \(statistics.staleCompletions + statistics.droppedCompletions) lost
+            """
         )
     }
 

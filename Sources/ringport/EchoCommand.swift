@@ -5,7 +5,11 @@ struct EchoCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "echo",
         abstract: "Run the echo server: every byte a client sends comes back.",
-        discussion: "Runs until SIGINT or SIGTERM, then finishes and closes every connection; a second signal closes them at once."
+        discussion:
+            """
+            Runs until SIGINT or SIGTERM, then finishes and closes every connection; a second signal closes them \
+            at once.
+            """
     )
 
     @OptionGroup var server: ServerOptions

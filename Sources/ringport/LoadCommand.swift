@@ -1,8 +1,7 @@
 import ArgumentParser
+import Glibc
 import RingPort
 import RingPortLoad
-
-import Glibc
 
 /// `ringport load`: a TCP echo load generator on the completion port, the Swift counterpart of
 /// `Benchmarks/c/echo_load.c` with the same options, checks, JSON keys and exit statuses.
@@ -56,7 +55,13 @@ struct LoadCommand: ParsableCommand {
     @Option(help: "Seconds connecting may go without establishing a connection before the run fails.")
     var connectTimeout: Double = 5
 
-    @Option(help: "How echoes are received: auto (multishot where the kernel has it), multishot (one multishot receive per connection into provided buffers, Linux 6.0+), or single (one receive per completion).")
+    @Option(
+        help:
+            """
+            How echoes are received: auto (multishot where the kernel has it), multishot (one multishot receive \
+            per connection into provided buffers, Linux 6.0+), or single (one receive per completion).
+            """
+    )
     var receive: ReceiveOption = .auto
 
     enum ReceiveOption: String, ExpressibleByArgument, CaseIterable {
@@ -83,7 +88,9 @@ struct LoadCommand: ParsableCommand {
         if depth < 1 || depth > LoadPlan.maximumDepth {
             throw ValidationError("--depth must be in 1...\(LoadPlan.maximumDepth)")
         }
-        if !(duration >= 0.001 && duration <= 86400) { throw ValidationError("--duration must be in 0.001...86400 seconds") }
+        if !(duration >= 0.001 && duration <= 86400) {
+            throw ValidationError("--duration must be in 0.001...86400 seconds")
+        }
         if !(warmup >= 0 && warmup <= 86400) { throw ValidationError("--warmup must be in 0...86400 seconds") }
         if !(connectTimeout > 0 && connectTimeout <= 3600) {
             throw ValidationError("--connect-timeout must be in (0, 3600] seconds")
@@ -121,18 +128,22 @@ struct LoadCommand: ParsableCommand {
             throw ExitCode.failure
         }
         if !quiet {
+            let loopback = plan.targetIsLoopback ? "" : " (not a loopback address)"
             StandardError.write(
-                "ringport load: \(connections) connections to \(address)\(plan.targetIsLoopback ? "" : " (not a loopback address)"),"
-                    + " \(size)-byte messages, \(depth) in flight per connection, \(LoadReport.fixed(warmup, decimals: 3)) s warm-up"
-                    + " + \(LoadReport.fixed(duration, decimals: 3)) s, \(workers) \(workers == 1 ? "worker" : "workers"),"
-                    + " \(receiveMode.rawValue) receive")
+                """
+                ringport load: \(connections) connections to \(address)\(loopback), \(size)-byte messages, \
+                \(depth) in flight per connection, \(LoadReport.fixed(warmup, decimals: 3)) s warm-up \
+                + \(LoadReport.fixed(duration, decimals: 3)) s, \(workers) \(workers == 1 ? "worker" : "workers"), \
+                \(receiveMode.rawValue) receive
+                """)
         }
 
         let progress = (0..<workers).map { _ in WorkerProgress() }
         let showsProgress = !quiet && (self.progress || isatty(STDERR_FILENO) == 1)
         let monitor = LoadMonitor(
             workers: progress, showsProgress: showsProgress,
-            hardDeadline: MonotonicInstant.now.advanced(by: plan.connectPhaseLimit + LoadPlan.teardownAllowance).nanoseconds)
+            hardDeadline: MonotonicInstant.now.advanced(by: plan.connectPhaseLimit + LoadPlan.teardownAllowance)
+                .nanoseconds)
         let report: LoadReport
         do {
             try monitor.start()

@@ -1,8 +1,7 @@
 import ArgumentParser
+import Glibc
 import RingPort
 import RingPortServer
-
-import Glibc
 
 /// Runs a server until SIGINT or SIGTERM, shuts it down gracefully, and forces the shutdown on a
 /// second signal (``ServiceRunner``). Prints where it listens and, at the end, a one-line summary.
@@ -25,21 +24,30 @@ func runServer(
     }
     let rings = configuration.port.ringCount
     print(
-        "ringport \(label) listening on \(server.localAddress) (\(configuration.port.workerCount) workers, \(rings) \(rings == 1 ? "ring" : "rings"))"
+        """
+        ringport \(label) listening on \(server.localAddress) (\(configuration.port.workerCount) workers, \
+        \(rings) \(rings == 1 ? "ring" : "rings"))
+        """
     )
     fflush(nil)
 
     try await runner.run([server], logger: configuration.logger) { signal, first in
-        print(first ? "received \(signal.name), shutting down (again to force)" : "received \(signal.name) again, closing every connection now")
+        print(
+            first
+                ? "received \(signal.name), shutting down (again to force)"
+                : "received \(signal.name) again, closing every connection now")
         fflush(nil)
     }
 
     let statistics = server.statistics
     let port = server.portStatistics
     print(
-        "stopped: \(statistics.accepted) connections served, \(statistics.refused) refused, \(statistics.acceptErrors) accept errors,"
-            + " \(statistics.idleTimeouts) idle timeouts, \(statistics.bytesReceived) bytes in,"
-            + " \(statistics.bytesSent) bytes out, \(port.completions) completions, \(port.kernelEnters) io_uring_enter calls,"
-            + " \(port.leaderTakeovers) leader takeovers, \(statistics.bufferExhaustions) buffer exhaustions, \(statistics.backpressurePauses) backpressure pauses,"
-            + " \(port.staleCompletions + port.droppedCompletions) lost")
+        """
+        stopped: \(statistics.accepted) connections served, \(statistics.refused) refused, \
+        \(statistics.acceptErrors) accept errors, \(statistics.idleTimeouts) idle timeouts, \
+        \(statistics.bytesReceived) bytes in, \(statistics.bytesSent) bytes out, \(port.completions) completions, \
+        \(port.kernelEnters) io_uring_enter calls, \(port.leaderTakeovers) leader takeovers, \
+        \(statistics.bufferExhaustions) buffer exhaustions, \(statistics.backpressurePauses) backpressure pauses, \
+        \(port.staleCompletions + port.droppedCompletions) lost
+        """)
 }

@@ -1,8 +1,7 @@
+import Glibc
 import Logging
 import ServiceLifecycle
 import UnixSignals
-
-import Glibc
 
 /// Runs the tool's servers: a `ServiceGroup` of them, shut down gracefully on the first SIGINT
 /// or SIGTERM and cancelled on the second (a `TCPServer` then closes its connections at once).

@@ -1,16 +1,16 @@
 import Foundation
+import Glibc
 import RingPort
 import RingPortTestSupport
 import Testing
-
-import Glibc
 
 /// The `ringport` executable built next to the test bundle.
 func ringportExecutable() throws -> URL {
     let directory = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent()
     let executable = directory.appendingPathComponent("ringport")
     guard FileManager.default.isExecutableFile(atPath: executable.path) else {
-        throw POSIXError(.ENOENT, userInfo: [NSLocalizedDescriptionKey: "\(executable.path) not built: run `swift build` first"])
+        throw POSIXError(
+            .ENOENT, userInfo: [NSLocalizedDescriptionKey: "\(executable.path) not built: run `swift build` first"])
     }
     return executable
 }
@@ -71,7 +71,9 @@ struct RunningRingport {
     /// Starts the server `executable` (ringport, or one of `Examples/`) with `arguments` and
     /// `environment` added to this process's, and waits for its banner ("... listening on
     /// 127.0.0.1:<port>").
-    init(executable: String, _ arguments: [String], environment: [String: String] = [:], shellPrefix: String? = nil) throws {
+    init(
+        executable: String, _ arguments: [String], environment: [String: String] = [:], shellPrefix: String? = nil
+    ) throws {
         process = Process()
         if !environment.isEmpty {
             process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
@@ -92,12 +94,14 @@ struct RunningRingport {
         try process.run()
         let lines = self.lines
         guard eventually({ lines.all.contains { $0.contains("listening on") } }),
-              let banner = lines.all.first(where: { $0.contains("listening on") }),
-              let hostPort = banner.split(separator: " ").first(where: { $0.hasPrefix("127.0.0.1:") }),
-              let port = UInt16(hostPort.dropFirst("127.0.0.1:".count))
+            let banner = lines.all.first(where: { $0.contains("listening on") }),
+            let hostPort = banner.split(separator: " ").first(where: { $0.hasPrefix("127.0.0.1:") }),
+            let port = UInt16(hostPort.dropFirst("127.0.0.1:".count))
         else {
             process.terminate()
-            throw POSIXError(.EIO, userInfo: [NSLocalizedDescriptionKey: "\(executable) did not start: \(lines.all) \(logLines.all)"])
+            throw POSIXError(
+                .EIO, userInfo: [NSLocalizedDescriptionKey: "\(executable) did not start: \(lines.all) \(logLines.all)"]
+            )
         }
         self.banner = banner
         address = try SocketAddress(host: "127.0.0.1", port: port)
@@ -127,7 +131,9 @@ struct RunningRingport {
 extension IntegrationTests {
     @Suite struct CommandLineTests {
         @Test func echoCommandServesTwoHundredClientsAndStopsCleanly() throws {
-            let server = try RunningRingport(["echo", "--host", "127.0.0.1", "--port", "0", "--workers", "6", "--log-level", "debug"])
+            let server = try RunningRingport([
+                "echo", "--host", "127.0.0.1", "--port", "0", "--workers", "6", "--log-level", "debug",
+            ])
             defer { if server.process.isRunning { server.process.terminate() } }
             #expect(server.banner.contains("6 workers"))
 
@@ -150,7 +156,9 @@ extension IntegrationTests {
                 .appendingPathComponent("Fixtures/deny-io-uring-setup.py")
             let process = Process()
             process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-            process.arguments = ["python3", fixture.path, "\(errno)", try ringportExecutable().path, "echo", "--port", "0"]
+            process.arguments = [
+                "python3", fixture.path, "\(errno)", try ringportExecutable().path, "echo", "--port", "0",
+            ]
             let output = Pipe()
             let errors = Pipe()
             process.standardOutput = output
@@ -171,14 +179,17 @@ extension IntegrationTests {
         /// off while accept fails with EMFILE (logging it once, not spinning), and serves the rest
         /// as the first ones leave.
         @Test func descriptorExhaustionBacksOffAndRecovers() throws {
-            let server = try RunningRingport(["echo", "--port", "0", "--workers", "2", "--log-level", "notice"], shellPrefix: "ulimit -n 64")
+            let server = try RunningRingport(
+                ["echo", "--port", "0", "--workers", "2", "--log-level", "notice"], shellPrefix: "ulimit -n 64")
             let process = server.process
             let logLines = server.logLines
             defer { if process.isRunning { process.terminate() } }
             let address = server.address
 
             // 120 clients connect (the backlog holds those the server cannot accept yet) and send one byte.
-            let clients = try (0..<120).map { _ in try BlockingClient(connectingTo: address, receiveTimeout: .milliseconds(100)) }
+            let clients = try (0..<120).map { _ in
+                try BlockingClient(connectingTo: address, receiveTimeout: .milliseconds(100))
+            }
             for client in clients { try client.send([42]) }
             var served = Set<Int>()
             for (index, client) in clients.enumerated() where (try? client.receive(count: 1)) == [42] {
@@ -190,7 +201,9 @@ extension IntegrationTests {
             // While accepting fails, the server waits instead of spinning.
             let statPath = "/proc/\(process.processIdentifier)/stat"
             func cpuTicks() -> Int {
-                let fields = ((try? String(contentsOfFile: statPath, encoding: .utf8)) ?? "").split(separator: ")").last?.split(separator: " ") ?? []
+                let fields =
+                    ((try? String(contentsOfFile: statPath, encoding: .utf8)) ?? "").split(separator: ")").last?.split(
+                        separator: " ") ?? []
                 return fields.count > 13 ? (Int(fields[11]) ?? 0) + (Int(fields[12]) ?? 0) : 0
             }
             let ticksBefore = cpuTicks()
@@ -216,15 +229,18 @@ extension IntegrationTests {
             let recoveries = logLines.all.filter { $0.contains("accepting again") }.count
             #expect(failures >= 1 && failures <= recoveries + 1)
             let summary = try #require(server.summary)
-            let acceptErrors = try #require(summary.split(separator: ",").first { $0.contains("accept errors") }
-                .flatMap { Int($0.split(separator: " ")[0]) })
+            let acceptErrors = try #require(
+                summary.split(separator: ",").first { $0.contains("accept errors") }
+                    .flatMap { Int($0.split(separator: " ")[0]) })
             #expect(acceptErrors > failures)
         }
 
         /// A first SIGTERM waits for a client that does not read (its writes cannot finish); a
         /// second one closes it at once.
         @Test func aSecondSignalForcesTheShutdown() throws {
-            let server = try RunningRingport(["echo", "--port", "0", "--grace-period", "30", "--max-write-queue", "65536", "--log-level", "warning"])
+            let server = try RunningRingport([
+                "echo", "--port", "0", "--grace-period", "30", "--max-write-queue", "65536", "--log-level", "warning",
+            ])
             let process = server.process
             defer { if process.isRunning { process.terminate() } }
             let address = server.address

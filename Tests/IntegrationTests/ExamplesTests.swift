@@ -1,12 +1,11 @@
 import Foundation
+import Glibc
 import Logging
 import RingPort
 import RingPortServer
-import ServiceLifecycle
 import RingPortTestSupport
+import ServiceLifecycle
 import Testing
-
-import Glibc
 
 /// An example of `Examples/`, built next to the test bundle, started for a test: its process, its
 /// output and log lines, and the address from its banner ("<Name> listening on 127.0.0.1:<port>").
@@ -25,7 +24,8 @@ struct RunningExample {
         let directory = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent()
         let executable = directory.appendingPathComponent(name)
         guard FileManager.default.isExecutableFile(atPath: executable.path) else {
-            throw POSIXError(.ENOENT, userInfo: [NSLocalizedDescriptionKey: "\(executable.path) not built: run `swift build` first"])
+            throw POSIXError(
+                .ENOENT, userInfo: [NSLocalizedDescriptionKey: "\(executable.path) not built: run `swift build` first"])
         }
         running = try RunningRingport(executable: executable.path, arguments, environment: environment)
     }
@@ -150,7 +150,8 @@ extension IntegrationTests {
 
         @Test func keyValueServerAnswersEveryCommandAndStopsGracefullyOnSIGTERM() throws {
             // The port from the environment this time.
-            let example = try RunningExample("KeyValueServer", arguments: [], environment: ["PORT": "0", "LOG_LEVEL": "info"])
+            let example = try RunningExample(
+                "KeyValueServer", arguments: [], environment: ["PORT": "0", "LOG_LEVEL": "info"])
             defer { if example.process.isRunning { example.process.terminate() } }
             let client = try BlockingClient(connectingTo: example.address)
             defer { client.close() }
@@ -158,12 +159,17 @@ extension IntegrationTests {
             #expect(try client.ask(["SET greeting hello,  world "]) == ["OK"])
             #expect(try client.ask(["GET greeting"]) == ["VALUE hello,  world "])
             #expect(try client.ask(["GET missing"]) == ["NOT_FOUND"])
-            #expect(try client.ask(["DEL greeting", "GET greeting", "DEL greeting"]) == ["DELETED", "NOT_FOUND", "NOT_FOUND"])
+            #expect(
+                try client.ask(["DEL greeting", "GET greeting", "DEL greeting"]) == [
+                    "DELETED", "NOT_FOUND", "NOT_FOUND",
+                ])
             #expect(try client.ask(["set k v1\r", "Get k"]) == ["OK", "VALUE v1"], "case-insensitive, CRLF")
             #expect(try client.ask(["FLY away"]) == ["ERR unknown command 'FLY'"])
-            #expect(try client.ask(["", "GET", "GET a b", "SET onlykey", "DEL"]) == [
-                "ERR empty command", "ERR usage: GET key", "ERR usage: GET key", "ERR usage: SET key value", "ERR usage: DEL key",
-            ])
+            #expect(
+                try client.ask(["", "GET", "GET a b", "SET onlykey", "DEL"]) == [
+                    "ERR empty command", "ERR usage: GET key", "ERR usage: GET key", "ERR usage: SET key value",
+                    "ERR usage: DEL key",
+                ])
             // The longest line allowed, and a value split over several sends.
             let longest = "SET long " + String(repeating: "v", count: 1024 - 9)
             #expect(try client.ask([longest]) == ["OK"])
@@ -187,9 +193,13 @@ extension IntegrationTests {
             #expect(example.process.terminationStatus == 0, "\(example.logLines.all)")
             #expect(client.peerClosed)
             let stopped = example.lines.all.first { $0.hasPrefix("KeyValueServer stopped:") }
-            #expect(stopped == "KeyValueServer stopped: 2 connections served, 7 bad requests, 2 keys, 0 operations in flight")
+            #expect(
+                stopped
+                    == "KeyValueServer stopped: 2 connections served, 7 bad requests, 2 keys, 0 operations in flight")
             #expect(example.logLines.all.contains { $0.contains("kv: drained") })
-            #expect(!example.logLines.all.contains { $0.contains(" error ") || $0.contains(" critical ") }, "\(example.logLines.all)")
+            #expect(
+                !example.logLines.all.contains { $0.contains(" error ") || $0.contains(" critical ") },
+                "\(example.logLines.all)")
             #expect(throws: (any Error).self, "nothing listens any more") {
                 Glibc.close(try TCPSocket.connect(to: example.address))
             }
@@ -246,7 +256,8 @@ extension IntegrationTests {
         @Test func cancellingRunForcesTheShutdown() async throws {
             var configuration = TCPServer.Configuration(address: try loopbackAnyPort())
             configuration.gracefulShutdownPeriod = .seconds(60)
-            let server = try TCPServer(configuration: configuration, handler: BulkReplier(reply: [UInt8](repeating: 7, count: 32 << 20)))
+            let server = try TCPServer(
+                configuration: configuration, handler: BulkReplier(reply: [UInt8](repeating: 7, count: 32 << 20)))
             let finished = LockedBox(false)
             let runner = Task {
                 defer { finished.withLock { $0 = true } }
@@ -270,7 +281,8 @@ extension IntegrationTests {
         /// `shutdown(gracePeriod:)`: it returns once the server has stopped.
         @Test func runReturnsWhenTheServerIsShutDownDirectly() async throws {
             let server = try TCPServer(
-                configuration: TCPServer.Configuration(address: try loopbackAnyPort()), handler: BulkReplier(reply: Array("pong\n".utf8)))
+                configuration: TCPServer.Configuration(address: try loopbackAnyPort()),
+                handler: BulkReplier(reply: Array("pong\n".utf8)))
             try server.start()
             let finished = LockedBox(false)
             let runner = Task {

@@ -1,11 +1,10 @@
 import Foundation
+import Glibc
 import RingPort
 import RingPortServer
-import Synchronization
 import RingPortTestSupport
+import Synchronization
 import Testing
-
-import Glibc
 
 /// One finished `ringport load` process: its exit status, standard output and standard error.
 struct FinishedLoad {
@@ -143,7 +142,8 @@ extension IntegrationTests {
 
             let load = try FinishedLoad([
                 "--port", "\(server.address.port)", "--duration", "0.9", "--warmup", "0.3",
-                "--connections", "4", "--size", "300000", "--depth", "2", "--workers", "2", "--receive", "single", "--progress",
+                "--connections", "4", "--size", "300000", "--depth", "2", "--workers", "2", "--receive", "single",
+                "--progress",
             ])
             #expect(load.status == 0, "\(load.errors)")
             #expect(load.output.contains("messages"), "\(load.output)")
@@ -207,7 +207,9 @@ extension IntegrationTests {
             address.sin_family = sa_family_t(AF_INET)
             address.sin_addr.s_addr = inet_addr("127.0.0.1")
             let result = withUnsafePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    bind(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+                }
             }
             try #require(result == 0)
             let port = try TCPSocket.localAddress(of: descriptor).port

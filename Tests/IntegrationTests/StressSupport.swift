@@ -1,9 +1,8 @@
 import Foundation
+import Glibc
 import RingPort
 import RingPortTestSupport
 import Testing
-
-import Glibc
 
 // Helpers of the "hostile and broken clients" stress suite (StressTests.swift): a `ringport`
 // process under test with its descriptor count and resident memory, its shutdown summary, and
@@ -24,8 +23,8 @@ struct Footprint: CustomStringConvertible {
     init(pid: Int32) {
         descriptors = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").count) ?? -1
         residentBytes = -1
-        if let line = readProcFile("/proc/\(pid)/status").split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") })
-        {
+        if let line = readProcFile("/proc/\(pid)/status").split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }
+        ) {
             let fields = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
             if fields.count >= 2, let kilobytes = Int(fields[1]) { residentBytes = kilobytes * 1024 }
         }
@@ -53,16 +52,22 @@ struct MemoryBreakdown: CustomStringConvertible {
         var mappings: [Mapping] = []
         for line in readProcFile("/proc/\(pid)/smaps").split(separator: "\n") {
             let fields = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
-            if let range = fields.first, range.contains("-"), fields.count >= 5, range.allSatisfy({ $0.isHexDigit || $0 == "-" }) {
+            if let range = fields.first, range.contains("-"), fields.count >= 5,
+                range.allSatisfy({ $0.isHexDigit || $0 == "-" })
+            {
                 let bounds = range.split(separator: "-").compactMap { Int($0, radix: 16) }
-                mappings.append(Mapping(size: bounds.count == 2 ? bounds[1] - bounds[0] : 0, name: fields.count > 5 ? fields[5] : ""))
+                mappings.append(
+                    Mapping(
+                        size: bounds.count == 2 ? bounds[1] - bounds[0] : 0, name: fields.count > 5 ? fields[5] : ""))
             } else if fields.first == "Rss:", fields.count >= 2, let kilobytes = Int(fields[1]), !mappings.isEmpty {
                 mappings[mappings.count - 1].resident = kilobytes * 1024
             }
         }
         // The kernel may have merged a neighbour into the region: take the smallest candidate.
         let ringIndex = mappings.indices
-            .filter { mappings[$0].name.isEmpty && mappings[$0].size >= ringBytes && mappings[$0].size < ringBytes + (4 << 20) }
+            .filter {
+                mappings[$0].name.isEmpty && mappings[$0].size >= ringBytes && mappings[$0].size < ringBytes + (4 << 20)
+            }
             .min { mappings[$0].size < mappings[$1].size }
         for (index, mapping) in mappings.enumerated() {
             if index == ringIndex {
@@ -79,7 +84,10 @@ struct MemoryBreakdown: CustomStringConvertible {
     }
 
     var description: String {
-        "provided-buffer region \(mebibytes(ring)) of \(mebibytes(ringSize)) MiB, [heap] \(mebibytes(heap)), other anonymous \(mebibytes(otherAnonymous)), files \(mebibytes(files)) MiB resident"
+        """
+        provided-buffer region \(mebibytes(ring)) of \(mebibytes(ringSize)) MiB, [heap] \(mebibytes(heap)), other \
+        anonymous \(mebibytes(otherAnonymous)), files \(mebibytes(files)) MiB resident
+        """
     }
 }
 
@@ -95,7 +103,9 @@ func readProcFile(_ path: String) -> String {
 func kernelTCPMemory() -> Int {
     let line = readProcFile("/proc/net/sockstat").split(separator: "\n").first { $0.hasPrefix("TCP:") } ?? ""
     let fields = line.split(separator: " ")
-    guard let index = fields.firstIndex(of: "mem"), index + 1 < fields.count, let pages = Int(fields[index + 1]) else { return -1 }
+    guard let index = fields.firstIndex(of: "mem"), index + 1 < fields.count, let pages = Int(fields[index + 1]) else {
+        return -1
+    }
     return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
 }
 
@@ -187,7 +197,8 @@ final class StressServer: @unchecked Sendable {
     init(_ kind: Kind, _ options: [String] = [], shellPrefix: String? = nil) throws {
         self.kind = kind
         ringport = try RunningRingport(
-            [kind.rawValue, "--host", "127.0.0.1", "--port", "0", "--log-level", "warning", "--grace-period", "5"] + options,
+            [kind.rawValue, "--host", "127.0.0.1", "--port", "0", "--log-level", "warning", "--grace-period", "5"]
+                + options,
             shellPrefix: shellPrefix)
         pid = ringport.process.processIdentifier
         address = ringport.address
@@ -217,7 +228,8 @@ final class StressServer: @unchecked Sendable {
 
     /// A new connection to the server (counted), blocking or not.
     func connect(
-        receiveBufferSize: Int32? = nil, sendBufferSize: Int32? = nil, maximumSegmentSize: Int32? = nil, nonBlocking: Bool = false
+        receiveBufferSize: Int32? = nil, sendBufferSize: Int32? = nil, maximumSegmentSize: Int32? = nil,
+        nonBlocking: Bool = false
     ) throws -> Int32 {
         let descriptor = try connectLoopback(
             port: port, receiveBufferSize: receiveBufferSize, sendBufferSize: sendBufferSize,
@@ -228,7 +240,9 @@ final class StressServer: @unchecked Sendable {
 
     /// Waits until the server holds no more descriptors than `baseline` (connections closed), then
     /// until its resident memory is within 10% of `baseline`'s, and returns the last reading.
-    func settle(toward baseline: Footprint, descriptorTimeout: Duration = .seconds(10), memoryTimeout: Duration = .seconds(5)) -> Footprint {
+    func settle(
+        toward baseline: Footprint, descriptorTimeout: Duration = .seconds(10), memoryTimeout: Duration = .seconds(5)
+    ) -> Footprint {
         var last = footprint
         _ = eventually(timeout: descriptorTimeout) {
             last = footprint
@@ -300,7 +314,8 @@ final class StressServer: @unchecked Sendable {
         #expect(process.terminationStatus == 0, "exit status 0", sourceLocation: sourceLocation)
         let summary = ShutdownSummary(ringport.summary)
         print("STRESS   \(kind) server \(summary?.line ?? "printed no summary")")
-        #expect(summary != nil, "a stopped: summary line; output: \(ringport.lines.all)", sourceLocation: sourceLocation)
+        #expect(
+            summary != nil, "a stopped: summary line; output: \(ringport.lines.all)", sourceLocation: sourceLocation)
         let errors = ringport.logLines.all.filter { $0.contains(" error ") || $0.contains(" critical ") }
         #expect(errors.isEmpty, "no error logged: \(errors.prefix(5))", sourceLocation: sourceLocation)
         return summary
@@ -350,7 +365,9 @@ extension Duration {
 func expectSettled(
     start: Footprint, baseline: Footprint, end: Footprint, sourceLocation: SourceLocation = #_sourceLocation
 ) {
-    #expect(end.descriptors <= start.descriptors, "descriptors \(start.descriptors)→\(end.descriptors)", sourceLocation: sourceLocation)
+    #expect(
+        end.descriptors <= start.descriptors, "descriptors \(start.descriptors)→\(end.descriptors)",
+        sourceLocation: sourceLocation)
     #expect(
         end.residentBytes <= baseline.residentBytes + baseline.residentBytes / 10,
         "RSS \(baseline.residentMiB)→\(end.residentMiB) MiB: more than 10% above the baseline after the warm-up",
@@ -385,7 +402,9 @@ func connectLoopback(
     var result: Int32 = -1
     repeat {
         result = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                Glibc.connect(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
         }
     } while result != 0 && errno == EINTR
     guard result == 0 else {
@@ -479,7 +498,9 @@ final class EchoSession {
         var total = 0
         while sent < sendLimit && !closed && total < budget {
             let count = min(chunk, sendLimit - sent)
-            let result = payload.withUnsafeBytes { send(descriptor, $0.baseAddress! + sent, count, Int32(MSG_NOSIGNAL)) }
+            let result = payload.withUnsafeBytes {
+                send(descriptor, $0.baseAddress! + sent, count, Int32(MSG_NOSIGNAL))
+            }
             if result > 0 {
                 sent += result
                 total += result
@@ -500,9 +521,13 @@ final class EchoSession {
         while !closed && !endOfStream {
             let result = buffer.withUnsafeMutableBytes { recv(descriptor, $0.baseAddress!, $0.count, 0) }
             if result > 0 {
-                let matches = verified + result <= payload.count && buffer.withUnsafeBytes { received in
-                    payload.withUnsafeBytes { memcmp(received.baseAddress!, $0.baseAddress! + verified, result) == 0 }
-                }
+                let matches =
+                    verified + result <= payload.count
+                    && buffer.withUnsafeBytes { received in
+                        payload.withUnsafeBytes {
+                            memcmp(received.baseAddress!, $0.baseAddress! + verified, result) == 0
+                        }
+                    }
                 if !matches {
                     if mismatchAt == nil { mismatchAt = verified }
                     return total
@@ -569,7 +594,9 @@ func pollSessions(
 func runOnThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
     let finished = LockedBox(0)
     for index in 0..<count {
-        let thread = Thread { body(index); finished.withLock { $0 += 1 } }
+        let thread = Thread {
+            body(index); finished.withLock { $0 += 1 }
+        }
         thread.stackSize = 1 << 20
         thread.start()
     }

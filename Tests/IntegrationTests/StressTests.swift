@@ -1,9 +1,8 @@
 import Foundation
+import Glibc
 import RingPort
 import RingPortTestSupport
 import Testing
-
-import Glibc
 
 // The "hostile and broken clients" stress suite (`make stress`): each case starts a `ringport echo`
 // or `ringport http` process, warms it up along the paths the case uses, reads its descriptor
@@ -45,7 +44,8 @@ extension IntegrationTests {
             var warmUpResident: [Int] = [server.footprint.residentBytes]
             for round in 0..<3 {
                 let sampler = PeakSampler(pid: server.pid)
-                let warmUp = connectCloseCycles(server, count: 10_000, threads: 8, seed: UInt64(1 + round), deadline: .now + .seconds(60))
+                let warmUp = connectCloseCycles(
+                    server, count: 10_000, threads: 8, seed: UInt64(1 + round), deadline: .now + .seconds(60))
                 warmUpPeak.descriptors = max(warmUpPeak.descriptors, sampler.stop().descriptors)
                 #expect(warmUp.completed == 10_000)
                 _ = eventually { server.footprint.descriptors <= start.descriptors }
@@ -74,13 +74,22 @@ extension IntegrationTests {
                 start: start, baseline: baseline, peak: peak, elapsed: elapsed
             ) {
                 overflows = listenQueueOverflows() - overflowsBefore
-                return "\(result.completed) cycles, \(result.echoedBytes) echoed bytes checked, \(result.mismatches) mismatches; at most \(peak.descriptors - start.descriptors) connections open at once (warm-up \(warmUpPeak.descriptors - start.descriptors)); \(overflows) listen-queue overflows; warm-up RSS \(warmUpResident.map { mebibytes($0) }.joined(separator: "→")) MiB over \(warmUpResident.count - 1) round(s)"
+                return
+                    """
+                    \(result.completed) cycles, \(result.echoedBytes) echoed bytes checked, \(result.mismatches) \
+                    mismatches; at most \(peak.descriptors - start.descriptors) connections open at once (warm-up \
+                    \(warmUpPeak.descriptors - start.descriptors)); \(overflows) listen-queue overflows; warm-up \
+                    RSS \(warmUpResident.map { mebibytes($0) }.joined(separator: "→")) MiB over \
+                    \(warmUpResident.count - 1) round(s)
+                    """
             }
             if overflows == 0 {
                 server.expectSummary(summary, served: server.connectionsOpened)
             } else if let summary {
                 let served = summary["connections served"]
-                #expect(served <= server.connectionsOpened && served >= server.connectionsOpened - overflows, "\(summary); \(overflows) overflows")
+                #expect(
+                    served <= server.connectionsOpened && served >= server.connectionsOpened - overflows,
+                    "\(summary); \(overflows) overflows")
                 server.expectSummary(summary, served: served)
             }
             if let summary { #expect(summary["bytes out"] <= summary["bytes in"]) }
@@ -114,13 +123,19 @@ extension IntegrationTests {
                 "reset mid-write x16 (8 MiB each, 8 reading, 8 not)",
                 start: start, baseline: baseline, elapsed: elapsed
             ) {
-                "\(mebibytes(result.sent)) MiB sent, \(mebibytes(result.verified)) MiB echoed and checked before the resets, \(result.stalled) of 8 non-readers stalled before 8 MiB, \(result.mismatches) mismatches"
+                """
+                \(mebibytes(result.sent)) MiB sent, \(mebibytes(result.verified)) MiB echoed and checked before \
+                the resets, \(result.stalled) of 8 non-readers stalled before 8 MiB, \(result.mismatches) \
+                mismatches
+                """
             }
             server.expectSummary(summary, served: server.connectionsOpened)
             if let summary {
                 #expect(summary["bytes out"] <= summary["bytes in"])
                 // 1 non-reader in the warm-up, 8 in the case.
-                #expect(summary["backpressure pauses"] >= 1 + 8, "the non-reading ones put the server in backpressure: \(summary)")
+                #expect(
+                    summary["backpressure pauses"] >= 1 + 8,
+                    "the non-reading ones put the server in backpressure: \(summary)")
             }
         }
 
@@ -146,7 +161,11 @@ extension IntegrationTests {
                 "half-close x\(result.sessions) (1 B to 8 MiB, SHUT_WR, read to EOF)",
                 start: start, baseline: baseline, elapsed: elapsed
             ) {
-                "\(result.complete)/\(result.sessions) echoed in full then closed by the server, \(result.verified) of \(result.sent) bytes compared, \(result.checksumsMatching)/\(result.sessions) checksums equal"
+                """
+                \(result.complete)/\(result.sessions) echoed in full then closed by the server, \
+                \(result.verified) of \(result.sent) bytes compared, \
+                \(result.checksumsMatching)/\(result.sessions) checksums equal
+                """
             }
             server.expectSummary(summary, served: server.connectionsOpened)
             if let summary {
@@ -175,14 +194,22 @@ extension IntegrationTests {
             let elapsed = ContinuousClock.now - began
             #expect(result.closed == 16, "every slow client was closed: \(result)")
             #expect(result.earliest >= .milliseconds(950), "none closed before the idle timeout: \(result)")
-            #expect(result.latest <= .milliseconds(2000), "all closed within 2 s (timeout 1 s, sweep every 250 ms): \(result)")
-            #expect(result.goodResponses >= 3 && result.goodFailures == 0, "the keep-alive client was served meanwhile: \(result)")
+            #expect(
+                result.latest <= .milliseconds(2000),
+                "all closed within 2 s (timeout 1 s, sweep every 250 ms): \(result)")
+            #expect(
+                result.goodResponses >= 3 && result.goodFailures == 0,
+                "the keep-alive client was served meanwhile: \(result)")
 
             let summary = server.conclude(
                 "slowloris x16 (http, --idle-timeout 1, 1 byte / 100-200 ms)",
                 start: start, baseline: baseline, elapsed: elapsed
             ) {
-                "\(result.closed)/16 closed \(String(format: "%.2f", result.earliest.stressSeconds))-\(String(format: "%.2f", result.latest.stressSeconds)) s after their last complete request, \(result.bytesTrickled) bytes trickled, keep-alive client \(result.goodResponses) answers"
+                """
+                \(result.closed)/16 closed \(String(format: "%.2f", result.earliest.stressSeconds))-\
+                \(String(format: "%.2f", result.latest.stressSeconds)) s after their last complete request, \
+                \(result.bytesTrickled) bytes trickled, keep-alive client \(result.goodResponses) answers
+                """
             }
             server.expectSummary(summary, served: server.connectionsOpened, idleTimeouts: warmUp.closed + 16)
         }
@@ -220,16 +247,31 @@ extension IntegrationTests {
             // of the ring, plus 8 KiB of bookkeeping per connection.
             let bound = hogCount * (maxWriteQueue + 256 * 1024 + 8192) + bufferCount * bufferSize
             let growth = result.peak.residentBytes - start.residentBytes
-            #expect(growth < bound, "server RSS grew by \(mebibytes(growth)) MiB while \(hogCount) clients held \(mebibytes(result.pushed)) MiB; bound \(mebibytes(bound)) MiB")
+            #expect(
+                growth < bound,
+                """
+                server RSS grew by \(mebibytes(growth)) MiB while \(hogCount) clients held \
+                \(mebibytes(result.pushed)) MiB; bound \(mebibytes(bound)) MiB
+                """
+            )
             #expect(
                 result.othersServed == result.othersTried,
-                "other clients were served within 5 s while the hogs held on: \(result.othersServed)/\(result.othersTried)")
+                """
+                other clients were served within 5 s while the hogs held on: \
+                \(result.othersServed)/\(result.othersTried)
+                """
+            )
 
             let summary = server.conclude(
                 "never-reading clients x\(hogCount) (--max-write-queue \(maxWriteQueue))",
                 start: start, baseline: baseline, peak: result.peak, elapsed: elapsed
             ) {
-                "\(mebibytes(result.pushed)) MiB pushed, \(result.stalled) stalled (kernel TCP memory \(mebibytes(result.kernelTCPMemory)) MiB); server RSS +\(mebibytes(growth)) MiB over its fresh start at the peak of the hold (bound \(mebibytes(bound)) MiB); others served \(result.othersServed)/\(result.othersTried); warm-up peak \(warmUp.peak.residentMiB) MiB"
+                """
+                \(mebibytes(result.pushed)) MiB pushed, \(result.stalled) stalled (kernel TCP memory \
+                \(mebibytes(result.kernelTCPMemory)) MiB); server RSS +\(mebibytes(growth)) MiB over its fresh \
+                start at the peak of the hold (bound \(mebibytes(bound)) MiB); others served \
+                \(result.othersServed)/\(result.othersTried); warm-up peak \(warmUp.peak.residentMiB) MiB
+                """
             }
             server.expectSummary(summary, served: server.connectionsOpened)
             if let summary {
@@ -261,7 +303,12 @@ extension IntegrationTests {
                 "64 MiB burst, echoed while sending",
                 start: start, baseline: baseline, elapsed: elapsed
             ) {
-                "\(result.verified) bytes echoed exactly, checksum \(String(result.sentChecksum, radix: 16)) = \(String(result.echoedChecksum, radix: 16)), \(String(format: "%.0f", Double(result.verified) / 1_048_576 / result.elapsed.stressSeconds)) MiB/s"
+                """
+                \(result.verified) bytes echoed exactly, checksum \(String(result.sentChecksum, radix: 16)) = \
+                \(String(result.echoedChecksum, radix: 16)), \
+                \(String(format: "%.0f", Double(result.verified) / 1_048_576 / result.elapsed.stressSeconds)) \
+                MiB/s
+                """
             }
             server.expectSummary(summary, served: server.connectionsOpened)
             if let summary {
@@ -287,15 +334,25 @@ extension IntegrationTests {
             let began = ContinuousClock.now
             let result = garbageRequests(server, connections: 600, threads: 4, seed: 1200)
             let elapsed = ContinuousClock.now - began
-            #expect(result.unexpected.isEmpty, "\(result.unexpected.count) unexpected outcomes: \(result.unexpected.prefix(10))")
-            #expect(result.validAnswered == result.validAsked, "\(result.validAnswered)/\(result.validAsked) valid requests answered 200")
+            #expect(
+                result.unexpected.isEmpty,
+                "\(result.unexpected.count) unexpected outcomes: \(result.unexpected.prefix(10))")
+            #expect(
+                result.validAnswered == result.validAsked,
+                "\(result.validAnswered)/\(result.validAsked) valid requests answered 200")
 
             let summary = server.conclude(
                 "garbage/truncated HTTP x600 (4 threads)",
                 start: start, baseline: baseline, elapsed: elapsed
             ) {
-                let statuses = result.statuses.sorted { $0.key < $1.key }.map { "\($0.key == 0 ? "closed without answer" : "\($0.key)") x\($0.value)" }
-                return "\(statuses.joined(separator: ", ")); \(result.unexpected.count) unexpected; valid keep-alive requests \(result.validAnswered)/\(result.validAsked) answered 200"
+                let statuses = result.statuses.sorted { $0.key < $1.key }.map {
+                    "\($0.key == 0 ? "closed without answer" : "\($0.key)") x\($0.value)"
+                }
+                return
+                    """
+                    \(statuses.joined(separator: ", ")); \(result.unexpected.count) unexpected; valid keep-alive \
+                    requests \(result.validAnswered)/\(result.validAsked) answered 200
+                    """
             }
             server.expectSummary(summary, served: server.connectionsOpened)
         }
@@ -318,13 +375,19 @@ extension IntegrationTests {
             let elapsed = ContinuousClock.now - began
             #expect(result.problems.isEmpty, "\(result.problems.prefix(10))")
             #expect(result.refusedClosed == 200 + 1)
-            #expect(result.slowestRefusal < .seconds(1), "refused connections were closed at once: slowest \(result.slowestRefusal)")
+            #expect(
+                result.slowestRefusal < .seconds(1),
+                "refused connections were closed at once: slowest \(result.slowestRefusal)")
 
             let summary = server.conclude(
                 "max-connections 100, 300 opened",
                 start: start, baseline: baseline, peak: result.peak, elapsed: elapsed
             ) {
-                "\(result.served) served, \(result.refusedClosed) closed at once (slowest after \(String(format: "%.1f", result.slowestRefusal.stressSeconds * 1000)) ms), held ones served again, \(result.recovered) served after 50 left"
+                """
+                \(result.served) served, \(result.refusedClosed) closed at once (slowest after \
+                \(String(format: "%.1f", result.slowestRefusal.stressSeconds * 1000)) ms), held ones served \
+                again, \(result.recovered) served after 50 left
+                """
             }
             let refused = warmUp.refusedClosed + result.refusedClosed
             server.expectSummary(summary, served: server.connectionsOpened - refused, refused: refused)
@@ -348,14 +411,19 @@ extension IntegrationTests {
             let began = ContinuousClock.now
             let result = try descriptorExhaustionRound(server, seed: 1800)
             let elapsed = ContinuousClock.now - began
-            #expect(result.firstWave >= 10 && result.firstWave < 64, "served \(result.firstWave) at once with 64 descriptors")
+            #expect(
+                result.firstWave >= 10 && result.firstWave < 64,
+                "served \(result.firstWave) at once with 64 descriptors")
             #expect(result.heldServedAgain == result.firstWave)
             #expect(result.mismatches == 0)
             #expect(result.served == 200, "\(result.served) of 200 served within 60 s")
             let summary = server.conclude(
                 "200 clients under ulimit -n 64", start: start, baseline: baseline, peak: result.peak, elapsed: elapsed
             ) {
-                "\(result.firstWave) served at once (and again), \(result.served - result.firstWave) more served as they left, \(result.served)/200 byte-exact, \(result.mismatches) mismatches"
+                """
+                \(result.firstWave) served at once (and again), \(result.served - result.firstWave) more served \
+                as they left, \(result.served)/200 byte-exact, \(result.mismatches) mismatches
+                """
             }
             if let summary {
                 #expect(summary["connections served"] == server.connectionsOpened, "\(summary)")
@@ -363,7 +431,9 @@ extension IntegrationTests {
                 #expect(summary["accept errors"] > 0, "accept failed with EMFILE: \(summary)")
             }
             let warnings = server.ringport.logLines.all.filter { $0.contains("accept failed") }
-            #expect(!warnings.isEmpty && warnings.allSatisfy { $0.contains("Too many open files") }, "\(warnings.prefix(3))")
+            #expect(
+                !warnings.isEmpty && warnings.allSatisfy { $0.contains("Too many open files") }, "\(warnings.prefix(3))"
+            )
         }
     }
 }
@@ -413,7 +483,9 @@ func descriptorExhaustionRound(_ server: StressServer, seed: UInt64) throws -> D
     // Those held are still served.
     for index in served {
         let again = stressPayload(count: 512, seed: seed + 1000 + UInt64(index))
-        if sendAll(clients[index], again), receiveExactly(clients[index], count: 512) == again { result.heldServedAgain += 1 }
+        if sendAll(clients[index], again), receiveExactly(clients[index], count: 512) == again {
+            result.heldServedAgain += 1
+        }
     }
     // They leave; the waiting ones are accepted and served in turn, each leaving once served.
     for index in served { shutdown(clients[index], Int32(SHUT_RDWR)) }
@@ -436,10 +508,14 @@ func descriptorExhaustionRound(_ server: StressServer, seed: UInt64) throws -> D
 /// touches each the first time it fills it), waits until the server holds no more descriptors than
 /// at `start` (the warm-up's connections closed) and a little longer, and returns its footprint:
 /// the baseline of a case.
-func warmedBaseline(_ server: StressServer, start: Footprint, sourceLocation: SourceLocation = #_sourceLocation) -> Footprint {
+func warmedBaseline(
+    _ server: StressServer, start: Footprint, sourceLocation: SourceLocation = #_sourceLocation
+) -> Footprint {
     #expect(fillReceiveBuffers(server), "the buffer-filling warm-up was served", sourceLocation: sourceLocation)
     let settled = eventually(timeout: .seconds(10)) { server.footprint.descriptors <= start.descriptors }
-    #expect(settled, "the warm-up's descriptors were closed: \(start.descriptors)→\(server.footprint.descriptors)", sourceLocation: sourceLocation)
+    #expect(
+        settled, "the warm-up's descriptors were closed: \(start.descriptors)→\(server.footprint.descriptors)",
+        sourceLocation: sourceLocation)
     usleep(300_000)
     return server.footprint
 }
@@ -454,13 +530,17 @@ func fillReceiveBuffers(_ server: StressServer) -> Bool {
     case .echo:
         return (try? burst(server, bytes: receiveBufferFillBytes, seed: 4242))?.verified == receiveBufferFillBytes
     case .http:
-        guard let client = try? BlockingClient(connectingTo: server.address, receiveTimeout: .seconds(10)) else { return false }
+        guard let client = try? BlockingClient(connectingTo: server.address, receiveTimeout: .seconds(10)) else {
+            return false
+        }
         server.countConnections()
         defer { client.close() }
         let body = [UInt8](repeating: UInt8(ascii: "x"), count: 1 << 20)
-        let request = Array("POST /plaintext HTTP/1.1\r\nHost: stress\r\nContent-Length: \(body.count)\r\n\r\n".utf8) + body
+        let request =
+            Array("POST /plaintext HTTP/1.1\r\nHost: stress\r\nContent-Length: \(body.count)\r\n\r\n".utf8) + body
         for _ in 0..<(receiveBufferFillBytes >> 20) {
-            guard (try? client.send(request)) != nil, (try? readResponses(from: client, count: 1))?.first?.status == 405 else { return false }
+            guard (try? client.send(request)) != nil, (try? readResponses(from: client, count: 1))?.first?.status == 405
+            else { return false }
         }
         return true
     }
@@ -470,7 +550,9 @@ func fillReceiveBuffers(_ server: StressServer) -> Bool {
 func sendAll(_ descriptor: Int32, _ bytes: [UInt8]) -> Bool {
     var sent = 0
     while sent < bytes.count {
-        let result = bytes.withUnsafeBytes { send(descriptor, $0.baseAddress! + sent, bytes.count - sent, Int32(MSG_NOSIGNAL)) }
+        let result = bytes.withUnsafeBytes {
+            send(descriptor, $0.baseAddress! + sent, bytes.count - sent, Int32(MSG_NOSIGNAL))
+        }
         if result < 0 {
             if errno == EINTR { continue }
             return false
@@ -512,11 +594,16 @@ struct CycleResult: CustomStringConvertible {
     }
 
     var description: String {
-        "\(completed) cycles, \(echoedBytes)/\(expectedEchoBytes) echoed bytes, \(mismatches) mismatches, \(failures.count) failures"
+        """
+        \(completed) cycles, \(echoedBytes)/\(expectedEchoBytes) echoed bytes, \(mismatches) mismatches, \
+        \(failures.count) failures
+        """
     }
 }
 
-func connectCloseCycles(_ server: StressServer, count: Int, threads: Int, seed: UInt64, deadline: ContinuousClock.Instant) -> CycleResult {
+func connectCloseCycles(
+    _ server: StressServer, count: Int, threads: Int, seed: UInt64, deadline: ContinuousClock.Instant
+) -> CycleResult {
     let total = LockedBox(CycleResult())
     let port = server.port
     runOnThreads(threads) { thread in
@@ -545,7 +632,8 @@ func connectCloseCycles(_ server: StressServer, count: Int, threads: Int, seed: 
                 if sendAll(descriptor, bytes) {
                     let echoed = receiveExactly(descriptor, count: bytes.count)
                     if echoed.count < bytes.count {
-                        result.failures.append("cycle \(cycle): \(echoed.count) of \(bytes.count) bytes echoed (errno \(errno))")
+                        result.failures.append(
+                            "cycle \(cycle): \(echoed.count) of \(bytes.count) bytes echoed (errno \(errno))")
                     }
                     if echoed != Array(bytes[0..<echoed.count]) { result.mismatches += 1 }
                     result.echoedBytes += echoed.count
@@ -577,7 +665,10 @@ struct ResetResult: CustomStringConvertible {
     var failures = 0
 
     var description: String {
-        "\(resets) resets (\(stalled) after stalling), \(sent) sent, \(verified) verified, \(mismatches) mismatches, \(failures) failures"
+        """
+        \(resets) resets (\(stalled) after stalling), \(sent) sent, \(verified) verified, \(mismatches) \
+        mismatches, \(failures) failures
+        """
     }
 }
 
@@ -589,9 +680,11 @@ func resetMidWrite(_ server: StressServer, connections: Int, seed: UInt64) throw
     for index in 0..<connections {
         let payload = stressPayload(count: 8 << 20, seed: seed &+ UInt64(index))
         let reads = index % 2 == 0
-        let descriptor = reads
+        let descriptor =
+            reads
             ? try server.connect(nonBlocking: true)
-            : try server.connect(receiveBufferSize: 4096, sendBufferSize: 65536, maximumSegmentSize: 1460, nonBlocking: true)
+            : try server.connect(
+                receiveBufferSize: 4096, sendBufferSize: 65536, maximumSegmentSize: 1460, nonBlocking: true)
         sessions.append(EchoSession(descriptor: descriptor, payload: payload))
         // Readers reset at a random point; the others when their sends stall (or all is sent).
         cuts.append(reads ? Int.random(in: (512 << 10)...(15 << 19), using: &generator) : 8 << 20)
@@ -651,7 +744,8 @@ func halfClose(_ server: StressServer, repetitions: Int, seed: UInt64) throws ->
     for repetition in 0..<repetitions {
         for (index, size) in sizes.enumerated() {
             let payload = stressPayload(count: size, seed: seed &+ UInt64(repetition * 100 + index))
-            sessions.append(EchoSession(descriptor: try server.connect(nonBlocking: true), payload: payload, keepEchoed: true))
+            sessions.append(
+                EchoSession(descriptor: try server.connect(nonBlocking: true), payload: payload, keepEchoed: true))
         }
     }
     var buffer = [UInt8](repeating: 0, count: 256 * 1024)
@@ -681,7 +775,12 @@ func halfClose(_ server: StressServer, repetitions: Int, seed: UInt64) throws ->
             result.complete += 1
         } else {
             result.problems.append(
-                "session \(index) (\(session.payload.count) B): \(session.verified) echoed, end of stream \(session.endOfStream), errno \(session.failure), mismatch at \(session.mismatchAt.map(String.init) ?? "-")")
+                """
+                session \(index) (\(session.payload.count) B): \(session.verified) echoed, end of stream \
+                \(session.endOfStream), errno \(session.failure), mismatch at \
+                \(session.mismatchAt.map(String.init) ?? "-")
+                """
+            )
         }
     }
     return result
@@ -699,7 +798,10 @@ struct SlowlorisResult: CustomStringConvertible {
     var notes: [String] = []
 
     var description: String {
-        "\(closed) closed after \(earliest)...\(latest), \(bytesTrickled) bytes trickled, good client \(goodResponses) answers \(goodFailures) failures, \(notes.prefix(5))"
+        """
+        \(closed) closed after \(earliest)...\(latest), \(bytesTrickled) bytes trickled, good client \
+        \(goodResponses) answers \(goodFailures) failures, \(notes.prefix(5))
+        """
     }
 }
 
@@ -732,7 +834,8 @@ func slowloris(_ server: StressServer, heads: Int, bodies: Int, seed: UInt64) th
     let goodThread = Thread {
         defer { stop.withLock { $0 = false } }
         while !stop.withLock({ $0 }) {
-            let ok = (try? goodClient.send(Array("GET /plaintext HTTP/1.1\r\nHost: stress\r\n\r\n".utf8))) != nil
+            let ok =
+                (try? goodClient.send(Array("GET /plaintext HTTP/1.1\r\nHost: stress\r\n\r\n".utf8))) != nil
                 && (try? readResponses(from: goodClient, count: 1))?.first?.status == 200
             good.withLock { ok ? ($0.responses += 1) : ($0.failures += 1) }
             usleep(300_000)
@@ -741,7 +844,9 @@ func slowloris(_ server: StressServer, heads: Int, bodies: Int, seed: UInt64) th
     goodThread.start()
 
     var slow: [Slow] = []
-    let head = Array("GET /plaintext HTTP/1.1\r\nHost: stress\r\nX-Slow: ".utf8) + [UInt8](repeating: UInt8(ascii: "a"), count: 1000)
+    let head =
+        Array("GET /plaintext HTTP/1.1\r\nHost: stress\r\nX-Slow: ".utf8)
+        + [UInt8](repeating: UInt8(ascii: "a"), count: 1000)
     for index in 0..<(heads + bodies) {
         let descriptor = try server.connect(nonBlocking: true)
         if index < heads {
@@ -750,7 +855,10 @@ func slowloris(_ server: StressServer, heads: Int, bodies: Int, seed: UInt64) th
             // A complete request announcing a body, whose body then trickles.
             let request = Array("GET /plaintext HTTP/1.1\r\nHost: stress\r\nContent-Length: 1000\r\n\r\n".utf8)
             _ = request.withUnsafeBytes { send(descriptor, $0.baseAddress!, $0.count, Int32(MSG_NOSIGNAL)) }
-            slow.append(Slow(descriptor: descriptor, trickle: [UInt8](repeating: UInt8(ascii: "b"), count: 1000), awaitingAnswer: true))
+            slow.append(
+                Slow(
+                    descriptor: descriptor, trickle: [UInt8](repeating: UInt8(ascii: "b"), count: 1000),
+                    awaitingAnswer: true))
         }
     }
     var buffer = [UInt8](repeating: 0, count: 4096)
@@ -766,13 +874,18 @@ func slowloris(_ server: StressServer, heads: Int, bodies: Int, seed: UInt64) th
         _ = poll(&descriptors, nfds_t(descriptors.count), 10)
         for (index, client) in open.enumerated() {
             if descriptors[index].revents != 0 {
-                let count = buffer.withUnsafeMutableBytes { recv(client.descriptor, $0.baseAddress!, $0.count, Int32(MSG_DONTWAIT)) }
+                let count = buffer.withUnsafeMutableBytes {
+                    recv(client.descriptor, $0.baseAddress!, $0.count, Int32(MSG_DONTWAIT))
+                }
                 if count > 0 {
-                    if client.awaitingAnswer && String(decoding: buffer[0..<count], as: UTF8.self).hasPrefix("HTTP/1.1 200") {
+                    if client.awaitingAnswer
+                        && String(decoding: buffer[0..<count], as: UTF8.self).hasPrefix("HTTP/1.1 200")
+                    {
                         client.awaitingAnswer = false
                         client.idleSince = .now
                     } else {
-                        result.notes.append("unexpected \(count) bytes: \(String(decoding: buffer[0..<min(count, 40)], as: UTF8.self))")
+                        result.notes.append(
+                            "unexpected \(count) bytes: \(String(decoding: buffer[0..<min(count, 40)], as: UTF8.self))")
                     }
                 } else if count == 0 || (errno != EAGAIN && errno != EINTR) {
                     markClosed(client)
@@ -780,7 +893,9 @@ func slowloris(_ server: StressServer, heads: Int, bodies: Int, seed: UInt64) th
                 }
             }
             if ContinuousClock.now >= client.nextSend && client.position < client.trickle.count {
-                let sent = client.trickle.withUnsafeBytes { send(client.descriptor, $0.baseAddress! + client.position, 1, Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) }
+                let sent = client.trickle.withUnsafeBytes {
+                    send(client.descriptor, $0.baseAddress! + client.position, 1, Int32(MSG_NOSIGNAL | MSG_DONTWAIT))
+                }
                 if sent == 1 {
                     client.position += 1
                     result.bytesTrickled += 1
@@ -827,9 +942,11 @@ func neverReadingClients(_ server: StressServer, count: Int, seed: UInt64) throw
     var hogs: [EchoSession] = []
     defer { for hog in hogs { hog.close(reset: true) } }
     for _ in 0..<count {
-        hogs.append(EchoSession(
-            descriptor: try server.connect(receiveBufferSize: 4096, sendBufferSize: 32768, maximumSegmentSize: 1460, nonBlocking: true),
-            payload: payload))
+        hogs.append(
+            EchoSession(
+                descriptor: try server.connect(
+                    receiveBufferSize: 4096, sendBufferSize: 32768, maximumSegmentSize: 1460, nonBlocking: true),
+                payload: payload))
     }
     // Push until no hog made progress for a second (or each sent its 512 KiB).
     var lastProgress = ContinuousClock.now
@@ -851,9 +968,15 @@ func neverReadingClients(_ server: StressServer, count: Int, seed: UInt64) throw
     var others: [EchoSession] = []
     defer { for other in others { other.close() } }
     for index in 0..<20 {
-        others.append(EchoSession(descriptor: try server.connect(nonBlocking: true), payload: stressPayload(count: 1024, seed: seed &+ UInt64(index))))
+        others.append(
+            EchoSession(
+                descriptor: try server.connect(nonBlocking: true),
+                payload: stressPayload(count: 1024, seed: seed &+ UInt64(index))))
     }
-    others.append(EchoSession(descriptor: try server.connect(nonBlocking: true), payload: stressPayload(count: 1 << 20, seed: seed &+ 99)))
+    others.append(
+        EchoSession(
+            descriptor: try server.connect(nonBlocking: true), payload: stressPayload(count: 1 << 20, seed: seed &+ 99))
+    )
     var buffer = [UInt8](repeating: 0, count: 256 * 1024)
     _ = pollSessions(
         others, deadline: .now + .seconds(5),
@@ -881,12 +1004,17 @@ struct BurstResult: CustomStringConvertible {
     var elapsed = Duration.zero
 
     var description: String {
-        "\(verified) verified, checksums \(String(sentChecksum, radix: 16))/\(String(echoedChecksum, radix: 16)), mismatch at \(mismatchAt.map(String.init) ?? "-"), errno \(failure)"
+        """
+        \(verified) verified, checksums \(String(sentChecksum, radix: 16))/\(String(echoedChecksum, radix: 16)), \
+        mismatch at \(mismatchAt.map(String.init) ?? "-"), errno \(failure)
+        """
     }
 }
 
 func burst(_ server: StressServer, bytes: Int, seed: UInt64) throws -> BurstResult {
-    let session = EchoSession(descriptor: try server.connect(nonBlocking: true), payload: stressPayload(count: bytes, seed: seed), keepEchoed: true)
+    let session = EchoSession(
+        descriptor: try server.connect(nonBlocking: true), payload: stressPayload(count: bytes, seed: seed),
+        keepEchoed: true)
     defer { session.close() }
     var buffer = [UInt8](repeating: 0, count: 1 << 20)
     let began = ContinuousClock.now
@@ -898,7 +1026,9 @@ func burst(_ server: StressServer, bytes: Int, seed: UInt64) throws -> BurstResu
             session.receiveSome(into: &buffer)
         },
         done: { session.allEchoed || session.failure != 0 || session.isBroken || session.endOfStream })
-    var result = BurstResult(verified: session.verified, mismatchAt: session.mismatchAt, failure: session.failure, elapsed: ContinuousClock.now - began)
+    var result = BurstResult(
+        verified: session.verified, mismatchAt: session.mismatchAt, failure: session.failure,
+        elapsed: ContinuousClock.now - began)
     result.sentChecksum = stressChecksum(session.payload)
     result.echoedChecksum = stressChecksum(session.echoed ?? [])
     return result
@@ -961,13 +1091,20 @@ func readResponsesUntilClosed(_ descriptor: Int32, timeout: Duration) -> (status
     var statuses: [Int] = []
     var rest = data[...]
     while !rest.isEmpty {
-        guard let headEnd = rest.indices.dropLast(3).first(where: { rest[$0] == 13 && rest[$0 + 1] == 10 && rest[$0 + 2] == 13 && rest[$0 + 3] == 10 }) else {
+        guard
+            let headEnd = rest.indices.dropLast(3).first(where: {
+                rest[$0] == 13 && rest[$0 + 1] == 10 && rest[$0 + 2] == 13 && rest[$0 + 3] == 10
+            })
+        else {
             return (statuses, "unparsable")
         }
         let head = String(decoding: rest[rest.startIndex..<headEnd], as: UTF8.self)
         let parts = head.split(separator: " ", maxSplits: 2)
-        guard parts.count >= 2, parts[0] == "HTTP/1.1", let status = Int(parts[1]) else { return (statuses, "unparsable") }
-        let length = head.split(separator: "\r\n").first { $0.lowercased().hasPrefix("content-length:") }
+        guard parts.count >= 2, parts[0] == "HTTP/1.1", let status = Int(parts[1]) else {
+            return (statuses, "unparsable")
+        }
+        let length =
+            head.split(separator: "\r\n").first { $0.lowercased().hasPrefix("content-length:") }
             .flatMap { Int($0.split(separator: ":")[1].trimmingCharacters(in: .whitespaces)) } ?? 0
         guard rest.count >= headEnd + 4 - rest.startIndex + length else { return (statuses, "unparsable") }
         statuses.append(status)
@@ -1060,7 +1197,8 @@ func garbageRequests(_ server: StressServer, connections: Int, threads: Int, see
             }
             if index % 8 == thread % 8, let client = keepAlive {
                 result.validAsked += 1
-                if (try? client.send(valid)) != nil, (try? readResponses(from: client, count: 1))?.first?.status == 200 {
+                if (try? client.send(valid)) != nil, (try? readResponses(from: client, count: 1))?.first?.status == 200
+                {
                     result.validAnswered += 1
                 } else {
                     result.unexpected.append("\(index): the keep-alive client was not answered")

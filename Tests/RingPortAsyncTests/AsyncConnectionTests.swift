@@ -1,11 +1,10 @@
 import Foundation
+import Glibc
 import RingPort
 import RingPortAsync
-import SystemPackage
 import RingPortTestSupport
+import SystemPackage
 import Testing
-
-import Glibc
 
 /// The async layer over real loopback sockets: what comes back, how errors and cancellation
 /// surface, and that nothing stays in flight or open afterwards.
@@ -117,10 +116,12 @@ extension RingPortAsyncTests {
             // The read is with the kernel (not cancelled before it was posted). On the port's
             // workers, starting the task posted a wake-up first.
             let posts: UInt64 = resumption == .portWorkers ? 2 : 1
-            #expect(await eventuallyAsync {
-                let statistics = io.statistics
-                return statistics.operationsInFlight == 1 && statistics.submittedOperations - submittedBefore == posts
-            })
+            #expect(
+                await eventuallyAsync {
+                    let statistics = io.statistics
+                    return statistics.operationsInFlight == 1
+                        && statistics.submittedOperations - submittedBefore == posts
+                })
             reading.cancel()
             await #expect(throws: CancellationError.self) { _ = try await reading.value }
             #expect(await eventuallyAsync { io.statistics.operationsInFlight == 0 })
@@ -189,7 +190,8 @@ extension RingPortAsyncTests {
                 try await writing.value
             } throws: { error in
                 let error = try #require(error as? RingPortError)
-                return error.code == .systemCallFailed && (error.errno == .connectionReset || error.errno == .brokenPipe)
+                return error.code == .systemCallFailed
+                    && (error.errno == .connectionReset || error.errno == .brokenPipe)
             }
             // Reading from the reset connection fails (or sees the end), it does not hang.
             let read = await Task { try await connection.read() }.result
@@ -218,7 +220,8 @@ extension RingPortAsyncTests {
             let address = listener.localAddress
             let clients = try await onThread { try (0..<3).map { _ in try BlockingClient(connectingTo: address) } }
             // The three are accepted; then the iterator posts the next accept and waits in it.
-            #expect(await eventuallyAsync { acceptedCount.withLock { $0 } == 3 && io.statistics.operationsInFlight == 1 })
+            #expect(
+                await eventuallyAsync { acceptedCount.withLock { $0 } == 3 && io.statistics.operationsInFlight == 1 })
             listener.close()
             let connections = try await accepted.value
             #expect(connections.count == 3)

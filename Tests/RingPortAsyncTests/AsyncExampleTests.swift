@@ -7,14 +7,14 @@ import Testing
 /// Echoes every connection of `listener` until the listener is closed.
 func echo(_ listener: TCPListener) async throws {
     try await withThrowingDiscardingTaskGroup { group in
-        for try await connection in listener.connections {    // one accept per connection
-            group.addTask {                                    // a child task per connection
+        for try await connection in listener.connections {  // one accept per connection
+            group.addTask {  // a child task per connection
                 defer { connection.close() }
                 do {
-                    while let bytes = try await connection.read() {   // nil: the peer closed
-                        try await connection.write(bytes)              // every byte, or throws
+                    while let bytes = try await connection.read() {  // nil: the peer closed
+                        try await connection.write(bytes)  // every byte, or throws
                     }
-                } catch {}                                     // reset, cancelled: close
+                } catch {}  // reset, cancelled: close
             }
         }
     }
@@ -28,9 +28,9 @@ extension RingPortAsyncTests {
         @Test(.timeLimit(.minutes(1))) func readmeAsyncEchoExampleEchoes() async throws {
             let descriptorsBefore = nonTimerDescriptorCount()
             // README async server begins
-            let io = try AsyncPort()                                // a completion port and its workers
+            let io = try AsyncPort()  // a completion port and its workers
             let listener = try TCPListener.bind(to: SocketAddress(host: "127.0.0.1", port: 0), on: io)
-            let server = Task(executorPreference: io.preferredExecutor) {   // run on the port's workers
+            let server = Task(executorPreference: io.preferredExecutor) {  // run on the port's workers
                 try await echo(listener)
             }
             // later: listener.close(); try await server.value; await io.shutdown()

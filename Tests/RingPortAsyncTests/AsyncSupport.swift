@@ -1,10 +1,9 @@
 import Foundation
+import Glibc
 import RingPort
 import RingPortAsync
 import RingPortTestSupport
 import Testing
-
-import Glibc
 
 extension AsyncPort.Resumption: CustomTestStringConvertible {
     public var testDescription: String {
@@ -16,7 +15,9 @@ extension AsyncPort.Resumption: CustomTestStringConvertible {
 }
 
 /// An async port with one ring (and the default six workers) resuming tasks as asked.
-func makeAsyncPort(_ resumption: AsyncPort.Resumption = .portWorkers, receiveBufferSize: Int = 16384) throws -> AsyncPort {
+func makeAsyncPort(
+    _ resumption: AsyncPort.Resumption = .portWorkers, receiveBufferSize: Int = 16384
+) throws -> AsyncPort {
     var configuration = AsyncPort.Configuration()
     configuration.port.ringCount = 1
     configuration.resumption = resumption
@@ -37,7 +38,10 @@ func expectCleanShutdown(
     #expect(asyncPort.statistics.staleCompletions == 0, sourceLocation: sourceLocation)
     await asyncPort.shutdown()
     let released = await eventuallyAsync { nonTimerDescriptorCount() == descriptorsBefore }
-    #expect(released, "descriptors: \(nonTimerDescriptorCount()) open, \(descriptorsBefore) before: \(describeDescriptors())", sourceLocation: sourceLocation)
+    #expect(
+        released,
+        "descriptors: \(nonTimerDescriptorCount()) open, \(descriptorsBefore) before: \(describeDescriptors())",
+        sourceLocation: sourceLocation)
 }
 
 /// The name of the calling thread.

@@ -9,7 +9,6 @@ import Testing
 // fuzzer's properties, split at every point, and each bug found has a test of its own.
 // The properties are in HTTPParserProperties.swift.
 
-
 extension RingPortHTTPTests {
     @Suite struct HTTPParserFuzzRegressionTests {
         static let fuzzDirectory = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
@@ -49,7 +48,9 @@ extension RingPortHTTPTests {
         @Test(arguments: inputs(in: "regressions"))
         func regressionInputKeepsTheFuzzProperties(file: String) throws {
             let violations = Self.replay(try Self.bytes(of: file, in: "regressions"))
-            #expect(violations.isEmpty, "Fuzz/HTTPRequestParser/regressions/\(file):\n\(violations.joined(separator: "\n"))")
+            #expect(
+                violations.isEmpty, "Fuzz/HTTPRequestParser/regressions/\(file):\n\(violations.joined(separator: "\n"))"
+            )
         }
 
         /// The reference reading of the grammar agrees with the cases of HTTPParserTests.
@@ -77,7 +78,8 @@ extension RingPortHTTPTests {
                     continue
                 }
             }
-            guard case .transferEncoding = judge("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n") else {
+            guard case .transferEncoding = judge("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+            else {
                 Issue.record("Transfer-Encoding not recognised")
                 return
             }
@@ -94,14 +96,17 @@ extension RingPortHTTPTests {
         /// the limit, CRLFCRLF included).
         @Test func aHeadJustOverTheLimitIsRejectedInOneReadAsInMany() throws {
             let minimized = try Self.bytes(of: "head-limit-slack-34-bytes", in: "regressions")
-            let valid = "GET /abcdef HTTP/1.1\r\nHost: ab\r\n\r\n"  // 34 bytes, a valid request (…-valid-request-34-bytes)
+            // 34 bytes, a valid request (…-valid-request-34-bytes)
+            let valid = "GET /abcdef HTTP/1.1\r\nHost: ab\r\n\r\n"
             #expect(minimized.count == 34 && valid.utf8.count == 34)
             let parser = HTTPRequestParser(maximumHeadBytes: 32)
             let minimizedText = String(decoding: minimized, as: UTF8.self)
             for text in [valid, minimizedText] {
                 let whole = parseRequests(text, parser: parser)
                 let bytewise = parseRequests(text, chunks: Array(repeating: 1, count: text.utf8.count), parser: parser)
-                #expect(whole.0 == bytewise.0 && whole.1 == bytewise.1, "\(text.debugDescription): one read \(whole), byte by byte \(bytewise)")
+                #expect(
+                    whole.0 == bytewise.0 && whole.1 == bytewise.1,
+                    "\(text.debugDescription): one read \(whole), byte by byte \(bytewise)")
                 #expect(whole.0.isEmpty && whole.1 == .headersTooLarge, "one read: \(whole)")
             }
             #expect(Self.replay(minimized).isEmpty)

@@ -11,7 +11,6 @@ import RingPortHTTP
 import RingPortTestSupport
 #endif
 
-
 /// The properties of `HTTPRequestParser` that the fuzzer and the regression tests check.
 ///
 /// An input is parsed under each of ``limitSets``: in one chunk, byte by byte, in two chunks
@@ -48,7 +47,8 @@ enum HTTPParserProperties {
     ///   - twoWaySplits: feed the input in two chunks split at each of these offsets.
     ///   - randomSplits: how many pseudo-random splits (seeded by the input) to try.
     static func violations(
-        of bytes: [UInt8], byteByByte: Bool, twoWaySplits: [Int], randomSplits: Int) -> [String] {
+        of bytes: [UInt8], byteByByte: Bool, twoWaySplits: [Int], randomSplits: Int
+    ) -> [String] {
         var violations: [String] = []
         for (head, body) in limitSets {
             var check = HTTPParserCheck(bytes: bytes, maximumHeadBytes: head, maximumBodyBytes: body)
@@ -170,8 +170,10 @@ struct HTTPParserCheck {
             }
             replay.partial = replay.error == nil && parser.hasPartialRequest
             if replay != outcome {
-                violate(label, "a copy of the parser taken after chunk \(copy.nextChunk - 1) and fed the same "
-                    + "chunks gave \(Self.describe(replay)), the original \(Self.describe(outcome))")
+                violate(
+                    label,
+                    "a copy of the parser taken after chunk \(copy.nextChunk - 1) and fed the same "
+                        + "chunks gave \(Self.describe(replay)), the original \(Self.describe(outcome))")
             }
         }
         return outcome
@@ -209,9 +211,11 @@ struct HTTPParserCheck {
             let head = outcome.heads[number]
             let subject = "after \(fed) bytes, request #\(number) (\(Self.describe(head)))"
             guard walk.offset < fed else {
-                violate(label, walk.offset == fed
-                    ? "\(subject) was reported, but no byte of it had arrived"
-                    : "\(subject) was reported while the body of the request before it was incomplete")
+                violate(
+                    label,
+                    walk.offset == fed
+                        ? "\(subject) was reported, but no byte of it had arrived"
+                        : "\(subject) was reported while the body of the request before it was incomplete")
                 return false
             }
             guard let end = Self.headEnd(in: bytes, from: walk.offset, to: fed) else {
@@ -219,7 +223,9 @@ struct HTTPParserCheck {
                 return false
             }
             if end - walk.offset > maximumHeadBytes + 4 {
-                violate(label, "\(subject) has a head of \(end - walk.offset) bytes, over the limit \(maximumHeadBytes) (+4)")
+                violate(
+                    label,
+                    "\(subject) has a head of \(end - walk.offset) bytes, over the limit \(maximumHeadBytes) (+4)")
             }
             if head.method.isEmpty || !head.method.utf8.allSatisfy(HTTPHeadReference.isTokenCharacter) {
                 violate(label, "\(subject) has a method that is empty or not a token")
@@ -248,7 +254,8 @@ struct HTTPParserCheck {
         let offset = walk.offset
         if let error = outcome.error {
             guard offset < fed else {
-                violate(label, "error \(error) after \(fed) bytes, but no byte of a request after the last one had arrived")
+                violate(
+                    label, "error \(error) after \(fed) bytes, but no byte of a request after the last one had arrived")
                 return false
             }
             let end = Self.headEnd(in: bytes, from: offset, to: fed)
@@ -256,14 +263,28 @@ struct HTTPParserCheck {
                 // The limit counts the whole head: once that many bytes are there without an
                 // end, the head is over it. (The parser may also wait up to 4 bytes longer.)
                 if fed - offset < maximumHeadBytes {
-                    violate(label, "431 after \(fed) bytes, with only \(fed - offset) bytes of a head at \(offset) (limit \(maximumHeadBytes))")
+                    violate(
+                        label,
+                        """
+                        431 after \(fed) bytes, with only \(fed - offset) bytes of a head at \(offset) (limit \
+                        \(maximumHeadBytes))
+                        """
+                    )
                 } else if let end, end - offset <= maximumHeadBytes {
-                    violate(label, "431 after \(fed) bytes, but the head at \(offset) is complete and within the limit (\(end - offset) bytes)")
+                    violate(
+                        label,
+                        """
+                        431 after \(fed) bytes, but the head at \(offset) is complete and within the limit \
+                        (\(end - offset) bytes)
+                        """
+                    )
                 }
                 return false
             }
             guard let end, end - offset <= maximumHeadBytes + 4 else {
-                violate(label, "error \(error) after \(fed) bytes, but the head at \(offset) is not complete within the limit")
+                violate(
+                    label,
+                    "error \(error) after \(fed) bytes, but the head at \(offset) is not complete within the limit")
                 return false
             }
             let expected: Int?
@@ -273,8 +294,10 @@ struct HTTPParserCheck {
             case .request(let head): expected = head.contentLength > maximumBodyBytes ? 413 : nil
             }
             if error.status != expected {
-                violate(label, "error \(error) for the head at \(offset)..<\(end), where the grammar says "
-                    + (expected.map { "\($0)" } ?? "it is a request within the limits"))
+                violate(
+                    label,
+                    "error \(error) for the head at \(offset)..<\(end), where the grammar says "
+                        + (expected.map { "\($0)" } ?? "it is a request within the limits"))
             }
             return false
         }
@@ -282,23 +305,34 @@ struct HTTPParserCheck {
         if offset >= fed {
             let outstanding = offset > fed
             if partial != outstanding {
-                violate(label, "after \(fed) bytes, hasPartialRequest is \(partial), but "
-                    + (outstanding ? "\(offset - fed) body bytes are outstanding" : "every request is complete"))
+                violate(
+                    label,
+                    "after \(fed) bytes, hasPartialRequest is \(partial), but "
+                        + (outstanding ? "\(offset - fed) body bytes are outstanding" : "every request is complete"))
                 return false
             }
             return true
         }
         if !partial {
-            violate(label, "after \(fed) bytes, hasPartialRequest is false, but bytes \(offset)..<\(fed) of a head are buffered")
+            violate(
+                label,
+                "after \(fed) bytes, hasPartialRequest is false, but bytes \(offset)..<\(fed) of a head are buffered")
             return false
         }
         if let end = Self.headEnd(in: bytes, from: max(offset, walk.restScanned - 3), to: fed) {
-            violate(label, "after \(fed) bytes, the complete head at \(offset)..<\(end) was neither reported nor rejected")
+            violate(
+                label, "after \(fed) bytes, the complete head at \(offset)..<\(end) was neither reported nor rejected")
             return false
         }
         walk.restScanned = fed
         if fed - offset > maximumHeadBytes + 3 {
-            violate(label, "after \(fed) bytes, \(fed - offset) bytes without a head end are buffered, over the limit \(maximumHeadBytes)")
+            violate(
+                label,
+                """
+                after \(fed) bytes, \(fed - offset) bytes without a head end are buffered, over the limit \
+                \(maximumHeadBytes)
+                """
+            )
             return false
         }
         return true
@@ -316,7 +350,13 @@ struct HTTPParserCheck {
         for (name, probe) in probes {
             let (heads, again) = Self.parse(&parser, probe)
             if again != error || !heads.isEmpty {
-                violate(label, "after error \(error), \(name) gave \(heads.count) request(s) and error \(String(describing: again))")
+                violate(
+                    label,
+                    """
+                    after error \(error), \(name) gave \(heads.count) request(s) and error \
+                    \(String(describing: again))
+                    """
+                )
             }
         }
     }
@@ -331,7 +371,8 @@ struct HTTPParserCheck {
     static func headEnd(in bytes: [UInt8], from: Int, to: Int) -> Int? {
         var index = from
         while index + 4 <= to {
-            if bytes[index] == 0x0D && bytes[index + 1] == 0x0A && bytes[index + 2] == 0x0D && bytes[index + 3] == 0x0A {
+            if bytes[index] == 0x0D && bytes[index + 1] == 0x0A && bytes[index + 2] == 0x0D && bytes[index + 3] == 0x0A
+            {
                 return index + 4
             }
             index += 1
@@ -345,7 +386,8 @@ struct HTTPParserCheck {
     }
 
     static func describe(_ outcome: Outcome) -> String {
-        let heads = outcome.heads.prefix(4).map { describe($0) }.joined(separator: "; ")
+        let heads =
+            outcome.heads.prefix(4).map { describe($0) }.joined(separator: "; ")
             + (outcome.heads.count > 4 ? "; … (\(outcome.heads.count) in all)" : "")
         let end = outcome.error.map { "error \($0)" } ?? "no error, hasPartialRequest \(outcome.partial)"
         return "\(outcome.heads.count) request(s) [\(heads)], \(end)"
@@ -408,12 +450,16 @@ enum HTTPHeadReference {
                 lines.append(nil)
             }
         }
-        guard let first = lines.first, let requestLine = first else { return .badRequest("request line not ended by CRLF") }
+        guard let first = lines.first, let requestLine = first else {
+            return .badRequest("request line not ended by CRLF")
+        }
         let parts = requestLine.split(separator: 0x20, omittingEmptySubsequences: false)
         guard parts.count == 3 else { return .badRequest("request line without exactly two spaces") }
         let (method, target, version) = (parts[0], parts[1], parts[2])
         guard !method.isEmpty, method.allSatisfy(isTokenCharacter) else { return .badRequest("method not a token") }
-        guard !target.isEmpty, target.allSatisfy({ (0x21...0x7E).contains($0) }) else { return .badRequest("bad target") }
+        guard !target.isEmpty, target.allSatisfy({ (0x21...0x7E).contains($0) }) else {
+            return .badRequest("bad target")
+        }
         let minorVersion: Int
         if Array(version) == Array("HTTP/1.1".utf8) {
             minorVersion = 1
@@ -461,16 +507,18 @@ enum HTTPHeadReference {
             }
         }
         if minorVersion == 1 && hosts == 0 { return .badRequest("HTTP/1.1 without Host") }
-        return .request(Expected(
-            method: Array(method), target: Array(target), minorVersion: minorVersion,
-            keepAlive: minorVersion == 1 ? !close : keepAlive && !close,
-            contentLength: contentLength ?? 0))
+        return .request(
+            Expected(
+                method: Array(method), target: Array(target), minorVersion: minorVersion,
+                keepAlive: minorVersion == 1 ? !close : keepAlive && !close,
+                contentLength: contentLength ?? 0))
     }
 
     /// RFC 9110 `tchar`.
     static func isTokenCharacter(_ byte: UInt8) -> Bool {
         switch byte {
-        case UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"):
+        case UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "A")...UInt8(ascii: "Z"),
+            UInt8(ascii: "a")...UInt8(ascii: "z"):
             return true
         default:
             return Array("!#$%&'*+-.^_`|~".utf8).contains(byte)

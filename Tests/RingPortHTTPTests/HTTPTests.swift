@@ -1,15 +1,16 @@
 import Foundation
+import Glibc
 import RingPort
 import RingPortHTTP
 import RingPortServer
 import RingPortTestSupport
 import Testing
 
-import Glibc
-
 /// Parses `text` split into the given chunk sizes, returning the targets of the requests and the
 /// error, if any.
-func parseRequests(_ text: String, chunks: [Int]? = nil, parser: HTTPRequestParser = HTTPRequestParser()) -> ([String], HTTPParseError?) {
+func parseRequests(
+    _ text: String, chunks: [Int]? = nil, parser: HTTPRequestParser = HTTPRequestParser()
+) -> ([String], HTTPParseError?) {
     var parser = parser
     var targets: [String] = []
     let bytes = Array(text.utf8)
@@ -37,7 +38,8 @@ extension RingPortHTTPTests {
 
         @Test(arguments: [1, 2, 3, 7, 13])
         func requestsSplitAtEveryPointAreReassembled(chunkSize: Int) {
-            let text = "GET /plaintext HTTP/1.1\r\nHost: localhost\r\nAccept: */*\r\n\r\n"
+            let text =
+                "GET /plaintext HTTP/1.1\r\nHost: localhost\r\nAccept: */*\r\n\r\n"
                 + "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
                 + "GET /last HTTP/1.1\r\nHost: x\r\n\r\n"
             let (targets, error) = parseRequests(text, chunks: Array(repeating: chunkSize, count: text.utf8.count))
@@ -46,12 +48,12 @@ extension RingPortHTTPTests {
         }
 
         @Test(arguments: [
-            "GET /a HTTP/1.1\nHost: x\r\n\r\n",                     // bare LF
-            "GET /a HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n",       // obsolete line folding
-            "GET /a HTTP/2.0\r\nHost: x\r\n\r\n",                   // unsupported version
-            "GET  /a HTTP/1.1\r\nHost: x\r\n\r\n",                  // double space
-            "GET /a HTTP/1.1\r\n\r\n",                              // no Host
-            "GET /a HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",         // two Hosts
+            "GET /a HTTP/1.1\nHost: x\r\n\r\n",  // bare LF
+            "GET /a HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n",  // obsolete line folding
+            "GET /a HTTP/2.0\r\nHost: x\r\n\r\n",  // unsupported version
+            "GET  /a HTTP/1.1\r\nHost: x\r\n\r\n",  // double space
+            "GET /a HTTP/1.1\r\n\r\n",  // no Host
+            "GET /a HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",  // two Hosts
             "GET /a HTTP/1.1\r\nHost: x\r\nContent-Length: 1x\r\n\r\n",
             "GET /a HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
             "GET /a HTTP/1.1\r\nHost: x\r\nBad Name: v\r\n\r\n",
@@ -66,18 +68,28 @@ extension RingPortHTTPTests {
 
         @Test func limitsAndTransferEncodingAreReported() {
             let parser = HTTPRequestParser(maximumHeadBytes: 64, maximumBodyBytes: 10)
-            #expect(parseRequests("GET / HTTP/1.1\r\nHost: x\r\nX: \(String(repeating: "a", count: 100))\r\n\r\n", parser: parser).1 == .headersTooLarge)
+            #expect(
+                parseRequests(
+                    "GET / HTTP/1.1\r\nHost: x\r\nX: \(String(repeating: "a", count: 100))\r\n\r\n", parser: parser
+                ).1 == .headersTooLarge)
             // Byte by byte, the limit is found before the end of the head.
             let long = "GET / HTTP/1.1\r\nHost: x\r\nX: \(String(repeating: "a", count: 100))"
-            #expect(parseRequests(long, chunks: Array(repeating: 1, count: long.utf8.count), parser: parser).1 == .headersTooLarge)
-            #expect(parseRequests("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\n", parser: parser).1 == .bodyTooLarge)
-            #expect(parseRequests("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n").1 == .transferEncodingNotImplemented)
+            #expect(
+                parseRequests(long, chunks: Array(repeating: 1, count: long.utf8.count), parser: parser).1
+                    == .headersTooLarge)
+            #expect(
+                parseRequests("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\n", parser: parser).1
+                    == .bodyTooLarge)
+            #expect(
+                parseRequests("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n").1
+                    == .transferEncodingNotImplemented)
         }
 
         @Test func keepAliveFollowsVersionAndConnectionHeader() {
             var parser = HTTPRequestParser()
             var heads: [HTTPRequestHead] = []
-            let text = "GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+            let text =
+                "GET / HTTP/1.1\r\nHost: x\r\n\r\n"
                 + "GET / HTTP/1.1\r\nHost: x\r\nConnection: Close\r\n\r\n"
                 + "GET / HTTP/1.0\r\n\r\n"
                 + "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
@@ -92,10 +104,12 @@ extension RingPortHTTPTests {
             configure: (inout TCPServer.Configuration) -> Void = { _ in },
             _ body: (TCPServer) throws -> Result
         ) throws -> Result {
-            try withServer(handler: HTTPPlaintextHandler(maximumHeadBytes: 1024), configure: {
-                HTTPPlaintextHandler.configure(&$0)
-                configure(&$0)
-            }, body)
+            try withServer(
+                handler: HTTPPlaintextHandler(maximumHeadBytes: 1024),
+                configure: {
+                    HTTPPlaintextHandler.configure(&$0)
+                    configure(&$0)
+                }, body)
         }
 
         @Test func pipelinedRequestsAreAnsweredInOrder() throws {
@@ -103,7 +117,10 @@ extension RingPortHTTPTests {
                 let client = try BlockingClient(connectingTo: server.localAddress)
                 defer { client.close() }
                 let request = "GET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n"
-                try client.send(Array((String(repeating: request, count: 16) + "GET /other HTTP/1.1\r\nHost: t\r\n\r\n" + request).utf8))
+                try client.send(
+                    Array(
+                        (String(repeating: request, count: 16) + "GET /other HTTP/1.1\r\nHost: t\r\n\r\n" + request)
+                            .utf8))
                 let responses = try readResponses(from: client, count: 18)
                 #expect(responses.count == 18)
                 #expect(responses[0..<16].allSatisfy { $0.status == 200 && $0.body == "Hello, World!" })
@@ -116,7 +133,8 @@ extension RingPortHTTPTests {
             try withHTTPServer { server in
                 let client = try BlockingClient(connectingTo: server.localAddress)
                 defer { client.close() }
-                let request = Array("GET /plaintext HTTP/1.1\r\nHost: t\r\n\r\nGET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n".utf8)
+                let request = Array(
+                    "GET /plaintext HTTP/1.1\r\nHost: t\r\n\r\nGET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n".utf8)
                 for byte in request {
                     try client.send([byte])
                     usleep(200)
@@ -162,7 +180,9 @@ extension RingPortHTTPTests {
                 let start = ContinuousClock.now
                 // One byte every 50 ms never completes a head: only complete requests count as progress.
                 var closed = false
-                for byte in Array("GET /plaintext HTTP/1.1\r\nHost: t\r\nX-Slow: ".utf8) + Array(repeating: UInt8(ascii: "a"), count: 200) {
+                for byte in Array("GET /plaintext HTTP/1.1\r\nHost: t\r\nX-Slow: ".utf8)
+                    + Array(repeating: UInt8(ascii: "a"), count: 200)
+                {
                     if (try? client.send([byte])) == nil { closed = true; break }
                     var peek: UInt8 = 0
                     if recv(client.descriptor, &peek, 1, Int32(MSG_DONTWAIT)) == 0 { closed = true; break }

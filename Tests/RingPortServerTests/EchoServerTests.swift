@@ -1,11 +1,9 @@
 import Foundation
+import Glibc
 import RingPort
 import RingPortServer
 import RingPortTestSupport
 import Testing
-
-import Glibc
-
 
 extension RingPortServerTests {
     @Suite struct EchoServerTests {
@@ -83,8 +81,11 @@ extension RingPortServerTests {
                 let statistics = server.portStatistics
                 #expect(statistics.staleCompletions == 0)
                 #expect(statistics.droppedCompletions == 0)
-                #expect(statistics.submissionQueueFullEvents > 0, "the load must have filled the 4-entry submission queue")
-                #expect(statistics.submittedOperations == statistics.completedOperations + UInt64(statistics.operationsInFlight))
+                #expect(
+                    statistics.submissionQueueFullEvents > 0, "the load must have filled the 4-entry submission queue")
+                #expect(
+                    statistics.submittedOperations == statistics.completedOperations
+                        + UInt64(statistics.operationsInFlight))
             }
         }
 

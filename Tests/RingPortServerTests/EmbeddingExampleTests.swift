@@ -13,9 +13,9 @@ struct Uppercase: ConnectionHandler {
 
 func startUppercaseServer(port: UInt16) throws -> TCPServer {
     var configuration = TCPServer.Configuration(address: try SocketAddress(host: "127.0.0.1", port: port))
-    configuration.idleTimeout = .seconds(30)        // every limit has a safe default; tune what you need
+    configuration.idleTimeout = .seconds(30)  // every limit has a safe default; tune what you need
     let server = try TCPServer(configuration: configuration, handler: Uppercase())
-    try server.start()                              // later: server.shutdown(gracePeriod: .seconds(10))
+    try server.start()  // later: server.shutdown(gracePeriod: .seconds(10))
     return server
 }
 // README server example ends
@@ -26,32 +26,34 @@ extension RingPortServerTests {
     @Suite struct EmbeddingExampleTests {
         @Test func readmeEchoExampleEchoes() throws {
             // README example begins
-            let port = try CompletionPort()                     // one ring per two CPUs
-            let listener = try port.associate(descriptor: TCPSocket.makeListener(
-                address: SocketAddress(host: "127.0.0.1", port: 0)))
+            let port = try CompletionPort()  // one ring per two CPUs
+            let listener = try port.associate(
+                descriptor: TCPSocket.makeListener(
+                    address: SocketAddress(host: "127.0.0.1", port: 0)))
             let buffers = ContextPool(bufferSize: 4096)
 
-            let workers = WorkerPool(port: port) { completion in    // CPU × 2 + 2 threads
+            let workers = WorkerPool(port: port) { completion in  // CPU × 2 + 2 threads
                 guard let handle = completion.handle, let context = completion.context else { return }
                 switch completion.operation {
                 case .accept:
                     if let descriptor = completion.acceptedDescriptor,
-                       let connection = try? port.associate(descriptor: descriptor) {
+                        let connection = try? port.associate(descriptor: descriptor)
+                    {
                         try? port.read(connection, into: buffers.take())
                     }
-                    try? port.accept(on: handle, context: context)   // post the next accept
+                    try? port.accept(on: handle, context: context)  // post the next accept
                 case .read where completion.bytesTransferred > 0:
                     context.count = completion.bytesTransferred
                     context.offset = 0
                     try? port.write(handle, from: context, range: 0..<context.count)
                 case .write where completion.error == nil:
                     context.offset += completion.bytesTransferred
-                    if context.offset < context.count {              // finish a short send
+                    if context.offset < context.count {  // finish a short send
                         try? port.write(handle, from: context, range: context.offset..<context.count)
                     } else {
-                        try? port.read(handle, into: context)        // post the next read
+                        try? port.read(handle, into: context)  // post the next read
                     }
-                default:                                             // 0 bytes or an error: close and free
+                default:  // 0 bytes or an error: close and free
                     port.close(handle)
                     buffers.recycle(context)
                 }

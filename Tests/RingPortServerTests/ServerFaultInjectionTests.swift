@@ -1,11 +1,10 @@
 import Foundation
+import Glibc
 import RingPort
 import RingPortServer
-import SystemPackage
 import RingPortTestSupport
+import SystemPackage
 import Testing
-
-import Glibc
 
 /// The server's branches for each failure, driven by results injected through the kernel's
 /// own completion path (see `FaultInjection`): every byte of the unaffected traffic checked.
@@ -64,7 +63,8 @@ extension RingPortServerTests {
                 #expect(result.connections == 64 && result.connectFailures == 0)
                 #expect(result.mismatches == 0, "a client saw a wrong byte: \(result)")
                 #expect(result.unfinished == 0, "a client was left hanging: \(result)")
-                #expect(result.prematureCloses > 0 && result.prematureCloses <= counts.reduce(0, +), "\(result) \(counts)")
+                #expect(
+                    result.prematureCloses > 0 && result.prematureCloses <= counts.reduce(0, +), "\(result) \(counts)")
                 #expect(eventually { server.statistics.open == 0 })
                 // Each injected error is one connection error; an injected end of stream is none.
                 #expect(server.statistics.connectionErrors == counts[0] + counts[1], "\(counts)")

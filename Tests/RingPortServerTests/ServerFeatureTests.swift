@@ -1,11 +1,10 @@
 import Foundation
+import Glibc
 import RingPort
 import RingPortServer
-import Synchronization
 import RingPortTestSupport
+import Synchronization
 import Testing
-
-import Glibc
 
 /// Answers any received bytes with the whole payload of one shared context, sent without a copy.
 final class LargeReplyHandler: ConnectionHandler {

@@ -1,18 +1,20 @@
 import Foundation
+import Glibc
 import RingPort
 import RingPortServer
 import RingPortTestSupport
 import Testing
-
-import Glibc
 
 extension RingPortServerTests {
     @Suite struct ServerLimitTests {
         @Test func echoesAThousandClientsWithPayloadsUpToOneMebibyte() throws {
             raiseDescriptorLimit(to: 8192)
             try withServer { server in
-                EchoLoad(connections: 1000, messagesPerConnection: 1, maximumMessageSize: 1 << 20, seed: 1000, timeout: .seconds(120))
-                    .expectCleanRun(against: server.localAddress)
+                EchoLoad(
+                    connections: 1000, messagesPerConnection: 1, maximumMessageSize: 1 << 20, seed: 1000,
+                    timeout: .seconds(120)
+                )
+                .expectCleanRun(against: server.localAddress)
                 #expect(eventually { server.statistics.open == 0 })
                 #expect(server.statistics.accepted == 1000)
                 #expect(server.portStatistics.buffersOutstanding == 0)

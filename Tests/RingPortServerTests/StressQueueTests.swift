@@ -14,7 +14,9 @@ extension RingPortServerTests {
     @Suite(.enabled(if: ProcessInfo.processInfo.environment["RINGPORT_STRESS"] == "1"))
     struct StressTestsQueuePressure {
         @Test(arguments: [(2, 4), (8, 16)], ServerMode.allCases)
-        func tinyRingsUnderFiveHundredConnectionsLoseNothing(queues: (submission: Int, completion: Int), mode: ServerMode) throws {
+        func tinyRingsUnderFiveHundredConnectionsLoseNothing(
+            queues: (submission: Int, completion: Int), mode: ServerMode
+        ) throws {
             raiseDescriptorLimit(to: 4096)
             try withServer(configure: {
                 $0.port.ringEntries = UInt32(queues.submission)
@@ -24,17 +26,31 @@ extension RingPortServerTests {
                 $0.receiveBufferSize = 2048
                 mode.apply(&$0)
             }) { server in
-                EchoLoad(connections: 500, messagesPerConnection: 4, maximumMessageSize: 32 * 1024, seed: 500, timeout: .seconds(120))
-                    .expectCleanRun(against: server.localAddress)
+                EchoLoad(
+                    connections: 500, messagesPerConnection: 4, maximumMessageSize: 32 * 1024, seed: 500,
+                    timeout: .seconds(120)
+                )
+                .expectCleanRun(against: server.localAddress)
                 #expect(eventually { server.statistics.open == 0 })
                 #expect(server.statistics.accepted == 500)
                 #expect(eventually { server.portStatistics.buffersOutstanding == 0 })
                 let statistics = server.portStatistics
                 #expect(statistics.staleCompletions == 0)
                 #expect(statistics.droppedCompletions == 0)
-                #expect(statistics.submissionQueueFullEvents > 0, "the load must have filled the \(queues.submission)-entry submission queue")
-                #expect(statistics.submittedOperations == statistics.completedOperations + UInt64(statistics.operationsInFlight))
-                print("STRESS rings \(queues.submission)/\(queues.completion) entries, \(mode), 500 connections × 4 messages ≤ 32 KiB: echoed exactly; \(statistics.submissionQueueFullEvents) SQ-full events, \(statistics.submittedOperations) submitted = \(statistics.completedOperations) completed + \(statistics.operationsInFlight) in flight, 0 stale, 0 dropped")
+                #expect(
+                    statistics.submissionQueueFullEvents > 0,
+                    "the load must have filled the \(queues.submission)-entry submission queue")
+                #expect(
+                    statistics.submittedOperations == statistics.completedOperations
+                        + UInt64(statistics.operationsInFlight))
+                print(
+                    """
+                    STRESS rings \(queues.submission)/\(queues.completion) entries, \(mode), 500 connections × 4 \
+                    messages ≤ 32 KiB: echoed exactly; \(statistics.submissionQueueFullEvents) SQ-full events, \
+                    \(statistics.submittedOperations) submitted = \(statistics.completedOperations) completed + \
+                    \(statistics.operationsInFlight) in flight, 0 stale, 0 dropped
+                    """
+                )
             }
         }
     }

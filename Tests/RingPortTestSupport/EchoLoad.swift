@@ -1,8 +1,7 @@
 import Foundation
+import Glibc
 import RingPort
 import Testing
-
-import Glibc
 
 /// A test client that drives many TCP connections from one thread with poll(2): each connection
 /// sends its messages (random bytes of random sizes) while reading back what the server echoes,
@@ -92,14 +91,19 @@ package struct EchoLoad {
                 }
                 let revents = descriptors[position].revents
                 if revents & Int16(POLLIN | POLLHUP | POLLERR) != 0 {
-                    let count = buffer.withUnsafeMutableBytes { recv(connection.descriptor, $0.baseAddress!, $0.count, 0) }
+                    let count = buffer.withUnsafeMutableBytes {
+                        recv(connection.descriptor, $0.baseAddress!, $0.count, 0)
+                    }
                     if count > 0 {
                         let end = connection.received + count
-                        let matches = end <= connection.expected.count && buffer.withUnsafeBytes { received in
-                            connection.expected.withUnsafeBytes { expected in
-                                memcmp(received.baseAddress!, expected.baseAddress! + connection.received, count) == 0
+                        let matches =
+                            end <= connection.expected.count
+                            && buffer.withUnsafeBytes { received in
+                                connection.expected.withUnsafeBytes { expected in
+                                    memcmp(received.baseAddress!, expected.baseAddress! + connection.received, count)
+                                        == 0
+                                }
                             }
-                        }
                         if !matches {
                             result.mismatches += 1
                             connection.done = true

@@ -1,9 +1,8 @@
 import Foundation
+import Glibc
 import RingPort
 import RingPortServer
 import Testing
-
-import Glibc
 
 /// A server configuration on an ephemeral loopback port, logging warnings only.
 package func testServerConfiguration() throws -> TCPServer.Configuration {
@@ -79,10 +78,13 @@ package func readResponses(from client: BlockingClient, count: Int) throws -> [(
     var chunk = [UInt8](repeating: 0, count: 65536)
     while responses.count < count {
         // Parse what is buffered.
-        if let headEnd = buffer.indices.dropLast(3).first(where: { buffer[$0] == 13 && buffer[$0 + 1] == 10 && buffer[$0 + 2] == 13 && buffer[$0 + 3] == 10 }) {
+        if let headEnd = buffer.indices.dropLast(3).first(where: {
+            buffer[$0] == 13 && buffer[$0 + 1] == 10 && buffer[$0 + 2] == 13 && buffer[$0 + 3] == 10
+        }) {
             let head = String(decoding: buffer[..<headEnd], as: UTF8.self)
             let status = Int(head.split(separator: " ")[1]) ?? -1
-            let length = head.split(separator: "\r\n").first { $0.lowercased().hasPrefix("content-length:") }
+            let length =
+                head.split(separator: "\r\n").first { $0.lowercased().hasPrefix("content-length:") }
                 .flatMap { Int($0.split(separator: ":")[1].trimmingCharacters(in: .whitespaces)) } ?? 0
             if buffer.count >= headEnd + 4 + length {
                 let body = String(decoding: buffer[(headEnd + 4)..<(headEnd + 4 + length)], as: UTF8.self)

@@ -1,8 +1,7 @@
 import Foundation
+import Glibc
 import RingPort
 import Testing
-
-import Glibc
 
 /// The loopback address with port 0 (the kernel picks one).
 package func loopbackAnyPort() throws -> SocketAddress {

@@ -1,8 +1,7 @@
 import Foundation
+import Glibc
 import RingPort
 import Testing
-
-import Glibc
 
 /// The number of open descriptors of this process (entries of /proc/self/fd).
 package func openDescriptorCount() -> Int {
@@ -48,7 +47,9 @@ package struct BlockingClient {
     package func send(_ bytes: [UInt8]) throws {
         var sent = 0
         while sent < bytes.count {
-            let result = bytes.withUnsafeBytes { Glibc.send(descriptor, $0.baseAddress! + sent, bytes.count - sent, Int32(MSG_NOSIGNAL)) }
+            let result = bytes.withUnsafeBytes {
+                Glibc.send(descriptor, $0.baseAddress! + sent, bytes.count - sent, Int32(MSG_NOSIGNAL))
+            }
             if result < 0 {
                 if errno == EINTR { continue }
                 throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO)
@@ -72,7 +73,9 @@ package struct BlockingClient {
         var buffer = [UInt8](repeating: 0, count: count)
         var received = 0
         while received < count {
-            let result = buffer.withUnsafeMutableBytes { recv(descriptor, $0.baseAddress! + received, count - received, 0) }
+            let result = buffer.withUnsafeMutableBytes {
+                recv(descriptor, $0.baseAddress! + received, count - received, 0)
+            }
             if result < 0 {
                 if errno == EINTR { continue }
                 throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO)

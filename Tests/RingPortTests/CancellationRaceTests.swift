@@ -1,10 +1,9 @@
 import Foundation
-import RingPort
-import SystemPackage
-import RingPortTestSupport
-import Testing
-
 import Glibc
+import RingPort
+import RingPortTestSupport
+import SystemPackage
+import Testing
 
 /// Runs `body` on a thread of its own; `join()` waits for it.
 final class Racer: Sendable {
@@ -78,7 +77,8 @@ extension RingPortTests {
                 #expect(try !port.cancel(context))
             }
             #expect(outcomes.received + outcomes.cancelled == 2_000)
-            #expect(outcomes.received > 0 && outcomes.cancelled > 0, "both sides of the race must have won: \(outcomes)")
+            #expect(
+                outcomes.received > 0 && outcomes.cancelled > 0, "both sides of the race must have won: \(outcomes)")
             port.close(handle)
             worker.detach()
             port.close()
@@ -200,14 +200,22 @@ extension RingPortTests {
                 #expect(completion.operation == .write && !context.isInFlight)
                 #expect(completion.error == nil || completion.isCancelled, "\(completion)")
                 let sent = completion.bytesTransferred
-                if completion.isCancelled { outcomes.cancelled += 1 } else if sent == payload.count { outcomes.whole += 1 } else { outcomes.partial += 1 }
+                if completion.isCancelled {
+                    outcomes.cancelled += 1
+                } else if sent == payload.count {
+                    outcomes.whole += 1
+                } else {
+                    outcomes.partial += 1
+                }
                 // Everything sent reaches the peer; then nothing more comes.
                 _ = eventually(timeout: .seconds(2)) { received.withLock { $0.count } >= filled + sent }
                 usleep(2_000)
                 stop.withLock { $0 = true }
                 reader.join()
                 let bytes = received.withLock { $0 }
-                #expect(bytes.count == filled + sent, "\(completion): the peer got \(bytes.count - filled) bytes of the send")
+                #expect(
+                    bytes.count == filled + sent,
+                    "\(completion): the peer got \(bytes.count - filled) bytes of the send")
                 #expect(bytes[..<min(filled, bytes.count)].allSatisfy { $0 == 0 })
                 if bytes.count > filled { #expect(bytes[filled...].elementsEqual(payload[0..<(bytes.count - filled)])) }
                 if bytes.count != filled + sent { break }
@@ -238,7 +246,9 @@ extension RingPortTests {
                 try port.read(handle, into: reading)
                 try port.write(handle, from: writing, range: 0..<64)
                 let delay = Int.random(in: 0..<400, using: &generator)
-                let racer = Racer { spin(delay); port.close(handle) }
+                let racer = Racer {
+                    spin(delay); port.close(handle)
+                }
                 var byte: UInt8 = 9
                 _ = write(right, &byte, 1)
                 var seen: [ObjectIdentifier: Int] = [:]
@@ -246,7 +256,9 @@ extension RingPortTests {
                     let completion = try #require(try worker.dequeue(timeout: .seconds(5)))
                     let context = try #require(completion.context)
                     seen[ObjectIdentifier(context), default: 0] += 1
-                    #expect(completion.error == nil || completion.isCancelled || completion.error == .badFileDescriptor, "\(completion)")
+                    #expect(
+                        completion.error == nil || completion.isCancelled || completion.error == .badFileDescriptor,
+                        "\(completion)")
                 }
                 racer.join()
                 #expect(seen[ObjectIdentifier(reading)] == 1 && seen[ObjectIdentifier(writing)] == 1)

@@ -1,10 +1,9 @@
 import Foundation
-import RingPort
-import SystemPackage
-import RingPortTestSupport
-import Testing
-
 import Glibc
+import RingPort
+import RingPortTestSupport
+import SystemPackage
+import Testing
 
 extension RingPortTests {
     @Suite struct CompletionPortTests {

@@ -1,10 +1,10 @@
 import Foundation
-@testable import RingPort
-import SystemPackage
+import Glibc
 import RingPortTestSupport
+import SystemPackage
 import Testing
 
-import Glibc
+@testable import RingPort
 
 extension RingPortTests {
     /// UDP through the port: `receiveMessage` / `sendMessage` over real sockets on loopback.
@@ -23,7 +23,9 @@ extension RingPortTests {
                 guard let handle = completion.handle, let context = completion.context else { return }
                 if completion.isCancelled { return }
                 do throws(RingPortError) {
-                    if let error = completion.error { throw RingPortError(.systemCallFailed, operation: "\(completion)", errno: error) }
+                    if let error = completion.error {
+                        throw RingPortError(.systemCallFailed, operation: "\(completion)", errno: error)
+                    }
                     switch completion.operation {
                     case .receiveMessage:
                         guard let sender = context.messageSenderAddress, !context.isMessageTruncated else {
@@ -91,7 +93,8 @@ extension RingPortTests {
         @Test func reportsATruncatedDatagramAndKeepsTheBytesThatFit() throws {
             let port = try makeSingleRingPort()
             let worker = port.makeWorker()
-            let server = try port.associate(descriptor: UDPSocket.makeBound(to: SocketAddress(host: "127.0.0.1", port: 0)))
+            let server = try port.associate(
+                descriptor: UDPSocket.makeBound(to: SocketAddress(host: "127.0.0.1", port: 0)))
             let serverAddress = try UDPSocket.localAddress(of: server.descriptor)
             let client = try DatagramClient(host: "127.0.0.1")
             defer { client.close() }
@@ -144,7 +147,8 @@ extension RingPortTests {
             let context = IOContext(capacity: 64)
             context.copyBytes(from: Array("anyone?".utf8))
 
-            let unconnected = try port.associate(descriptor: UDPSocket.makeBound(to: SocketAddress(host: "127.0.0.1", port: 0)))
+            let unconnected = try port.associate(
+                descriptor: UDPSocket.makeBound(to: SocketAddress(host: "127.0.0.1", port: 0)))
             try port.sendMessage(unconnected, from: context, range: 0..<7, to: closedAddress)
             let sentUnconnected = try #require(try worker.dequeue(timeout: .seconds(5)))
             #expect(sentUnconnected.operation == .sendMessage)
@@ -182,13 +186,15 @@ extension RingPortTests {
         @Test func sendMessageReportsTheKernelsRefusals() throws {
             let port = try makeSingleRingPort()
             let worker = port.makeWorker()
-            let socket = try port.associate(descriptor: UDPSocket.makeBound(to: SocketAddress(host: "127.0.0.1", port: 0)))
+            let socket = try port.associate(
+                descriptor: UDPSocket.makeBound(to: SocketAddress(host: "127.0.0.1", port: 0)))
             let peer = try DatagramClient(host: "127.0.0.1")
             defer { peer.close() }
             let context = IOContext(capacity: 70000)
 
             // An IPv6 address on an IPv4 socket.
-            try port.sendMessage(socket, from: context, range: 0..<8, to: SocketAddress(host: "::1", port: peer.address.port))
+            try port.sendMessage(
+                socket, from: context, range: 0..<8, to: SocketAddress(host: "::1", port: peer.address.port))
             #expect(try worker.dequeue(timeout: .seconds(5))?.error == .addressFamilyNotSupported)
             // More than a UDP datagram can hold.
             try port.sendMessage(socket, from: context, range: 0..<65508, to: peer.address)
@@ -198,7 +204,9 @@ extension RingPortTests {
             #expect(try worker.dequeue(timeout: .seconds(5))?.bytesTransferred == 3)
             #expect(try peer.receive().bytes.count == 3)
             // A range outside the buffer is refused before anything is queued.
-            #expect(throws: RingPortError.self) { try port.sendMessage(socket, from: context, range: 0..<70001, to: peer.address) }
+            #expect(throws: RingPortError.self) {
+                try port.sendMessage(socket, from: context, range: 0..<70001, to: peer.address)
+            }
             #expect(!context.isInFlight)
             port.close(socket)
             worker.detach()
@@ -254,7 +262,8 @@ extension RingPortTests {
             #expect(MemoryLayout<IOContext.Scratch>.size == 152)
             let port = try makeSingleRingPort()
             let worker = port.makeWorker()
-            let socket = try port.associate(descriptor: UDPSocket.makeBound(to: SocketAddress(host: "127.0.0.1", port: 0)))
+            let socket = try port.associate(
+                descriptor: UDPSocket.makeBound(to: SocketAddress(host: "127.0.0.1", port: 0)))
             let context = IOContext(capacity: 16)
 
             try port.nop(context: context)
@@ -269,10 +278,11 @@ extension RingPortTests {
             #expect(context.scratchByteCount == MemoryLayout<IOContext.MessageScratch>.size)
             try port.receiveMessage(socket, into: context)
             #expect(try worker.dequeue(timeout: .seconds(5))?.bytesTransferred == 4)
-            let timer = try #require(try {
-                try port.timeout(after: .zero, context: context)
-                return try worker.dequeue(timeout: .seconds(5))
-            }())
+            let timer = try #require(
+                try {
+                    try port.timeout(after: .zero, context: context)
+                    return try worker.dequeue(timeout: .seconds(5))
+                }())
             #expect(timer.operation == .timeout)
             #expect(timer.error == nil)
             #expect(context.scratchByteCount == MemoryLayout<IOContext.MessageScratch>.size)

@@ -1,11 +1,10 @@
 import Foundation
-import SystemPackage
+import Glibc
 import RingPortTestSupport
+import SystemPackage
 import Testing
 
 @testable import RingPort
-
-import Glibc
 
 extension RingPortTests {
     @Suite struct FaultInjectionTests {

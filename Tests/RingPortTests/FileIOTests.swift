@@ -1,10 +1,9 @@
 import Foundation
-import RingPort
-import SystemPackage
-import RingPortTestSupport
-import Testing
-
 import Glibc
+import RingPort
+import RingPortTestSupport
+import SystemPackage
+import Testing
 
 extension RingPortTests {
     /// Positioned file I/O through the port over real files in the temporary directory.
@@ -39,7 +38,8 @@ extension RingPortTests {
                 let index = Int(try #require(completion.context).userValue)
                 written[index] = completion.bytesTransferred
             }
-            #expect(written == Dictionary(uniqueKeysWithValues: chunks.enumerated().map { ($0.offset, $0.element.count) }))
+            #expect(
+                written == Dictionary(uniqueKeysWithValues: chunks.enumerated().map { ($0.offset, $0.element.count) }))
             #expect(try RegularFile.size(of: handle.descriptor) == Int64(content.count))
             let onDisk = try #require(FileManager.default.contents(atPath: file.path))
             #expect(onDisk.count == content.count)
@@ -64,7 +64,10 @@ extension RingPortTests {
             #expect(try RegularFile.size(of: handle.descriptor) == Int64(content.count + 1004))
             try port.read(handle, into: context, range: 0..<2000, atOffset: Int64(content.count - 10))
             #expect(try worker.dequeue(timeout: .seconds(10))?.bytesTransferred == 1014)
-            #expect(firstDifference(context.bytes(in: 0..<1014), content.suffix(10) + [UInt8](repeating: 0, count: 1000) + [1, 2, 3, 4]) == nil)
+            #expect(
+                firstDifference(
+                    context.bytes(in: 0..<1014), content.suffix(10) + [UInt8](repeating: 0, count: 1000) + [1, 2, 3, 4])
+                    == nil)
             port.close(handle)
             worker.detach()
             port.close()
@@ -126,8 +129,10 @@ extension RingPortTests {
             let worker = port.makeWorker()
             let handle = try port.openFile(atPath: file.path, access: .readOnly)
             let reads = (0..<256).map { _ in
-                (offset: Int.random(in: 0..<(content.count + 4096), using: &random),
-                 length: Int.random(in: 1...16384, using: &random))
+                (
+                    offset: Int.random(in: 0..<(content.count + 4096), using: &random),
+                    length: Int.random(in: 1...16384, using: &random)
+                )
             }
             for (index, read) in reads.enumerated() {
                 let context = IOContext(capacity: read.length)
@@ -144,7 +149,8 @@ extension RingPortTests {
                 let expected = content[min(read.offset, content.count)..<min(read.offset + read.length, content.count)]
                 seen.insert(index)
                 if completion.error != nil || completion.bytesTransferred != expected.count
-                    || firstDifference(context.bytes(in: 0..<completion.bytesTransferred), expected) != nil {
+                    || firstDifference(context.bytes(in: 0..<completion.bytesTransferred), expected) != nil
+                {
                     mismatches.append(index)
                 }
             }
@@ -169,7 +175,8 @@ extension RingPortTests {
             let context = IOContext(capacity: 64)
             context.copyBytes(from: Array("sixteen bytes ok".utf8))
 
-            let writeOnly = try port.openFile(atPath: file.path, access: .writeOnly, options: [.create, .exclusive], permissions: 0o600)
+            let writeOnly = try port.openFile(
+                atPath: file.path, access: .writeOnly, options: [.create, .exclusive], permissions: 0o600)
             try port.write(writeOnly, from: context, range: 0..<16, atOffset: 0)
             #expect(try worker.dequeue(timeout: .seconds(10))?.bytesTransferred == 16)
             try port.read(writeOnly, into: context, atOffset: 0)

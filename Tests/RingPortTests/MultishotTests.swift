@@ -1,10 +1,9 @@
 import Foundation
-import RingPort
-import SystemPackage
-import RingPortTestSupport
-import Testing
-
 import Glibc
+import RingPort
+import RingPortTestSupport
+import SystemPackage
+import Testing
 
 /// A one-ring port with `buffers` provided buffers of `size` bytes, a worker, and a multishot
 /// receive posted on one end of a socket pair; returns the other end too.

@@ -1,11 +1,10 @@
 import CLiburing
-import SystemPackage
+import Glibc
 import RingPortTestSupport
+import SystemPackage
 import Testing
 
 @testable import RingPort
-
-import Glibc
 
 extension RingPortTests {
     @Suite struct RingSetupTests {
@@ -19,23 +18,26 @@ extension RingPortTests {
                 #expect(error.code == .ioURingUnavailable)
                 #expect(error.errno == .notPermitted)
                 let setting = IOURingUnavailability.readIOURingDisabledSetting()
-                #expect(error.unavailability == IOURingUnavailability.classify(.notPermitted, ioURingDisabledSetting: setting))
+                #expect(
+                    error.unavailability
+                        == IOURingUnavailability.classify(.notPermitted, ioURingDisabledSetting: setting))
                 #expect(error.description.contains("io_uring_setup"))
                 #expect(error.description.contains("Fix:"))
             }
         }
 
-        @Test(arguments: [
-            (Errno.noFunction, nil, IOURingUnavailability.notInKernel),
-            (Errno.notPermitted, 2, .disabledBySysctl),
-            (Errno.notPermitted, 1, .restrictedToGroup),
-            (Errno.notPermitted, 0, .blockedByPolicy),
-            (Errno.notPermitted, nil, .blockedByPolicy),
-            (Errno.noMemory, 0, .lockedMemoryLimit),
-            (Errno.tooManyOpenFiles, 0, .descriptorLimit),
-            (Errno.invalidArgument, 0, .invalidRingSize),
-            (Errno.ioError, 0, .other),
-        ] as [(Errno, Int?, IOURingUnavailability)])
+        @Test(
+            arguments: [
+                (Errno.noFunction, nil, IOURingUnavailability.notInKernel),
+                (Errno.notPermitted, 2, .disabledBySysctl),
+                (Errno.notPermitted, 1, .restrictedToGroup),
+                (Errno.notPermitted, 0, .blockedByPolicy),
+                (Errno.notPermitted, nil, .blockedByPolicy),
+                (Errno.noMemory, 0, .lockedMemoryLimit),
+                (Errno.tooManyOpenFiles, 0, .descriptorLimit),
+                (Errno.invalidArgument, 0, .invalidRingSize),
+                (Errno.ioError, 0, .other),
+            ] as [(Errno, Int?, IOURingUnavailability)])
         func setupErrorsAreClassified(errno: Errno, sysctl: Int?, expected: IOURingUnavailability) {
             let cause = IOURingUnavailability.classify(errno, ioURingDisabledSetting: sysctl)
             #expect(cause == expected)

@@ -1,10 +1,9 @@
 import Foundation
-import RingPort
-import Synchronization
-import RingPortTestSupport
-import Testing
-
 import Glibc
+import RingPort
+import RingPortTestSupport
+import Synchronization
+import Testing
 
 /// The CPUs this process may run on, read from /proc/self/status ("Cpus_allowed_list: 0-1,4").
 func cpusAllowedByProc() throws -> Int {
@@ -87,7 +86,8 @@ extension RingPortTests {
 
             let pool = WorkerPool(port: port) { completion in
                 guard let handle = completion.handle, let context = completion.context,
-                      let probe = handle.userState as? HandlerProbe else { return }
+                    let probe = handle.userState as? HandlerProbe
+                else { return }
                 if probe.inside.wrappingAdd(1, ordering: .acquiringAndReleasing).oldValue != 0 {
                     overlaps.add(1, ordering: .relaxed)
                 }
@@ -168,7 +168,9 @@ extension RingPortTests.WorkerPoolTests {
         let accepted = LockedBox<[Int32]>([])
         let pool = WorkerPool(port: port) { completion in
             guard let descriptor = completion.acceptedDescriptor else { return }
-            let count = accepted.withLock { $0.append(descriptor); return $0.count }
+            let count = accepted.withLock {
+                $0.append(descriptor); return $0.count
+            }
             // The first accept's handler blocks: a standby takes the ring over meanwhile.
             if count == 1 { usleep(100_000) }
         }
@@ -178,7 +180,9 @@ extension RingPortTests.WorkerPoolTests {
         defer { clients.forEach { close($0) } }
         for round in 1...4 {
             clients.append(try TCPSocket.connect(to: address))
-            #expect(eventually(timeout: .seconds(5)) { accepted.withLock { $0.count } == round }, "connection \(round) was accepted")
+            #expect(
+                eventually(timeout: .seconds(5)) { accepted.withLock { $0.count } == round },
+                "connection \(round) was accepted")
             // Let the former leader come back from its handler and park.
             usleep(200_000)
         }

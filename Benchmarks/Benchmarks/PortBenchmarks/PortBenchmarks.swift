@@ -11,9 +11,8 @@
 // thread posts, then dequeues as the ring's leader (it submits and waits in io_uring_enter).
 
 import Benchmark
-import RingPort
-
 import Glibc
+import RingPort
 
 let benchmarks: @Sendable () -> Void = {
     Benchmark.defaultConfiguration = .init(
@@ -57,7 +56,8 @@ let benchmarks: @Sendable () -> Void = {
         let port = fixture.base.port
         benchmark.startMeasurement()
         for iteration in benchmark.scaledIterations {
-            try port.post(bytesTransferred: 1, handle: fixture.handle, context: fixture.context, value: UInt64(iteration))
+            try port.post(
+                bytesTransferred: 1, handle: fixture.handle, context: fixture.context, value: UInt64(iteration))
             let completion = try fixture.base.next()
             blackHole(completion.userValue)
         }
@@ -285,7 +285,9 @@ final class EchoFixture {
     /// Sends `messageSize` bytes of `source` on `sender` and receives them into `destination` on
     /// `receiver`, reposting short sends and receives until all have arrived.
     @inline(__always)
-    private func transfer(from sender: IOHandle, _ source: IOContext, to receiver: IOHandle, _ destination: IOContext) throws {
+    private func transfer(
+        from sender: IOHandle, _ source: IOContext, to receiver: IOHandle, _ destination: IOContext
+    ) throws {
         let count = messageSize
         let port = base.port
         try port.read(receiver, into: destination, range: 0..<count)
@@ -308,7 +310,7 @@ final class EchoFixture {
     }
 
     func close() {
-        base.close() // closes both handles (and their descriptors)
+        base.close()  // closes both handles (and their descriptors)
     }
 }
 
@@ -384,12 +386,16 @@ final class MultishotEchoFixture {
                 }
                 if !completion.hasMore { try rearm(completion) }
             } else if context === message {
-                guard completion.bytesTransferred > 0 else { throw BenchmarkFailure(description: "send: \(completion)") }
+                guard completion.bytesTransferred > 0 else {
+                    throw BenchmarkFailure(description: "send: \(completion)")
+                }
                 sent += completion.bytesTransferred
                 if sent < count { try port.write(a, from: message, range: sent..<count) }
             } else if let context {
                 // An echo write of B's.
-                guard completion.bytesTransferred > 0 else { throw BenchmarkFailure(description: "echo: \(completion)") }
+                guard completion.bytesTransferred > 0 else {
+                    throw BenchmarkFailure(description: "echo: \(completion)")
+                }
                 let index = Int(context.userValue)
                 let buffer = echoBuffers[index]!
                 let done = context.offset + completion.bytesTransferred
@@ -432,7 +438,7 @@ final class MultishotEchoFixture {
     private func rearm(_ completion: Completion) throws {
         guard !completion.hasMore else { return }
         guard completion.result > 0 || completion.error?.rawValue == ENOBUFS,
-              let handle = completion.handle, let context = completion.context
+            let handle = completion.handle, let context = completion.context
         else {
             throw BenchmarkFailure(description: "multishot receive ended: \(completion)")
         }

@@ -27,11 +27,12 @@ struct NIOHTTPServer: ParsableCommand {
 
     @OptionGroup var server: ServerOptions
 
-    @Flag(help: """
-        Add NIO's HTTPServerPipelineHandler, which holds back each pipelined request until the \
-        previous response has been written. Not needed for correctness here: every request is \
-        answered, in order, as soon as it has been read.
-        """)
+    @Flag(
+        help: """
+            Add NIO's HTTPServerPipelineHandler, which holds back each pipelined request until the \
+            previous response has been written. Not needed for correctness here: every request is \
+            answered, in order, as soon as it has been read.
+            """)
     var pipeliningAssistance = false
 
     func run() throws {

@@ -91,7 +91,8 @@ final class PlaintextHandler: ChannelInboundHandler, RemovableChannelHandler {
             headers.add(name: "Connection", value: "keep-alive")
         }
 
-        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
+        context.write(
+            wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
         if head.method != .HEAD {
             context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
         }

@@ -1,7 +1,6 @@
 import CLiburing
-import SystemPackage
-
 import Glibc
+import SystemPackage
 
 /// One io_uring instance: the submission and completion queues and the calls that move
 /// entries through them.
@@ -72,7 +71,8 @@ final class IOURing {
                 .ioURingUnavailable,
                 operation: "io_uring_setup(entries: \(entries), cq_entries: \(completionEntries))",
                 errno: errno,
-                unavailability: .classify(errno, ioURingDisabledSetting: IOURingUnavailability.readIOURingDisabledSetting()))
+                unavailability: .classify(
+                    errno, ioURingDisabledSetting: IOURingUnavailability.readIOURingDisabledSetting()))
         }
         features = parameters.features & ~hiddenFeatures
         setupFlags = parameters.flags
@@ -154,7 +154,8 @@ final class IOURing {
         let flags: UInt32 = waitFor > 0 ? IORING_ENTER_GETEVENTS : 0
         let result: Int32
         if let timeout, waitFor > 0 {
-            var time = __kernel_timespec(tv_sec: Int64(timeout / 1_000_000_000), tv_nsec: Int64(timeout % 1_000_000_000))
+            var time = __kernel_timespec(
+                tv_sec: Int64(timeout / 1_000_000_000), tv_nsec: Int64(timeout % 1_000_000_000))
             result = withUnsafeMutablePointer(to: &time) { timePointer in
                 // The kernel reads `arguments` and the timespec it points at during this call only.
                 var arguments = io_uring_getevents_arg(

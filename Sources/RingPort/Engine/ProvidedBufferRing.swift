@@ -1,7 +1,6 @@
 import CLiburing
-import SystemPackage
-
 import Glibc
+import SystemPackage
 
 /// A ring of provided buffers registered with one io_uring instance (`IORING_REGISTER_PBUF_RING`):
 /// a multishot receive takes a free buffer from it for every completion, so an idle connection
@@ -12,7 +11,8 @@ import Glibc
 /// registered with `io_uring_register_buf_ring`.
 ///
 /// Thread-safety: none of its own; ``recycleLocked(_:)`` and the buffer accounting are guarded by
-/// the owning ``Ring``'s lock (which is why their dynamic exclusivity checks are off). The kernel reads the entries and writes the buffers.
+/// the owning ``Ring``'s lock (which is why their dynamic exclusivity checks are off). The kernel
+/// reads the entries and writes the buffers.
 ///
 /// Ownership: the entries and the buffers are allocated here and freed in `deinit`, which the
 /// ring runs only after the io_uring instance is gone (so the kernel no longer uses them).
@@ -35,7 +35,8 @@ final class ProvidedBufferRing {
     ///
     /// - Throws: ``RingPortError`` (`EINVAL` before Linux 5.19, which lacks buffer rings).
     init(ring: IOURing, groupID: UInt16, count: Int, bufferSize: Int) throws(RingPortError) {
-        precondition(count > 0 && count <= 32768 && count & (count - 1) == 0, "buffer count must be a power of two up to 32768")
+        precondition(
+            count > 0 && count <= 32768 && count & (count - 1) == 0, "buffer count must be a power of two up to 32768")
         precondition(bufferSize > 0 && bufferSize <= Int(UInt32.max))
         self.groupID = groupID
         self.bufferSize = bufferSize
@@ -44,9 +45,10 @@ final class ProvidedBufferRing {
         let pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
         entriesByteCount = (count * MemoryLayout<io_uring_buf>.stride + pageSize - 1) / pageSize * pageSize
         guard let mapped = mmap(nil, entriesByteCount, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
-              mapped != MAP_FAILED
+            mapped != MAP_FAILED
         else {
-            throw RingPortError(.systemCallFailed, operation: "mmap provided buffer ring", errno: Errno(rawValue: Glibc.errno))
+            throw RingPortError(
+                .systemCallFailed, operation: "mmap provided buffer ring", errno: Errno(rawValue: Glibc.errno))
         }
         entries = mapped
         buffers = .allocate(byteCount: count * bufferSize, alignment: pageSize)
@@ -67,7 +69,8 @@ final class ProvidedBufferRing {
                 errno: Errno(rawValue: -result))
         }
         for index in 0..<count {
-            io_uring_buf_ring_add(bufferRing, buffers + index * bufferSize, UInt32(bufferSize), UInt16(index), mask, Int32(index))
+            io_uring_buf_ring_add(
+                bufferRing, buffers + index * bufferSize, UInt32(bufferSize), UInt16(index), mask, Int32(index))
         }
         io_uring_buf_ring_advance(bufferRing, Int32(count))
     }

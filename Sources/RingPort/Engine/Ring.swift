@@ -1,9 +1,8 @@
 import CLiburing
 import DequeModule
+import Glibc
 import Logging
 import SystemPackage
-
-import Glibc
 
 /// One ring of a completion port and everything that belongs to it: the handles it owns, the
 /// operations its io_uring instance holds, the completions reaped but not yet dequeued, and the
@@ -92,7 +91,8 @@ final class Ring: @unchecked Sendable {
     ) throws(RingPortError) {
         let doorbell = eventfd(0, Int32(EFD_CLOEXEC))
         guard doorbell >= 0 else {
-            throw RingPortError(.systemCallFailed, operation: "eventfd for ring \(index)", errno: Errno(rawValue: Glibc.errno))
+            throw RingPortError(
+                .systemCallFailed, operation: "eventfd for ring \(index)", errno: Errno(rawValue: Glibc.errno))
         }
         self.index = index
         self.uring = uring
@@ -439,7 +439,8 @@ final class Ring: @unchecked Sendable {
                 idleRounds += 1
                 if idleRounds > 10_000 {
                     throw RingPortError(
-                        .submissionFailed, operation: "io_uring_enter(to_submit: \(pending)) on ring \(index) makes no progress")
+                        .submissionFailed,
+                        operation: "io_uring_enter(to_submit: \(pending)) on ring \(index) makes no progress")
                 }
                 sched_yield()
             }
@@ -522,14 +523,15 @@ final class Ring: @unchecked Sendable {
         }
         counters.completions &+= 1
         if isFinal { counters.completedOperations &+= 1 }
-        ready.append(Completion(
-            operation: record.operation,
-            result: result,
-            flags: entry.flags,
-            handle: record.handle,
-            context: record.context,
-            userValue: record.userValue,
-            receivedBuffer: receivedBuffer))
+        ready.append(
+            Completion(
+                operation: record.operation,
+                result: result,
+                flags: entry.flags,
+                handle: record.handle,
+                context: record.context,
+                userValue: record.userValue,
+                receivedBuffer: receivedBuffer))
     }
 
     // MARK: Provided buffers
@@ -661,7 +663,12 @@ final class Ring: @unchecked Sendable {
     /// operations concerned never complete; this is logged as an error and counted in
     /// ``CompletionPort/Statistics/droppedCompletions``.
     private func reportDroppedCompletionsLocked() {
-        logger.error("ring \(index): the kernel dropped \(droppedCompletionsLocked) completions (out of memory for its overflow list)")
+        logger.error(
+            """
+            ring \(index): the kernel dropped \(droppedCompletionsLocked) completions (out of memory for its \
+            overflow list)
+            """
+        )
     }
 
     // MARK: Closing
@@ -694,7 +701,11 @@ final class Ring: @unchecked Sendable {
             if now >= deadline {
                 // The kernel still owns these buffers: keep them alive rather than free memory it may write.
                 logger.error(
-                    "ring \(index): \(operations.count) operations did not complete at close; their contexts are kept alive")
+                    """
+                    ring \(index): \(operations.count) operations did not complete at close; their contexts are \
+                    kept alive
+                    """
+                )
                 for slot in operations.liveSlots {
                     if let context = operations[slot].context {
                         _ = Unmanaged.passRetained(context)

@@ -79,9 +79,15 @@ public struct IOURingUnavailability: Hashable, Sendable, CustomStringConvertible
         case .disabledBySysctl:
             "io_uring is disabled on this machine (sysctl kernel.io_uring_disabled = 2)."
         case .restrictedToGroup:
-            "io_uring is restricted to the group named by kernel.io_uring_group (sysctl kernel.io_uring_disabled = 1) and this process is not in it."
+            """
+            io_uring is restricted to the group named by kernel.io_uring_group (sysctl kernel.io_uring_disabled = \
+            1) and this process is not in it.
+            """
         case .blockedByPolicy:
-            "io_uring is enabled in the kernel but this process may not use it: a seccomp filter (container runtimes block io_uring by default) or a security module denies io_uring_setup."
+            """
+            io_uring is enabled in the kernel but this process may not use it: a seccomp filter (container \
+            runtimes block io_uring by default) or a security module denies io_uring_setup.
+            """
         case .lockedMemoryLimit:
             "The ring's memory does not fit the locked-memory limit (RLIMIT_MEMLOCK), or the kernel is out of memory."
         case .descriptorLimit:
@@ -99,15 +105,30 @@ public struct IOURingUnavailability: Hashable, Sendable, CustomStringConvertible
     public var fix: String {
         switch cause {
         case .notInKernel:
-            "Run on Linux 5.11 or later with io_uring enabled, or allow io_uring_setup, io_uring_enter and io_uring_register in the seccomp profile."
+            """
+            Run on Linux 5.11 or later with io_uring enabled, or allow io_uring_setup, io_uring_enter and \
+            io_uring_register in the seccomp profile.
+            """
         case .disabledBySysctl:
-            "Run `sysctl -w kernel.io_uring_disabled=0` as root (or 1 with kernel.io_uring_group set to a group this user is in)."
+            """
+            Run `sysctl -w kernel.io_uring_disabled=0` as root (or 1 with kernel.io_uring_group set to a group \
+            this user is in).
+            """
         case .restrictedToGroup:
-            "Add this user to the group in /proc/sys/kernel/io_uring_group, or run `sysctl -w kernel.io_uring_disabled=0` as root."
+            """
+            Add this user to the group in /proc/sys/kernel/io_uring_group, or run `sysctl -w \
+            kernel.io_uring_disabled=0` as root.
+            """
         case .blockedByPolicy:
-            "Run the container with a seccomp profile that allows io_uring_setup, io_uring_enter and io_uring_register (e.g. docker run --security-opt seccomp=<profile>), or lift the LSM rule."
+            """
+            Run the container with a seccomp profile that allows io_uring_setup, io_uring_enter and \
+            io_uring_register (e.g. docker run --security-opt seccomp=<profile>), or lift the LSM rule.
+            """
         case .lockedMemoryLimit:
-            "Raise the limit (`ulimit -l`, LimitMEMLOCK= in systemd, --ulimit memlock= in docker) or use smaller rings (--ring-entries)."
+            """
+            Raise the limit (`ulimit -l`, LimitMEMLOCK= in systemd, --ulimit memlock= in docker) or use smaller \
+            rings (--ring-entries).
+            """
         case .descriptorLimit:
             "Raise the descriptor limit (`ulimit -n`) or close descriptors."
         case .invalidRingSize:

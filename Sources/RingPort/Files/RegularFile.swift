@@ -1,6 +1,5 @@
-import SystemPackage
-
 import Glibc
+import SystemPackage
 
 /// Thin, typed wrappers over the system calls that open a regular file for positioned I/O
 /// through a ``CompletionPort`` (``CompletionPort/read(_:into:range:atOffset:)``,

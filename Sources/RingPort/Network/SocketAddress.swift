@@ -33,10 +33,12 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
             addressBytes = withUnsafeBytes(of: ipv4) { Array($0) }
         } else {
             var ipv6 = in6_addr()
-            let unbracketed = literal.hasPrefix("[") && literal.hasSuffix("]")
+            let unbracketed =
+                literal.hasPrefix("[") && literal.hasSuffix("]")
                 ? String(literal.dropFirst().dropLast()) : literal
             guard inet_pton(AF_INET6, unbracketed, &ipv6) == 1 else {
-                throw RingPortError(.invalidArgument, operation: "parse address \"\(host)\" (a numeric IPv4 or IPv6 address is needed)")
+                throw RingPortError(
+                    .invalidArgument, operation: "parse address \"\(host)\" (a numeric IPv4 or IPv6 address is needed)")
             }
             family = .ipv6
             addressBytes = withUnsafeBytes(of: ipv6) { Array($0) }

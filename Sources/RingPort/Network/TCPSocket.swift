@@ -1,6 +1,5 @@
-import SystemPackage
-
 import Glibc
+import SystemPackage
 
 /// Thin, typed wrappers over the socket system calls a TCP server or client needs before its
 /// descriptors are associated with a ``CompletionPort``. Every failure throws a
@@ -22,12 +21,16 @@ public enum TCPSocket {
     }
 
     /// Creates a TCP socket bound to `address` and listening. The caller owns the descriptor.
-    public static func makeListener(address: SocketAddress, options: ListenerOptions = .init()) throws(RingPortError) -> Int32 {
+    public static func makeListener(
+        address: SocketAddress, options: ListenerOptions = .init()
+    ) throws(RingPortError) -> Int32 {
         let descriptor = try makeSocket(family: address.protocolFamily)
         do {
             if options.reuseAddress { try setOption(descriptor, SOL_SOCKET, SO_REUSEADDR, 1, name: "SO_REUSEADDR") }
             if options.reusePort { try setOption(descriptor, SOL_SOCKET, SO_REUSEPORT, 1, name: "SO_REUSEPORT") }
-            if address.family == .ipv6 { try setOption(descriptor, Int32(IPPROTO_IPV6), IPV6_V6ONLY, 1, name: "IPV6_V6ONLY") }
+            if address.family == .ipv6 {
+                try setOption(descriptor, Int32(IPPROTO_IPV6), IPV6_V6ONLY, 1, name: "IPV6_V6ONLY")
+            }
             try SystemCall.check(address.withSocketAddress { bind(descriptor, $0, $1) }, "bind \(address)")
             try SystemCall.check(listen(descriptor, options.backlog), "listen \(address)")
         } catch {
@@ -78,6 +81,7 @@ public enum TCPSocket {
         _ descriptor: Int32, _ level: Int32, _ option: Int32, _ value: Int32, name: String
     ) throws(RingPortError) {
         var value = value
-        try SystemCall.check(setsockopt(descriptor, level, option, &value, socklen_t(MemoryLayout<Int32>.size)), "setsockopt \(name)")
+        try SystemCall.check(
+            setsockopt(descriptor, level, option, &value, socklen_t(MemoryLayout<Int32>.size)), "setsockopt \(name)")
     }
 }

@@ -1,6 +1,5 @@
-import SystemPackage
-
 import Glibc
+import SystemPackage
 
 /// Thin, typed wrappers over the socket system calls a UDP endpoint needs before its
 /// descriptor is associated with a ``CompletionPort`` and used with

@@ -1,7 +1,6 @@
 import CLiburing
-import SystemPackage
-
 import Glibc
+import SystemPackage
 
 /// One finished operation, as a worker takes it off the port: what "get queued completion
 /// status" returns (bytes transferred, completion key, per-I/O context, error).
@@ -11,7 +10,8 @@ public struct Completion: Sendable, CustomStringConvertible {
     /// The operation tag that was posted.
     public let operation: IOOperation
     /// The kernel's result: bytes transferred, an accepted descriptor, or a negated errno.
-    /// For ``IOOperation/user`` completions, the bytes given to ``CompletionPort/post(bytesTransferred:handle:context:value:)``.
+    /// For ``IOOperation/user`` completions, the bytes given to
+    /// ``CompletionPort/post(bytesTransferred:handle:context:value:)``.
     public let result: Int32
     /// The CQE flags (`IORING_CQE_F_*`).
     public let flags: UInt32
@@ -19,7 +19,8 @@ public struct Completion: Sendable, CustomStringConvertible {
     public let handle: IOHandle?
     /// The per-I/O context the operation was posted with, if any. The application owns it again.
     public let context: IOContext?
-    /// For ``IOOperation/user`` completions, the value given to ``CompletionPort/post(bytesTransferred:handle:context:value:)``.
+    /// For ``IOOperation/user`` completions, the value given to
+    /// ``CompletionPort/post(bytesTransferred:handle:context:value:)``.
     public let userValue: UInt64
     /// For a multishot receive that delivered bytes: the provided buffer holding them, owned by
     /// the application until it calls ``ReceivedBuffer/release()``.

@@ -1,5 +1,4 @@
 import CLiburing
-
 import Glibc
 
 /// Datagrams: receiving with the sender's address and sending to an address, like `WSARecvFrom`
@@ -33,7 +32,9 @@ extension CompletionPort {
     ///   - range: where in the buffer to receive; the whole buffer by default.
     /// - Throws: as the other posting methods (handle or port closed, context in flight, range
     ///   outside the buffer, submission failed); nothing is queued then.
-    public func receiveMessage(_ handle: IOHandle, into context: IOContext, range: Range<Int>? = nil) throws(RingPortError) {
+    public func receiveMessage(
+        _ handle: IOHandle, into context: IOContext, range: Range<Int>? = nil
+    ) throws(RingPortError) {
         let range = range ?? 0..<context.capacity
         try validate(range, in: context, operation: .receiveMessage)
         let descriptor = handle.descriptor

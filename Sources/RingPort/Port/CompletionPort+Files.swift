@@ -1,5 +1,4 @@
 import CLiburing
-
 import Glibc
 
 /// Positioned file I/O: reads and writes at an offset, like `ReadFile` / `WriteFile` with an

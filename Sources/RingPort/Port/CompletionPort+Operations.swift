@@ -1,5 +1,4 @@
 import CLiburing
-
 import Glibc
 
 /// Posting asynchronous operations.
@@ -54,7 +53,8 @@ extension CompletionPort {
         _ handle: IOHandle, from buffer: ReceivedBuffer, range: Range<Int>, context: IOContext
     ) throws(RingPortError) {
         guard range.lowerBound >= 0, range.upperBound <= buffer.count else {
-            throw RingPortError(.invalidArgument, operation: "write range \(range) of a \(buffer.count)-byte received buffer")
+            throw RingPortError(
+                .invalidArgument, operation: "write range \(range) of a \(buffer.count)-byte received buffer")
         }
         let descriptor = handle.descriptor
         let bytes = buffer.withUnsafeBytes { $0.baseAddress! } + range.lowerBound

@@ -1,8 +1,7 @@
 import CLiburing
+import Glibc
 import Logging
 import Synchronization
-
-import Glibc
 
 /// An I/O completion port on io_uring.
 ///
@@ -154,11 +153,13 @@ public final class CompletionPort: Sendable {
         }
         if let buffers = configuration.providedBuffers {
             guard buffers.count >= 1, buffers.count <= 32768, buffers.count & (buffers.count - 1) == 0,
-                  buffers.size >= 1, buffers.size <= 1 << 30
+                buffers.size >= 1, buffers.size <= 1 << 30
             else {
                 throw RingPortError(
                     .invalidArgument,
-                    operation: "providedBuffers \(buffers.count) × \(buffers.size) (count: a power of two up to 32768)")
+                    operation: """
+                        providedBuffers \(buffers.count) × \(buffers.size) (count: a power of two up to 32768)
+                        """)
             }
         }
         self.configuration = configuration
@@ -178,10 +179,11 @@ public final class CompletionPort: Sendable {
                         "provided buffer rings are unavailable (\(error)); multishot receive is disabled")
                 }
             }
-            rings.append(try Ring(
-                index: index, uring: uring, bufferRing: bufferRing,
-                stallThreshold: configuration.stallThreshold, faultInjection: configuration.faultInjection,
-                logger: configuration.logger))
+            rings.append(
+                try Ring(
+                    index: index, uring: uring, bufferRing: bufferRing,
+                    stallThreshold: configuration.stallThreshold, faultInjection: configuration.faultInjection,
+                    logger: configuration.logger))
         }
         self.rings = rings
         attachedWorkers = LockedValue([Int](repeating: 0, count: rings.count))

@@ -1,7 +1,6 @@
 import CLiburing
-import SystemPackage
-
 import Glibc
+import SystemPackage
 
 /// Makes chosen operations fail (or end) with chosen results, through the kernel, so that tests
 /// can drive the error paths of completion handlers: a receive reset by the peer, a send to a

@@ -1,7 +1,6 @@
 import CLiburing
-import Synchronization
-
 import Glibc
+import Synchronization
 
 /// A per-I/O context: the buffer and the bookkeeping of one asynchronous operation, like the
 /// `PER_IO_DATA` (an `OVERLAPPED` plus a buffer and an operation tag) of a completion-port server.

@@ -1,5 +1,4 @@
 import CLiburing
-
 import Glibc
 
 /// What the running kernel's io_uring offers of what RingPort uses, found by trying it.
@@ -67,7 +66,8 @@ public struct IOURingFeatures: Hashable, Sendable, CustomStringConvertible {
             line(providedBufferRings, "provided buffer rings (5.19)", "one receive buffer per connection"),
             line(multishotReceive, "multishot receive (6.0)", "one receive per message into a per-connection buffer"),
             line(zeroCopySend, "zero-copy send (6.0)", "plain send for every size"),
-            line(nopResultInjection, "NOP result injection (tests)", "fault injection substitutes results when reaping"),
+            line(
+                nopResultInjection, "NOP result injection (tests)", "fault injection substitutes results when reaping"),
         ].joined(separator: "\n")
     }
 
@@ -99,7 +99,9 @@ public struct IOURingFeatures: Hashable, Sendable, CustomStringConvertible {
     }
 
     /// Posts a multishot receive with buffer selection on a socket pair and sends one byte.
-    private static func probeMultishotReceive(_ ring: IOURing, buffers: ProvidedBufferRing) throws(RingPortError) -> Bool {
+    private static func probeMultishotReceive(
+        _ ring: IOURing, buffers: ProvidedBufferRing
+    ) throws(RingPortError) -> Bool {
         var pair: [Int32] = [0, 0]
         guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0 else {
             throw RingPortError(.systemCallFailed, operation: "socketpair", errno: .init(rawValue: errno))
@@ -115,14 +117,17 @@ public struct IOURingFeatures: Hashable, Sendable, CustomStringConvertible {
         var byte: UInt8 = 1
         _ = write(pair[1], &byte, 1)
         let first = waitForCompletion(ring)
-        let supported = first.map {
-            $0.res == 1 && $0.flags & IORING_CQE_F_MORE != 0 && $0.flags & IORING_CQE_F_BUFFER != 0
-        } ?? false
+        let supported =
+            first.map {
+                $0.res == 1 && $0.flags & IORING_CQE_F_MORE != 0 && $0.flags & IORING_CQE_F_BUFFER != 0
+            } ?? false
         if supported { try cancelAndDrain(ring, userData: 2) }
         return supported
     }
 
-    private static func submit(_ ring: IOURing, _ fill: (UnsafeMutablePointer<io_uring_sqe>) -> Void) throws(RingPortError) {
+    private static func submit(
+        _ ring: IOURing, _ fill: (UnsafeMutablePointer<io_uring_sqe>) -> Void
+    ) throws(RingPortError) {
         guard let entry = ring.nextSubmissionEntry() else {
             throw RingPortError(.submissionFailed, operation: "io_uring feature probe: submission queue full")
         }

@@ -1,6 +1,5 @@
-import Logging
-
 import Glibc
+import Logging
 
 /// The worker threads of a completion port: each loops on
 /// ``CompletionWorker/dequeue(timeout:)`` and hands every completion to the handler.

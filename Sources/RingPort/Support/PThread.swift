@@ -1,5 +1,4 @@
 import CLiburing
-
 import Glibc
 
 /// A POSIX thread running a closure: RingPort's workers, and the few threads of the `ringport`
@@ -33,13 +32,15 @@ package struct PThread {
         var previous = sigset_t()
         pthread_sigmask(SIG_BLOCK, &blocked, &previous)
         defer { pthread_sigmask(SIG_SETMASK, &previous, nil) }
-        let result = pthread_create(&thread, nil, { argument in
-            // Ownership of the box passes to the new thread, which releases it.
-            let box = Unmanaged<Box>.fromOpaque(argument!).takeRetainedValue()
-            CLiburing_set_thread_name(box.name)
-            box.body()
-            return nil
-        }, box.toOpaque())
+        let result = pthread_create(
+            &thread, nil,
+            { argument in
+                // Ownership of the box passes to the new thread, which releases it.
+                let box = Unmanaged<Box>.fromOpaque(argument!).takeRetainedValue()
+                CLiburing_set_thread_name(box.name)
+                box.body()
+                return nil
+            }, box.toOpaque())
         guard result == 0 else {
             box.release()
             throw RingPortError(.systemCallFailed, operation: "pthread_create \(name)", errno: .init(rawValue: result))

@@ -1,6 +1,5 @@
-import SystemPackage
-
 import Glibc
+import SystemPackage
 
 /// The package's one door to plain system calls that are not io_uring operations: each checks
 /// its result. Shared by the typed wrappers (``TCPSocket``, ``UDPSocket``, ``RegularFile``), the

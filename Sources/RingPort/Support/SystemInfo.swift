@@ -1,5 +1,4 @@
 import CLiburing
-
 import Glibc
 
 /// Facts about the machine RingPort runs on.
