@@ -8,7 +8,7 @@ import RingPortServer
 /// head over the limit 431, a body over the limit 413, `Transfer-Encoding` 501; each of those
 /// closes the connection after the answer. Responses to pipelined requests go out in one write.
 ///
-/// Run it with ``TCPServer`` and ``TCPServer/Configuration/idleTimeoutCountsReceivedBytes`` set to
+/// Run it with `TCPServer` and `TCPServer.Configuration.idleTimeoutCountsReceivedBytes` set to
 /// false (``configure(_:)`` does it): only complete requests count as progress, so a client that
 /// trickles a request byte by byte is closed at the idle timeout.
 public struct HTTPPlaintextHandler: ConnectionHandler {
@@ -28,7 +28,7 @@ public struct HTTPPlaintextHandler: ConnectionHandler {
         configuration.idleTimeoutCountsReceivedBytes = false
     }
 
-    /// Gives the connection its parser and date cache (its ``Connection/userState``).
+    /// Gives the connection its parser and date cache (its `Connection.userState`).
     public func connectionOpened(_ connection: Connection) {
         connection.userState = HTTPConnectionState(
             parser: HTTPRequestParser(maximumHeadBytes: maximumHeadBytes, maximumBodyBytes: maximumBodyBytes))
