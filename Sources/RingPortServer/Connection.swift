@@ -344,6 +344,13 @@ public final class Connection: @unchecked Sendable {
         return reason
     }
 
+    /// The connection could not be opened (its *open* completion could not be posted): gives
+    /// its pooled contexts back. Nothing was posted with them.
+    func abandonUnopened() {
+        resources.receiveContexts.recycle(receiveContext)
+        resources.bookkeepingContexts.recycle(sendContext)
+    }
+
     // MARK: Internals
 
     /// Moves the lifecycle for `event` (``ConnectionState/apply(_:writeQueueIsEmpty:)``) and does

@@ -268,7 +268,11 @@ final class ServerCore: Sendable {
         do {
             try port.post(handle: handle, value: ConnectionCommand.open.rawValue)
         } catch {
+            // Nothing of the connection ran: undo what opening set up (the handle's reference to
+            // the connection, its pooled contexts, the handle itself).
             logger.error("\(configuration.label): opening a connection: \(error)")
+            handle.userState = nil
+            connection.abandonUnopened()
             port.close(handle)
             _ = connections.withLock { $0.removeValue(forKey: connection.id) }
             counters.closed.add(1, ordering: .relaxed)

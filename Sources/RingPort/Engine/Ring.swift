@@ -170,13 +170,12 @@ final class Ring: @unchecked Sendable {
     func waitInKernelLocked(
         now: MonotonicInstant, deadline: MonotonicInstant, wait: Bool, maximumWait: UInt64?
     ) throws(RingPortError) {
-        if !overflow.isEmpty {
-            try submitLocked()
-        }
         try armDoorbellLocked()
+        // What overflowed goes into the submission queue first, as far as it fits; the rest goes
+        // next time round, and the leader does not sleep until it has.
+        let overflowDrained = moveOverflowLocked()
         let toSubmit = uring.flushSubmissions()
-        // Submitting can reap (when the kernel asks for room): then there is no reason to sleep.
-        let waitFor: UInt32 = wait && ready.isEmpty ? 1 : 0
+        let waitFor: UInt32 = wait && ready.isEmpty && overflowDrained ? 1 : 0
         leadership.leaderWillWaitInKernel()
         doorbellRung = false
         var timeout: UInt64? = deadline == .distantFuture ? nil : now.nanoseconds(until: deadline)
@@ -306,23 +305,45 @@ final class Ring: @unchecked Sendable {
     }
 
     /// Fills one SQE with `fill` and queues it, keeping the order of everything queued before:
-    /// straight into the submission queue when there is room, else (leader) after submitting
-    /// to make room, else (any other thread) into ``overflow``. Wakes the leader if needed.
+    /// straight into the submission queue when there is room (the running leader first submits
+    /// what a full queue holds, once, without waiting), else into the overflow queue, which the
+    /// leader moves into the submission queue before it next enters the kernel. Never blocks and
+    /// never spins with the lock held. Wakes the leader if needed.
     @inline(__always)
     private func enqueueLocked(_ fill: (UnsafeMutablePointer<io_uring_sqe>) -> Void) throws(RingPortError) {
-        if leadership.callerIsRunningLeader {
-            fill(try nextSubmissionEntryLocked())
-            return
-        }
         if overflow.isEmpty, let entry = uring.nextSubmissionEntry() {
             fill(entry)
         } else {
-            var entry = io_uring_sqe()
-            fill(&entry)
-            overflow.append(entry)
             counters.submissionQueueFullEvents &+= 1
+            if overflow.isEmpty, let entry = makeRoomLocked() {
+                fill(entry)
+            } else {
+                var entry = io_uring_sqe()
+                fill(&entry)
+                overflow.append(entry)
+            }
         }
         notifyLeaderLocked()
+    }
+
+    /// The running leader's way to make room in a full submission queue: it submits what the
+    /// queue holds, once, without waiting (an error leaves the entries queued for its next wait).
+    /// Returns a free entry, or nil when the caller is not the running leader or the kernel took
+    /// none.
+    private func makeRoomLocked() -> UnsafeMutablePointer<io_uring_sqe>? {
+        guard leadership.callerIsRunningLeader, uring.isOpen else { return nil }
+        _ = uring.enter(toSubmit: uring.flushSubmissions(), waitFor: 0, timeout: nil)
+        counters.kernelEnters &+= 1
+        return uring.nextSubmissionEntry()
+    }
+
+    /// Moves overflowed entries into the submission queue, in order, as far as there is room.
+    /// Returns whether the overflow queue is empty now.
+    private func moveOverflowLocked() -> Bool {
+        while !overflow.isEmpty, let entry = uring.nextSubmissionEntry() {
+            entry.pointee = overflow.removeFirst()
+        }
+        return overflow.isEmpty
     }
 
     /// Makes sure somebody will submit what was queued: rings the doorbell when the leader sleeps
@@ -353,10 +374,14 @@ final class Ring: @unchecked Sendable {
     private func armDoorbellLocked() throws(RingPortError) {
         let me = pthread_self()
         if let armer = doorbellArmedBy, pthread_equal(armer, me) != 0 { return }
-        let entry = try nextSubmissionEntryLocked()
         doorbellSequence = (doorbellSequence &+ 1) & 0x7FFF_FFFF
-        io_uring_prep_read(entry, doorbell, doorbellBuffer, UInt32(MemoryLayout<UInt64>.size), 0)
-        io_uring_sqe_set_data64(entry, UserData.doorbell(sequence: doorbellSequence).rawValue)
+        let userData = UserData.doorbell(sequence: doorbellSequence).rawValue
+        let doorbell = self.doorbell
+        let buffer = doorbellBuffer
+        try enqueueLocked { entry in
+            io_uring_prep_read(entry, doorbell, buffer, UInt32(MemoryLayout<UInt64>.size), 0)
+            io_uring_sqe_set_data64(entry, userData)
+        }
         doorbellArmedBy = me
         doorbellReads.append(doorbellSequence)
     }
@@ -368,28 +393,16 @@ final class Ring: @unchecked Sendable {
         }
     }
 
-    /// The next free SQE, after the overflowed ones. When the submission queue is full, submits
-    /// what it holds first (never drops an entry). Leader (or a thread standing in for it) only.
-    @inline(__always)
-    private func nextSubmissionEntryLocked() throws(RingPortError) -> UnsafeMutablePointer<io_uring_sqe> {
-        while true {
-            if overflow.isEmpty, let entry = uring.nextSubmissionEntry() {
-                return entry
-            }
-            counters.submissionQueueFullEvents &+= 1
-            try submitLocked()
-        }
-    }
-
     /// Submits everything queued (overflow included), retrying while the kernel asks for
-    /// completions to be reaped first (`EBUSY`, `EAGAIN`) or the call is interrupted.
-    /// Leader (or a thread standing in for it: a worker serving an uncovered ring, ``CompletionPort/close()``) only.
+    /// completions to be reaped first (`EBUSY`, `EAGAIN`) or the call is interrupted. For a
+    /// thread standing in for a missing leader (a worker serving a ring without workers,
+    /// ``CompletionPort/close()``); it releases the lock while it waits for the kernel to make
+    /// room. The leader itself never loops here: it moves the overflow into the submission queue
+    /// as far as it fits before each wait, and the wait submits (``waitInKernelLocked(now:deadline:wait:maximumWait:)``).
     private func submitLocked() throws(RingPortError) {
         guard uring.isOpen else { return }
         repeat {
-            while !overflow.isEmpty, let entry = uring.nextSubmissionEntry() {
-                entry.pointee = overflow.removeFirst()
-            }
+            _ = moveOverflowLocked()
             try enterSubmittingLocked()
         } while !overflow.isEmpty
     }
@@ -425,7 +438,7 @@ final class Ring: @unchecked Sendable {
                             .submissionFailed, operation: "io_uring_enter(to_submit: \(pending)) on ring \(index)",
                             errno: Errno(rawValue: -result))
                     }
-                    if reapLocked() == 0 { sched_yield() }
+                    if reapLocked() == 0 { yieldUnlocked() }
                     pending = uring.flushSubmissions()
                     continue
                 default:
@@ -442,10 +455,17 @@ final class Ring: @unchecked Sendable {
                         .submissionFailed,
                         operation: "io_uring_enter(to_submit: \(pending)) on ring \(index) makes no progress")
                 }
-                sched_yield()
+                yieldUnlocked()
             }
             pending = remaining
         }
+    }
+
+    /// Lets other threads run, without holding the lock (while the kernel makes room).
+    private func yieldUnlocked() {
+        lock.unlock()
+        sched_yield()
+        lock.lock()
     }
 
     // MARK: Reaping
