@@ -25,6 +25,8 @@
 #include <sched.h>
 #include <sys/prctl.h>
 #include <sys/eventfd.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #include <malloc.h>
 
 // liburing 2.3 ships its own copy of the kernel's io_uring.h (liburing/io_uring.h) that differs
@@ -121,6 +123,11 @@ static inline void CLiburing_set_thread_name(const char *name) {
 /// module does not import). Returns 1 if some was released.
 static inline int CLiburing_malloc_trim(void) {
     return malloc_trim(0);
+}
+
+/// The calling thread's kernel thread ID (gettid, which glibc declares only with _GNU_SOURCE).
+static inline int CLiburing_thread_id(void) {
+    return (int)syscall(SYS_gettid);
 }
 
 #endif // CLIBURING_H

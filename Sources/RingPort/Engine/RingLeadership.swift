@@ -12,7 +12,15 @@ import Glibc
 /// - **One sentry.** The first standby to park is the sentry: it wakes every ``stallThreshold``
 ///   (doubling up to ``idleSentryInterval`` while the leader sleeps in the kernel) and reports the
 ///   leader stalled when the leader's progress count did not move for a whole threshold while
-///   work waited. The caller then takes the ring over (``take(by:)`` counts it).
+///   work waited *and* the leader was blocked meanwhile. The caller then takes the ring over
+///   (``take(by:)`` counts it).
+/// - **Blocked, not busy.** A leader that makes no progress may be blocked in a handler (asleep in
+///   a system call, on a lock, on disk) — what the standbys are for — or runnable: busy with a
+///   long batch, or preempted because the cores are shared (with the load client, say). Taking
+///   over from a runnable leader gains nothing and costs a lot (requests it armed keep waking it,
+///   see `Ring`), so the sentry reads the leader thread's scheduler statistics (``ThreadSchedule``)
+///   at the start and the end of its watch: a leader that neither ran nor waited for a CPU for
+///   most of the window was blocked. Where they cannot be read, no progress is enough.
 ///
 /// ## Threads
 /// Every method is called with the ring's lock held (``lock``, whose condition the standbys wait
@@ -43,6 +51,12 @@ final class RingLeadership {
 
     @exclusivity(unchecked) private var leader: ObjectIdentifier?
     @exclusivity(unchecked) private var leaderThread = pthread_t()
+    /// The leader thread's kernel ID, and its scheduler statistics (opened by the sentry).
+    @exclusivity(unchecked) private var leaderThreadID: Int32 = 0
+    @exclusivity(unchecked) private var leaderSchedule: ThreadSchedule?
+    /// Set when a thread's scheduler statistics could not be read: stalls are then judged by
+    /// progress alone.
+    @exclusivity(unchecked) private var schedulesUnavailable = false
     /// What the leader is doing (``State/none`` when nobody leads).
     @exclusivity(unchecked) private(set) var state = State.none
     /// Counts the leader's returns from `dequeue` and from the kernel: the sentry sees a stalled
@@ -117,7 +131,11 @@ final class RingLeadership {
             }
             leader = worker
         }
-        leaderThread = pthread_self()
+        let thread = pthread_self()
+        if pthread_equal(leaderThread, thread) == 0 {
+            leaderThread = thread
+            leaderThreadID = ThreadSchedule.currentThreadID
+        }
         return tookOver
     }
 
@@ -159,6 +177,8 @@ final class RingLeadership {
         }
         sentryParked = true
         let observed = progress
+        let observedThread = leaderThreadID
+        let before = state == .running ? readLeaderSchedule() : nil
         let wakeUp = MonotonicInstant(nanoseconds: now.nanoseconds &+ sentryInterval)
         lock.wait(until: min(deadline, wakeUp))
         sentryParked = false
@@ -167,7 +187,32 @@ final class RingLeadership {
         } else {
             sentryInterval = stallThreshold
         }
-        return MonotonicInstant.now >= wakeUp && state == .running && progress == observed && hasWork()
+        guard MonotonicInstant.now >= wakeUp && state == .running && progress == observed && hasWork() else {
+            return false
+        }
+        guard let before, leaderThreadID == observedThread, let after = readLeaderSchedule() else {
+            // No statistics (or no first reading): no progress is the only sign there is.
+            return schedulesUnavailable
+        }
+        return RingLeadership.wasBlocked(from: before, to: after)
+    }
+
+    /// Whether a thread read at `before` and `after` spent most of the time between neither
+    /// running nor waiting for a CPU: asleep, blocked.
+    static func wasBlocked(from before: ThreadSchedule.Reading, to after: ThreadSchedule.Reading) -> Bool {
+        let window = before.at.nanoseconds(until: after.at)
+        let active = (after.running &- before.running) &+ (after.waiting &- before.waiting)
+        return active < window / 2
+    }
+
+    /// The leader thread's scheduler statistics now (nil when they cannot be read).
+    private func readLeaderSchedule() -> ThreadSchedule.Reading? {
+        guard leaderThreadID != 0, !schedulesUnavailable else { return nil }
+        if leaderSchedule?.threadID != leaderThreadID {
+            leaderSchedule = ThreadSchedule(threadID: leaderThreadID)
+            if leaderSchedule == nil { schedulesUnavailable = true }
+        }
+        return leaderSchedule?.read()
     }
 
     /// Wakes one parked worker, if any (work arrived while nobody leads).

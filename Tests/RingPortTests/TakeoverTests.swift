@@ -1,0 +1,77 @@
+import Glibc
+import RingPort
+import RingPortTestSupport
+import Synchronization
+import Testing
+
+extension RingPortTests {
+    /// When a standby takes a ring over: only from a leader blocked inside a handler, never from
+    /// one that is busy or preempted (it would gain nothing, and the requests the old leader
+    /// armed would keep waking it).
+    @Suite struct TakeoverTests {
+        /// How a handler spends 50 ms while the next completion waits behind it.
+        enum Stall: String, CaseIterable, CustomTestStringConvertible {
+            /// Asleep in a system call: the leader is blocked.
+            case sleeping
+            /// Computing: the leader is busy (runnable).
+            case computing
+
+            var testDescription: String { rawValue }
+
+            func spend(_ duration: Duration) {
+                switch self {
+                case .sleeping:
+                    usleep(useconds_t(duration.nanosecondsClamped / 1_000))
+                case .computing:
+                    let end = MonotonicInstant.now.advanced(by: duration)
+                    var spins: UInt64 = 0
+                    while MonotonicInstant.now < end { spins &+= 1 }
+                    blackHole(spins)
+                }
+            }
+        }
+
+        /// A handler posts a second completion (queued for the leader to submit) and stalls for
+        /// 50 ms: asleep, a standby takes the ring over, submits and handles the second meanwhile;
+        /// computing, nobody does, and the second waits for the leader.
+        @Test(arguments: Stall.allCases)
+        func onlyABlockedLeaderIsTakenOver(stall: Stall) throws {
+            var configuration = CompletionPort.Configuration()
+            configuration.ringCount = 1
+            configuration.stallThreshold = .milliseconds(5)
+            let port = try CompletionPort(configuration: configuration)
+            defer { port.close() }
+            let finishedFirst = Atomic<Bool>(false)
+            let secondRanDuringFirst = Atomic<Int>(-1)
+            let pool = WorkerPool(port: port, threadCount: 3) { completion in
+                if completion.userValue == 1 {
+                    try? port.post(value: 2)
+                    stall.spend(.milliseconds(50))
+                    finishedFirst.store(true, ordering: .releasing)
+                } else {
+                    secondRanDuringFirst.store(finishedFirst.load(ordering: .acquiring) ? 0 : 1, ordering: .releasing)
+                }
+            }
+            try pool.start()
+            defer { pool.shutdown() }
+            // Let the pool settle (a leader waiting in the kernel, standbys parked).
+            usleep(20_000)
+            try port.post(value: 1)
+            #expect(eventually { secondRanDuringFirst.load(ordering: .acquiring) >= 0 && finishedFirst.load(ordering: .acquiring) })
+            switch stall {
+            case .sleeping:
+                #expect(port.statistics.leaderTakeovers >= 1)
+                #expect(secondRanDuringFirst.load(ordering: .acquiring) == 1, "a standby handled the second meanwhile")
+            case .computing:
+                #expect(port.statistics.leaderTakeovers == 0)
+                #expect(secondRanDuringFirst.load(ordering: .acquiring) == 0, "the second waited for the busy leader")
+            }
+        }
+    }
+}
+
+/// Keeps a value alive so that the optimiser does not remove the loop that computed it.
+@inline(never)
+func blackHole(_ value: UInt64) {
+    if value == 0x5EED_5EED_5EED_5EED { print(value) }
+}
