@@ -33,7 +33,12 @@ extension IntegrationTests {
             let summary = try #require(server.summary)
             #expect(summary.contains(" 0 leader takeovers,"), "\(summary)")
             #expect(summary.hasSuffix(" 0 lost"), "\(summary)")
-            print("STRESS 30 s of ringport load, 1000 connections × 128 B on the shared cores: \(messages) messages, 0 errors; \(summary)")
+            print(
+                """
+                STRESS 30 s of ringport load, 1000 connections × 128 B on the shared cores: \(messages) messages, \
+                0 errors; \(summary)
+                """
+            )
         }
     }
 }

@@ -57,7 +57,10 @@ extension RingPortTests {
             // Let the pool settle (a leader waiting in the kernel, standbys parked).
             usleep(20_000)
             try port.post(value: 1)
-            #expect(eventually { secondRanDuringFirst.load(ordering: .acquiring) >= 0 && finishedFirst.load(ordering: .acquiring) })
+            #expect(
+                eventually {
+                    secondRanDuringFirst.load(ordering: .acquiring) >= 0 && finishedFirst.load(ordering: .acquiring)
+                })
             switch stall {
             case .sleeping:
                 #expect(port.statistics.leaderTakeovers >= 1)

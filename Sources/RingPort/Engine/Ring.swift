@@ -398,7 +398,8 @@ final class Ring: @unchecked Sendable {
     /// thread standing in for a missing leader (a worker serving a ring without workers,
     /// ``CompletionPort/close()``); it releases the lock while it waits for the kernel to make
     /// room. The leader itself never loops here: it moves the overflow into the submission queue
-    /// as far as it fits before each wait, and the wait submits (``waitInKernelLocked(now:deadline:wait:maximumWait:)``).
+    /// as far as it fits before each wait, and the wait submits
+    /// (``waitInKernelLocked(now:deadline:wait:maximumWait:)``).
     private func submitLocked() throws(RingPortError) {
         guard uring.isOpen else { return }
         repeat {
