@@ -125,6 +125,9 @@ static inline int CLiburing_malloc_trim(void) {
     return malloc_trim(0);
 }
 
+/// The number of the futex system call (what a thread blocked on a pthread mutex is in).
+static const long CLiburing_SYS_futex = SYS_futex;
+
 /// The calling thread's kernel thread ID (gettid, which glibc declares only with _GNU_SOURCE).
 static inline int CLiburing_thread_id(void) {
     return (int)syscall(SYS_gettid);

@@ -14,6 +14,17 @@ struct OperationRecord {
     /// A NOP stands in for the operation (``FaultInjection``); on kernels that cannot inject
     /// its result, ``postedResult`` is the result to deliver.
     var isInjected = false
+    /// The ring's leadership epoch when it was posted (``RingLeadership/epoch``): requests
+    /// posted under an earlier leader thread were submitted by it (see `Ring.migrateLocked()`).
+    var epoch: UInt32 = 0
+    /// The request waits on the network and can be cancelled and submitted again unchanged (a
+    /// receive, a send, an accept, an absolute timeout): its SQE is kept for that.
+    var canMigrate = false
+    /// Cancelled to be submitted again by the current leader; its `ECANCELED` is not delivered.
+    var isMigrating = false
+    /// The application (or a close) asked for its cancellation: its `ECANCELED` is delivered,
+    /// never taken for a migration's.
+    var cancelRequested = false
 }
 
 /// The 64-bit `user_data` of an SQE: an in-flight table slot and its generation.

@@ -45,6 +45,8 @@ final class Ring: @unchecked Sendable {
         var leaderTakeovers: UInt64 = 0
         var submitErrors: UInt64 = 0
         var doorbells: UInt64 = 0
+        /// Requests cancelled and submitted again by a new leader thread (``migrateLocked()``).
+        var migratedOperations: UInt64 = 0
         /// The kernel's count of dropped completions, saved when the io_uring instance closes.
         var droppedCompletionsAtClose: UInt64 = 0
     }
@@ -69,6 +71,11 @@ final class Ring: @unchecked Sendable {
 
     // Guarded by `lock`.
     @exclusivity(unchecked) private var operations: GenerationalTable<OperationRecord>
+    /// The SQEs of the requests that can migrate (``OperationRecord/canMigrate``), by slot of
+    /// ``operations``, to submit them again unchanged from a new leader thread.
+    @exclusivity(unchecked) private var migratableSubmissions: [io_uring_sqe] = []
+    /// The leadership epoch whose requests were last migrated.
+    @exclusivity(unchecked) private var migratedEpoch: UInt32 = 0
     @exclusivity(unchecked) private var handles = GenerationalTable<IOHandle>()
     @exclusivity(unchecked) private var ready = Deque<Completion>()
     /// SQEs prepared by non-leader threads while the submission queue was full, in order.
@@ -171,6 +178,7 @@ final class Ring: @unchecked Sendable {
         now: MonotonicInstant, deadline: MonotonicInstant, wait: Bool, maximumWait: UInt64?
     ) throws(RingPortError) {
         try armDoorbellLocked()
+        migrateLocked()
         // What overflowed goes into the submission queue first, as far as it fits; the rest goes
         // next time round, and the leader does not sleep until it has.
         let overflowDrained = moveOverflowLocked()
@@ -270,7 +278,7 @@ final class Ring: @unchecked Sendable {
         }
         var record = OperationRecord(
             operation: operation, context: context, handle: handle,
-            postedResult: postedResult, userValue: userValue, isZeroCopy: isZeroCopy)
+            postedResult: postedResult, userValue: userValue, isZeroCopy: isZeroCopy, epoch: leadership.epoch)
         let injectedResult = faultInjection?.injectedResult(for: operation)
         if let injectedResult {
             record.isInjected = true
@@ -279,6 +287,8 @@ final class Ring: @unchecked Sendable {
         }
         let address = operations.insert(record)
         let userData = UserData(slot: address.slot, generation: address.generation)
+        let canMigrate = !record.isZeroCopy && !record.isInjected
+        var migratable: io_uring_sqe?
         do {
             try enqueueLocked { entry in
                 if let injectedResult {
@@ -287,11 +297,15 @@ final class Ring: @unchecked Sendable {
                     prepare(entry)
                 }
                 io_uring_sqe_set_data64(entry, userData.rawValue)
+                if canMigrate && Ring.waitsOnTheNetwork(entry.pointee.opcode) { migratable = entry.pointee }
             }
         } catch {
             _ = operations.remove(slot: address.slot)
             context?.endFlight()
             throw error
+        }
+        if let migratable {
+            keepMigratableSubmission(migratable, slot: address.slot)
         }
         if let context {
             context.operation = operation
@@ -302,6 +316,84 @@ final class Ring: @unchecked Sendable {
             }
         }
         counters.submittedOperations &+= 1
+    }
+
+    // MARK: Migrating requests to a new leader thread
+
+    /// Whether an SQE of `opcode` waits on the network and may be cancelled and submitted again
+    /// unchanged: receives and sends (a cancelled send has sent nothing), accepts, timeouts
+    /// (absolute, see ``CompletionPort/timeout(after:context:handle:)``).
+    @inline(__always)
+    static func waitsOnTheNetwork(_ opcode: UInt8) -> Bool {
+        switch UInt32(opcode) {
+        case IORING_OP_RECV.rawValue, IORING_OP_SEND.rawValue, IORING_OP_RECVMSG.rawValue,
+            IORING_OP_SENDMSG.rawValue, IORING_OP_ACCEPT.rawValue, IORING_OP_TIMEOUT.rawValue:
+            true
+        default:
+            false
+        }
+    }
+
+    private func keepMigratableSubmission(_ submission: io_uring_sqe, slot: UInt32) {
+        let index = Int(slot)
+        if index >= migratableSubmissions.count {
+            migratableSubmissions.append(
+                contentsOf: repeatElement(io_uring_sqe(), count: index + 1 - migratableSubmissions.count))
+        }
+        migratableSubmissions[index] = submission
+        operations[slot].canMigrate = true
+    }
+
+    /// Hands the requests an earlier leader thread submitted to the current one (the caller),
+    /// once per change of leader thread.
+    ///
+    /// The kernel finishes a request (copies a receive's bytes, posts its completion) as task
+    /// work on the thread that *submitted* it, and nothing moves a request to another thread.
+    /// After a takeover, every multishot receive and accept the old leader armed would wake it —
+    /// parked in the standbys' wait — for each of its completions, for the rest of the
+    /// connection's life, and make it fight the new leader for the ring's lock. So the new
+    /// leader cancels those requests and, when each cancellation completes, submits the same SQE
+    /// again itself (``consumeLocked(_:)``): bytes and connections that arrive meanwhile wait in
+    /// the socket. The application sees nothing; a request it cancels meanwhile completes as
+    /// cancelled. Doorbell reads armed by other threads are cancelled too (the leader has armed
+    /// its own).
+    private func migrateLocked() {
+        let epoch = leadership.epoch
+        guard migratedEpoch != epoch else { return }
+        migratedEpoch = epoch
+        for slot in operations.liveSlots {
+            let record = operations[slot]
+            guard record.canMigrate, !record.isMigrating, !record.cancelRequested, record.epoch != epoch else {
+                continue
+            }
+            operations[slot].isMigrating = true
+            let userData = UserData(slot: slot, generation: operations.generation(of: slot)).rawValue
+            try? enqueueLocked { entry in
+                io_uring_prep_cancel64(entry, userData, 0)
+                io_uring_sqe_set_data64(entry, UserData.cancelRequest.rawValue)
+            }
+        }
+        for sequence in doorbellReads where sequence != doorbellSequence {
+            let userData = UserData.doorbell(sequence: sequence).rawValue
+            try? enqueueLocked { entry in
+                io_uring_prep_cancel64(entry, userData, 0)
+                io_uring_sqe_set_data64(entry, UserData.cancelRequest.rawValue)
+            }
+        }
+    }
+
+    /// The cancellation of a migrating request completed: submits its SQE again from the
+    /// current leader (the caller). Returns false when it cannot (the port or the handle is
+    /// closing): the `ECANCELED` is then delivered.
+    private func resubmitMigratedLocked(slot: UInt32) -> Bool {
+        let record = operations[slot]
+        guard !isClosed, !(record.handle?.isClosed ?? false), leadership.callerIsRunningLeader else { return false }
+        operations[slot].isMigrating = false
+        operations[slot].epoch = leadership.epoch
+        let submission = migratableSubmissions[Int(slot)]
+        try? enqueueLocked { entry in entry.pointee = submission }
+        counters.migratedOperations &+= 1
+        return true
     }
 
     /// Fills one SQE with `fill` and queues it, keeping the order of everything queued before:
@@ -510,6 +602,12 @@ final class Ring: @unchecked Sendable {
             return
         }
         let isFinal = entry.flags & IORING_CQE_F_MORE == 0
+        if isFinal && entry.res == -ECANCELED && operations[userData.slot].isMigrating
+            && !operations[userData.slot].cancelRequested && resubmitMigratedLocked(slot: userData.slot)
+        {
+            counters.internalCompletions &+= 1
+            return
+        }
         if operations[userData.slot].isZeroCopy {
             // SEND_ZC: a result CQE (with F_MORE when a notification follows), then the
             // notification CQE once the kernel no longer needs the buffer. One completion is
@@ -635,6 +733,10 @@ final class Ring: @unchecked Sendable {
     /// (as `ECANCELED` when the cancellation wins the race).
     func cancelLocked(userData: UInt64) throws(RingPortError) {
         guard uring.isOpen else { return }
+        let target = UserData(rawValue: userData)
+        if operations.contains(slot: target.slot, generation: target.generation) {
+            operations[target.slot].cancelRequested = true
+        }
         try enqueueLocked { entry in
             io_uring_prep_cancel64(entry, userData, 0)
             io_uring_sqe_set_data64(entry, UserData.cancelRequest.rawValue)
@@ -754,6 +856,7 @@ final class Ring: @unchecked Sendable {
         if dropped > 0 {
             logger.warning("ring \(index): \(dropped) completions were not dequeued before close")
         }
+        leadership.close()
         closeIOURingLocked()
     }
 

@@ -59,6 +59,9 @@ final class RingLeadership {
     @exclusivity(unchecked) private var schedulesUnavailable = false
     /// What the leader is doing (``State/none`` when nobody leads).
     @exclusivity(unchecked) private(set) var state = State.none
+    /// Counts the changes of the leader *thread*: requests posted in an earlier epoch were
+    /// submitted by another thread, which the kernel would wake to finish them.
+    @exclusivity(unchecked) private(set) var epoch: UInt32 = 0
     /// Counts the leader's returns from `dequeue` and from the kernel: the sentry sees a stalled
     /// leader as one whose count did not move for a whole stall threshold (no clock read on the
     /// hot path).
@@ -135,6 +138,13 @@ final class RingLeadership {
         if pthread_equal(leaderThread, thread) == 0 {
             leaderThread = thread
             leaderThreadID = ThreadSchedule.currentThreadID
+            epoch &+= 1
+            // Opened now, not when the sentry first looks: the ring holds one such descriptor
+            // from its first leader on, not one that appears at some point under load.
+            if !schedulesUnavailable {
+                leaderSchedule = ThreadSchedule(threadID: leaderThreadID)
+                if leaderSchedule == nil { schedulesUnavailable = true }
+            }
         }
         return tookOver
     }
@@ -194,7 +204,17 @@ final class RingLeadership {
             // No statistics (or no first reading): no progress is the only sign there is.
             return schedulesUnavailable
         }
+        // Blocked on the ring's own lock is not blocked in a handler: whoever holds it (a sentry
+        // preempted at the wrong moment) lets go soon.
         return RingLeadership.wasBlocked(from: before, to: after)
+            && !(leaderSchedule?.isWaitingForFutex(at: lock.lockAddress) ?? false)
+    }
+
+    /// Closes the leader's scheduler statistics (the port is closing).
+    func close() {
+        leaderSchedule = nil
+        leaderThreadID = 0
+        leaderThread = pthread_t()
     }
 
     /// Whether a thread read at `before` and `after` spent most of the time between neither
@@ -207,11 +227,7 @@ final class RingLeadership {
 
     /// The leader thread's scheduler statistics now (nil when they cannot be read).
     private func readLeaderSchedule() -> ThreadSchedule.Reading? {
-        guard leaderThreadID != 0, !schedulesUnavailable else { return nil }
-        if leaderSchedule?.threadID != leaderThreadID {
-            leaderSchedule = ThreadSchedule(threadID: leaderThreadID)
-            if leaderSchedule == nil { schedulesUnavailable = true }
-        }
+        guard leaderSchedule?.threadID == leaderThreadID else { return nil }
         return leaderSchedule?.read()
     }
 

@@ -151,13 +151,15 @@ extension CompletionPort {
     ///   - handle: a handle to deliver the completion with (and to serialise it with that
     ///     handle's other completions), or nil.
     public func timeout(after duration: Duration, context: IOContext, handle: IOHandle? = nil) throws(RingPortError) {
-        let nanoseconds = duration.nanosecondsClamped
+        // An absolute deadline on CLOCK_MONOTONIC (the kernel's default clock for
+        // IORING_TIMEOUT_ABS): the same SQE submitted again after a leader change keeps it.
+        let deadline = MonotonicInstant.now.advanced(by: duration).nanoseconds
         let timespec = context.scratchTimeout
         try ring(for: handle).post(.timeout, handle: handle, context: context) { entry in
             // The kernel reads the timespec from the context's scratch memory.
             timespec.pointee = __kernel_timespec(
-                tv_sec: Int64(nanoseconds / 1_000_000_000), tv_nsec: Int64(nanoseconds % 1_000_000_000))
-            io_uring_prep_timeout(entry, timespec, 0, 0)
+                tv_sec: Int64(deadline / 1_000_000_000), tv_nsec: Int64(deadline % 1_000_000_000))
+            io_uring_prep_timeout(entry, timespec, 0, IORING_TIMEOUT_ABS)
         }
     }
 

@@ -29,6 +29,12 @@ final class ConditionMutex: @unchecked Sendable {
         pthread_condattr_destroy(&conditionAttributes)
     }
 
+    /// The address of the mutex's futex word: where a thread blocked in `lock()` waits (see
+    /// ``ThreadSchedule/isWaitingForFutex(at:)``).
+    var lockAddress: UInt {
+        UInt(bitPattern: mutex)
+    }
+
     deinit {
         pthread_cond_destroy(condition)
         pthread_mutex_destroy(mutex)

@@ -48,6 +48,24 @@ final class ThreadSchedule {
         CLiburing_thread_id()
     }
 
+    /// Whether the thread is blocked in the futex system call on the word at `address` (from
+    /// `/proc/self/task/TID/syscall`: the call's number and its first argument). Opens the file
+    /// for this one reading (a few microseconds): for rare checks only.
+    func isWaitingForFutex(at address: UInt) -> Bool {
+        let descriptor = open("/proc/self/task/\(threadID)/syscall", O_RDONLY | O_CLOEXEC)
+        guard descriptor >= 0 else { return false }
+        defer { SystemCall.close(descriptor) }
+        return withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 160) { buffer -> Bool in
+            let count = Glibc.read(descriptor, buffer.baseAddress, buffer.count)
+            guard count > 0 else { return false }
+            let fields = String(decoding: buffer[0..<count], as: UTF8.self).split(separator: " ")
+            guard fields.count >= 2, Int(fields[0]) == CLiburing_SYS_futex,
+                fields[1].hasPrefix("0x"), let argument = UInt(fields[1].dropFirst(2), radix: 16)
+            else { return false }
+            return argument == address
+        }
+    }
+
     /// Reads the file now; nil once the thread is gone (`ESRCH`) or the contents are not two
     /// numbers.
     func read() -> Reading? {

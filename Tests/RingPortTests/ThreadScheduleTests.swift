@@ -1,0 +1,69 @@
+import Glibc
+import RingPortTestSupport
+import Synchronization
+import Testing
+
+@testable import RingPort
+
+extension RingPortTests {
+    /// Reading another thread's scheduler statistics: what the sentry uses to tell a blocked
+    /// leader from a busy or preempted one.
+    @Suite struct ThreadScheduleTests {
+        /// Starts a thread that runs `body` after publishing its kernel ID; returns the ID.
+        func startThread(_ body: @escaping @Sendable () -> Void) throws -> (id: Int32, thread: PThread) {
+            let box = LockedBox<Int32>(0)
+            let thread = try PThread(name: "schedule-test") {
+                box.withLock { $0 = ThreadSchedule.currentThreadID }
+                body()
+            }
+            try #require(eventually { box.withLock { $0 } != 0 })
+            return (box.withLock { $0 }, thread)
+        }
+
+        @Test func aSleepingThreadWasBlockedAndAComputingOneWasNot() throws {
+            let sleeper = try startThread { usleep(200_000) }
+            let spinner = try startThread {
+                let end = MonotonicInstant.now.advanced(by: .milliseconds(200))
+                var spins: UInt64 = 0
+                while MonotonicInstant.now < end { spins &+= 1 }
+                blackHole(spins)
+            }
+            defer {
+                sleeper.thread.join()
+                spinner.thread.join()
+            }
+            let sleeping = try #require(ThreadSchedule(threadID: sleeper.id))
+            let computing = try #require(ThreadSchedule(threadID: spinner.id))
+            let sleepingBefore = try #require(sleeping.read())
+            let computingBefore = try #require(computing.read())
+            usleep(50_000)
+            let sleepingAfter = try #require(sleeping.read())
+            let computingAfter = try #require(computing.read())
+            #expect(RingLeadership.wasBlocked(from: sleepingBefore, to: sleepingAfter))
+            #expect(!RingLeadership.wasBlocked(from: computingBefore, to: computingAfter))
+        }
+
+        @Test func aThreadWaitingForALockIsSeenWaitingForItsFutex() throws {
+            let lock = ConditionMutex()
+            let other = ConditionMutex()
+            lock.lock()
+            let waiter = try startThread {
+                lock.lock()
+                lock.unlock()
+            }
+            usleep(20_000)
+            let schedule = try #require(ThreadSchedule(threadID: waiter.id))
+            #expect(schedule.isWaitingForFutex(at: lock.lockAddress))
+            #expect(!schedule.isWaitingForFutex(at: other.lockAddress))
+            lock.unlock()
+            waiter.thread.join()
+        }
+
+        @Test func aThreadThatIsGoneCannotBeRead() throws {
+            let finished = try startThread {}
+            finished.thread.join()
+            usleep(10_000)
+            #expect(ThreadSchedule(threadID: finished.id) == nil)
+        }
+    }
+}
