@@ -31,13 +31,15 @@ struct ThreadSnapshot {
                 let status = try? String(contentsOfFile: "/proc/self/task/\(task)/status", encoding: .utf8),
                 let stat = try? String(contentsOfFile: "/proc/self/task/\(task)/stat", encoding: .utf8)
             else { continue }
-            let switches = status.split(separator: "\n").first { $0.hasPrefix("voluntary_ctxt_switches:") }
+            let switches =
+                status.split(separator: "\n").first { $0.hasPrefix("voluntary_ctxt_switches:") }
                 .flatMap { Int($0.split(separator: ":")[1].trimmingCharacters(in: .whitespaces)) } ?? 0
             // utime and stime: fields 14 and 15, counted after the ")" that ends the name.
             let fields = stat[stat.range(of: ")")!.upperBound...].split(separator: " ")
             let ticks = (Int(fields[11]) ?? 0) + (Int(fields[12]) ?? 0)
             threads[id] = ThreadSnapshot(
-                name: name.trimmingCharacters(in: .whitespacesAndNewlines), voluntarySwitches: switches, cpuTicks: ticks)
+                name: name.trimmingCharacters(in: .whitespacesAndNewlines), voluntarySwitches: switches, cpuTicks: ticks
+            )
         }
         return threads
     }
