@@ -14,7 +14,23 @@ struct EchoCommand: AsyncParsableCommand {
 
     @OptionGroup var server: ServerOptions
 
+    @Option(
+        help: """
+            After this many seconds, block the handler (asleep, 20 ms) on --stall-count receives, so that \
+            standbys take the ring over: for benchmarks of the server after takeovers.
+            """)
+    var stallAfter: Double?
+
+    @Option(help: "How many receives --stall-after blocks.")
+    var stallCount = 5
+
     func run() async throws {
-        try await runServer(options: server, label: "echo", handler: EchoHandler())
+        if let stallAfter {
+            let handler = StallingEchoHandler(
+                count: stallCount, after: .milliseconds(Int64(stallAfter * 1000)), stall: .milliseconds(20))
+            try await runServer(options: server, label: "echo", handler: handler)
+        } else {
+            try await runServer(options: server, label: "echo", handler: EchoHandler())
+        }
     }
 }
