@@ -21,7 +21,8 @@
 // Thresholds/. The benchmark plugin runs every executable target whose directory is in
 // Benchmarks/ (the NIO servers live in Sources/ and are not benchmarks):
 //
-//   PortBenchmarks   the raw completion port: user post, NOP, echo round trips (README.md)
+//   PortBenchmarks     the raw completion port: user post, NOP, echo round trips (README.md)
+//   ServerBenchmarks   a TCPServer echo round trip through a ConnectionHandler
 //
 //   swift package benchmark                    run them
 //   swift package benchmark thresholds check   compare a run with Thresholds/ (exit 0: within)
@@ -73,6 +74,19 @@ let package = Package(
                 .product(name: "RingPort", package: ringPortPackage),
             ],
             path: "Benchmarks/PortBenchmarks",
+            plugins: [
+                .plugin(name: "BenchmarkPlugin", package: "benchmark")
+            ]
+        ),
+        // Micro benchmarks of the server path: a TCPServer echo round trip through a ConnectionHandler.
+        .executableTarget(
+            name: "ServerBenchmarks",
+            dependencies: [
+                .product(name: "Benchmark", package: "benchmark"),
+                .product(name: "RingPort", package: ringPortPackage),
+                .product(name: "RingPortServer", package: ringPortPackage),
+            ],
+            path: "Benchmarks/ServerBenchmarks",
             plugins: [
                 .plugin(name: "BenchmarkPlugin", package: "benchmark")
             ]

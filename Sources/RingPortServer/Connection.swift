@@ -63,25 +63,16 @@ public final class Connection: @unchecked Sendable {
     @exclusivity(unchecked) public var userState: (any Sendable)?
 
     let handle: IOHandle
-    unowned let resources: ServerResources
+    let resources: ServerResources
     /// The context of the receive (and of its retry timer after `ENOBUFS`).
     let receiveContext: IOContext
     /// The bookkeeping context of sends from provided buffers.
     private let sendContext: IOContext
 
-    private enum Chunk {
-        /// Bytes copied into a pooled context (`offset..<count` left to send).
-        case copied(IOContext)
-        /// A provided buffer received on this connection, sent back as is.
-        case provided(ReceivedBuffer, sent: Int)
-        /// The application's own context.
-        case owned(IOContext, Range<Int>)
-    }
-
     // Confined to the connection's callbacks.
     /// The lifecycle: phase, reading, operations in flight (see ``ConnectionState``).
     @exclusivity(unchecked) private var state: ConnectionState
-    @exclusivity(unchecked) private var writeQueue = Deque<Chunk>()
+    @exclusivity(unchecked) private var writeQueue = WriteQueue()
     /// Bytes queued and not yet sent.
     @exclusivity(unchecked) public private(set) var queuedBytes = 0
     /// The provided buffer being delivered, and whether the handler kept it.
@@ -116,21 +107,17 @@ public final class Connection: @unchecked Sendable {
     /// Queues a copy of `bytes` for sending.
     public func write(_ bytes: UnsafeRawBufferPointer) {
         guard acceptsWrites, !bytes.isEmpty else { return }
+        let capacity = resources.writeChunkSize
         var remaining = bytes
         while !remaining.isEmpty {
-            let context: IOContext
-            if case .copied(let last)? = writeQueue.last, last.count < last.capacity,
-                !(state.sendInFlight && writeQueue.count == 1)
-            {
-                context = last
-            } else {
-                context = resources.writeChunks.take()
-                writeQueue.append(.copied(context))
+            var copied = writeQueue.appendToLastChunk(remaining, capacity: capacity, sending: state.sendInFlight)
+            if copied == 0 {
+                let chunk = resources.writeChunks.take()
+                copied = min(remaining.count, capacity)
+                chunk.unsafeBytes.copyMemory(from: remaining.baseAddress!, byteCount: copied)
+                writeQueue.appendCopied(chunk, filled: copied)
             }
-            let take = min(remaining.count, context.capacity - context.count)
-            context.copyBytes(from: UnsafeRawBufferPointer(rebasing: remaining[..<take]), at: context.count)
-            context.count += take
-            remaining = UnsafeRawBufferPointer(rebasing: remaining[take...])
+            remaining = UnsafeRawBufferPointer(rebasing: remaining[copied...])
         }
         queued(bytes.count)
     }
@@ -156,7 +143,7 @@ public final class Connection: @unchecked Sendable {
             buffer.count >= resources.writeChunkSize / 4, writeQueue.isEmpty, resources.pinBuffer(onRing: id.ring)
         {
             deliveredBufferRetained = true
-            writeQueue.append(.provided(buffer, sent: 0))
+            writeQueue.appendProvided(buffer)
             queued(buffer.count)
         } else {
             received.withUnsafeBytes { write($0) }
@@ -173,7 +160,7 @@ public final class Connection: @unchecked Sendable {
             resources.finishedWriting(context, on: self)
             return
         }
-        writeQueue.append(.owned(context, range))
+        writeQueue.appendOwned(context, range: range)
         queued(range.count)
     }
 
@@ -280,28 +267,9 @@ public final class Connection: @unchecked Sendable {
         resources.counters.bytesSent.add(sent, ordering: .relaxed)
         markProgress()
         queuedBytes -= sent
-        switch writeQueue[0] {
-        case .copied(let context):
-            context.offset += sent
-            if context.offset == context.count {
-                writeQueue.removeFirst()
-                resources.writeChunks.recycle(context)
-            }
-        case .provided(let buffer, let before):
-            if before + sent == buffer.count {
-                writeQueue.removeFirst()
-                release(buffer)
-                resources.unpinBuffer(onRing: id.ring)
-            } else {
-                writeQueue[0] = .provided(buffer, sent: before + sent)
-            }
-        case .owned(let context, let range):
-            if sent == range.count {
-                writeQueue.removeFirst()
-                resources.finishedWriting(context, on: self)
-            } else {
-                writeQueue[0] = .owned(context, range.lowerBound + sent..<range.upperBound)
-            }
+        writeQueue.advanceFirst(by: sent)
+        if writeQueue.first?.remaining == 0 {
+            finishFirstEntry()
         }
         apply(.sendFinished(.sent))
         if state.reading == .paused && queuedBytes <= resources.maximumQueuedWriteBytes / 2 {
@@ -329,14 +297,8 @@ public final class Connection: @unchecked Sendable {
     /// and returns the reason, once. The server then calls the handler's `connectionClosed`.
     func finishIfDone() -> CloseReason? {
         guard let reason = state.finishIfDone() else { return nil }
-        while let chunk = writeQueue.popFirst() {
-            switch chunk {
-            case .copied(let context): resources.writeChunks.recycle(context)
-            case .provided(let buffer, _):
-                release(buffer)
-                resources.unpinBuffer(onRing: id.ring)
-            case .owned(let context, _): resources.finishedWriting(context, on: self)
-            }
+        while !writeQueue.isEmpty {
+            finishFirstEntry()
         }
         queuedBytes = 0
         resources.receiveContexts.recycle(receiveContext)
@@ -392,20 +354,42 @@ public final class Connection: @unchecked Sendable {
         resources.bufferReleased(onRing: id.ring)
     }
 
+    /// Takes the first entry off the write queue (sent, or dropped at the end) and hands its
+    /// memory on: a chunk back to the pool, a provided buffer back to the ring, the
+    /// application's context back to the handler.
+    private func finishFirstEntry() {
+        let (entry, context) = writeQueue.removeFirst()
+        switch entry.source {
+        case .copied:
+            resources.writeChunks.recycle(context.unsafelyUnwrapped)
+        case .provided:
+            release(entry.buffer.unsafelyUnwrapped)
+            resources.unpinBuffer(onRing: id.ring)
+        case .owned:
+            resources.finishedWriting(context.unsafelyUnwrapped, on: self)
+        }
+    }
+
     /// Posts the send of the head of the queue, unless one is in flight.
     private func flush() {
         guard state.canSend, let head = writeQueue.first else { return }
         do {
-            switch head {
-            case .copied(let context):
-                try resources.port.write(handle, from: context, range: context.offset..<context.count)
-            case .provided(let buffer, let sent):
-                try resources.port.write(handle, from: buffer, range: sent..<buffer.count, context: sendContext)
-            case .owned(let context, let range):
-                if range.count >= resources.zeroCopyThreshold && resources.zeroCopySend {
-                    try resources.port.writeZeroCopy(handle, from: context, range: range)
-                } else {
+            let range = head.start..<head.end
+            switch head.source {
+            case .copied:
+                try head.context.unsafelyUnwrapped.withBorrowedInstance { context throws(RingPortError) in
                     try resources.port.write(handle, from: context, range: range)
+                }
+            case .provided:
+                try resources.port.write(
+                    handle, from: head.buffer.unsafelyUnwrapped, range: range, context: sendContext)
+            case .owned:
+                try head.context.unsafelyUnwrapped.withBorrowedInstance { context throws(RingPortError) in
+                    if range.count >= resources.zeroCopyThreshold && resources.zeroCopySend {
+                        try resources.port.writeZeroCopy(handle, from: context, range: range)
+                    } else {
+                        try resources.port.write(handle, from: context, range: range)
+                    }
                 }
             }
             apply(.sendPosted)

@@ -105,24 +105,34 @@ final class ServerCore: Sendable {
 
     func handle(_ completion: Completion) {
         switch completion.operation {
-        case .read:
-            guard let connection = connection(of: completion) else { return }
-            connection.receiveCompleted(completion) { bytes in
-                handler.connection(connection, received: bytes)
-            }
-            finishIfDone(connection)
-        case .write:
-            guard let connection = connection(of: completion) else { return }
-            connection.sendCompleted(completion)
-            finishIfDone(connection)
         case .accept:
             acceptCompleted(completion)
         case .timeout:
             timerFired(completion)
-        case .user:
-            guard let connection = connection(of: completion),
-                let command = ConnectionCommand(rawValue: completion.userValue)
-            else { return }
+        case .read, .write, .user:
+            // A connection's completion. Its handle points at the connection, unretained: the
+            // connection stays in `connections` until it finishes, and finishing clears the
+            // pointer first, in a completion of the same handle (nothing runs concurrently).
+            guard let owner = completion.handle?.unretainedOwner else { return }
+            owner._withUnsafeGuaranteedRef { object in
+                handle(completion, of: unsafeDowncast(object, to: Connection.self))
+            }
+        default:
+            break
+        }
+    }
+
+    @inline(__always)
+    private func handle(_ completion: Completion, of connection: Connection) {
+        switch completion.operation {
+        case .read:
+            connection.receiveCompleted(completion) { bytes in
+                handler.connection(connection, received: bytes)
+            }
+        case .write:
+            connection.sendCompleted(completion)
+        default:
+            guard let command = ConnectionCommand(rawValue: completion.userValue) else { return }
             switch command {
             case .open: start(connection)
             case .shutdown: connection.closeRequested(.serverShutdown, graceful: true)
@@ -130,23 +140,21 @@ final class ServerCore: Sendable {
             case .idleCheck: connection.closeRequested(.idleTimeout, graceful: false)
             case .buffersAvailable: connection.buffersAvailable()
             }
-            finishIfDone(connection)
-        default:
-            break
         }
-    }
-
-    private func connection(of completion: Completion) -> Connection? {
-        completion.handle?.userState as? Connection
+        finishIfDone(connection)
     }
 
     private func finishIfDone(_ connection: Connection) {
         guard let reason = connection.finishIfDone() else { return }
-        _ = connections.withLock { $0.removeValue(forKey: connection.id) }
-        resources.counters.closed.add(1, ordering: .relaxed)
-        resources.counters.connectionClosed(after: connection.openedAt.duration(to: .now))
-        handler.connectionClosed(connection, reason: reason)
-        connection.handle.userState = nil
+        connection.handle.unretainedOwner = nil
+        // `connections` held the connection (the caller's reference is unretained): keep it
+        // alive until the handler has heard of the close.
+        let removed = connections.withLock { $0.removeValue(forKey: connection.id) }
+        withExtendedLifetime(removed) {
+            resources.counters.closed.add(1, ordering: .relaxed)
+            resources.counters.connectionClosed(after: connection.openedAt.duration(to: .now))
+            handler.connectionClosed(connection, reason: reason)
+        }
     }
 
     private func timerFired(_ completion: Completion) {
@@ -259,7 +267,7 @@ final class ServerCore: Sendable {
             return
         }
         let connection = Connection(handle: handle, peerAddress: peer, resources: resources)
-        handle.userState = connection
+        handle.unretainedOwner = Unmanaged.passUnretained(connection)
         connections.withLock { $0[connection.id] = connection }
         counters.accepted.add(1, ordering: .relaxed)
         // The connection lives on a ring of its own, whose workers may handle its completions
@@ -271,7 +279,7 @@ final class ServerCore: Sendable {
             // Nothing of the connection ran: undo what opening set up (the handle's reference to
             // the connection, its pooled contexts, the handle itself).
             logger.error("\(configuration.label): opening a connection: \(error)")
-            handle.userState = nil
+            handle.unretainedOwner = nil
             connection.abandonUnopened()
             port.close(handle)
             _ = connections.withLock { $0.removeValue(forKey: connection.id) }

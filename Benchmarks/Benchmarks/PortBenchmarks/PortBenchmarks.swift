@@ -20,7 +20,7 @@ let benchmarks: @Sendable () -> Void = {
         // lacks, so it produced no samples; and asking for it makes the framework read /proc
         // around every sample, which adds 16 mallocs per sample to mallocCountTotal. On a
         // machine with counters, ask for it on the command line (README.md).
-        metrics: [.wallClock, .mallocCountTotal, .throughput],
+        metrics: [.wallClock, .mallocCountTotal, .retainCount, .releaseCount, .throughput],
         warmupIterations: 3,
         scalingFactor: .kilo,
         maxDuration: .seconds(2),
@@ -107,6 +107,8 @@ let benchmarks: @Sendable () -> Void = {
 
 /// The tolerances `swift package benchmark thresholds check` applies to the p90 values stored in
 /// Thresholds/ (one sample = 1,000 operations):
+/// - retainCount, releaseCount: ±2% and ±50 per 1,000 operations: one more retain (or release)
+///   per operation fails the check, and so does one fewer (record the better budget).
 /// - mallocCountTotal: ±10 per 1,000 operations (the budget is 0 in steady state). One more
 ///   allocation per operation (+1,000), or even one every 100 operations, fails the check; so
 ///   would fewer allocations than recorded (exit code 4, "better": record the new budget with
@@ -121,6 +123,8 @@ enum PortBenchmarkThresholds {
     static var tolerances: [BenchmarkMetric: BenchmarkThresholds] {
         [
             .mallocCountTotal: .init(absolute: [.p90: 10]),
+            .retainCount: .init(relative: [.p90: 2], absolute: [.p90: 50]),
+            .releaseCount: .init(relative: [.p90: 2], absolute: [.p90: 50]),
             .wallClock: .init(relative: [.p90: 300]),
             .throughput: .none,
         ]

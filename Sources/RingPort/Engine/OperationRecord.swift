@@ -1,10 +1,17 @@
 /// What the port remembers about an operation the kernel owns, in the ring's in-flight
 /// table. The SQE's `user_data` is the record's address (see ``UserData``), never a pointer.
+///
+/// Ownership: the record holds one reference to its context (and so its buffer and scratch
+/// memory) and one to its handle, from the post until the completion is reaped, as unmanaged
+/// references (taken with `passRetained` at the post, handed to the ``Completion`` with
+/// `takeRetainedValue` when the last CQE is reaped): the record is a plain value, and moving
+/// it through the in-flight table costs no reference counting.
 struct OperationRecord {
     var operation: IOOperation
-    /// Holds the context (and so its buffer and scratch memory) alive until the completion.
-    var context: IOContext?
-    var handle: IOHandle?
+    /// Holds the context alive until the completion (a retained reference).
+    var context: Unmanaged<IOContext>?
+    /// Holds the handle alive until the completion (a retained reference).
+    var handle: Unmanaged<IOHandle>?
     /// For user posts: the result and value to deliver. For zero-copy sends: the result of the
     /// first CQE, delivered with the notification CQE that ends the operation.
     var postedResult: Int32

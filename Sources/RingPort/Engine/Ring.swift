@@ -91,6 +91,8 @@ final class Ring: @unchecked Sendable {
     @exclusivity(unchecked) private var doorbellSequence: UInt32 = 0
     @exclusivity(unchecked) private var doorbellRung = false
     @exclusivity(unchecked) private(set) var counters = Counters()
+    /// The ring's reference to itself while the application holds provided buffers.
+    @exclusivity(unchecked) private var selfWhileBuffersAreHeld: Unmanaged<Ring>?
 
     init(
         index: Int, uring: IOURing, bufferRing: ProvidedBufferRing?, stallThreshold: Duration,
@@ -213,7 +215,7 @@ final class Ring: @unchecked Sendable {
     /// Stands in for the missing leader of a ring no worker is attached to: submits, reaps, and
     /// takes up to `budget` completions (nothing when a worker attached meanwhile).
     func serveWithoutWorkersLocked(
-        budget: Int, worker: ObjectIdentifier, held: inout [IOHandle], deliver: (Completion) -> Void
+        budget: Int, worker: ObjectIdentifier, held: inout [IOHandle], deliver: (consuming Completion) -> Void
     ) -> Int {
         guard leadership.attachedWorkers == 0 else { return 0 }
         submitLoggingErrorsLocked()
@@ -270,14 +272,19 @@ final class Ring: @unchecked Sendable {
         guard !isClosed else {
             throw RingPortError(.portClosed, operation: "post \(operation)")
         }
-        if let handle, handle.isClosed {
-            throw RingPortError(.handleClosed, operation: "post \(operation) on handle \(handle.id)")
+        // Unretained views of the caller's references, which it holds for the call: optional
+        // bindings (`if let handle`) would retain and release each on the way.
+        let handleReference = handle.map { Unmanaged.passUnretained($0) }
+        let contextReference = context.map { Unmanaged.passUnretained($0) }
+        if handle?.isClosed == true {
+            throw RingPortError(.handleClosed, operation: "post \(operation) on handle \(handle!.id)")
         }
-        if let context, !context.beginFlight(onRing: index) {
+        if context?.beginFlight(onRing: index) == false {
             throw RingPortError(.contextInFlight, operation: "post \(operation)")
         }
+        // The record's own references (released when the completion takes them over).
         var record = OperationRecord(
-            operation: operation, context: context, handle: handle,
+            operation: operation, context: contextReference?.retain(), handle: handleReference?.retain(),
             postedResult: postedResult, userValue: userValue, isZeroCopy: isZeroCopy, epoch: leadership.epoch)
         let injectedResult = faultInjection?.injectedResult(for: operation)
         if let injectedResult {
@@ -300,19 +307,23 @@ final class Ring: @unchecked Sendable {
                 if canMigrate && Ring.waitsOnTheNetwork(entry.pointee.opcode) { migratable = entry.pointee }
             }
         } catch {
-            _ = operations.remove(slot: address.slot)
+            let record = operations.remove(slot: address.slot)
+            record.context?.release()
+            record.handle?.release()
             context?.endFlight()
             throw error
         }
         if let migratable {
             keepMigratableSubmission(migratable, slot: address.slot)
         }
-        if let context {
-            context.operation = operation
-            context.userData = userData.rawValue
-            if let handle {
-                context.indexInHandle = handle.inflightContexts.count
-                handle.inflightContexts.append(context)
+        if let contextReference {
+            contextReference._withUnsafeGuaranteedRef { context in
+                context.operation = operation
+                context.userData = userData.rawValue
+                handleReference?._withUnsafeGuaranteedRef { handle in
+                    context.indexInHandle = handle.inflightContexts.count
+                    handle.inflightContexts.append(contextReference)
+                }
             }
         }
         counters.submittedOperations &+= 1
@@ -387,7 +398,8 @@ final class Ring: @unchecked Sendable {
     /// closing): the `ECANCELED` is then delivered.
     private func resubmitMigratedLocked(slot: UInt32) -> Bool {
         let record = operations[slot]
-        guard !isClosed, !(record.handle?.isClosed ?? false), leadership.callerIsRunningLeader else { return false }
+        let handleIsClosed = record.handle?._withUnsafeGuaranteedRef { $0.isClosed } ?? false
+        guard !isClosed, !handleIsClosed, leadership.callerIsRunningLeader else { return false }
         operations[slot].isMigrating = false
         operations[slot].epoch = leadership.epoch
         let submission = migratableSubmissions[Int(slot)]
@@ -619,16 +631,18 @@ final class Ring: @unchecked Sendable {
         }
         let record = isFinal ? operations.remove(slot: userData.slot) : operations[userData.slot]
         if isFinal, let context = record.context {
-            if let handle = record.handle {
-                removeInflight(context, from: handle)
+            context._withUnsafeGuaranteedRef { context in
+                if let handle = record.handle {
+                    handle._withUnsafeGuaranteedRef { removeInflight(context, from: $0) }
+                }
+                context.endKernelFlight()
             }
-            context.endKernelFlight()
         }
         var receivedBuffer: ReceivedBuffer?
         if entry.flags & IORING_CQE_F_BUFFER != 0, let bufferRing {
             let id = UInt16(truncatingIfNeeded: entry.flags >> UInt32(IORING_CQE_BUFFER_SHIFT))
-            bufferRing.handOutLocked(id)
-            receivedBuffer = ReceivedBuffer(ring: self, id: id, count: Int(max(entry.res, 0)))
+            handOutBufferLocked(id)
+            receivedBuffer = ReceivedBuffer(ring: Unmanaged.passUnretained(self), id: id, count: Int(max(entry.res, 0)))
         }
         let result: Int32
         if record.isZeroCopy && entry.flags & IORING_CQE_F_NOTIF != 0 {
@@ -642,13 +656,15 @@ final class Ring: @unchecked Sendable {
         }
         counters.completions &+= 1
         if isFinal { counters.completedOperations &+= 1 }
+        // The last CQE hands the record's references to the completion; an earlier one (of a
+        // multishot operation) gives the completion references of its own.
         ready.append(
             Completion(
                 operation: record.operation,
                 result: result,
                 flags: entry.flags,
-                handle: record.handle,
-                context: record.context,
+                handle: isFinal ? record.handle?.takeRetainedValue() : record.handle?.takeUnretainedValue(),
+                context: isFinal ? record.context?.takeRetainedValue() : record.context?.takeUnretainedValue(),
                 userValue: record.userValue,
                 receivedBuffer: receivedBuffer))
     }
@@ -662,15 +678,35 @@ final class Ring: @unchecked Sendable {
 
     /// Gives a provided buffer back to the kernel.
     func recycleBuffer(_ id: UInt16) {
-        lock.withLock { bufferRing!.recycleLocked(id) }
+        // The ring's own reference goes after the lock is released: it may be the last.
+        lock.withLock { recycleBufferLocked(id) }?.release()
+    }
+
+    /// The kernel filled provided buffer `id`: the application owns it until it recycles it.
+    /// While the application holds any buffer, the ring holds a reference to itself, so that a
+    /// ``ReceivedBuffer`` (which does not retain it) can always reach it.
+    private func handOutBufferLocked(_ id: UInt16) {
+        guard let bufferRing else { return }
+        bufferRing.handOutLocked(id)
+        if bufferRing.outstanding == 1 { selfWhileBuffersAreHeld = Unmanaged.passRetained(self) }
+    }
+
+    /// Gives buffer `id` back to the kernel. Returns the ring's reference to itself when that was
+    /// the last buffer held, for the caller to release once it has let go of the lock.
+    private func recycleBufferLocked(_ id: UInt16) -> Unmanaged<Ring>? {
+        guard let bufferRing else { return nil }
+        bufferRing.recycleLocked(id)
+        guard bufferRing.outstanding == 0 else { return nil }
+        defer { selfWhileBuffersAreHeld = nil }
+        return selfWhileBuffersAreHeld
     }
 
     private func removeInflight(_ context: IOContext, from handle: IOHandle) {
         let position = context.indexInHandle
         let last = handle.inflightContexts.removeLast()
-        if last !== context {
+        if last.toOpaque() != Unmanaged.passUnretained(context).toOpaque() {
             handle.inflightContexts[position] = last
-            last.indexInHandle = position
+            last._withUnsafeGuaranteedRef { $0.indexInHandle = position }
         }
         context.indexInHandle = -1
     }
@@ -681,14 +717,14 @@ final class Ring: @unchecked Sendable {
     /// of handles another worker is handling. Marks their handles as handled by `worker`.
     @inline(__always)
     func takeReadyLocked(
-        budget: Int, worker: ObjectIdentifier, held: inout [IOHandle], deliver: (Completion) -> Void
+        budget: Int, worker: ObjectIdentifier, held: inout [IOHandle], deliver: (consuming Completion) -> Void
     ) -> Int {
         var taken = 0
         while taken < budget, let completion = ready.popFirst() {
             if let handle = completion.handle {
                 if let owner = handle.handlingWorker {
                     if owner != worker {
-                        handle.deferredCompletions.append(completion)
+                        handle.deferredCompletions.append(consume completion)
                         continue
                     }
                 } else {
@@ -697,7 +733,7 @@ final class Ring: @unchecked Sendable {
                 }
             }
             if !completion.hasMore { completion.context?.endFlight() }
-            deliver(completion)
+            deliver(consume completion)
             taken += 1
         }
         return taken
@@ -707,7 +743,7 @@ final class Ring: @unchecked Sendable {
     /// (up to `budget`, keeping the handle), the rest back to the front of the ready queue.
     func releaseLocked(
         _ handle: IOHandle, budget: inout Int, worker: ObjectIdentifier, held: inout [IOHandle],
-        deliver: (Completion) -> Void
+        deliver: (consuming Completion) -> Void
     ) {
         if budget > 0, !handle.deferredCompletions.isEmpty {
             held.append(handle)
@@ -747,7 +783,7 @@ final class Ring: @unchecked Sendable {
     @discardableResult
     func cancelOperationsLocked(of handle: IOHandle) throws(RingPortError) -> Int {
         for context in handle.inflightContexts {
-            try cancelLocked(userData: context.userData)
+            try cancelLocked(userData: context._withUnsafeGuaranteedRef { $0.userData })
         }
         return handle.inflightContexts.count
     }
@@ -829,11 +865,8 @@ final class Ring: @unchecked Sendable {
                     kept alive
                     """
                 )
-                for slot in operations.liveSlots {
-                    if let context = operations[slot].context {
-                        _ = Unmanaged.passRetained(context)
-                    }
-                }
+                // Their records, which stay in the table (the ring is never freed before the
+                // port), hold the references: nothing releases them.
                 break
             }
             lock.unlock()
@@ -843,7 +876,8 @@ final class Ring: @unchecked Sendable {
         var dropped = 0
         func drop(_ completion: Completion) {
             if let descriptor = completion.acceptedDescriptor { SystemCall.close(descriptor) }
-            if let buffer = completion.receivedBuffer { bufferRing?.recycleLocked(buffer.id) }
+            // The port holds the ring while it closes: this is never its last reference.
+            if let buffer = completion.receivedBuffer { recycleBufferLocked(buffer.id)?.release() }
             completion.context?.endFlight()
             dropped += 1
         }

@@ -38,7 +38,7 @@ extension CompletionPort {
         let range = range ?? 0..<context.capacity
         try validate(range, in: context, operation: .receiveMessage)
         let descriptor = handle.descriptor
-        try rings[handle.id.ring].post(.receiveMessage, handle: handle, context: context) { entry in
+        try post(onRing: handle.id.ring, .receiveMessage, handle: handle, context: context) { entry in
             // The post owns the context here, so its scratch may be allocated or grown. The
             // header, vector and address live in the context's scratch memory and the bytes in
             // its buffer; the in-flight table holds the context, so the kernel may read the
@@ -75,7 +75,7 @@ extension CompletionPort {
     ) throws(RingPortError) {
         try validate(range, in: context, operation: .sendMessage)
         let descriptor = handle.descriptor
-        try rings[handle.id.ring].post(.sendMessage, handle: handle, context: context) { entry in
+        try post(onRing: handle.id.ring, .sendMessage, handle: handle, context: context) { entry in
             // As for a receive: the post owns the context; the header, vector and address stay
             // in its scratch memory, and the bytes in its buffer, until the completion.
             let message = context.messageScratch

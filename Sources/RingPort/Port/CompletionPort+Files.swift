@@ -68,7 +68,7 @@ extension CompletionPort {
         try validate(offset, operation: .read)
         let descriptor = handle.descriptor
         let buffer = context.bytes + range.lowerBound
-        try rings[handle.id.ring].post(.read, handle: handle, context: context) { entry in
+        try post(onRing: handle.id.ring, .read, handle: handle, context: context) { entry in
             // The kernel writes into the context's buffer, which the in-flight table keeps alive
             // until the completion.
             io_uring_prep_read(entry, descriptor, buffer, UInt32(range.count), UInt64(offset))
@@ -97,7 +97,7 @@ extension CompletionPort {
         try validate(offset, operation: .write)
         let descriptor = handle.descriptor
         let buffer = context.bytes + range.lowerBound
-        try rings[handle.id.ring].post(.write, handle: handle, context: context) { entry in
+        try post(onRing: handle.id.ring, .write, handle: handle, context: context) { entry in
             // The kernel reads from the context's buffer, which the in-flight table keeps alive
             // until the completion.
             io_uring_prep_write(entry, descriptor, buffer, UInt32(range.count), UInt64(offset))

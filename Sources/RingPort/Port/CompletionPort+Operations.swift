@@ -28,7 +28,7 @@ extension CompletionPort {
         try validate(range, in: context, operation: .read)
         let descriptor = handle.descriptor
         let buffer = context.bytes + range.lowerBound
-        try rings[handle.id.ring].post(.read, handle: handle, context: context) { entry in
+        try post(onRing: handle.id.ring, .read, handle: handle, context: context) { entry in
             io_uring_prep_recv(entry, descriptor, buffer, range.count, 0)
         }
     }
@@ -41,7 +41,7 @@ extension CompletionPort {
         try validate(range, in: context, operation: .write)
         let descriptor = handle.descriptor
         let buffer = context.bytes + range.lowerBound
-        try rings[handle.id.ring].post(.write, handle: handle, context: context) { entry in
+        try post(onRing: handle.id.ring, .write, handle: handle, context: context) { entry in
             io_uring_prep_send(entry, descriptor, buffer, range.count, Int32(MSG_NOSIGNAL))
         }
     }
@@ -58,7 +58,7 @@ extension CompletionPort {
         }
         let descriptor = handle.descriptor
         let bytes = buffer.withUnsafeBytes { $0.baseAddress! } + range.lowerBound
-        try rings[handle.id.ring].post(.write, handle: handle, context: context) { entry in
+        try post(onRing: handle.id.ring, .write, handle: handle, context: context) { entry in
             // The provided buffer's memory belongs to the ring and stays mapped while the port lives.
             io_uring_prep_send(entry, descriptor, bytes, range.count, Int32(MSG_NOSIGNAL))
         }
@@ -71,7 +71,7 @@ extension CompletionPort {
         let descriptor = listener.descriptor
         let address = context.scratchAddress
         let addressLength = context.scratchAddressLength
-        try rings[listener.id.ring].post(.accept, handle: listener, context: context) { entry in
+        try post(onRing: listener.id.ring, .accept, handle: listener, context: context) { entry in
             // The kernel writes the peer address into the context's scratch memory, which the
             // context (held by the in-flight table) keeps alive until the completion.
             addressLength.pointee = socklen_t(MemoryLayout<sockaddr_storage>.size)
@@ -88,7 +88,7 @@ extension CompletionPort {
     /// reported (use `getpeername`).
     public func acceptMultishot(on listener: IOHandle, context: IOContext) throws(RingPortError) {
         let descriptor = listener.descriptor
-        try rings[listener.id.ring].post(.accept, handle: listener, context: context) { entry in
+        try post(onRing: listener.id.ring, .accept, handle: listener, context: context) { entry in
             io_uring_prep_multishot_accept(entry, descriptor, nil, nil, Int32(SOCK_CLOEXEC.rawValue))
         }
     }
@@ -102,13 +102,11 @@ extension CompletionPort {
     ///
     /// - Throws: ``RingPortError/Code/unsupported`` when the port has no provided buffers.
     public func receiveMultishot(_ handle: IOHandle, context: IOContext) throws(RingPortError) {
-        let ring = rings[handle.id.ring]
-        guard let bufferRing = ring.bufferRing else {
+        guard let group = providedBufferGroups[handle.id.ring] else {
             throw RingPortError(.unsupported, operation: "multishot receive without provided buffers")
         }
         let descriptor = handle.descriptor
-        let group = bufferRing.groupID
-        try ring.post(.read, handle: handle, context: context) { entry in
+        try post(onRing: handle.id.ring, .read, handle: handle, context: context) { entry in
             io_uring_prep_recv_multishot(entry, descriptor, nil, 0, 0)
             entry.pointee.flags |= CLiburing_IOSQE_BUFFER_SELECT
             entry.pointee.buf_group = group
@@ -123,7 +121,7 @@ extension CompletionPort {
         try validate(range, in: context, operation: .write)
         let descriptor = handle.descriptor
         let buffer = context.bytes + range.lowerBound
-        try rings[handle.id.ring].post(.write, handle: handle, context: context, isZeroCopy: true) { entry in
+        try post(onRing: handle.id.ring, .write, handle: handle, context: context, isZeroCopy: true) { entry in
             io_uring_prep_send_zc(entry, descriptor, buffer, range.count, Int32(MSG_NOSIGNAL), 0)
         }
     }
@@ -132,7 +130,7 @@ extension CompletionPort {
     public func connect(_ handle: IOHandle, to address: SocketAddress, context: IOContext) throws(RingPortError) {
         let descriptor = handle.descriptor
         let storage = context.scratchAddress
-        try rings[handle.id.ring].post(.connect, handle: handle, context: context) { entry in
+        try post(onRing: handle.id.ring, .connect, handle: handle, context: context) { entry in
             // The address lives in the context's scratch memory until the completion.
             let length = address.write(to: &storage.pointee)
             storage.withMemoryRebound(to: sockaddr.self, capacity: 1) { socketAddress in
@@ -155,7 +153,7 @@ extension CompletionPort {
         // IORING_TIMEOUT_ABS): the same SQE submitted again after a leader change keeps it.
         let deadline = MonotonicInstant.now.advanced(by: duration).nanoseconds
         let timespec = context.scratchTimeout
-        try ring(for: handle).post(.timeout, handle: handle, context: context) { entry in
+        try post(onRing: handle?.id.ring ?? nextRingIndex(), .timeout, handle: handle, context: context) { entry in
             // The kernel reads the timespec from the context's scratch memory.
             timespec.pointee = __kernel_timespec(
                 tv_sec: Int64(deadline / 1_000_000_000), tv_nsec: Int64(deadline % 1_000_000_000))
@@ -165,7 +163,8 @@ extension CompletionPort {
 
     /// Posts a no-op that completes after one trip through the kernel (``IOOperation/nop``).
     public func nop(context: IOContext? = nil, handle: IOHandle? = nil, value: UInt64 = 0) throws(RingPortError) {
-        try ring(for: handle).post(.nop, handle: handle, context: context, userValue: value) { entry in
+        try post(onRing: handle?.id.ring ?? nextRingIndex(), .nop, handle: handle, context: context, userValue: value) {
+            entry in
             io_uring_prep_nop(entry)
         }
     }
@@ -185,7 +184,8 @@ extension CompletionPort {
     public func post(
         bytesTransferred: Int32 = 0, handle: IOHandle? = nil, context: IOContext? = nil, value: UInt64 = 0
     ) throws(RingPortError) {
-        try ring(for: handle).post(
+        try post(
+            onRing: handle?.id.ring ?? nextRingIndex(),
             .user, handle: handle, context: context, postedResult: bytesTransferred, userValue: value
         ) { entry in
             io_uring_prep_nop(entry)
@@ -226,12 +226,6 @@ extension CompletionPort {
     }
 
     // MARK: Helpers
-
-    /// The handle's ring, or the next ring round-robin for operations without a handle.
-    private func ring(for handle: IOHandle?) -> Ring {
-        if let handle { return rings[handle.id.ring] }
-        return rings[nextRingIndex()]
-    }
 
     /// Throws ``RingPortError/Code/invalidArgument`` unless `range` lies within `context`'s buffer.
     func validate(_ range: Range<Int>, in context: IOContext, operation: IOOperation) throws(RingPortError) {

@@ -125,6 +125,12 @@ public final class CompletionPort: Sendable {
     public let configuration: Configuration
     /// The rings; a handle's ring is `rings[handle.id.ring]`.
     let rings: [Ring]
+    /// The same rings, unretained, for the post path
+    /// (``post(onRing:_:handle:context:postedResult:userValue:isZeroCopy:prepare:)``): ``rings``
+    /// holds them for the port's whole life.
+    private let unretainedRings: [Unmanaged<Ring>]
+    /// Per ring, the buffer group of its provided buffers (nil without them).
+    let providedBufferGroups: [UInt16?]
     private let nextRing = Atomic<Int>(0)
     private let attachedWorkers: LockedValue<[Int]>
     private let uncoveredRings: Atomic<Int>
@@ -186,6 +192,8 @@ public final class CompletionPort: Sendable {
                     logger: configuration.logger))
         }
         self.rings = rings
+        unretainedRings = rings.map { Unmanaged.passUnretained($0) }
+        providedBufferGroups = rings.map { $0.bufferRing?.groupID }
         attachedWorkers = LockedValue([Int](repeating: 0, count: rings.count))
         uncoveredRings = Atomic(rings.count)
     }
@@ -285,7 +293,7 @@ public final class CompletionPort: Sendable {
     /// Reaps the rings no worker is attached to and takes up to `budget` of their completions.
     /// Called without any ring's lock held.
     func serveUncoveredRings(
-        budget: Int, worker: ObjectIdentifier, held: inout [IOHandle], deliver: (Completion) -> Void
+        budget: Int, worker: ObjectIdentifier, held: inout [IOHandle], deliver: (consuming Completion) -> Void
     ) -> Int {
         var taken = 0
         for ring in rings where taken < budget {
@@ -333,6 +341,30 @@ public final class CompletionPort: Sendable {
         for ring in rings {
             let deadline = MonotonicInstant.now.advanced(by: .seconds(10))
             ring.lock.withLock { ring.drainAndCloseLocked(deadline: deadline) }
+        }
+    }
+}
+
+extension CompletionPort {
+    /// Posts one operation on ring `index`
+    /// (``Ring/post(_:handle:context:postedResult:userValue:isZeroCopy:prepare:)``), borrowing the
+    /// ring: the port holds its rings for its whole life, so the post path changes no reference
+    /// count to reach one.
+    @inline(__always)
+    func post(
+        onRing index: Int,
+        _ operation: IOOperation,
+        handle: IOHandle?,
+        context: IOContext?,
+        postedResult: Int32 = 0,
+        userValue: UInt64 = 0,
+        isZeroCopy: Bool = false,
+        prepare: (UnsafeMutablePointer<io_uring_sqe>) -> Void
+    ) throws(RingPortError) {
+        try unretainedRings[index].withBorrowedInstance { ring throws(RingPortError) in
+            try ring.post(
+                operation, handle: handle, context: context, postedResult: postedResult, userValue: userValue,
+                isZeroCopy: isZeroCopy, prepare: prepare)
         }
     }
 }

@@ -59,8 +59,8 @@ public final class CompletionWorker {
     ///   fails for a reason other than a timeout or an interruption.
     public func dequeue(timeout: Duration? = nil) throws(RingPortError) -> Completion? {
         var result: Completion?
-        _ = try dequeue(budget: 1, deadline: Self.deadline(after: timeout)) { result = $0 }
-        return result
+        _ = try dequeue(budget: 1, deadline: Self.deadline(after: timeout)) { result = consume $0 }
+        return consume result
     }
 
     /// Waits until at least one completion is ready and appends up to `maximumCount` of them to
@@ -104,18 +104,18 @@ public final class CompletionWorker {
     }
 
     private func dequeue(
-        budget: Int, deadline: MonotonicInstant, deliver: (Completion) -> Void
+        budget: Int, deadline: MonotonicInstant, deliver: (consuming Completion) -> Void
     ) throws(RingPortError) -> Int {
         precondition(!isDetached, "dequeue on a detached CompletionWorker")
         var budget = budget
         let me = identity
-        let ring = self.ring
-        let leadership = ring.leadership
+        // `ring` and `ring.leadership` are read through `self` each time, not bound to locals:
+        // a local binding would retain them on every call.
         ring.lock.lock()
         defer { ring.lock.unlock() }
         var taken = releaseHeldLocked(budget: &budget, deliver: deliver)
         if taken > 0 {
-            leadership.ran(me)
+            ring.leadership.ran(me)
             return taken
         }
         // A zero (or past) timeout still gets one look at the kernel: submit and reap without
@@ -125,7 +125,7 @@ public final class CompletionWorker {
             if stopSignal?.isRequested == true { return 0 }
             taken = ring.takeReadyLocked(budget: budget, worker: me, held: &held, deliver: deliver)
             if taken > 0 {
-                leadership.ran(me)
+                ring.leadership.ran(me)
                 return taken
             }
             if ring.isClosed {
@@ -136,7 +136,7 @@ public final class CompletionWorker {
                 taken = port.serveUncoveredRings(budget: budget, worker: me, held: &held, deliver: deliver)
                 ring.lock.lock()
                 if taken > 0 {
-                    leadership.ran(me)
+                    ring.leadership.ran(me)
                     return taken
                 }
                 // The lock was released: a stop request may have come meanwhile (completions
@@ -146,7 +146,7 @@ public final class CompletionWorker {
             let now = MonotonicInstant.now
             let expired = now >= deadline
             if expired && polled { return 0 }
-            if leadership.isVacant || leadership.isLeader(me) {
+            if ring.leadership.isVacant || ring.leadership.isLeader(me) {
                 ring.takeLeadershipLocked(by: me)
                 try ring.waitInKernelLocked(
                     now: now, deadline: deadline, wait: !expired,
@@ -154,7 +154,7 @@ public final class CompletionWorker {
                 polled = true
             } else if expired {
                 return 0
-            } else if leadership.park(now: now, deadline: deadline, hasWork: { ring.hasWorkLocked }) {
+            } else if ring.leadership.park(now: now, deadline: deadline, hasWork: { ring.hasWorkLocked }) {
                 // This worker, the sentry, found the leader stuck in a handler: it leads now.
                 ring.takeLeadershipLocked(by: me)
             }
@@ -165,12 +165,14 @@ public final class CompletionWorker {
     /// were held come back to this worker (up to `budget`); returns how many were delivered.
     /// Called with the home ring's lock held; a handle of another ring (served while that ring
     /// had no worker) is released under its own ring's lock, never with two locks held.
-    private func releaseHeldLocked(budget: inout Int, deliver: (Completion) -> Void) -> Int {
+    private func releaseHeldLocked(budget: inout Int, deliver: (consuming Completion) -> Void) -> Int {
         guard !held.isEmpty else { return 0 }
         swap(&held, &releasing)
         let initialBudget = budget
         let me = identity
-        for handle in releasing {
+        // Popped, not iterated: each handle's reference moves out of the array instead of
+        // being copied and released twice.
+        while let handle = releasing.popLast() {
             if handle.id.ring == ring.index {
                 ring.releaseLocked(handle, budget: &budget, worker: me, held: &held, deliver: deliver)
             } else {
@@ -182,7 +184,6 @@ public final class CompletionWorker {
                 ring.lock.lock()
             }
         }
-        releasing.removeAll(keepingCapacity: true)
         return initialBudget - budget
     }
 }

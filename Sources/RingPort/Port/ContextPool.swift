@@ -41,16 +41,19 @@ public final class ContextPool: Sendable {
 
     /// Gives a context back: it must not be in flight and must come from this pool (or have
     /// ``bufferSize`` bytes). Its bookkeeping fields are reset.
-    public func recycle(_ context: IOContext) {
+    public func recycle(_ context: consuming IOContext) {
         precondition(!context.isInFlight, "an in-flight IOContext cannot be recycled")
         precondition(context.capacity == bufferSize, "IOContext of another size recycled")
         context.userValue = 0
         context.attachment = nil
         context.count = 0
         context.offset = 0
+        // The caller's reference moves into the idle list (no retain); beyond the limit it is
+        // dropped here, outside the lock.
+        var kept: IOContext? = consume context
         idle.withLock { idle in
-            if idle.contexts.count < maximumIdle {
-                idle.contexts.append(context)
+            if idle.contexts.count < maximumIdle, let context = kept.take() {
+                idle.contexts.append(consume context)
             }
         }
     }

@@ -53,6 +53,10 @@ public final class IOContext: @unchecked Sendable {
     /// The buffer. Allocated once, freed in `deinit`; a context of capacity 0 (bookkeeping only,
     /// e.g. for receives into provided buffers) allocates none and points nowhere.
     let bytes: UnsafeMutableRawPointer
+
+    /// The buffer's memory, for the package's layers that fill it while they own the context
+    /// (a server's write chunks): no in-flight check, no exclusivity check across modules.
+    package var unsafeBytes: UnsafeMutableRawPointer { bytes }
     /// Memory the kernel reads or writes besides the buffer (peer addresses, timespecs),
     /// allocated the first time an accept, connect or timeout needs it, while the application
     /// still owns the context; freed in `deinit`. Most contexts never need it. The first

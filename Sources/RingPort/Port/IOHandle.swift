@@ -48,6 +48,18 @@ public final class IOHandle: @unchecked Sendable {
     /// The application's per-handle state. See the thread-safety rules above.
     @exclusivity(unchecked) public var userState: (any Sendable)?
 
+    /// The object that handles this handle's completions, unretained, for the package's own
+    /// layers (`TCPServer`'s connection): reached without the dynamic cast and the reference
+    /// counting of ``userState``. Whoever sets it keeps the object alive, and clears it before
+    /// letting it go. Same thread-safety rules as ``userState``. (A computed property over a
+    /// private stored one: accessed from another module, a stored property would get dynamic
+    /// exclusivity checks, which `@exclusivity(unchecked)` does not turn off across modules.)
+    package var unretainedOwner: Unmanaged<AnyObject>? {
+        get { unretainedOwnerStorage }
+        set { unretainedOwnerStorage = newValue }
+    }
+    @exclusivity(unchecked) private var unretainedOwnerStorage: Unmanaged<AnyObject>?
+
     private let closed = Atomic<Bool>(false)
 
     // Guarded by the owning ring's lock.
@@ -55,8 +67,9 @@ public final class IOHandle: @unchecked Sendable {
     @exclusivity(unchecked) var handlingWorker: ObjectIdentifier?
     /// Completions reaped while another thread handled this handle, in completion order.
     @exclusivity(unchecked) var deferredCompletions = Deque<Completion>()
-    /// Contexts whose operations the kernel owns.
-    @exclusivity(unchecked) var inflightContexts = ContiguousArray<IOContext>()
+    /// Contexts whose operations the kernel owns (unretained: each one's in-flight record
+    /// holds it).
+    @exclusivity(unchecked) var inflightContexts = ContiguousArray<Unmanaged<IOContext>>()
 
     init(descriptor: Int32, peerAddress: SocketAddress?, userState: (any Sendable)?, id: ID) {
         self.descriptor = descriptor

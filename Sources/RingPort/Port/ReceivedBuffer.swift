@@ -9,7 +9,10 @@
 /// Thread-safety: a value type that may be passed between threads with its ownership;
 /// ``release()`` may be called from any thread (it takes the ring's lock).
 public struct ReceivedBuffer: Sendable {
-    let ring: Ring
+    /// The ring the buffer belongs to, not retained: a ring keeps itself alive while any of its
+    /// buffers is held by the application (`Ring.handOutBufferLocked(_:)`), so the value carries
+    /// no reference count and copying a completion that holds one costs nothing more.
+    let ring: Unmanaged<Ring>
     /// The buffer's ID in its ring.
     public let id: UInt16
     /// The number of bytes received into it.
@@ -19,7 +22,8 @@ public struct ReceivedBuffer: Sendable {
     public func withUnsafeBytes<Result, Failure: Error>(
         _ body: (UnsafeRawBufferPointer) throws(Failure) -> Result
     ) throws(Failure) -> Result {
-        try body(ring.bufferRingBytes(of: id, count: count))
+        let bytes = ring._withUnsafeGuaranteedRef { $0.bufferRingBytes(of: id, count: count) }
+        return try body(bytes)
     }
 
     /// The received bytes, copied into an array.
@@ -29,6 +33,6 @@ public struct ReceivedBuffer: Sendable {
 
     /// Gives the buffer back to the kernel. Call once.
     public func release() {
-        ring.recycleBuffer(id)
+        ring._withUnsafeGuaranteedRef { $0.recycleBuffer(id) }
     }
 }

@@ -1,0 +1,96 @@
+import DequeModule
+import RingPort
+
+/// A connection's bytes waiting to be sent, in order: each entry is bytes copied into a pooled
+/// context, a provided buffer received on the connection and sent back as is, or the
+/// application's own context.
+///
+/// ## Ownership
+/// The queue owns each entry's context — a pooled chunk, or the application's context — from
+/// the moment the entry is appended until it leaves the queue (``removeFirst()``, ``removeAll()``),
+/// which hands the context on. It holds it as an unmanaged, retained reference: entries are
+/// plain values, so appending, reading and moving them costs no reference counting (a
+/// connection's write path runs for every message). A provided buffer stays the connection's to
+/// release.
+///
+/// Where the next bytes to send start is kept here (``Entry/start``), not in the context: the
+/// context's own bookkeeping (`IOContext.count`, `offset`) is left alone.
+///
+/// Thread-safety: none; confined, like its connection, to the connection's completions.
+struct WriteQueue {
+    /// One entry.
+    struct Entry {
+        enum Source {
+            /// Bytes copied into a pooled chunk (`end` of its capacity filled so far).
+            case copied
+            /// A provided buffer received on this connection.
+            case provided
+            /// The application's own context (a range of it).
+            case owned
+        }
+
+        var source: Source
+        /// The chunk or the application's context (not for `provided`), retained by the queue.
+        var context: Unmanaged<IOContext>?
+        /// The provided buffer (for `provided`).
+        var buffer: ReceivedBuffer?
+        /// The next byte to send.
+        var start: Int
+        /// The end of the bytes to send.
+        var end: Int
+
+        var remaining: Int { end - start }
+    }
+
+    private var entries = Deque<Entry>()
+
+    var isEmpty: Bool { entries.isEmpty }
+    var count: Int { entries.count }
+
+    /// The entry to send next.
+    var first: Entry? { entries.first }
+
+    /// Appends bytes copied into `chunk` (which the queue now owns), `end` of them filled.
+    mutating func appendCopied(_ chunk: consuming IOContext, filled end: Int) {
+        entries.append(Entry(source: .copied, context: Unmanaged.passRetained(chunk), buffer: nil, start: 0, end: end))
+    }
+
+    /// Appends a provided buffer to send back whole.
+    mutating func appendProvided(_ buffer: ReceivedBuffer) {
+        entries.append(Entry(source: .provided, context: nil, buffer: buffer, start: 0, end: buffer.count))
+    }
+
+    /// Appends `range` of the application's `context` (which the queue holds until the entry
+    /// leaves it).
+    mutating func appendOwned(_ context: IOContext, range: Range<Int>) {
+        entries.append(
+            Entry(
+                source: .owned, context: Unmanaged.passRetained(context), buffer: nil, start: range.lowerBound,
+                end: range.upperBound))
+    }
+
+    /// Copies as many bytes of `bytes` as fit into the last entry, when it is a copied chunk that
+    /// may still grow (`capacity` bytes in all, and not the one being sent when `sending`).
+    /// Returns how many were copied.
+    mutating func appendToLastChunk(_ bytes: UnsafeRawBufferPointer, capacity: Int, sending: Bool) -> Int {
+        guard let last = entries.indices.last, entries[last].source == .copied, entries[last].end < capacity,
+            !(sending && last == 0), let chunk = entries[last].context
+        else { return 0 }
+        let count = min(bytes.count, capacity - entries[last].end)
+        let destination = chunk._withUnsafeGuaranteedRef { $0.unsafeBytes }
+        (destination + entries[last].end).copyMemory(from: bytes.baseAddress!, byteCount: count)
+        entries[last].end += count
+        return count
+    }
+
+    /// `count` bytes of the first entry were sent.
+    mutating func advanceFirst(by count: Int) {
+        entries[0].start += count
+    }
+
+    /// Removes the first entry and hands over its context (retained) or provided buffer.
+    mutating func removeFirst() -> (entry: Entry, context: IOContext?) {
+        let entry = entries.removeFirst()
+        return (entry, entry.context?.takeRetainedValue())
+    }
+}
