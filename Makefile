@@ -16,8 +16,11 @@
 #   make bench       compares the echo server with C and SwiftNIO baselines under the same load
 #   make bench-http  compares the HTTP responder with SwiftNIO's NIOHTTP1 under wrk
 #   make bench-conns server memory per idle connection (10,000 connections)
-#   make bench-micro micro benchmarks of the port (ordo-one/benchmark); bench-check compares
-#                    them with the committed thresholds (0 mallocs per operation)
+#   make bench-micro micro benchmarks of the port and the server path (ordo-one/benchmark);
+#                    bench-check compares them with the committed thresholds (0 mallocs, and the
+#                    retains and releases, per operation)
+#   make profile     where the echo server's CPU goes under load (perf cpu-clock): the user-space
+#                    share and the top user-space symbols
 #
 # Both install liburing-dev (and pkg-config) with apt-get when pkg-config cannot find liburing.
 
@@ -26,7 +29,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8888
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: all deps test-deps load-tools build release run test lint format stress sanitize fuzz docs soak bench bench-deps bench-http bench-conns bench-micro bench-check bench-thresholds clean
+.PHONY: all deps test-deps load-tools perf-tools build release run test lint format stress sanitize fuzz docs soak bench bench-deps bench-http bench-conns bench-micro bench-check bench-thresholds profile clean
 
 all: build
 
@@ -156,6 +159,20 @@ bench-http: bench-deps
 bench-conns: release
 	Benchmarks/scripts/build-c.sh
 	Benchmarks/scripts/bench-conns.sh
+
+# perf (Debian's linux-perf), for make profile and make bench's user-space share.
+perf-tools:
+	@if ! command -v perf >/dev/null 2>&1; then \
+		echo "perf not found: installing linux-perf"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq linux-perf; \
+	fi
+
+# Where the echo server's CPU goes: 128-byte ping-pong over 64 connections (PROFILE_ARGS to change
+# it, e.g. PROFILE_ARGS="--connections 1000"), perf cpu-clock samples of the server; prints the
+# kernel and user-space shares and the top user-space symbols.
+PROFILE_ARGS ?=
+profile: release perf-tools
+	Benchmarks/scripts/profile.sh $(PROFILE_ARGS)
 
 # Micro benchmarks of the raw port (post, NOP, echo round trips): wall clock and mallocs per
 # operation. bench-check fails when a run is worse than Benchmarks/Thresholds (e.g. one malloc

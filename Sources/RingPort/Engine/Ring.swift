@@ -639,7 +639,7 @@ final class Ring: @unchecked Sendable {
             }
         }
         var receivedBuffer: ReceivedBuffer?
-        if entry.flags & IORING_CQE_F_BUFFER != 0, let bufferRing {
+        if entry.flags & IORING_CQE_F_BUFFER != 0, bufferRing != nil {
             let id = UInt16(truncatingIfNeeded: entry.flags >> UInt32(IORING_CQE_BUFFER_SHIFT))
             handOutBufferLocked(id)
             receivedBuffer = ReceivedBuffer(ring: Unmanaged.passUnretained(self), id: id, count: Int(max(entry.res, 0)))

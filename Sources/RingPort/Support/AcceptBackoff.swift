@@ -58,7 +58,7 @@ package final class AcceptBackoff: Sendable {
     package func delay(after error: Errno, now: MonotonicInstant = .now) -> (delay: Duration, started: Bool)? {
         if AcceptBackoff.isConnectionError(error) { return nil }
         return episode.withLock { episode in
-            if let delay = episode.delay, now < episode.until {
+            if episode.delay != nil, now < episode.until {
                 return (.nanoseconds(Int64(now.nanoseconds(until: episode.until))), false)
             }
             let started = episode.delay == nil
