@@ -146,7 +146,7 @@ load-tools:
 # RingPort's echo server against C liburing, C epoll and SwiftNIO echo servers, same load,
 # interleaved rounds (about 7 minutes on 2 cores, builds included). Writes the table and the
 # chart to Benchmarks/results/latest.md and latest.svg.
-bench: bench-deps
+bench: bench-deps perf-tools
 	Benchmarks/scripts/bench-echo.sh
 
 # RingPort's HTTP plaintext responder against SwiftNIO's NIOHTTP1 under wrk -t1 -c64 -d10s.

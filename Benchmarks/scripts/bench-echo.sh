@@ -58,8 +58,65 @@ for point in "${grid[@]}"; do
         ringport='.build/release/ringport echo --port {PORT} --log-level error' \
         || status=1
 done
+
+# Beside the table: the spread of RingPort's CPU per message over five fresh runs at 1,000
+# connections (a run whose leader was taken over used to cost up to 45% more), with the takeovers
+# each counted, and where the server's CPU goes at 128 B x 64 (make profile).
 echo
-python3 Benchmarks/scripts/report.py --kind echo --raw "$raw" \
+echo "## Five fresh 1,000-connection runs of RingPort and of the C liburing server, interleaved"
+spread=$raw-spread
+rm -rf "$spread"
+mkdir -p "$spread"
+Benchmarks/scripts/compare-echo.sh --rounds 5 --duration "$duration" --out "$spread" \
+    --connections 1000 --size 128 --depth 1 -- \
+    c_liburing='Benchmarks/bin/echo_uring --port {PORT}' \
+    ringport='.build/release/ringport echo --port {PORT} --log-level error' || status=1
+echo
+echo "## Where the server's CPU goes (make profile, 128 B x 64)"
+# (tried twice: a run whose load or perf fails says why in its output)
+profile_output=$(Benchmarks/scripts/profile.sh --seconds 5 2>&1) \
+    || profile_output=$(Benchmarks/scripts/profile.sh --seconds 5 2>&1) || status=1
+echo "$profile_output"
+python3 - "$spread" "$raw/extra.md" <<'PY' "$profile_output"
+import csv, os, re, sys
+spread, out, profile = sys.argv[1], sys.argv[2], sys.argv[3]
+rows = list(csv.DictReader(open(os.path.join(spread, "results.tsv")), delimiter="\t"))
+lines = ["## The spread at 1,000 connections", "",
+         "Five fresh server processes each, RingPort's and the C liburing server's interleaved, under "
+         "128 B × 1,000 ping-pong (same load client and duration as the table). This VM's runs are "
+         "bimodal (the scheduler's placement of the server beside the pinned client), for C as for "
+         "RingPort: the C server's spread is the floor of what RingPort's can show here.", "",
+         "| Run | RingPort msgs/s | RingPort CPU µs/msg | leader takeovers | C msgs/s | C CPU µs/msg |",
+         "|---:|---:|---:|---:|---:|---:|"]
+cpus = {"ringport": [], "c_liburing": []}
+by_round = {}
+for row in rows:
+    cpu = float(row["cpu_us_per_msg"]) if row["cpu_us_per_msg"] not in ("", "NA") else None
+    rate = float(row["msgs_per_s"]) if row["msgs_per_s"] not in ("", "NA") else None
+    if cpu: cpus[row["server"]].append(cpu)
+    by_round.setdefault(row["round"], {})[row["server"]] = (rate, cpu)
+for round_id in sorted(by_round, key=int):
+    log = os.path.join(spread, f"ringport.round{round_id}.log")
+    text = open(log).read() if os.path.exists(log) else ""
+    found = re.search(r"(\d+) leader takeovers", text)
+    ours = by_round[round_id].get("ringport", (None, None))
+    theirs = by_round[round_id].get("c_liburing", (None, None))
+    cell = lambda value, pattern: pattern.format(value) if value else "NA"
+    lines.append(f"| {round_id} | {cell(ours[0], '{:,.0f}')} | {cell(ours[1], '{:.3f}')} | "
+                 f"{found.group(1) if found else '?'} | {cell(theirs[0], '{:,.0f}')} | {cell(theirs[1], '{:.3f}')} |")
+spreads = {name: max(v) / min(v) for name, v in cpus.items() if v}
+lines += ["", "CPU per message, max ÷ min: RingPort **{:.3f}**, C liburing {:.3f}.".format(
+    spreads.get("ringport", float("nan")), spreads.get("c_liburing", float("nan"))), ""]
+share = re.search(r"user-space share: ([\d.]+)%", profile)
+lines += ["## Where the server's CPU goes", "",
+          f"`make profile` (perf `cpu-clock` samples of `ringport echo` under 128 B × 64 ping-pong): "
+          f"user-space share of the server's CPU **{share.group(1) if share else '?'}%**.", "", "```",
+          profile.strip(), "```", ""]
+open(out, "w").write("\n".join(lines))
+PY
+
+echo
+python3 Benchmarks/scripts/report.py --kind echo --raw "$raw" --extra "$raw/extra.md" \
     --markdown Benchmarks/results/latest.md --chart Benchmarks/results/latest.svg \
     --title "Echo throughput: RingPort, C liburing, C epoll, SwiftNIO" \
     --client "\`$ECHO_LOAD\` pinned to CPU 1 (servers unpinned), a 1 s warm-up run before each measured run" \

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # profile.sh [--connections N] [--size B] [--seconds S] [--server "ringport echo args"]
+# RINGPORT=path profiles another build of ringport (default .build/release/ringport).
 #
 # Where the echo server's CPU goes under load: runs `ringport echo` (release build), loads it with
 # `ringport load` (128-byte ping-pong over 64 connections by default, the client pinned to CPU 1),
@@ -11,7 +12,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$root"
-connections=64 size=128 seconds=5 server_args="" port=${PROFILE_PORT:-$((20000 + RANDOM % 20000))}
+connections=64 size=128 seconds=5 server_args="" port=${PROFILE_PORT:-$((20000 + RANDOM % 10000))}
 while (($# > 0)); do
     case $1 in
         --connections) connections=${2:?}; shift 2 ;;
@@ -21,7 +22,7 @@ while (($# > 0)); do
         *) echo "usage: $0 [--connections N] [--size B] [--seconds S] [--server ARGS]" >&2; exit 1 ;;
     esac
 done
-ringport=.build/release/ringport
+ringport=${RINGPORT:-.build/release/ringport}
 [ -x "$ringport" ] || { echo "profile: build $ringport first (make release)" >&2; exit 1; }
 command -v perf >/dev/null || { echo "profile: perf not found (apt-get install linux-perf)" >&2; exit 1; }
 work=$(mktemp -d)
@@ -30,14 +31,17 @@ trap 'rm -rf "$work"' EXIT
 # shellcheck disable=SC2086
 "$ringport" echo --port "$port" --log-level error $server_args >"$work/server.log" 2>&1 &
 server=$!
-trap 'kill $server 2>/dev/null; rm -rf "$work"' EXIT
-for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break; sleep 0.1; done
+trap 'kill $server 2>/dev/null || true; rm -rf "$work"' EXIT
+up=no
+for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null && { up=yes; break; }; sleep 0.1; done
+[ "$up" = yes ] || { echo "profile: the server did not listen on port $port:" >&2; cat "$work/server.log" >&2; exit 1; }
 taskset -c 1 "$ringport" load --port "$port" --connections "$connections" --size "$size" \
     --duration $((seconds + 3)) --warmup 0 --quiet --json >"$work/load.json" 2>"$work/load.err" &
 load=$!
 sleep 1.5
-perf record -e cpu-clock -g -p "$server" -o "$work/perf.data" -- sleep "$seconds" >/dev/null 2>&1
-wait "$load"
+perf record -e cpu-clock -g -p "$server" -o "$work/perf.data" -- sleep "$seconds" >"$work/perf.log" 2>&1 \
+    || { echo "profile: perf record failed:" >&2; cat "$work/perf.log" >&2; exit 1; }
+wait "$load" || { echo "profile: the load failed:" >&2; cat "$work/load.err" >&2; exit 1; }
 kill -TERM "$server"; wait "$server" 2>/dev/null || true
 
 echo "profile: ringport echo $server_args under ringport load ($connections connections x $size B ping-pong, client on CPU 1), $seconds s of perf cpu-clock samples"

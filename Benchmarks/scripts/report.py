@@ -3,6 +3,10 @@
 
 usage: report.py --kind echo|http --raw DIR --markdown FILE --chart FILE
                  [--subject ringport] [--command 'make bench'] [--title TEXT] [--client TEXT]
+                 [--extra FILE]
+
+--extra appends a Markdown file of more measurements (bench-echo.sh writes the spread of five
+fresh 1,000-connection runs and the server's user-space share of CPU there).
 
 DIR holds one sub-directory per load (grid point), each with the results.tsv that
 compare-echo.sh or compare-http.sh wrote (--out) and a file `title` naming the load.  Loads are
@@ -229,6 +233,7 @@ def main():
     parser.add_argument("--command", default="make bench")
     parser.add_argument("--title", default="RingPort benchmark")
     parser.add_argument("--client", help="the load client, as the table should name it")
+    parser.add_argument("--extra", help="a Markdown file to append after the tables")
     args = parser.parse_args()
 
     directories = sorted(d for d in (os.path.join(args.raw, n) for n in os.listdir(args.raw))
@@ -238,6 +243,8 @@ def main():
     loads = [summarize(d, args.kind, args.subject) for d in directories]
     with open(args.markdown, "w") as f:
         f.write(markdown(loads, args.kind, args.subject, args))
+        if args.extra and os.path.exists(args.extra):
+            f.write("\n" + open(args.extra).read())
     if args.chart:
         with open(args.chart, "w") as f:
             f.write(chart(loads, args.kind))

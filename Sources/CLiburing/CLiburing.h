@@ -125,6 +125,16 @@ static inline int CLiburing_malloc_trim(void) {
     return malloc_trim(0);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Newer than the kernel headers liburing 2.3 builds against (6.1): defined here, probed at run time.
+// ---------------------------------------------------------------------------------------------
+
+/// `IORING_FEAT_RECVSEND_BUNDLE` (6.10): a receive may fill several provided buffers in one CQE.
+static const unsigned CLiburing_IORING_FEAT_RECVSEND_BUNDLE = 1U << 14;
+/// `IOU_PBUF_RING_INC` (6.12), in `io_uring_buf_reg.flags` (named `pad` in 6.1's header): the
+/// kernel consumes provided buffers incrementally, several receives per buffer.
+static const unsigned short CLiburing_IOU_PBUF_RING_INC = 2;
+
 /// The number of the futex system call (what a thread blocked on a pthread mutex is in).
 static const long CLiburing_SYS_futex = SYS_futex;
 

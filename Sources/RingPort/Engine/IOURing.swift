@@ -114,6 +114,26 @@ final class IOURing {
         io_uring_register_buf_ring(ring, &registration, 0)
     }
 
+    /// Registers a sparse table of `count` fixed files (`IORING_REGISTER_FILES2` with
+    /// `IORING_RSRC_REGISTER_SPARSE`) and unregisters it again; returns whether the kernel took
+    /// it (5.19 for multishot accept into it).
+    func probeSparseFileTable(count: UInt32) -> Bool {
+        guard io_uring_register_files_sparse(ring, count) == 0 else { return false }
+        _ = io_uring_unregister_files(ring)
+        return true
+    }
+
+    /// Whether a ring with `flags` can be set up here (a throw-away ring of two entries).
+    static func canSetUp(flags: UInt32) -> Bool {
+        let probe = UnsafeMutablePointer<io_uring>.allocate(capacity: 1)
+        defer { probe.deallocate() }
+        var parameters = io_uring_params()
+        parameters.flags = flags
+        guard io_uring_queue_init_params(2, probe, &parameters) == 0 else { return false }
+        io_uring_queue_exit(probe)
+        return true
+    }
+
     /// The kernel's opcode probe: whether `opcode` is supported.
     func supports(opcode: Int32) -> Bool {
         guard let probe = io_uring_get_probe_ring(ring) else { return false }

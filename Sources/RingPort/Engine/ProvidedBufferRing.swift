@@ -34,7 +34,11 @@ final class ProvidedBufferRing {
     /// Maps, initialises and registers a ring of `count` buffers of `bufferSize` bytes.
     ///
     /// - Throws: ``RingPortError`` (`EINVAL` before Linux 5.19, which lacks buffer rings).
-    init(ring: IOURing, groupID: UInt16, count: Int, bufferSize: Int) throws(RingPortError) {
+    /// - Parameter registrationFlags: `io_uring_buf_reg.flags` (e.g. `IOU_PBUF_RING_INC`, which
+    ///   only the feature probe tries).
+    init(
+        ring: IOURing, groupID: UInt16, count: Int, bufferSize: Int, registrationFlags: UInt16 = 0
+    ) throws(RingPortError) {
         precondition(
             count > 0 && count <= 32768 && count & (count - 1) == 0, "buffer count must be a power of two up to 32768")
         precondition(bufferSize > 0 && bufferSize <= Int(UInt32.max))
@@ -60,6 +64,7 @@ final class ProvidedBufferRing {
         registration.ring_addr = UInt64(UInt(bitPattern: entries))
         registration.ring_entries = UInt32(count)
         registration.bgid = groupID
+        registration.pad = registrationFlags  // `flags` in kernels after 6.1
         let result = ring.registerBufferRing(&registration)
         guard result == 0 else {
             munmap(entries, entriesByteCount)

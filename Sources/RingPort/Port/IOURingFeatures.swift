@@ -26,6 +26,19 @@ public struct IOURingFeatures: Hashable, Sendable, CustomStringConvertible {
     /// NOPs that complete with a result given in the SQE (`IORING_NOP_INJECT_RESULT`), which
     /// ``FaultInjection`` uses.
     public var nopResultInjection = false
+    /// `IORING_SETUP_SINGLE_ISSUER` with `DEFER_TASKRUN` (6.1): completion work runs only when the
+    /// one submitting thread asks for completions. Not used: RingPort's rings are led by
+    /// whichever of their workers is not stuck in a handler (see `docs/ARCHITECTURE.md`).
+    public var singleIssuerDeferredTaskRun = false
+    /// A sparse registered file table (5.19 with multishot accept into it): direct descriptors,
+    /// no file lookup per request. Not used: no gain measured (see `docs/ARCHITECTURE.md`).
+    public var registeredFileTable = false
+    /// Receive bundles, `IORING_RECVSEND_BUNDLE` (6.10): one receive completion fills several
+    /// provided buffers. Not used: a message smaller than a buffer fills one either way.
+    public var receiveBundles = false
+    /// Incremental consumption of provided buffers, `IOU_PBUF_RING_INC` (6.12): several receives
+    /// share one buffer. Not used (see `docs/ARCHITECTURE.md`).
+    public var incrementalBufferConsumption = false
 
     /// Probes the kernel. Takes a few milliseconds.
     ///
@@ -46,9 +59,16 @@ public struct IOURingFeatures: Hashable, Sendable, CustomStringConvertible {
             features.providedBufferRings = true
             features.multishotReceive = (try? probeMultishotReceive(ring, buffers: buffers)) ?? false
         }
+        let incremental = try? ProvidedBufferRing(
+            ring: ring, groupID: 2, count: 2, bufferSize: 64, registrationFlags: CLiburing_IOU_PBUF_RING_INC)
+        features.incrementalBufferConsumption = incremental != nil
+        features.receiveBundles = ring.features & CLiburing_IORING_FEAT_RECVSEND_BUNDLE != 0
+        features.registeredFileTable = ring.probeSparseFileTable(count: 16)
+        features.singleIssuerDeferredTaskRun = IOURing.canSetUp(
+            flags: IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN)
         // The buffers outlive the ring that uses them.
         ring.close()
-        withExtendedLifetime(buffers) {}
+        withExtendedLifetime((buffers, incremental)) {}
         return features
     }
 
@@ -56,6 +76,9 @@ public struct IOURingFeatures: Hashable, Sendable, CustomStringConvertible {
     public var description: String {
         func line(_ present: Bool, _ name: String, _ fallback: String) -> String {
             present ? "  yes  \(name)" : "  no   \(name) -> \(fallback)"
+        }
+        func unused(_ present: Bool, _ name: String, _ why: String) -> String {
+            "  \(present ? "yes" : "no ")  \(name): not used, \(why)"
         }
         return [
             "io_uring features of Linux \(kernelRelease):",
@@ -68,6 +91,16 @@ public struct IOURingFeatures: Hashable, Sendable, CustomStringConvertible {
             line(zeroCopySend, "zero-copy send (6.0)", "plain send for every size"),
             line(
                 nopResultInjection, "NOP result injection (tests)", "fault injection substitutes results when reaping"),
+            unused(
+                singleIssuerDeferredTaskRun, "SINGLE_ISSUER + DEFER_TASKRUN (6.1)",
+                "a ring is led by whichever worker is not stuck in a handler"),
+            unused(
+                registeredFileTable, "registered file table (5.19)",
+                "no gain measured in the C reference at 1,000 connections (ARCHITECTURE)"),
+            unused(receiveBundles, "receive bundles (6.10)", "a message smaller than a buffer fills one either way"),
+            unused(
+                incrementalBufferConsumption, "incremental buffer consumption (6.12)",
+                "buffers shared by connections need reference counts (ARCHITECTURE)"),
         ].joined(separator: "\n")
     }
 
