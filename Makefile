@@ -1,12 +1,13 @@
 # RingPort: the I/O completion port model on io_uring.
 #
 #   make run    installs what is missing, builds release, starts the echo server on 127.0.0.1:8888
-#   make test   installs what is missing, builds, runs the tests (examples included), builds the docs,
-#               checks the formatting (make lint)
+#   make test   installs what is missing, builds, runs the tests (examples included) on each backend
+#               (io_uring, then epoll), builds the docs, checks the formatting (make lint)
 #   make lint        swift format lint (.swift-format: 120 columns) and no line over 120 characters
 #   make format      formats the code with swift format
-#   make stress      hostile and broken clients against the servers (about a minute after the build)
-#   make sanitize    the tests under ThreadSanitizer and AddressSanitizer
+#   make stress      hostile and broken clients against the servers, on each backend (about a minute
+#                    each after the build)
+#   make sanitize    the tests under ThreadSanitizer and AddressSanitizer, on each backend
 #   make fuzz        libFuzzer on the HTTP request parser, 60 s (FUZZ_SECONDS=...)
 #   make docs        DocC documentation of RingPort, RingPortServer and RingPortAsync under
 #                    .build/plugins/Swift-DocC/outputs/; fails on any DocC warning and on a
@@ -61,8 +62,16 @@ run: release
 # The tests start the ringport executable, so build every product first.
 # The tests build and run the examples too (Examples/, each against a real client); then the
 # DocC catalogs must build without a warning (make docs).
+# Every test runs once per backend (BACKENDS): RINGPORT_BACKEND makes each port the tests create,
+# and each ringport process they start, use that backend unless the test pins one ("auto" is
+# io_uring where the kernel allows it).
+BACKENDS ?= auto epoll
 test: test-deps build
-	$(SWIFT) test --no-parallel
+	$(SWIFT) build --build-tests
+	@set -e; for backend in $(BACKENDS); do \
+		echo "== the tests on the $$backend backend: RINGPORT_BACKEND=$$backend $(SWIFT) test --skip-build --no-parallel"; \
+		RINGPORT_BACKEND=$$backend $(SWIFT) test --skip-build --no-parallel; \
+	done
 	$(MAKE) --no-print-directory docs
 	$(MAKE) --no-print-directory lint
 
@@ -84,18 +93,28 @@ format:
 STRESS_BUILD ?= .build-stress
 stress: test-deps
 	$(SWIFT) build --build-tests --scratch-path $(STRESS_BUILD)
-	RINGPORT_STRESS=1 $(SWIFT) test --skip-build --no-parallel --scratch-path $(STRESS_BUILD) --disable-xctest --filter StressTests
+	@set -e; for backend in $(BACKENDS); do \
+		echo "== the stress tests on the $$backend backend"; \
+		RINGPORT_BACKEND=$$backend RINGPORT_STRESS=1 $(SWIFT) test --skip-build --no-parallel \
+			--scratch-path $(STRESS_BUILD) --disable-xctest --filter StressTests; \
+	done
 
 # The test suite under ThreadSanitizer, then under AddressSanitizer (with LeakSanitizer), each in
 # a build directory of its own. Only the Swift Testing runner runs (the XCTest runner has no tests).
 # The suppression files (Tests/Sanitizers) say what each suppresses and why.
 sanitize: test-deps
 	$(SWIFT) build --build-tests --sanitize=thread --scratch-path .build-tsan
-	TSAN_OPTIONS=suppressions=$(CURDIR)/Tests/Sanitizers/tsan-suppressions.txt \
-		$(SWIFT) test --skip-build --no-parallel --sanitize=thread --scratch-path .build-tsan --disable-xctest
+	@set -e; for backend in $(BACKENDS); do \
+		echo "== the tests under ThreadSanitizer on the $$backend backend"; \
+		RINGPORT_BACKEND=$$backend TSAN_OPTIONS=suppressions=$(CURDIR)/Tests/Sanitizers/tsan-suppressions.txt \
+			$(SWIFT) test --skip-build --no-parallel --sanitize=thread --scratch-path .build-tsan --disable-xctest; \
+	done
 	$(SWIFT) build --build-tests --sanitize=address --scratch-path .build-asan
-	LSAN_OPTIONS=suppressions=$(CURDIR)/Tests/Sanitizers/lsan-suppressions.txt \
-		$(SWIFT) test --skip-build --no-parallel --sanitize=address --scratch-path .build-asan --disable-xctest
+	@set -e; for backend in $(BACKENDS); do \
+		echo "== the tests under AddressSanitizer on the $$backend backend"; \
+		RINGPORT_BACKEND=$$backend LSAN_OPTIONS=suppressions=$(CURDIR)/Tests/Sanitizers/lsan-suppressions.txt \
+			$(SWIFT) test --skip-build --no-parallel --sanitize=address --scratch-path .build-asan --disable-xctest; \
+	done
 
 # libFuzzer on the HTTP request parser (Fuzz/run.sh): builds into .build-fuzz/, runs each
 # target FUZZ_SECONDS seconds with a working corpus under $TMPDIR; fails on a crash or a

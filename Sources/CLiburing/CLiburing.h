@@ -24,6 +24,7 @@
 #include <fcntl.h>
 #include <sched.h>
 #include <sys/prctl.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -134,6 +135,71 @@ static const unsigned CLiburing_IORING_FEAT_RECVSEND_BUNDLE = 1U << 14;
 /// `IOU_PBUF_RING_INC` (6.12), in `io_uring_buf_reg.flags` (named `pad` in 6.1's header): the
 /// kernel consumes provided buffers incrementally, several receives per buffer.
 static const unsigned short CLiburing_IOU_PBUF_RING_INC = 2;
+
+// ---------------------------------------------------------------------------------------------
+// epoll, for the backend that emulates io_uring's queues where io_uring is refused. struct
+// epoll_event is packed on x86-64; these accessors keep Swift away from its layout.
+// ---------------------------------------------------------------------------------------------
+
+/// Registers `descriptor` with `epoll` (EPOLL_CTL_ADD, or EPOLL_CTL_MOD when it already is) for
+/// `events`, tagged `data`. 0 or -errno.
+static inline int CLiburing_epoll_register(int epoll, int descriptor, uint32_t events, uint64_t data) {
+    struct epoll_event event;
+    __builtin_memset(&event, 0, sizeof(event));
+    event.events = events;
+    event.data.u64 = data;
+    if (epoll_ctl(epoll, EPOLL_CTL_ADD, descriptor, &event) == 0) return 0;
+    if (errno == EEXIST && epoll_ctl(epoll, EPOLL_CTL_MOD, descriptor, &event) == 0) return 0;
+    return -errno;
+}
+
+/// Removes `descriptor` from `epoll`. 0 or -errno.
+static inline int CLiburing_epoll_unregister(int epoll, int descriptor) {
+    struct epoll_event event;
+    __builtin_memset(&event, 0, sizeof(event));
+    return epoll_ctl(epoll, EPOLL_CTL_DEL, descriptor, &event) == 0 ? 0 : -errno;
+}
+
+/// Waits for events on `epoll` for at most `timeout_ns` nanoseconds (-1: no limit) with
+/// epoll_pwait2 (5.11), or with epoll_wait rounded up to milliseconds when `use_pwait2` is 0.
+/// Returns the number of events, or -errno (-ENOSYS when epoll_pwait2 is missing or filtered).
+static inline int CLiburing_epoll_wait(
+    int epoll, struct epoll_event *events, int capacity, long long timeout_ns, int use_pwait2
+) {
+    int result;
+    if (use_pwait2) {
+        struct timespec timeout = { (time_t)(timeout_ns / 1000000000LL), (long)(timeout_ns % 1000000000LL) };
+        result = (int)syscall(SYS_epoll_pwait2, epoll, events, capacity, timeout_ns < 0 ? NULL : &timeout, NULL, 8);
+    } else {
+        long long milliseconds = timeout_ns < 0 ? -1 : (timeout_ns + 999999LL) / 1000000LL;
+        if (milliseconds > 0x7fffffffLL) milliseconds = 0x7fffffffLL;
+        result = epoll_wait(epoll, events, capacity, (int)milliseconds);
+    }
+    return result < 0 ? -errno : result;
+}
+
+/// accept4(2), which glibc declares only under _GNU_SOURCE: -1 with errno on failure.
+static inline int CLiburing_accept4(int descriptor, struct sockaddr *address, socklen_t *length, int flags) {
+    return (int)syscall(SYS_accept4, descriptor, address, length, flags);
+}
+
+/// The size of struct epoll_event (12 on x86-64, where it is packed).
+static const size_t CLiburing_epoll_event_size = sizeof(struct epoll_event);
+
+/// The events and the tag of `events[index]`.
+static inline uint32_t CLiburing_epoll_event_flags(const struct epoll_event *events, int index) {
+    return events[index].events;
+}
+static inline uint64_t CLiburing_epoll_event_data(const struct epoll_event *events, int index) {
+    return events[index].data.u64;
+}
+
+static const uint32_t CLiburing_EPOLLIN = EPOLLIN;
+static const uint32_t CLiburing_EPOLLOUT = EPOLLOUT;
+static const uint32_t CLiburing_EPOLLRDHUP = EPOLLRDHUP;
+static const uint32_t CLiburing_EPOLLERR = EPOLLERR;
+static const uint32_t CLiburing_EPOLLHUP = EPOLLHUP;
+static const uint32_t CLiburing_EPOLLET = EPOLLET;
 
 /// The number of the futex system call (what a thread blocked on a pthread mutex is in).
 static const long CLiburing_SYS_futex = SYS_futex;

@@ -37,6 +37,7 @@ package final class EchoLoadGenerator {
     package init(plan: LoadPlan) throws(LoadFailure) {
         self.plan = plan
         var configuration = CompletionPort.Configuration()
+        configuration.backend = plan.backend
         configuration.ringCount = plan.workers
         let perRing = (plan.connections + plan.workers - 1) / plan.workers
         // Room for a whole round of sends and receives per batch, and completions to match.
@@ -60,8 +61,8 @@ package final class EchoLoadGenerator {
             port.close()
             throw LoadFailure(
                 """
-                multishot receive is unavailable: the kernel did not register the provided buffers (use --receive \
-                single)
+                multishot receive is unavailable: the \(port.backend) backend has no provided buffers (use \
+                --receive single)
                 """
             )
         }

@@ -35,11 +35,13 @@ package struct LoadPlan: Sendable {
     package var connectTimeout: Duration
     /// How echoes are received.
     package var receiveMode: ReceiveMode
+    /// What performs the generator's I/O.
+    package var backend: CompletionPort.Backend
 
     /// A plan; ``LoadCommand`` validates the values against the maximums first.
     package init(
         address: SocketAddress, connections: Int, messageSize: Int, depth: Int, warmup: Duration, duration: Duration,
-        workers: Int, connectTimeout: Duration, receiveMode: ReceiveMode
+        workers: Int, connectTimeout: Duration, receiveMode: ReceiveMode, backend: CompletionPort.Backend = .automatic
     ) {
         self.address = address
         self.connections = connections
@@ -50,6 +52,7 @@ package struct LoadPlan: Sendable {
         self.workers = workers
         self.connectTimeout = connectTimeout
         self.receiveMode = receiveMode
+        self.backend = backend
     }
 
     /// How a load connection receives.

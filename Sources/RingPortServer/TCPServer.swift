@@ -7,7 +7,7 @@ import Synchronization
 /// bytes to a ``ConnectionHandler``, with the limits a server on the internet needs.
 ///
 /// - **Accepting.** A multishot accept where the kernel has it (Linux 5.19+), else a pool of
-///   pre-posted accepts (the `AcceptEx` pattern), chosen by `IOURingFeatures.probe()`. New
+///   pre-posted accepts (the `AcceptEx` pattern), chosen by the port's `features`. New
 ///   connections are spread over the port's rings. Beyond ``Configuration/maximumConnections``
 ///   a new connection is closed at once and counted as refused. When accepting fails
 ///   (`EMFILE`, `ENFILE`, ...) the server logs once, backs off (10 ms doubling to 1 s), and keeps
@@ -107,7 +107,8 @@ public final class TCPServer: Sendable {
     public let configuration: Configuration
     /// The address the listener is bound to.
     public let localAddress: SocketAddress
-    /// What the kernel offers, probed at creation.
+    /// What the port's backend offers (`CompletionPort.features`): the kernel's io_uring
+    /// features, or none of them on the epoll backend.
     public let features: IOURingFeatures
     private let core: ServerCore
     private let workers: WorkerPool
@@ -129,8 +130,17 @@ public final class TCPServer: Sendable {
             throw RingPortError(.invalidArgument, operation: "accept pool depth \(depth)")
         }
         self.configuration = configuration
-        features = try IOURingFeatures.probe()
         let port = try CompletionPort(configuration: configuration.port)
+        features = port.features
+        if case .multishot = configuration.acceptStrategy, !features.multishotAccept {
+            port.close()
+            throw RingPortError(
+                .invalidArgument,
+                operation: """
+                    acceptStrategy .multishot: the port's \(port.backend) backend has no multishot accept \
+                    (io_uring on Linux 5.19+); use .automatic or .pool
+                    """)
+        }
         let listenerDescriptor: Int32
         do {
             listenerDescriptor = try TCPSocket.makeListener(
@@ -172,8 +182,9 @@ public final class TCPServer: Sendable {
         try core.startSweeping()
         configuration.logger.info(
             """
-            \(configuration.label) listening on \(localAddress): \(workers.threadCount) workers, \
-            \(core.port.ringCount) ring(s), \(core.acceptDescription), \(core.receiveDescription)
+            \(configuration.label) listening on \(localAddress): \(core.port.backend) backend, \
+            \(workers.threadCount) workers, \(core.port.ringCount) ring(s), \(core.acceptDescription), \
+            \(core.receiveDescription)
             """
         )
         return true
@@ -209,5 +220,11 @@ public final class TCPServer: Sendable {
     /// The completion port's counters.
     public var portStatistics: CompletionPort.Statistics {
         core.port.statistics
+    }
+
+    /// The backend that serves (`CompletionPort.backend`): io_uring, or epoll where io_uring was
+    /// refused.
+    public var backend: CompletionPort.Backend {
+        core.port.backend
     }
 }

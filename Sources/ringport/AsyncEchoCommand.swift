@@ -26,6 +26,9 @@ struct AsyncEchoCommand: AsyncParsableCommand {
     @Option(help: "The TCP port to listen on (0: let the kernel choose; the chosen port is printed).")
     var port: UInt16 = 8888
 
+    @Option(help: "What performs the I/O: auto (io_uring, or epoll where io_uring is refused), io_uring, or epoll.")
+    var backend: CompletionPort.Backend = .automatic
+
     @Option(help: "Worker threads (default: CPU count × 2 + 2).")
     var workers: Int?
 
@@ -59,6 +62,7 @@ struct AsyncEchoCommand: AsyncParsableCommand {
             return handler
         }
         var configuration = AsyncPort.Configuration()
+        configuration.port.backend = backend
         if let workers { configuration.port.workerCount = workers }
         if let rings { configuration.port.ringCount = rings }
         configuration.port.logger = Logger(label: "ringport.port")
@@ -81,8 +85,8 @@ struct AsyncEchoCommand: AsyncParsableCommand {
         let rings = service.io.port.ringCount
         print(
             """
-            ringport async-echo listening on \(service.listener.localAddress) (\(configuration.port.workerCount) \
-            workers, \(rings) \(rings == 1 ? "ring" : "rings"), tasks on \
+            ringport async-echo listening on \(service.listener.localAddress) (\(service.io.port.backend), \
+            \(configuration.port.workerCount) workers, \(rings) \(rings == 1 ? "ring" : "rings"), tasks on \
             \(resume == .workers ? "the port's workers" : "the global executor"))
             """
         )
@@ -97,7 +101,8 @@ struct AsyncEchoCommand: AsyncParsableCommand {
         let statistics = service.io.statistics
         print(
             """
-            stopped: \(statistics.completions) completions, \(statistics.kernelEnters) io_uring_enter calls, \
+            stopped: \(service.io.port.backend) backend, \(statistics.completions) completions, \
+            \(statistics.kernelEnters) \(service.io.port.backend == .epoll ? "epoll enters" : "io_uring_enter calls"), \
             \(statistics.leaderTakeovers) leader takeovers, \
             \(statistics.staleCompletions + statistics.droppedCompletions) lost
             """

@@ -11,6 +11,9 @@ struct ServerOptions: ParsableArguments {
     @Option(help: "The TCP port to listen on (0: let the kernel choose; the chosen port is printed).")
     var port: UInt16 = 8888
 
+    @Option(help: "What performs the I/O: auto (io_uring, or epoll where io_uring is refused), io_uring, or epoll.")
+    var backend: CompletionPort.Backend = .automatic
+
     @Option(help: "Worker threads (default: CPU count × 2 + 2).")
     var workers: Int?
 
@@ -91,6 +94,7 @@ struct ServerOptions: ParsableArguments {
             throw ValidationError(error.description)
         }
         var configuration = TCPServer.Configuration(address: address)
+        configuration.port.backend = backend
         if let workers { configuration.port.workerCount = workers }
         if let rings { configuration.port.ringCount = rings }
         configuration.port.ringEntries = ringEntries
@@ -117,3 +121,5 @@ struct ServerOptions: ParsableArguments {
 }
 
 extension Logger.Level: @retroactive ExpressibleByArgument {}
+
+extension CompletionPort.Backend: ExpressibleByArgument {}

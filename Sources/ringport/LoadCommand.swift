@@ -64,6 +64,9 @@ struct LoadCommand: ParsableCommand {
     )
     var receive: ReceiveOption = .auto
 
+    @Option(help: "What performs the I/O: auto (io_uring, or epoll where io_uring is refused), io_uring, or epoll.")
+    var backend: CompletionPort.Backend = .automatic
+
     enum ReceiveOption: String, ExpressibleByArgument, CaseIterable {
         case auto, multishot, single
     }
@@ -114,12 +117,16 @@ struct LoadCommand: ParsableCommand {
         switch receive {
         case .multishot: receiveMode = .multishot
         case .single: receiveMode = .single
-        case .auto: receiveMode = ((try? IOURingFeatures.probe())?.multishotReceive ?? false) ? .multishot : .single
+        case .auto:
+            // Multishot receive needs io_uring (6.0+): not on the epoll backend, chosen or fallen back to.
+            let chosen = backend == .automatic ? (try? CompletionPort.Backend.fromEnvironment()) ?? .automatic : backend
+            let multishot = chosen != .epoll && ((try? IOURingFeatures.probe())?.multishotReceive ?? false)
+            receiveMode = multishot ? .multishot : .single
         }
         let plan = LoadPlan(
             address: address, connections: connections, messageSize: size, depth: depth,
             warmup: .seconds(warmup), duration: .seconds(duration), workers: workers,
-            connectTimeout: .seconds(connectTimeout), receiveMode: receiveMode)
+            connectTimeout: .seconds(connectTimeout), receiveMode: receiveMode, backend: backend)
 
         do {
             try DescriptorLimit.raise(toFit: connections + 16 + 2 * workers)  // a ring and an eventfd per worker

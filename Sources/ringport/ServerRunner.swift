@@ -25,8 +25,8 @@ func runServer(
     let rings = configuration.port.ringCount
     print(
         """
-        ringport \(label) listening on \(server.localAddress) (\(configuration.port.workerCount) workers, \
-        \(rings) \(rings == 1 ? "ring" : "rings"))
+        ringport \(label) listening on \(server.localAddress) (\(server.backend), \
+        \(configuration.port.workerCount) workers, \(rings) \(rings == 1 ? "ring" : "rings"))
         """
     )
     fflush(nil)
@@ -43,10 +43,11 @@ func runServer(
     let port = server.portStatistics
     print(
         """
-        stopped: \(statistics.accepted) connections served, \(statistics.refused) refused, \
+        stopped: \(server.backend) backend, \(statistics.accepted) connections served, \(statistics.refused) refused, \
         \(statistics.acceptErrors) accept errors, \(statistics.idleTimeouts) idle timeouts, \
         \(statistics.bytesReceived) bytes in, \(statistics.bytesSent) bytes out, \(port.completions) completions, \
-        \(port.kernelEnters) io_uring_enter calls, \(port.leaderTakeovers) leader takeovers, \
+        \(port.kernelEnters) \(server.backend == .epoll ? "epoll enters" : "io_uring_enter calls"), \
+        \(port.leaderTakeovers) leader takeovers, \
         \(statistics.bufferExhaustions) buffer exhaustions, \(statistics.backpressurePauses) backpressure pauses, \
         \(port.staleCompletions + port.droppedCompletions) lost
         """)

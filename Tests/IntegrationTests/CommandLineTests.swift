@@ -148,17 +148,17 @@ extension IntegrationTests {
             #expect(summary.hasSuffix(" 0 lost"))
         }
 
-        /// io_uring_setup denied by a seccomp filter, as container runtimes do: the command names
-        /// the cause and the fix and exits 1 without starting anything.
+        /// io_uring_setup denied by a seccomp filter, as container runtimes do, and io_uring asked
+        /// for explicitly: the command names the cause and the fix and exits 1 without starting
+        /// anything.
         @Test(arguments: [(EPERM, "seccomp"), (ENOSYS, "does not provide io_uring"), (ENOMEM, "ulimit -l")])
         func refusedIOURingIsReportedWithCauseAndFix(errno: Int32, cause: String) throws {
-            let fixture = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
-                .appendingPathComponent("Fixtures/deny-io-uring-setup.py")
             let process = Process()
             process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-            process.arguments = [
-                "python3", fixture.path, "\(errno)", try ringportExecutable().path, "echo", "--port", "0",
-            ]
+            process.arguments =
+                denyingIOURingSetup(errno: errno) + [
+                    try ringportExecutable().path, "echo", "--port", "0", "--backend", "io_uring",
+                ]
             let output = Pipe()
             let errors = Pipe()
             process.standardOutput = output
@@ -173,6 +173,41 @@ extension IntegrationTests {
             #expect(message.contains(cause))
             #expect(message.contains("Fix:"))
             #expect(!printed.contains("listening"))
+        }
+
+        /// io_uring_setup denied by a seccomp filter (as Docker's and containerd's default profiles
+        /// do) and the default backend: the echo server serves 100 clients byte-exact and the HTTP
+        /// server answers pipelined requests, both on the epoll backend, after one warning that
+        /// says why; the shutdown summary names the backend.
+        @Test(arguments: ["echo", "http"])
+        func refusedIOURingFallsBackToEpollAndServes(command: String) throws {
+            let server = try RunningRingport(
+                executable: "/usr/bin/env",
+                denyingIOURingSetup(errno: EPERM) + [try ringportExecutable().path, command, "--port", "0"],
+                environment: ["RINGPORT_BACKEND": "auto"])
+            defer { if server.process.isRunning { server.process.terminate() } }
+            #expect(server.banner.contains("epoll"), "\(server.banner)")
+
+            if command == "echo" {
+                EchoLoad(connections: 100, messagesPerConnection: 3, maximumMessageSize: 64 * 1024, seed: 5)
+                    .expectCleanRun(against: server.address)
+            } else {
+                let client = try BlockingClient(connectingTo: server.address, receiveTimeout: .seconds(5))
+                defer { client.close() }
+                try client.send(Array(String(repeating: "GET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n", count: 3).utf8))
+                let responses = try readResponses(from: client, count: 3)
+                #expect(responses.map(\.status) == [200, 200, 200])
+                #expect(responses.allSatisfy { $0.body == "Hello, World!" })
+            }
+
+            server.terminate()
+            #expect(server.process.terminationStatus == 0)
+            let summary = try #require(server.summary)
+            #expect(summary.hasPrefix("stopped: epoll backend"), "\(summary)")
+            #expect(summary.hasSuffix(" 0 lost"))
+            let warnings = server.logLines.all.filter { $0.contains("serves with the epoll backend") }
+            #expect(warnings.count == 1, "\(server.logLines.all)")
+            #expect(warnings.first?.contains("seccomp") == true)
         }
 
         /// The server under `ulimit -n 64` with 120 clients: it serves the ones it holds, backs
@@ -280,4 +315,12 @@ extension IntegrationTests {
             #expect(message.contains("ringEntries 0"))
         }
     }
+}
+
+/// The command line that runs a command with `io_uring_setup` failing with `errno` (a seccomp
+/// filter, `Fixtures/deny-io-uring-setup.py`); the command and its arguments follow.
+func denyingIOURingSetup(errno: Int32) -> [String] {
+    let fixture = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+        .appendingPathComponent("Fixtures/deny-io-uring-setup.py")
+    return ["python3", fixture.path, "\(errno)"]
 }

@@ -51,6 +51,7 @@ extension RingPortServerTests {
 
         @Test func exhaustedProvidedBuffersResumeWhenBuffersComeBack() throws {
             try withServer(configure: {
+                $0.port.backend = .ioURing  // provided buffers are io_uring's
                 $0.port.providedBuffers = .init(count: 4, size: 1024)
                 // Receives of 1 KiB are sent back from their buffers, which stay out until sent.
                 $0.writeChunkSize = 1024

@@ -112,8 +112,13 @@ package func makeLoopbackTCPPair() throws -> (client: Int32, accepted: Int32) {
 }
 
 /// A port with one ring and a small completion queue, for tests that drive a worker by hand.
-package func makeSingleRingPort(entries: UInt32 = 64) throws -> CompletionPort {
+package func makeSingleRingPort(
+    entries: UInt32 = 64, backend: CompletionPort.Backend = .automatic
+) throws
+    -> CompletionPort
+{
     var configuration = CompletionPort.Configuration()
+    configuration.backend = backend
     configuration.ringCount = 1
     configuration.ringEntries = entries
     return try CompletionPort(configuration: configuration)

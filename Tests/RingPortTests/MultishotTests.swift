@@ -11,6 +11,7 @@ func startMultishotReceive(
     buffers: Int, size: Int
 ) throws -> (port: CompletionPort, worker: CompletionWorker, handle: IOHandle, context: IOContext, peer: Int32) {
     var configuration = CompletionPort.Configuration()
+    configuration.backend = .ioURing  // multishot receive and provided buffers are io_uring's
     configuration.ringCount = 1
     configuration.providedBuffers = .init(count: buffers, size: size)
     let port = try CompletionPort(configuration: configuration)
@@ -36,7 +37,7 @@ extension RingPortTests {
         }
 
         @Test func multishotAcceptCompletesOncePerConnection() throws {
-            let port = try makeSingleRingPort()
+            let port = try makeSingleRingPort(backend: .ioURing)
             let worker = port.makeWorker()
             let listenerDescriptor = try TCPSocket.makeListener(address: SocketAddress(host: "127.0.0.1", port: 0))
             let address = try TCPSocket.localAddress(of: listenerDescriptor)
@@ -148,7 +149,7 @@ extension RingPortTests {
         }
 
         @Test func zeroCopySendCompletesOnceWithTheBytesSent() throws {
-            let port = try makeSingleRingPort()
+            let port = try makeSingleRingPort(backend: .ioURing)
             let worker = port.makeWorker()
             let (peer, accepted) = try makeLoopbackTCPPair()
             defer { close(peer) }

@@ -10,6 +10,7 @@ extension RingPortTests {
     @Suite struct RingSetupTests {
         @Test func refusedSetupReportsTheCauseAndTheFix() throws {
             var configuration = CompletionPort.Configuration()
+            configuration.backend = .ioURing
             configuration.setupFault = { _ in -EPERM }
             do {
                 _ = try CompletionPort(configuration: configuration)
@@ -24,6 +25,60 @@ extension RingPortTests {
                 #expect(error.description.contains("io_uring_setup"))
                 #expect(error.description.contains("Fix:"))
             }
+        }
+
+        @Test(arguments: [Errno.notPermitted, .noFunction, .noMemory])
+        func refusedSetupFallsBackToEpoll(errno: Errno) throws {
+            var configuration = CompletionPort.Configuration()
+            configuration.backend = .automatic
+            configuration.readsBackendFromEnvironment = false
+            configuration.ringCount = 2
+            configuration.setupFault = { _ in -errno.rawValue }
+            let port = try CompletionPort(configuration: configuration)
+            defer { port.close() }
+            #expect(port.backend == .epoll)
+            #expect(port.backendFallbackReason?.code == .ioURingUnavailable)
+            #expect(port.backendFallbackReason?.errno == errno)
+            #expect(!port.features.multishotAccept && !port.features.multishotReceive && !port.features.zeroCopySend)
+            // The port serves: a NOP and a receive on a socket pair complete through it.
+            let worker = port.makeWorker()
+            defer { worker.detach() }
+            try port.nop(value: 7)
+            #expect(try worker.dequeue(timeout: .seconds(5))?.userValue == 7)
+            let (left, right) = try makeSocketPair()
+            defer { SystemCall.close(right) }
+            let handle = try port.associate(descriptor: left)
+            let context = IOContext(capacity: 16)
+            try port.read(handle, into: context)
+            #expect(Glibc.write(right, "ping", 4) == 4)
+            let completion = try #require(try worker.dequeue(timeout: .seconds(5)))
+            #expect(completion.result == 4)
+            #expect(context.bytes(in: 0..<4) == Array("ping".utf8))
+            port.close(handle)
+        }
+
+        @Test func aBadRingSizeIsNotARefusal() {
+            // EINVAL for every flag set: the sizes are wrong, and epoll would not cure that.
+            var configuration = CompletionPort.Configuration()
+            configuration.backend = .automatic
+            configuration.readsBackendFromEnvironment = false
+            configuration.setupFault = { _ in -EINVAL }
+            #expect {
+                _ = try CompletionPort(configuration: configuration)
+            } throws: { error in
+                (error as? RingPortError)?.unavailability == .invalidRingSize
+            }
+        }
+
+        @Test func epollCanBeChosen() throws {
+            var configuration = CompletionPort.Configuration()
+            configuration.backend = .epoll
+            // Never tried: a refusing io_uring does not matter.
+            configuration.setupFault = { _ in -EPERM }
+            let port = try CompletionPort(configuration: configuration)
+            #expect(port.backend == .epoll)
+            #expect(port.backendFallbackReason == nil)
+            port.close()
         }
 
         @Test(
@@ -53,10 +108,12 @@ extension RingPortTests {
         @Test func olderKernelFlagsFallBack() throws {
             // A kernel without COOP_TASKRUN answers EINVAL; the port retries without it.
             var configuration = CompletionPort.Configuration()
+            configuration.backend = .ioURing
             configuration.ringCount = 1
             configuration.setupFault = { flags in flags & IORING_SETUP_COOP_TASKRUN != 0 ? -EINVAL : nil }
             let port = try CompletionPort(configuration: configuration)
-            #expect(port.rings[0].uring.setupFlags & IORING_SETUP_COOP_TASKRUN == 0)
+            let uring = try #require(port.rings[0].queues as? IOURing)
+            #expect(uring.setupFlags & IORING_SETUP_COOP_TASKRUN == 0)
             let worker = port.makeWorker()
             try port.nop(value: 5)
             #expect(try worker.dequeue(timeout: .seconds(5))?.userValue == 5)
@@ -66,6 +123,7 @@ extension RingPortTests {
 
         @Test func kernelWithoutRequiredFeaturesIsReported() throws {
             var configuration = CompletionPort.Configuration()
+            configuration.backend = .ioURing
             configuration.hiddenFeatures = IORING_FEAT_EXT_ARG
             do {
                 _ = try CompletionPort(configuration: configuration)
@@ -78,6 +136,12 @@ extension RingPortTests {
             // The rings created and torn down on the way left nothing behind.
             let port = try CompletionPort()
             port.close()
+            // Automatic: a kernel too old for RingPort's io_uring is served with epoll.
+            configuration.backend = .automatic
+            configuration.readsBackendFromEnvironment = false
+            let fallback = try CompletionPort(configuration: configuration)
+            #expect(fallback.backend == .epoll)
+            fallback.close()
         }
 
         @Test func impossibleSizesAreRejected() {

@@ -14,16 +14,12 @@ import SystemPackage
 /// Ownership: the `io_uring` struct is allocated here and freed in `deinit`, after
 /// `io_uring_queue_exit` unmapped the queues. Pointers into it never outlive the call that
 /// produced them.
-final class IOURing {
+final class IOURing: RingQueues {
     private let ring: UnsafeMutablePointer<io_uring>
     /// The kernel's `IORING_FEAT_*` bits.
     let features: UInt32
     /// The `IORING_SETUP_*` flags the ring was created with.
     let setupFlags: UInt32
-    /// Submission queue size.
-    let submissionEntries: UInt32
-    /// Completion queue size.
-    let completionEntries: UInt32
     /// The file descriptor of the ring.
     let descriptor: Int32
 
@@ -76,9 +72,9 @@ final class IOURing {
         }
         features = parameters.features & ~hiddenFeatures
         setupFlags = parameters.flags
-        submissionEntries = parameters.sq_entries
-        self.completionEntries = parameters.cq_entries
         descriptor = ring.pointee.ring_fd
+        super.init(
+            backend: .ioURing, submissionEntries: parameters.sq_entries, completionEntries: parameters.cq_entries)
 
         var missing: [String] = []
         if features & IORING_FEAT_NODROP == 0 { missing.append("IORING_FEAT_NODROP (5.5)") }
@@ -92,15 +88,19 @@ final class IOURing {
         }
     }
 
-    /// Whether the ring is set up (not yet torn down by ``close()``). Read on every submission
-    /// under the ring's lock, hence no dynamic exclusivity check.
-    @exclusivity(unchecked) private(set) var isOpen = true
+    /// The kernel runs a request's completion work on the thread that submitted it.
+    override var bindsRequestsToSubmitter: Bool { true }
+    override var completesWithoutEntering: Bool { true }
 
-    /// Unmaps the queues and closes the ring's descriptor. Nothing may touch the ring afterwards;
-    /// the caller serialises this with every other use.
-    func close() {
-        guard isOpen else { return }
-        isOpen = false
+    /// Read on every submission under the ring's lock, hence no dynamic exclusivity check.
+    @exclusivity(unchecked) private var isSetUp = true
+
+    override var isOpen: Bool { isSetUp }
+
+    /// Unmaps the queues and closes the ring's descriptor.
+    override func close() {
+        guard isSetUp else { return }
+        isSetUp = false
         io_uring_queue_exit(ring)
     }
 
@@ -146,18 +146,18 @@ final class IOURing {
     /// The next free SQE, or nil when the submission queue is full. The entry is not seen by
     /// the kernel until ``flushSubmissions()``.
     @inline(__always)
-    func nextSubmissionEntry() -> UnsafeMutablePointer<io_uring_sqe>? {
+    override func nextSubmissionEntry() -> UnsafeMutablePointer<io_uring_sqe>? {
         io_uring_get_sqe(ring)
     }
 
     /// Publishes prepared SQEs to the kernel and returns how many it has not consumed yet.
     @inline(__always)
-    func flushSubmissions() -> UInt32 {
+    override func flushSubmissions() -> UInt32 {
         CLiburing_flush_sq(ring)
     }
 
     /// SQEs prepared but not yet published.
-    var unpublishedSubmissions: UInt32 {
+    override var unpublishedSubmissions: UInt32 {
         ring.pointee.sq.sqe_tail &- ring.pointee.sq.sqe_head
     }
 
@@ -170,7 +170,7 @@ final class IOURing {
     ///   `-EINTR` when interrupted, `-EBUSY` / `-EAGAIN` when the kernel wants completions
     ///   reaped first).
     @inline(__always)
-    func enter(toSubmit: UInt32, waitFor: UInt32, timeout: UInt64?) -> Int32 {
+    override func enter(toSubmit: UInt32, waitFor: UInt32, timeout: UInt64?) -> Int32 {
         let flags: UInt32 = waitFor > 0 ? IORING_ENTER_GETEVENTS : 0
         let result: Int32
         if let timeout, waitFor > 0 {
@@ -203,18 +203,18 @@ final class IOURing {
     /// overflowed completions or pending task work) and returns how many. The CQEs stay valid
     /// until ``advanceCompletions(by:)``.
     @inline(__always)
-    func peekCompletions(into buffer: UnsafeMutableBufferPointer<UnsafeMutablePointer<io_uring_cqe>?>) -> Int {
+    override func peekCompletions(into buffer: UnsafeMutableBufferPointer<UnsafeMutablePointer<io_uring_cqe>?>) -> Int {
         Int(io_uring_peek_batch_cqe(ring, buffer.baseAddress, UInt32(buffer.count)))
     }
 
     /// Marks `count` CQEs as consumed, returning their slots to the kernel.
     @inline(__always)
-    func advanceCompletions(by count: Int) {
+    override func advanceCompletions(by count: Int) {
         io_uring_cq_advance(ring, UInt32(count))
     }
 
     /// Completions the kernel had to drop because its overflow list could not grow.
-    var droppedCompletions: UInt32 {
+    override var droppedCompletions: UInt32 {
         CLiburing_cq_overflow_count(ring)
     }
 }

@@ -5,8 +5,8 @@ import Logging
 import SystemPackage
 
 /// One ring of a completion port and everything that belongs to it: the handles it owns, the
-/// operations its io_uring instance holds, the completions reaped but not yet dequeued, and the
-/// workers that drive it (``RingLeadership``).
+/// operations its queues hold (an io_uring instance, or their epoll emulation: ``RingQueues``),
+/// the completions reaped but not yet dequeued, and the workers that drive it (``RingLeadership``).
 ///
 /// A handle belongs to one ring for life, so every operation of a handle goes through one
 /// io_uring instance, in the order it was posted, and its completions come back through one
@@ -53,8 +53,12 @@ final class Ring: @unchecked Sendable {
 
     /// The ring's index in its port (``IOHandle/ID/ring``).
     let index: Int
-    /// The io_uring instance.
-    let uring: IOURing
+    /// The submission and completion queues: an io_uring instance (``IOURing``) or their
+    /// emulation over epoll (``EpollRing``).
+    let queues: RingQueues
+    /// Whether requests stay bound to the thread that submitted them, so that a new leader
+    /// thread submits the long-lived ones again (io_uring; see ``migrateLocked()``).
+    private let requestsMigrate: Bool
     let lock = ConditionMutex()
     /// Who leads the ring, and the standbys (guarded by ``lock``).
     let leadership: RingLeadership
@@ -95,7 +99,7 @@ final class Ring: @unchecked Sendable {
     @exclusivity(unchecked) private var selfWhileBuffersAreHeld: Unmanaged<Ring>?
 
     init(
-        index: Int, uring: IOURing, bufferRing: ProvidedBufferRing?, stallThreshold: Duration,
+        index: Int, queues: RingQueues, bufferRing: ProvidedBufferRing?, stallThreshold: Duration,
         faultInjection: FaultInjection? = nil, logger: Logger
     ) throws(RingPortError) {
         let doorbell = eventfd(0, Int32(EFD_CLOEXEC))
@@ -104,7 +108,8 @@ final class Ring: @unchecked Sendable {
                 .systemCallFailed, operation: "eventfd for ring \(index)", errno: Errno(rawValue: Glibc.errno))
         }
         self.index = index
-        self.uring = uring
+        self.queues = queues
+        requestsMigrate = queues.bindsRequestsToSubmitter
         self.bufferRing = bufferRing
         self.faultInjection = faultInjection
         leadership = RingLeadership(lock: lock, stallThreshold: stallThreshold)
@@ -112,8 +117,8 @@ final class Ring: @unchecked Sendable {
         self.doorbell = doorbell
         doorbellBuffer = .allocate(capacity: 1)
         doorbellBuffer.initialize(to: 0)
-        operations = GenerationalTable(reservingCapacity: Int(uring.completionEntries))
-        ready.reserveCapacity(Int(uring.completionEntries))
+        operations = GenerationalTable(reservingCapacity: Int(queues.completionEntries))
+        ready.reserveCapacity(Int(queues.completionEntries))
     }
 
     deinit {
@@ -123,7 +128,7 @@ final class Ring: @unchecked Sendable {
 
     /// Whether entries wait to be submitted (prepared, or in the overflow queue).
     private var hasQueuedSubmissionsLocked: Bool {
-        uring.unpublishedSubmissions > 0 || !overflow.isEmpty
+        queues.unpublishedSubmissions > 0 || !overflow.isEmpty
     }
 
     /// Whether work waits for the leader: operations in flight, completions ready, or entries to
@@ -144,6 +149,7 @@ final class Ring: @unchecked Sendable {
         descriptor: Int32, peerAddress: SocketAddress?, userState: (any Sendable)?
     ) throws(RingPortError) -> IOHandle {
         guard !isClosed else { throw RingPortError(.portClosed, operation: "associate") }
+        queues.descriptorAssociated(descriptor)
         let address = handles.insert { slot, generation in
             IOHandle(
                 descriptor: descriptor, peerAddress: peerAddress, userState: userState,
@@ -184,7 +190,7 @@ final class Ring: @unchecked Sendable {
         // What overflowed goes into the submission queue first, as far as it fits; the rest goes
         // next time round, and the leader does not sleep until it has.
         let overflowDrained = moveOverflowLocked()
-        let toSubmit = uring.flushSubmissions()
+        let toSubmit = queues.flushSubmissions()
         let waitFor: UInt32 = wait && ready.isEmpty && overflowDrained ? 1 : 0
         leadership.leaderWillWaitInKernel()
         doorbellRung = false
@@ -193,7 +199,7 @@ final class Ring: @unchecked Sendable {
             timeout = min(timeout ?? .max, maximumWait)
         }
         lock.unlock()
-        let result = uring.enter(toSubmit: toSubmit, waitFor: waitFor, timeout: timeout)
+        let result = queues.enter(toSubmit: toSubmit, waitFor: waitFor, timeout: timeout)
         lock.lock()
         leadership.leaderRan()
         counters.kernelEnters &+= 1
@@ -219,6 +225,10 @@ final class Ring: @unchecked Sendable {
     ) -> Int {
         guard leadership.attachedWorkers == 0 else { return 0 }
         submitLoggingErrorsLocked()
+        if !queues.completesWithoutEntering, queues.isOpen {
+            // Nothing performs epoll's operations unless somebody enters: look, without waiting.
+            _ = queues.enter(toSubmit: 0, waitFor: 1, timeout: 0)
+        }
         reapLocked()
         return takeReadyLocked(budget: budget, worker: worker, held: &held, deliver: deliver)
     }
@@ -294,7 +304,7 @@ final class Ring: @unchecked Sendable {
         }
         let address = operations.insert(record)
         let userData = UserData(slot: address.slot, generation: address.generation)
-        let canMigrate = !record.isZeroCopy && !record.isInjected
+        let canMigrate = requestsMigrate && !record.isZeroCopy && !record.isInjected
         var migratable: io_uring_sqe?
         do {
             try enqueueLocked { entry in
@@ -371,6 +381,10 @@ final class Ring: @unchecked Sendable {
     private func migrateLocked() {
         let epoch = leadership.epoch
         guard migratedEpoch != epoch else { return }
+        guard queues.bindsRequestsToSubmitter else {
+            migratedEpoch = epoch
+            return
+        }
         migratedEpoch = epoch
         for slot in operations.liveSlots {
             let record = operations[slot]
@@ -415,7 +429,7 @@ final class Ring: @unchecked Sendable {
     /// never spins with the lock held. Wakes the leader if needed.
     @inline(__always)
     private func enqueueLocked(_ fill: (UnsafeMutablePointer<io_uring_sqe>) -> Void) throws(RingPortError) {
-        if overflow.isEmpty, let entry = uring.nextSubmissionEntry() {
+        if overflow.isEmpty, let entry = queues.nextSubmissionEntry() {
             fill(entry)
         } else {
             counters.submissionQueueFullEvents &+= 1
@@ -435,16 +449,16 @@ final class Ring: @unchecked Sendable {
     /// Returns a free entry, or nil when the caller is not the running leader or the kernel took
     /// none.
     private func makeRoomLocked() -> UnsafeMutablePointer<io_uring_sqe>? {
-        guard leadership.callerIsRunningLeader, uring.isOpen else { return nil }
-        _ = uring.enter(toSubmit: uring.flushSubmissions(), waitFor: 0, timeout: nil)
+        guard leadership.callerIsRunningLeader, queues.isOpen else { return nil }
+        _ = queues.enter(toSubmit: queues.flushSubmissions(), waitFor: 0, timeout: nil)
         counters.kernelEnters &+= 1
-        return uring.nextSubmissionEntry()
+        return queues.nextSubmissionEntry()
     }
 
     /// Moves overflowed entries into the submission queue, in order, as far as there is room.
     /// Returns whether the overflow queue is empty now.
     private func moveOverflowLocked() -> Bool {
-        while !overflow.isEmpty, let entry = uring.nextSubmissionEntry() {
+        while !overflow.isEmpty, let entry = queues.nextSubmissionEntry() {
             entry.pointee = overflow.removeFirst()
         }
         return overflow.isEmpty
@@ -505,7 +519,7 @@ final class Ring: @unchecked Sendable {
     /// as far as it fits before each wait, and the wait submits
     /// (``waitInKernelLocked(now:deadline:wait:maximumWait:)``).
     private func submitLocked() throws(RingPortError) {
-        guard uring.isOpen else { return }
+        guard queues.isOpen else { return }
         repeat {
             _ = moveOverflowLocked()
             try enterSubmittingLocked()
@@ -524,10 +538,10 @@ final class Ring: @unchecked Sendable {
     }
 
     private func enterSubmittingLocked() throws(RingPortError) {
-        var pending = uring.flushSubmissions()
+        var pending = queues.flushSubmissions()
         var idleRounds = 0
         while pending > 0 {
-            let result = uring.enter(toSubmit: pending, waitFor: 0, timeout: nil)
+            let result = queues.enter(toSubmit: pending, waitFor: 0, timeout: nil)
             counters.kernelEnters &+= 1
             if result < 0 {
                 switch -result {
@@ -544,7 +558,7 @@ final class Ring: @unchecked Sendable {
                             errno: Errno(rawValue: -result))
                     }
                     if reapLocked() == 0 { yieldUnlocked() }
-                    pending = uring.flushSubmissions()
+                    pending = queues.flushSubmissions()
                     continue
                 default:
                     throw RingPortError(
@@ -552,7 +566,7 @@ final class Ring: @unchecked Sendable {
                         errno: Errno(rawValue: -result))
                 }
             }
-            let remaining = uring.flushSubmissions()
+            let remaining = queues.flushSubmissions()
             if remaining >= pending && result == 0 {
                 idleRounds += 1
                 if idleRounds > 10_000 {
@@ -578,15 +592,15 @@ final class Ring: @unchecked Sendable {
     /// Moves every visible CQE into the ready queue and returns how many there were.
     @discardableResult
     private func reapLocked() -> Int {
-        guard uring.isOpen else { return 0 }
+        guard queues.isOpen else { return 0 }
         var total = 0
         withUnsafeTemporaryAllocation(of: UnsafeMutablePointer<io_uring_cqe>?.self, capacity: 64) { batch in
             while true {
-                let count = uring.peekCompletions(into: batch)
+                let count = queues.peekCompletions(into: batch)
                 for position in 0..<count {
                     consumeLocked(batch[position].unsafelyUnwrapped.pointee)
                 }
-                uring.advanceCompletions(by: count)
+                queues.advanceCompletions(by: count)
                 total += count
                 if count < batch.count { break }
             }
@@ -768,7 +782,7 @@ final class Ring: @unchecked Sendable {
     /// Queues an `ASYNC_CANCEL` for the operation with `userData`. Its completion still arrives
     /// (as `ECANCELED` when the cancellation wins the race).
     func cancelLocked(userData: UInt64) throws(RingPortError) {
-        guard uring.isOpen else { return }
+        guard queues.isOpen else { return }
         let target = UserData(rawValue: userData)
         if operations.contains(slot: target.slot, generation: target.generation) {
             operations[target.slot].cancelRequested = true
@@ -870,7 +884,7 @@ final class Ring: @unchecked Sendable {
                 break
             }
             lock.unlock()
-            _ = uring.enter(toSubmit: 0, waitFor: 1, timeout: min(now.nanoseconds(until: deadline), 100_000_000))
+            _ = queues.enter(toSubmit: 0, waitFor: 1, timeout: min(now.nanoseconds(until: deadline), 100_000_000))
             lock.lock()
         }
         var dropped = 0
@@ -896,15 +910,15 @@ final class Ring: @unchecked Sendable {
 
     /// Completions the kernel dropped on this ring (its overflow list could not grow).
     var droppedCompletionsLocked: UInt64 {
-        uring.isOpen ? UInt64(uring.droppedCompletions) : counters.droppedCompletionsAtClose
+        queues.isOpen ? UInt64(queues.droppedCompletions) : counters.droppedCompletionsAtClose
     }
 
     /// Tears the ring down once its operations have all completed, then closes the doorbell
     /// (after io_uring_queue_exit the kernel no longer reads it). Idempotent.
     private func closeIOURingLocked() {
-        guard uring.isOpen else { return }
+        guard queues.isOpen else { return }
         counters.droppedCompletionsAtClose = droppedCompletionsLocked
-        uring.close()
+        queues.close()
         SystemCall.close(doorbell)
     }
 }

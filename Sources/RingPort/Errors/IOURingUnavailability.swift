@@ -71,6 +71,20 @@ public struct IOURingUnavailability: Hashable, Sendable, CustomStringConvertible
         return Int(byte - UInt8(ascii: "0"))
     }
 
+    /// Whether this is a refusal of io_uring itself — not in the kernel, switched off, blocked by
+    /// a policy, over the locked-memory limit, too old — after which
+    /// ``CompletionPort/Backend/automatic`` serves with epoll; not a bad ring size or a process
+    /// out of descriptors, which epoll would not cure.
+    public var isRefusal: Bool {
+        switch cause {
+        case .notInKernel, .disabledBySysctl, .restrictedToGroup, .blockedByPolicy, .lockedMemoryLimit,
+            .missingFeatures:
+            true
+        case .descriptorLimit, .invalidRingSize, .other:
+            false
+        }
+    }
+
     /// What happened, in one sentence.
     public var explanation: String {
         switch cause {

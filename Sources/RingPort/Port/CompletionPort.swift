@@ -3,7 +3,7 @@ import Glibc
 import Logging
 import Synchronization
 
-/// An I/O completion port on io_uring.
+/// An I/O completion port on io_uring (or, where io_uring is refused, on epoll).
 ///
 /// The model is the Windows completion port's: associate descriptors with the port
 /// (``associate(descriptor:peerAddress:userState:)``), post asynchronous operations with a
@@ -15,6 +15,11 @@ import Synchronization
 /// belongs to one ring for life; workers attach to rings; one worker per ring waits in the kernel
 /// at a time and the others stand by. See `docs/ARCHITECTURE.md`.
 ///
+/// Where the kernel refuses io_uring (a container's default seccomp profile, the
+/// `kernel.io_uring_disabled` sysctl, a kernel older than 5.11), the port serves with the same
+/// semantics over epoll (``Backend``): ``features`` then reports what epoll cannot do (multishot
+/// operations, provided buffers, zero-copy send) as absent.
+///
 /// ## Thread-safety
 /// Every method may be called from any thread. Completions of one handle are never handled on
 /// two threads at once (see ``CompletionWorker``).
@@ -25,6 +30,8 @@ import Synchronization
 public final class CompletionPort: Sendable {
     /// How to build a port.
     public struct Configuration: Sendable {
+        /// What performs the operations. Default: ``Backend/automatic`` (io_uring, else epoll).
+        public var backend = Backend.automatic
         /// The number of io_uring instances. Each handle lives on one of them. Default:
         /// ``defaultRingCount``.
         public var ringCount: Int = Configuration.defaultRingCount
@@ -54,6 +61,9 @@ public final class CompletionPort: Sendable {
         var setupFault: (@Sendable (_ flags: UInt32) -> Int32?)?
         /// Test seam: `IORING_FEAT_*` bits to treat as absent.
         var hiddenFeatures: UInt32 = 0
+        /// Test seam: whether ``Backend/automatic`` consults `RINGPORT_BACKEND` (tests of the
+        /// automatic choice itself run under either value of it).
+        var readsBackendFromEnvironment = true
 
         /// The defaults.
         public init() {}
@@ -70,6 +80,40 @@ public final class CompletionPort: Sendable {
         /// (batching collapses when rings outnumber the free cores; see docs/ARCHITECTURE.md).
         public static var defaultRingCount: Int {
             max(1, SystemInfo.availableCPUCount / 2)
+        }
+    }
+
+    /// What performs a port's operations.
+    public enum Backend: String, Hashable, Sendable, CaseIterable, CustomStringConvertible {
+        /// io_uring; epoll where the kernel refuses io_uring (``IOURingUnavailability/isRefusal``),
+        /// logged once at warning level with the reason and how to enable io_uring. The environment
+        /// variable `RINGPORT_BACKEND` (`io_uring`, `epoll` or `auto`) overrides this default, so
+        /// that a deployment (or a test run) can choose without a rebuild.
+        case automatic = "auto"
+        /// io_uring only: the port fails to start where it is refused.
+        case ioURing = "io_uring"
+        /// epoll: readiness, then the system call, then a completion (see `docs/ARCHITECTURE.md`).
+        case epoll
+
+        /// `auto`, `io_uring` or `epoll`.
+        public var description: String { rawValue }
+
+        /// The environment variable that overrides ``automatic``.
+        public static let environmentVariable = "RINGPORT_BACKEND"
+
+        /// What ``automatic`` stands for in this process: the backend `RINGPORT_BACKEND` names,
+        /// or ``automatic`` when it is unset or empty.
+        ///
+        /// - Throws: ``RingPortError/Code/invalidArgument`` when the variable holds something else.
+        public static func fromEnvironment() throws(RingPortError) -> Backend {
+            guard let value = getenv(environmentVariable).map({ String(cString: $0) }), !value.isEmpty else {
+                return .automatic
+            }
+            guard let backend = Backend(rawValue: value) else {
+                throw RingPortError(
+                    .invalidArgument, operation: "\(environmentVariable)=\(value) (expected auto, io_uring or epoll)")
+            }
+            return backend
         }
     }
 
@@ -123,6 +167,11 @@ public final class CompletionPort: Sendable {
 
     /// The configuration the port was built with.
     public let configuration: Configuration
+    /// The backend that serves: ``Backend/ioURing`` or ``Backend/epoll``.
+    public let backend: Backend
+    /// Why ``Backend/automatic`` chose epoll: the error io_uring's set-up gave (nil when io_uring
+    /// serves, or when epoll was asked for).
+    public let backendFallbackReason: RingPortError?
     /// The rings; a handle's ring is `rings[handle.id.ring]`.
     let rings: [Ring]
     /// The same rings, unretained, for the post path
@@ -142,8 +191,10 @@ public final class CompletionPort: Sendable {
     /// Sets up the rings.
     ///
     /// - Throws: ``RingPortError`` with ``RingPortError/Code/ioURingUnavailable`` and an
-    ///   ``IOURingUnavailability`` naming the cause and the fix when the kernel refuses io_uring;
-    ///   ``RingPortError/Code/invalidArgument`` for impossible sizes.
+    ///   ``IOURingUnavailability`` naming the cause and the fix when the kernel refuses io_uring
+    ///   and the backend is ``Backend/ioURing`` (``Backend/automatic`` serves with epoll then);
+    ///   ``RingPortError/Code/invalidArgument`` for impossible sizes or an unknown
+    ///   `RINGPORT_BACKEND`; ``RingPortError/Code/systemCallFailed`` when epoll cannot be set up.
     public init(configuration: Configuration = .init()) throws(RingPortError) {
         guard configuration.ringCount >= 1, configuration.ringCount <= 256 else {
             throw RingPortError(.invalidArgument, operation: "ringCount \(configuration.ringCount) (1...256)")
@@ -169,28 +220,54 @@ public final class CompletionPort: Sendable {
             }
         }
         self.configuration = configuration
+        var requested = configuration.backend
+        if requested == .automatic && configuration.readsBackendFromEnvironment {
+            requested = try Backend.fromEnvironment()
+        }
+        var backend = requested == .epoll ? Backend.epoll : .ioURing
+        var fallbackReason: RingPortError?
         var rings: [Ring] = []
         for index in 0..<configuration.ringCount {
-            let uring = try IOURing(
-                entries: configuration.ringEntries, completionEntries: completionEntries,
-                setupHook: configuration.setupFault, hiddenFeatures: configuration.hiddenFeatures)
+            var queues: RingQueues
             var bufferRing: ProvidedBufferRing?
-            if let buffers = configuration.providedBuffers {
+            if backend == .ioURing {
                 do {
-                    bufferRing = try ProvidedBufferRing(
-                        ring: uring, groupID: CompletionPort.providedBufferGroup,
-                        count: buffers.count, bufferSize: buffers.size)
-                } catch {
-                    configuration.logger.notice(
-                        "provided buffer rings are unavailable (\(error)); multishot receive is disabled")
+                    let uring = try IOURing(
+                        entries: configuration.ringEntries, completionEntries: completionEntries,
+                        setupHook: configuration.setupFault, hiddenFeatures: configuration.hiddenFeatures)
+                    queues = uring
+                    if let buffers = configuration.providedBuffers {
+                        do {
+                            bufferRing = try ProvidedBufferRing(
+                                ring: uring, groupID: CompletionPort.providedBufferGroup,
+                                count: buffers.count, bufferSize: buffers.size)
+                        } catch {
+                            configuration.logger.notice(
+                                "provided buffer rings are unavailable (\(error)); multishot receive is disabled")
+                        }
+                    }
+                } catch  where index == 0 && requested == .automatic && error.unavailability?.isRefusal == true {
+                    // Every ring of a port has the same backend: only the first decides.
+                    backend = .epoll
+                    fallbackReason = error
+                    configuration.logger.warning(
+                        """
+                        io_uring is unavailable, so the port serves with the epoll backend. \(error) \
+                        (RINGPORT_BACKEND=epoll, or Configuration.backend = .epoll, chooses epoll without trying.)
+                        """)
+                    queues = try EpollRing(entries: configuration.ringEntries, completionEntries: completionEntries)
                 }
+            } else {
+                queues = try EpollRing(entries: configuration.ringEntries, completionEntries: completionEntries)
             }
             rings.append(
                 try Ring(
-                    index: index, uring: uring, bufferRing: bufferRing,
+                    index: index, queues: queues, bufferRing: bufferRing,
                     stallThreshold: configuration.stallThreshold, faultInjection: configuration.faultInjection,
                     logger: configuration.logger))
         }
+        self.backend = backend
+        backendFallbackReason = fallbackReason
         self.rings = rings
         unretainedRings = rings.map { Unmanaged.passUnretained($0) }
         providedBufferGroups = rings.map { $0.bufferRing?.groupID }
@@ -204,6 +281,13 @@ public final class CompletionPort: Sendable {
 
     /// The number of rings.
     public var ringCount: Int { rings.count }
+
+    /// What the port's backend offers of what RingPort uses: on io_uring, the kernel's features
+    /// (``IOURingFeatures/probe()``, made once per process); on epoll,
+    /// ``IOURingFeatures/epollBackend`` (none of the optional ones).
+    public var features: IOURingFeatures {
+        backend == .epoll ? .epollBackend : IOURingFeatures.probedOnce ?? .epollBackend
+    }
 
     /// Whether ``receiveMultishot(_:context:)`` can be used: the port was configured with
     /// ``Configuration/providedBuffers`` and the kernel registered them (Linux 5.19+; multishot

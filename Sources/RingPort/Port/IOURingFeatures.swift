@@ -40,6 +40,16 @@ public struct IOURingFeatures: Hashable, Sendable, CustomStringConvertible {
     /// share one buffer. Not used (see `docs/ARCHITECTURE.md`).
     public var incrementalBufferConsumption = false
 
+    /// What a port on the epoll backend offers: none of io_uring's optional features, so that
+    /// callers take the paths they have for older kernels (an accept pool, plain receives into
+    /// their own buffers, plain sends).
+    public static var epollBackend: IOURingFeatures {
+        IOURingFeatures(kernelRelease: kernelRelease())
+    }
+
+    /// ``probe()``, made once per process (nil if it failed): the kernel does not change.
+    static let probedOnce: IOURingFeatures? = try? probe()
+
     /// Probes the kernel. Takes a few milliseconds.
     ///
     /// - Throws: ``RingPortError`` when io_uring cannot be set up at all (with the cause and the

@@ -1,0 +1,134 @@
+import CLiburing
+import DequeModule
+import Glibc
+
+/// The threads that perform an ``EpollRing``'s positioned reads and writes of regular files,
+/// which epoll cannot wait for (a regular file is always "ready"; its reads block on the disk).
+///
+/// Each job works on a duplicate of the descriptor, made when the job is queued and closed when
+/// it ends, so that closing the original (as a handle's close does right after cancelling)
+/// never lets a job touch a descriptor number the process has reused meanwhile. A finished job
+/// posts its completion to the ring's completion queue and wakes the ring's waiting thread.
+///
+/// ## Threads
+/// `threadCount` threads, started with the first job; the queue and the set of running jobs are
+/// guarded by `lock`. ``stop()`` joins them.
+final class FileOperationPool: @unchecked Sendable {
+    // @unchecked: the mutable state is guarded by `lock`; the rest is immutable.
+
+    /// One read or write.
+    struct Job {
+        var userData: UInt64
+        var isWrite: Bool
+        /// A duplicate of the operation's descriptor, owned by the job.
+        var descriptor: Int32
+        var buffer: UnsafeMutableRawPointer?
+        var count: Int
+        /// The file offset; -1 (`UInt64.max` in the SQE) reads or writes at the file position.
+        var offset: Int64
+    }
+
+    /// What ``cancel(userData:)`` found.
+    enum CancelOutcome {
+        /// The job had not started: it will not run (its completion is the caller's to post).
+        case removed
+        /// The job is running: it completes as it will (`EALREADY`, as io_uring answers).
+        case running
+        case notFound
+    }
+
+    private let completions: UserCompletionQueue
+    private let wake: @Sendable () -> Void
+    private let threadCount: Int
+    private let lock = ConditionMutex()
+    @exclusivity(unchecked) private var queue = Deque<Job>()
+    @exclusivity(unchecked) private var running: [UInt64] = []
+    @exclusivity(unchecked) private var threads: [PThread] = []
+    @exclusivity(unchecked) private var stopping = false
+
+    init(threadCount: Int, completions: UserCompletionQueue, wake: @escaping @Sendable () -> Void) {
+        self.threadCount = threadCount
+        self.completions = completions
+        self.wake = wake
+    }
+
+    /// Queues a job (starting the threads the first time). Returns an error when no thread could
+    /// be started; the job then was not queued.
+    func enqueue(_ job: Job) -> Int32? {
+        lock.withLock { () -> Int32? in
+            if threads.isEmpty {
+                for index in 0..<threadCount {
+                    do throws(RingPortError) {
+                        threads.append(try PThread(name: "ringport-file\(index)") { [self] in run() })
+                    } catch {
+                        if threads.isEmpty { return -(error.errno?.rawValue ?? EAGAIN) }
+                        break
+                    }
+                }
+            }
+            queue.append(job)
+            lock.signal()
+            return nil
+        }
+    }
+
+    /// Removes the job of `userData` if it has not started.
+    func cancel(userData: UInt64) -> CancelOutcome {
+        lock.withLock {
+            if let index = queue.firstIndex(where: { $0.userData == userData }) {
+                let job = queue.remove(at: index)
+                SystemCall.close(job.descriptor)
+                return .removed
+            }
+            return running.contains(userData) ? .running : .notFound
+        }
+    }
+
+    /// Stops the threads after the jobs already queued, and joins them.
+    func stop() {
+        let joined = lock.withLock { () -> [PThread] in
+            stopping = true
+            lock.broadcast()
+            defer { threads = [] }
+            return threads
+        }
+        for thread in joined { thread.join() }
+    }
+
+    private func run() {
+        lock.lock()
+        while true {
+            guard let job = queue.popFirst() else {
+                if stopping { break }
+                lock.wait()
+                continue
+            }
+            running.append(job.userData)
+            lock.unlock()
+            let result = Self.perform(job)
+            SystemCall.close(job.descriptor)
+            lock.withLock {
+                if let index = running.firstIndex(of: job.userData) { running.remove(at: index) }
+            }
+            completions.post(userData: job.userData, result: result)
+            wake()
+            lock.lock()
+        }
+        lock.unlock()
+    }
+
+    /// The read or write, retried when interrupted. Returns the byte count or a negated errno.
+    private static func perform(_ job: Job) -> Int32 {
+        while true {
+            let result: Int
+            switch (job.isWrite, job.offset < 0) {
+            case (false, false): result = pread(job.descriptor, job.buffer, job.count, off_t(job.offset))
+            case (false, true): result = read(job.descriptor, job.buffer, job.count)
+            case (true, false): result = pwrite(job.descriptor, job.buffer, job.count, off_t(job.offset))
+            case (true, true): result = write(job.descriptor, job.buffer, job.count)
+            }
+            if result >= 0 { return Int32(clamping: result) }
+            if errno != EINTR { return -errno }
+        }
+    }
+}

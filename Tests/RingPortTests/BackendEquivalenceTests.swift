@@ -1,0 +1,206 @@
+import Foundation
+import Glibc
+import RingPort
+import RingPortTestSupport
+import Testing
+
+/// The same operations on both backends, side by side in one run, where the epoll backend
+/// emulates completions over readiness and could differ: data and the peer's FIN reported by one
+/// edge-triggered event, receives that wait and are cancelled or closed, sends that fill the
+/// socket buffer, connects, positioned file I/O on its thread pool. (The whole suite also runs
+/// once per backend: `make test` sets `RINGPORT_BACKEND=epoll` for its second pass.)
+extension RingPortTests {
+    @Suite struct BackendEquivalenceTests {
+        static let backends: [CompletionPort.Backend] = [.ioURing, .epoll]
+
+        /// A receive waits for data; then 150 bytes and the FIN arrive together. Receives of
+        /// 100 bytes get 100, 50 and then 0 (end of stream): the short second one must not make
+        /// the third wait for an event that was already reported.
+        @Test(arguments: backends)
+        func dataAndFINInOneEventAreAllReceived(backend: CompletionPort.Backend) throws {
+            let port = try makeSingleRingPort(backend: backend)
+            defer { port.close() }
+            let worker = port.makeWorker()
+            defer { worker.detach() }
+            let (client, accepted) = try makeLoopbackTCPPair()
+            defer { close(client) }
+            let handle = try port.associate(descriptor: accepted)
+
+            let context = IOContext(capacity: 100)
+            try port.read(handle, into: context)
+            #expect(try worker.dequeue(timeout: .milliseconds(50)) == nil)
+            let payload = SeededGenerator(state: 3).bytesArray(count: 150)
+            #expect(send(client, payload, payload.count, 0) == 150)
+            shutdown(client, Int32(SHUT_WR))
+
+            var received: [UInt8] = []
+            var results: [Int32] = []
+            while results.last != 0 && results.count < 5 {
+                let completion = try #require(try worker.dequeue(timeout: .seconds(5)))
+                #expect(completion.operation == .read)
+                results.append(completion.result)
+                received += context.bytes(in: 0..<completion.bytesTransferred)
+                if completion.result > 0 { try port.read(handle, into: context) }
+            }
+            #expect(results == [100, 50, 0])
+            #expect(received == payload)
+            port.close(handle)
+        }
+
+        /// A receive waiting for data is cancelled: it completes cancelled, its context is the
+        /// application's again, and bytes sent afterwards go to the next receive, none lost.
+        @Test(arguments: backends)
+        func aWaitingReceiveIsCancelledAndNothingIsLost(backend: CompletionPort.Backend) throws {
+            let port = try makeSingleRingPort(backend: backend)
+            defer { port.close() }
+            let worker = port.makeWorker()
+            defer { worker.detach() }
+            let (client, accepted) = try makeLoopbackTCPPair()
+            defer { close(client) }
+            let handle = try port.associate(descriptor: accepted)
+
+            let context = IOContext(capacity: 64)
+            try port.read(handle, into: context)
+            #expect(try worker.dequeue(timeout: .milliseconds(20)) == nil)
+            #expect(try port.cancel(context))
+            let cancelled = try #require(try worker.dequeue(timeout: .seconds(5)))
+            #expect(cancelled.isCancelled)
+            #expect(cancelled.context === context)
+            #expect(!context.isInFlight)
+
+            #expect(send(client, "after", 5, 0) == 5)
+            try port.read(handle, into: context)
+            let completion = try #require(try worker.dequeue(timeout: .seconds(5)))
+            #expect(completion.result == 5)
+            #expect(context.bytes(in: 0..<5) == Array("after".utf8))
+            port.close(handle)
+        }
+
+        /// Closing a handle completes its waiting receive and send as cancelled (or with the
+        /// result they reached first) and closes the descriptor: the peer sees end of stream.
+        @Test(arguments: backends)
+        func closingAHandleCompletesWhatWaitsOnIt(backend: CompletionPort.Backend) throws {
+            let port = try makeSingleRingPort(backend: backend)
+            defer { port.close() }
+            let worker = port.makeWorker()
+            defer { worker.detach() }
+            let (client, accepted) = try makeLoopbackTCPPair()
+            defer { close(client) }
+            let handle = try port.associate(descriptor: accepted)
+
+            let receive = IOContext(capacity: 64)
+            try port.read(handle, into: receive)
+            #expect(try worker.dequeue(timeout: .milliseconds(20)) == nil)
+            port.close(handle)
+            let completion = try #require(try worker.dequeue(timeout: .seconds(5)))
+            #expect(completion.context === receive)
+            #expect(completion.isCancelled)
+            #expect(!receive.isInFlight)
+            var byte: UInt8 = 0
+            #expect(recv(client, &byte, 1, 0) == 0)
+            #expect(throws: RingPortError.self) { try port.read(handle, into: receive) }
+        }
+
+        /// Sends past what the socket buffers hold wait until the peer reads, then complete in
+        /// order, every byte delivered once.
+        @Test(arguments: backends)
+        func sendsThatFillTheSocketBufferCompleteOnceThePeerReads(backend: CompletionPort.Backend) throws {
+            let port = try makeSingleRingPort(backend: backend)
+            defer { port.close() }
+            let worker = port.makeWorker()
+            defer { worker.detach() }
+            let (client, accepted) = try makeLoopbackTCPPair()
+            defer { close(client) }
+            var small: Int32 = 65536
+            setsockopt(accepted, SOL_SOCKET, SO_SNDBUF, &small, socklen_t(MemoryLayout<Int32>.size))
+            setsockopt(client, SOL_SOCKET, SO_RCVBUF, &small, socklen_t(MemoryLayout<Int32>.size))
+            let handle = try port.associate(descriptor: accepted)
+
+            var generator = SeededGenerator(state: 8)
+            let chunks = (0..<8).map { _ in generator.bytes(count: 256 * 1024) }
+            let contexts = chunks.map { chunk in
+                let context = IOContext(capacity: chunk.count)
+                _ = context.copyBytes(from: chunk)
+                return context
+            }
+            // One send in flight at a time, as the server does; a short send goes on with the rest.
+            var index = 0
+            var sent = 0
+            try port.write(handle, from: contexts[0], range: 0..<chunks[0].count)
+            func handleCompletions(timeout: Duration) throws {
+                while index < contexts.count, let completion = try worker.dequeue(timeout: timeout) {
+                    #expect(completion.context === contexts[index])
+                    #expect(completion.result > 0, "\(completion)")
+                    guard completion.result > 0 else { return }
+                    sent += completion.bytesTransferred
+                    if sent == chunks[index].count {
+                        index += 1
+                        sent = 0
+                    }
+                    if index < contexts.count {
+                        try port.write(handle, from: contexts[index], range: sent..<chunks[index].count)
+                    }
+                }
+            }
+            // Nobody reads yet: the sends stop short of the end.
+            try handleCompletions(timeout: .milliseconds(100))
+            #expect(index < contexts.count)
+
+            let expected = chunks.flatMap { $0 }
+            let readerResult = LockedBox<[UInt8]>([])
+            let reader = Thread {
+                var received: [UInt8] = []
+                var buffer = [UInt8](repeating: 0, count: 65536)
+                while received.count < expected.count {
+                    let count = recv(client, &buffer, buffer.count, 0)
+                    if count <= 0 { break }
+                    received += buffer[0..<count]
+                }
+                readerResult.withLock { $0 = received }
+            }
+            reader.start()
+            try handleCompletions(timeout: .seconds(10))
+            #expect(index == contexts.count)
+            #expect(eventually { readerResult.withLock { $0.count } == expected.count })
+            #expect(firstDifference(readerResult.withLock { $0 }, expected) == nil)
+            port.close(handle)
+        }
+
+        /// A connect to a listener completes with 0 and the socket carries data; a connect to a
+        /// closed port completes with `ECONNREFUSED`.
+        @Test(arguments: backends)
+        func connectsCompleteWithTheirResult(backend: CompletionPort.Backend) throws {
+            let port = try makeSingleRingPort(backend: backend)
+            defer { port.close() }
+            let worker = port.makeWorker()
+            defer { worker.detach() }
+            let listener = try TCPSocket.makeListener(address: SocketAddress(host: "127.0.0.1", port: 0))
+            let listening = try TCPSocket.localAddress(of: listener)
+            close(listener)
+            let refusedHandle = try port.associate(descriptor: socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0))
+            try port.connect(refusedHandle, to: listening, context: IOContext(capacity: 0))
+            let refused = try #require(try worker.dequeue(timeout: .seconds(5)))
+            #expect(refused.error == .connectionRefused)
+            port.close(refusedHandle)
+
+            let open = try TCPSocket.makeListener(address: SocketAddress(host: "127.0.0.1", port: 0))
+            defer { close(open) }
+            let handle = try port.associate(descriptor: socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0))
+            try port.connect(handle, to: TCPSocket.localAddress(of: open), context: IOContext(capacity: 0))
+            let connected = try #require(try worker.dequeue(timeout: .seconds(5)))
+            #expect(connected.operation == .connect)
+            #expect(connected.result == 0)
+            let accepted = accept(open, nil, nil)
+            defer { close(accepted) }
+            #expect(accepted >= 0)
+            let context = IOContext(capacity: 5)
+            _ = context.copyBytes(from: Array("hello".utf8))
+            try port.write(handle, from: context, range: 0..<5)
+            #expect(try #require(try worker.dequeue(timeout: .seconds(5))).result == 5)
+            var buffer = [UInt8](repeating: 0, count: 5)
+            #expect(recv(accepted, &buffer, 5, Int32(MSG_WAITALL)) == 5)
+            #expect(buffer == Array("hello".utf8))
+            port.close(handle)
+        }
+    }
+}
