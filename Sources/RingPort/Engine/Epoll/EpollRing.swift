@@ -273,7 +273,7 @@ final class EpollRing: RingQueues {
     private func kindLocked(of descriptor: Int32) -> DescriptorTable.Kind {
         var state = descriptors[descriptor]
         if state.kind == .unknown {
-            state.kind = Self.kind(of: descriptor)
+            state.kind = DescriptorTable.Kind(of: descriptor)
             descriptors[descriptor] = state
         }
         return state.kind
@@ -490,23 +490,5 @@ final class EpollRing: RingQueues {
         guard !produced.isEmpty else { return }
         produced.withUnsafeBufferPointer { completions.post($0) }
         produced.removeAll(keepingCapacity: true)
-    }
-
-    // MARK: Descriptors
-
-    private static func kind(of descriptor: Int32) -> DescriptorTable.Kind {
-        var status = stat()
-        guard fstat(descriptor, &status) == 0 else { return .other }
-        switch status.st_mode & S_IFMT {
-        case S_IFREG, S_IFBLK:
-            return .file
-        case S_IFSOCK:
-            var type: Int32 = 0
-            var length = socklen_t(MemoryLayout<Int32>.size)
-            guard getsockopt(descriptor, SOL_SOCKET, SO_TYPE, &type, &length) == 0 else { return .otherSocket }
-            return type == Int32(SOCK_STREAM.rawValue) ? .streamSocket : .otherSocket
-        default:
-            return .other
-        }
     }
 }
