@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# bench-echo.sh - RingPort's echo server against the C baselines, one grid point at a time.
+# bench-echo.sh - RingPort's echo server (on io_uring and on its epoll backend) against the C and
+# SwiftNIO baselines, one grid point at a time.
 #
 #   Benchmarks/scripts/bench-echo.sh [--rounds R] [--duration S]
 #
@@ -56,6 +57,7 @@ for point in "${grid[@]}"; do
         c_epoll='Benchmarks/bin/echo_epoll --port {PORT}' \
         swiftnio='Benchmarks/.build/release/nio-echo --port {PORT}' \
         ringport='.build/release/ringport echo --port {PORT} --log-level error' \
+        ringport_epoll='.build/release/ringport echo --port {PORT} --log-level error --backend epoll' \
         || status=1
 done
 
@@ -77,11 +79,39 @@ echo "## Where the server's CPU goes (make profile, 128 B x 64)"
 profile_output=$(Benchmarks/scripts/profile.sh --seconds 5 2>&1) \
     || profile_output=$(Benchmarks/scripts/profile.sh --seconds 5 2>&1) || status=1
 echo "$profile_output"
-python3 - "$spread" "$raw/extra.md" <<'PY' "$profile_output"
-import csv, os, re, sys
-spread, out, profile = sys.argv[1], sys.argv[2], sys.argv[3]
+python3 - "$spread" "$raw/extra.md" "$raw" <<'PY' "$profile_output"
+import csv, os, re, statistics, sys
+spread, out, raw, profile = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+
+def per_round_ratio(rows, subject, other, field):
+    """Median over rounds of subject / other for field (rounds where both have a number)."""
+    by_round = {}
+    for row in rows:
+        try:
+            by_round.setdefault(row["round"], {})[row["server"]] = float(row[field])
+        except ValueError:
+            pass
+    ratios = [r[subject] / r[other] for r in by_round.values() if r.get(subject) and r.get(other)]
+    return "{:.3f}".format(statistics.median(ratios)) if ratios else "NA"
+
+# The epoll backend against SwiftNIO (also epoll) and against RingPort on io_uring, per load.
+lines = ["## The epoll backend", "",
+         "`ringport echo --backend epoll` (the backend RingPort falls back to where io_uring is refused) "
+         "÷ SwiftNIO and ÷ RingPort on io_uring, in the same rounds as the table; medians of per-round "
+         "ratios.", "",
+         "| Load | msgs/s ÷ SwiftNIO | CPU/msg ÷ SwiftNIO | msgs/s ÷ io_uring | CPU/msg ÷ io_uring |",
+         "|---|---:|---:|---:|---:|"]
+for point in sorted((d for d in os.listdir(raw) if d.isdigit()), key=int):
+    directory = os.path.join(raw, point)
+    rows = list(csv.DictReader(open(os.path.join(directory, "results.tsv")), delimiter="\t"))
+    title = open(os.path.join(directory, "title")).read().strip()
+    lines.append(f"| {title} | " + " | ".join(
+        per_round_ratio(rows, "ringport_epoll", other, field)
+        for other in ("swiftnio", "ringport") for field in ("msgs_per_s", "cpu_us_per_msg")) + " |")
+lines.append("")
+
 rows = list(csv.DictReader(open(os.path.join(spread, "results.tsv")), delimiter="\t"))
-lines = ["## The spread at 1,000 connections", "",
+lines += ["## The spread at 1,000 connections", "",
          "Five fresh server processes each, RingPort's and the C liburing server's interleaved, under "
          "128 B × 1,000 ping-pong (same load client and duration as the table). This VM's runs are "
          "bimodal (the scheduler's placement of the server beside the pinned client), for C as for "
@@ -118,7 +148,7 @@ PY
 echo
 python3 Benchmarks/scripts/report.py --kind echo --raw "$raw" --extra "$raw/extra.md" \
     --markdown Benchmarks/results/latest.md --chart Benchmarks/results/latest.svg \
-    --title "Echo throughput: RingPort, C liburing, C epoll, SwiftNIO" \
+    --title "Echo throughput: RingPort (io_uring and epoll backends), C liburing, C epoll, SwiftNIO" \
     --client "\`$ECHO_LOAD\` pinned to CPU 1 (servers unpinned), a 1 s warm-up run before each measured run" \
     --command "make bench   # Benchmarks/scripts/bench-echo.sh --rounds $rounds --duration $duration"
 exit "$status"

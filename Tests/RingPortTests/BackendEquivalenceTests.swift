@@ -18,152 +18,126 @@ extension RingPortTests {
         /// the third wait for an event that was already reported.
         @Test(arguments: backends)
         func dataAndFINInOneEventAreAllReceived(backend: CompletionPort.Backend) throws {
-            let port = try makeSingleRingPort(backend: backend)
-            defer { port.close() }
-            let worker = port.makeWorker()
-            defer { worker.detach() }
-            let (client, accepted) = try makeLoopbackTCPPair()
-            defer { close(client) }
-            let handle = try port.associate(descriptor: accepted)
+            try withConnection(on: backend) { port, worker, client, handle in
+                let context = IOContext(capacity: 100)
+                try port.read(handle, into: context)
+                #expect(try worker.dequeue(timeout: .milliseconds(50)) == nil)
+                let payload = SeededGenerator(state: 3).bytesArray(count: 150)
+                #expect(send(client, payload, payload.count, 0) == 150)
+                shutdown(client, Int32(SHUT_WR))
 
-            let context = IOContext(capacity: 100)
-            try port.read(handle, into: context)
-            #expect(try worker.dequeue(timeout: .milliseconds(50)) == nil)
-            let payload = SeededGenerator(state: 3).bytesArray(count: 150)
-            #expect(send(client, payload, payload.count, 0) == 150)
-            shutdown(client, Int32(SHUT_WR))
-
-            var received: [UInt8] = []
-            var results: [Int32] = []
-            while results.last != 0 && results.count < 5 {
-                let completion = try #require(try worker.dequeue(timeout: .seconds(5)))
-                #expect(completion.operation == .read)
-                results.append(completion.result)
-                received += context.bytes(in: 0..<completion.bytesTransferred)
-                if completion.result > 0 { try port.read(handle, into: context) }
+                var received: [UInt8] = []
+                var results: [Int32] = []
+                while results.last != 0 && results.count < 5 {
+                    let completion = try #require(try worker.dequeue(timeout: .seconds(5)))
+                    #expect(completion.operation == .read)
+                    results.append(completion.result)
+                    received += context.bytes(in: 0..<completion.bytesTransferred)
+                    if completion.result > 0 { try port.read(handle, into: context) }
+                }
+                #expect(results == [100, 50, 0])
+                #expect(received == payload)
             }
-            #expect(results == [100, 50, 0])
-            #expect(received == payload)
-            port.close(handle)
         }
 
         /// A receive waiting for data is cancelled: it completes cancelled, its context is the
         /// application's again, and bytes sent afterwards go to the next receive, none lost.
         @Test(arguments: backends)
         func aWaitingReceiveIsCancelledAndNothingIsLost(backend: CompletionPort.Backend) throws {
-            let port = try makeSingleRingPort(backend: backend)
-            defer { port.close() }
-            let worker = port.makeWorker()
-            defer { worker.detach() }
-            let (client, accepted) = try makeLoopbackTCPPair()
-            defer { close(client) }
-            let handle = try port.associate(descriptor: accepted)
+            try withConnection(on: backend) { port, worker, client, handle in
+                let context = IOContext(capacity: 64)
+                try port.read(handle, into: context)
+                #expect(try worker.dequeue(timeout: .milliseconds(20)) == nil)
+                #expect(try port.cancel(context))
+                let cancelled = try #require(try worker.dequeue(timeout: .seconds(5)))
+                #expect(cancelled.isCancelled)
+                #expect(cancelled.context === context)
+                #expect(!context.isInFlight)
 
-            let context = IOContext(capacity: 64)
-            try port.read(handle, into: context)
-            #expect(try worker.dequeue(timeout: .milliseconds(20)) == nil)
-            #expect(try port.cancel(context))
-            let cancelled = try #require(try worker.dequeue(timeout: .seconds(5)))
-            #expect(cancelled.isCancelled)
-            #expect(cancelled.context === context)
-            #expect(!context.isInFlight)
-
-            #expect(send(client, "after", 5, 0) == 5)
-            try port.read(handle, into: context)
-            let completion = try #require(try worker.dequeue(timeout: .seconds(5)))
-            #expect(completion.result == 5)
-            #expect(context.bytes(in: 0..<5) == Array("after".utf8))
-            port.close(handle)
+                #expect(send(client, "after", 5, 0) == 5)
+                try port.read(handle, into: context)
+                let completion = try #require(try worker.dequeue(timeout: .seconds(5)))
+                #expect(completion.result == 5)
+                #expect(context.bytes(in: 0..<5) == Array("after".utf8))
+            }
         }
 
         /// Closing a handle completes its waiting receive and send as cancelled (or with the
         /// result they reached first) and closes the descriptor: the peer sees end of stream.
         @Test(arguments: backends)
         func closingAHandleCompletesWhatWaitsOnIt(backend: CompletionPort.Backend) throws {
-            let port = try makeSingleRingPort(backend: backend)
-            defer { port.close() }
-            let worker = port.makeWorker()
-            defer { worker.detach() }
-            let (client, accepted) = try makeLoopbackTCPPair()
-            defer { close(client) }
-            let handle = try port.associate(descriptor: accepted)
-
-            let receive = IOContext(capacity: 64)
-            try port.read(handle, into: receive)
-            #expect(try worker.dequeue(timeout: .milliseconds(20)) == nil)
-            port.close(handle)
-            let completion = try #require(try worker.dequeue(timeout: .seconds(5)))
-            #expect(completion.context === receive)
-            #expect(completion.isCancelled)
-            #expect(!receive.isInFlight)
-            var byte: UInt8 = 0
-            #expect(recv(client, &byte, 1, 0) == 0)
-            #expect(throws: RingPortError.self) { try port.read(handle, into: receive) }
+            try withConnection(on: backend) { port, worker, client, handle in
+                let receive = IOContext(capacity: 64)
+                try port.read(handle, into: receive)
+                #expect(try worker.dequeue(timeout: .milliseconds(20)) == nil)
+                port.close(handle)
+                let completion = try #require(try worker.dequeue(timeout: .seconds(5)))
+                #expect(completion.context === receive)
+                #expect(completion.isCancelled)
+                #expect(!receive.isInFlight)
+                var byte: UInt8 = 0
+                #expect(recv(client, &byte, 1, 0) == 0)
+                #expect(throws: RingPortError.self) { try port.read(handle, into: receive) }
+            }
         }
 
         /// Sends past what the socket buffers hold wait until the peer reads, then complete in
         /// order, every byte delivered once.
         @Test(arguments: backends)
         func sendsThatFillTheSocketBufferCompleteOnceThePeerReads(backend: CompletionPort.Backend) throws {
-            let port = try makeSingleRingPort(backend: backend)
-            defer { port.close() }
-            let worker = port.makeWorker()
-            defer { worker.detach() }
-            let (client, accepted) = try makeLoopbackTCPPair()
-            defer { close(client) }
-            var small: Int32 = 65536
-            setsockopt(accepted, SOL_SOCKET, SO_SNDBUF, &small, socklen_t(MemoryLayout<Int32>.size))
-            setsockopt(client, SOL_SOCKET, SO_RCVBUF, &small, socklen_t(MemoryLayout<Int32>.size))
-            let handle = try port.associate(descriptor: accepted)
+            try withConnection(on: backend) { port, worker, client, handle in
+                var small: Int32 = 65536
+                setsockopt(handle.descriptor, SOL_SOCKET, SO_SNDBUF, &small, socklen_t(MemoryLayout<Int32>.size))
+                setsockopt(client, SOL_SOCKET, SO_RCVBUF, &small, socklen_t(MemoryLayout<Int32>.size))
 
-            var generator = SeededGenerator(state: 8)
-            let chunks = (0..<8).map { _ in generator.bytes(count: 256 * 1024) }
-            let contexts = chunks.map { chunk in
-                let context = IOContext(capacity: chunk.count)
-                _ = context.copyBytes(from: chunk)
-                return context
-            }
-            // One send in flight at a time, as the server does; a short send goes on with the rest.
-            var index = 0
-            var sent = 0
-            try port.write(handle, from: contexts[0], range: 0..<chunks[0].count)
-            func handleCompletions(timeout: Duration) throws {
-                while index < contexts.count, let completion = try worker.dequeue(timeout: timeout) {
-                    #expect(completion.context === contexts[index])
-                    #expect(completion.result > 0, "\(completion)")
-                    guard completion.result > 0 else { return }
-                    sent += completion.bytesTransferred
-                    if sent == chunks[index].count {
-                        index += 1
-                        sent = 0
-                    }
-                    if index < contexts.count {
-                        try port.write(handle, from: contexts[index], range: sent..<chunks[index].count)
+                var generator = SeededGenerator(state: 8)
+                let chunks = (0..<8).map { _ in generator.bytes(count: 256 * 1024) }
+                let contexts = chunks.map { chunk in
+                    let context = IOContext(capacity: chunk.count)
+                    _ = context.copyBytes(from: chunk)
+                    return context
+                }
+                // One send in flight at a time, as the server does; a short send goes on with the rest.
+                var index = 0
+                var sent = 0
+                try port.write(handle, from: contexts[0], range: 0..<chunks[0].count)
+                func handleCompletions(timeout: Duration) throws {
+                    while index < contexts.count, let completion = try worker.dequeue(timeout: timeout) {
+                        #expect(completion.context === contexts[index])
+                        #expect(completion.result > 0, "\(completion)")
+                        guard completion.result > 0 else { return }
+                        sent += completion.bytesTransferred
+                        if sent == chunks[index].count {
+                            index += 1
+                            sent = 0
+                        }
+                        if index < contexts.count {
+                            try port.write(handle, from: contexts[index], range: sent..<chunks[index].count)
+                        }
                     }
                 }
-            }
-            // Nobody reads yet: the sends stop short of the end.
-            try handleCompletions(timeout: .milliseconds(100))
-            #expect(index < contexts.count)
+                // Nobody reads yet: the sends stop short of the end.
+                try handleCompletions(timeout: .milliseconds(100))
+                #expect(index < contexts.count)
 
-            let expected = chunks.flatMap { $0 }
-            let readerResult = LockedBox<[UInt8]>([])
-            let reader = Thread {
-                var received: [UInt8] = []
-                var buffer = [UInt8](repeating: 0, count: 65536)
-                while received.count < expected.count {
-                    let count = recv(client, &buffer, buffer.count, 0)
-                    if count <= 0 { break }
-                    received += buffer[0..<count]
+                let expected = chunks.flatMap { $0 }
+                let readerResult = LockedBox<[UInt8]>([])
+                let reader = Thread {
+                    var received: [UInt8] = []
+                    var buffer = [UInt8](repeating: 0, count: 65536)
+                    while received.count < expected.count {
+                        let count = recv(client, &buffer, buffer.count, 0)
+                        if count <= 0 { break }
+                        received += buffer[0..<count]
+                    }
+                    readerResult.withLock { $0 = received }
                 }
-                readerResult.withLock { $0 = received }
+                reader.start()
+                try handleCompletions(timeout: .seconds(10))
+                #expect(index == contexts.count)
+                #expect(eventually { readerResult.withLock { $0.count } == expected.count })
+                #expect(firstDifference(readerResult.withLock { $0 }, expected) == nil)
             }
-            reader.start()
-            try handleCompletions(timeout: .seconds(10))
-            #expect(index == contexts.count)
-            #expect(eventually { readerResult.withLock { $0.count } == expected.count })
-            #expect(firstDifference(readerResult.withLock { $0 }, expected) == nil)
-            port.close(handle)
         }
 
         /// A connect to a listener completes with 0 and the socket carries data; a connect to a
@@ -203,4 +177,22 @@ extension RingPortTests {
             port.close(handle)
         }
     }
+}
+
+/// Runs `body` with a one-ring port on `backend`, a worker for this thread, and a loopback TCP
+/// connection: the accepted end associated with the port (`handle`), the client end a plain
+/// socket. Closes all of them afterwards.
+private func withConnection(
+    on backend: CompletionPort.Backend,
+    _ body: (CompletionPort, CompletionWorker, _ client: Int32, IOHandle) throws -> Void
+) throws {
+    let port = try makeSingleRingPort(backend: backend)
+    defer { port.close() }
+    let worker = port.makeWorker()
+    defer { worker.detach() }
+    let (client, accepted) = try makeLoopbackTCPPair()
+    defer { close(client) }
+    let handle = try port.associate(descriptor: accepted)
+    defer { port.close(handle) }
+    try body(port, worker, client, handle)
 }
