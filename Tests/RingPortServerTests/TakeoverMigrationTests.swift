@@ -47,15 +47,23 @@ struct ThreadSnapshot {
 
 extension RingPortServerTests {
     /// After a takeover, the requests the old leader armed are handed to the new one, so that
-    /// their completions stop waking the old leader (now a parked standby).
+    /// their completions stop waking the old leader (now a parked standby). io_uring only: it
+    /// runs a request's completion work on the thread that submitted it; epoll binds nothing to
+    /// a thread, so its rings migrate nothing.
     @Suite struct TakeoverMigrationTests {
-        @Test func afterTakeoversParkedWorkersWakeOnlyForTheSentry() throws {
+        @Test(
+            .disabled(
+                if: isRunningUnderThreadSanitizer,
+                "under ThreadSanitizer a parked worker wakes about once per four messages, on either backend")
+        )
+        func afterTakeoversParkedWorkersWakeOnlyForTheSentry() throws {
             try withServer(
                 handler: BlockOnMarkerEcho(),
                 configure: {
                     $0.label = "mig"
                     $0.port.ringCount = 1
                     $0.port.workerCount = 6
+                    $0.port.backend = .ioURing
                 }
             ) { server in
                 // 32 connections, each echoed once: their multishot receives are armed by the

@@ -157,3 +157,7 @@ package func firstDifference(_ left: some Collection<UInt8>, _ right: some Colle
         }
     }
 }
+
+/// Whether this process runs under ThreadSanitizer (`make sanitize`), whose runtime changes
+/// how often threads block and wake: tests that count wake-ups do not hold there.
+package let isRunningUnderThreadSanitizer: Bool = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "__tsan_init") != nil

@@ -431,12 +431,15 @@ final class EpollRing: RingQueues {
         guard entry.cancel_flags == 0 else { return complete(entry.user_data, -EINVAL) }
         let target = entry.addr
         if let waiting = descriptors.remove(userData: target) {
-            // One last try first: what arrived since the last readiness event is taken rather
-            // than left behind a cancellation, as the kernel completes a request whose data is
-            // there before the cancellation reaches it (the cancellation then finds nothing).
+            // A receive gets one last try first: data that arrived since the last readiness
+            // event is taken rather than left behind a cancellation, as the kernel completes a
+            // request whose data is there before the cancellation reaches it. A send does not:
+            // its cancellation wins unless it already sent (as a send waiting for room does in
+            // io_uring), so that a cancelled send leaves the socket as it was.
             let kind = descriptors[waiting.descriptor].kind
-            if case .completed(let result, _) = ReadinessAttempt.perform(
-                waiting.entry, kind: kind, isConnecting: waiting.isConnecting)
+            if waiting.direction == .read,
+                case .completed(let result, _) = ReadinessAttempt.perform(
+                    waiting.entry, kind: kind, isConnecting: waiting.isConnecting)
             {
                 complete(target, result)
                 complete(entry.user_data, -ENOENT)
