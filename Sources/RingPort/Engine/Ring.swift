@@ -172,6 +172,11 @@ final class Ring: @unchecked Sendable {
     func takeLeadershipLocked(by worker: ObjectIdentifier) {
         if leadership.take(by: worker) {
             counters.leaderTakeovers &+= 1
+            logger.notice(
+                """
+                ring \(index): the leader made no progress for a stall threshold, blocked \(leadership.lastStall); \
+                a standby leads now
+                """)
         }
     }
 

@@ -20,7 +20,9 @@ import Glibc
 ///   over from a runnable leader gains nothing and costs a lot (requests it armed keep waking it,
 ///   see `Ring`), so the sentry reads the leader thread's scheduler statistics (``ThreadSchedule``)
 ///   at the start and the end of its watch: a leader that neither ran nor waited for a CPU for
-///   most of the window was blocked. Where they cannot be read, no progress is enough.
+///   most of the window was blocked. Where they cannot be read, no progress is enough. A leader
+///   blocked on a lock (a futex) gets one more threshold: the lock's holder may itself be a
+///   preempted thread.
 ///
 /// ## Threads
 /// Every method is called with the ring's lock held (``lock``, whose condition the standbys wait
@@ -66,6 +68,12 @@ final class RingLeadership {
     /// leader as one whose count did not move for a whole stall threshold (no clock read on the
     /// hot path).
     @exclusivity(unchecked) private var progress: UInt64 = 0
+    /// The progress count at which the sentry last found the leader waiting for a lock and gave
+    /// it one more threshold (nil: none given since the leader last ran).
+    @exclusivity(unchecked) private var lockWaitGraceProgress: UInt64?
+    /// Where the leader waited when the sentry last found it stuck (``ThreadSchedule/describeWait()``),
+    /// for the takeover's log line.
+    @exclusivity(unchecked) private(set) var lastStall = ""
     /// How long the sentry sleeps: the stall threshold while the leader works, doubling up to
     /// ``idleSentryInterval`` while it finds the leader idle in the kernel (an idle server barely
     /// wakes up).
@@ -204,10 +212,24 @@ final class RingLeadership {
             // No statistics (or no first reading): no progress is the only sign there is.
             return schedulesUnavailable
         }
+        // Blocked for most of the window, and still blocked now: a leader that runs again (it
+        // waited for a lock whose holder was preempted on these shared cores, say) is not stuck.
+        guard RingLeadership.wasBlocked(from: before, to: after), !(leaderSchedule?.isRunningNow() ?? false) else {
+            lockWaitGraceProgress = nil
+            return false
+        }
         // Blocked on the ring's own lock is not blocked in a handler: whoever holds it (a sentry
         // preempted at the wrong moment) lets go soon.
-        return RingLeadership.wasBlocked(from: before, to: after)
-            && !(leaderSchedule?.isWaitingForFutex(at: lock.lockAddress) ?? false)
+        if leaderSchedule?.isWaitingForFutex(at: lock.lockAddress) ?? false { return false }
+        // Blocked on another lock: its holder may be a thread preempted on these shared cores,
+        // which lets go within its next time slice. One more threshold before the takeover; a
+        // leader still waiting then (a lock held for long, a deadlock) is taken over.
+        if lockWaitGraceProgress != observed, leaderSchedule?.isWaitingForFutex(at: nil) ?? false {
+            lockWaitGraceProgress = observed
+            return false
+        }
+        lastStall = leaderSchedule?.describeWait() ?? "?"
+        return true
     }
 
     /// Closes the leader's scheduler statistics (the port is closing).
