@@ -158,6 +158,9 @@ package func firstDifference(_ left: some Collection<UInt8>, _ right: some Colle
     }
 }
 
-/// Whether this process runs under ThreadSanitizer (`make sanitize`), whose runtime changes
-/// how often threads block and wake: tests that count wake-ups do not hold there.
-package let isRunningUnderThreadSanitizer: Bool = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "__tsan_init") != nil
+/// Whether this process runs under ThreadSanitizer or AddressSanitizer (`make sanitize`), whose
+/// runtimes make the code slower several times over and change how often threads block and
+/// wake: tests that count wake-ups do not hold there.
+package let isRunningUnderASanitizer: Bool = ["__tsan_init", "__asan_init"].contains { (symbol: String) in
+    dlsym(UnsafeMutableRawPointer(bitPattern: 0), symbol) != nil
+}
