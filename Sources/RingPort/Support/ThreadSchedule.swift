@@ -50,52 +50,41 @@ final class ThreadSchedule {
 
     /// Whether the thread is blocked in the futex system call on the word at `address`, or on any
     /// word when `address` is nil (from `/proc/self/task/TID/syscall`: the call's number and its
-    /// first argument). Opens the file for this one reading (a few microseconds): for rare
-    /// checks only.
+    /// first argument). For rare checks only (``taskFileFields(_:)``).
     func isWaitingForFutex(at address: UInt?) -> Bool {
-        let descriptor = open("/proc/self/task/\(threadID)/syscall", O_RDONLY | O_CLOEXEC)
-        guard descriptor >= 0 else { return false }
-        defer { SystemCall.close(descriptor) }
-        return withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 160) { buffer -> Bool in
-            let count = Glibc.read(descriptor, buffer.baseAddress, buffer.count)
-            guard count > 0 else { return false }
-            let fields = String(decoding: buffer[0..<count], as: UTF8.self).split(separator: " ")
-            guard fields.count >= 2, Int(fields[0]) == CLiburing_SYS_futex,
-                fields[1].hasPrefix("0x"), let argument = UInt(fields[1].dropFirst(2), radix: 16)
-            else { return false }
-            return address == nil || argument == address
-        }
+        guard let fields = taskFileFields("syscall"), fields.count >= 2, Int(fields[0]) == CLiburing_SYS_futex,
+            fields[1].hasPrefix("0x"), let argument = UInt(fields[1].dropFirst(2), radix: 16)
+        else { return false }
+        return address == nil || argument == address
     }
 
     /// Whether the thread is on a CPU or waiting for one right now, not blocked in a system call
-    /// (`/proc/self/task/TID/syscall` reads "running"). Opens the file for this one reading: for
-    /// rare checks only.
+    /// (`/proc/self/task/TID/syscall` reads "running"). For rare checks only.
     func isRunningNow() -> Bool {
-        let descriptor = open("/proc/self/task/\(threadID)/syscall", O_RDONLY | O_CLOEXEC)
-        guard descriptor >= 0 else { return false }
-        defer { SystemCall.close(descriptor) }
-        return withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 16) { buffer -> Bool in
-            let count = Glibc.read(descriptor, buffer.baseAddress, buffer.count)
-            return count >= 7 && buffer[0..<7].elementsEqual("running".utf8)
-        }
+        taskFileFields("syscall")?.first == "running"
     }
 
     /// Where the thread waits, for a log line: the kernel function it sleeps in
     /// (`/proc/self/task/TID/wchan`) and its system call's number and first argument
-    /// (`/proc/self/task/TID/syscall`). Opens both files for this one reading: for rare events.
+    /// (`/proc/self/task/TID/syscall`). For rare events only.
     func describeWait() -> String {
-        func firstLine(_ name: String, limit: Int = 2) -> String {
-            let descriptor = open("/proc/self/task/\(threadID)/\(name)", O_RDONLY | O_CLOEXEC)
-            guard descriptor >= 0 else { return "?" }
-            defer { SystemCall.close(descriptor) }
-            return withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 160) { buffer -> String in
-                let count = Glibc.read(descriptor, buffer.baseAddress, buffer.count)
-                guard count > 0 else { return "?" }
-                let text = String(decoding: buffer[0..<count], as: UTF8.self)
-                return text.split(whereSeparator: { $0 == " " || $0 == "\n" }).prefix(limit).joined(separator: " ")
-            }
+        let function = taskFileFields("wchan")?.first ?? "?"
+        let call = taskFileFields("syscall")?.prefix(2).joined(separator: " ") ?? "?"
+        return "in \(function), system call \(call)"
+    }
+
+    /// The space-separated fields of the first 160 bytes of `/proc/self/task/TID/<name>`, or nil
+    /// when it cannot be read. Opens the file for this one reading (a few microseconds).
+    private func taskFileFields(_ name: String) -> [Substring]? {
+        let descriptor = open("/proc/self/task/\(threadID)/\(name)", O_RDONLY | O_CLOEXEC)
+        guard descriptor >= 0 else { return nil }
+        defer { SystemCall.close(descriptor) }
+        return withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 160) { buffer -> [Substring]? in
+            let count = Glibc.read(descriptor, buffer.baseAddress, buffer.count)
+            guard count > 0 else { return nil }
+            let text = String(decoding: buffer[0..<count], as: UTF8.self)
+            return text.split(whereSeparator: { $0 == " " || $0 == "\n" })
         }
-        return "in \(firstLine("wchan", limit: 1)), system call \(firstLine("syscall"))"
     }
 
     /// Reads the file now; nil once the thread is gone (`ESRCH`) or the contents are not two
