@@ -10,6 +10,7 @@
 //   nio-http   an HTTP/1.1 plaintext server answering the same bytes as `ringport http`
 //
 // and BenchmarkSupport, the library with what the two share (options, start-up and shut-down).
+// MicroBenchmarkSupport is what the micro benchmark suites below share.
 //
 // Build them in release from this directory (products land in Benchmarks/.build/release/).
 // `swift build` honours only the last of several --product options, so one product per command:
@@ -66,10 +67,13 @@ let package = Package(
             name: "nio-http",
             dependencies: ["BenchmarkSupport", .product(name: "NIOHTTP1", package: "swift-nio")] + nioServerDependencies
         ),
+        // What the micro benchmark suites share: configuration, tolerances, fixtures, round trips.
+        .target(name: "MicroBenchmarkSupport", dependencies: [.product(name: "Benchmark", package: "benchmark")]),
         // Micro benchmarks of the completion port itself (post, NOP, echo round trips).
         .executableTarget(
             name: "PortBenchmarks",
             dependencies: [
+                "MicroBenchmarkSupport",
                 .product(name: "Benchmark", package: "benchmark"),
                 .product(name: "RingPort", package: ringPortPackage),
             ],
@@ -82,6 +86,7 @@ let package = Package(
         .executableTarget(
             name: "ServerBenchmarks",
             dependencies: [
+                "MicroBenchmarkSupport",
                 .product(name: "Benchmark", package: "benchmark"),
                 .product(name: "RingPort", package: ringPortPackage),
                 .product(name: "RingPortServer", package: ringPortPackage),

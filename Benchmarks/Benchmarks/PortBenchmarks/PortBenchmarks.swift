@@ -12,21 +12,11 @@
 
 import Benchmark
 import Glibc
+import MicroBenchmarkSupport
 import RingPort
 
 let benchmarks: @Sendable () -> Void = {
-    Benchmark.defaultConfiguration = .init(
-        // No `.instructions`: it needs a hardware PMU (perf_event_open), which this project's VM
-        // lacks, so it produced no samples; and asking for it makes the framework read /proc
-        // around every sample, which adds 16 mallocs per sample to mallocCountTotal. On a
-        // machine with counters, ask for it on the command line (README.md).
-        metrics: [.wallClock, .mallocCountTotal, .retainCount, .releaseCount, .throughput],
-        warmupIterations: 3,
-        scalingFactor: .kilo,
-        maxDuration: .seconds(2),
-        maxIterations: 1_000,
-        thresholds: PortBenchmarkThresholds.tolerances
-    )
+    Benchmark.defaultConfiguration = MicroBenchmark.configuration
 
     // MARK: post + dequeue
 
@@ -105,79 +95,10 @@ let benchmarks: @Sendable () -> Void = {
     }
 }
 
-/// The tolerances `swift package benchmark thresholds check` applies to the p90 values stored in
-/// Thresholds/ (one sample = 1,000 operations):
-/// - retainCount, releaseCount: ±2% and ±50 per 1,000 operations: one more retain (or release)
-///   per operation fails the check, and so does one fewer (record the better budget).
-/// - mallocCountTotal: ±10 per 1,000 operations (the budget is 0 in steady state). One more
-///   allocation per operation (+1,000), or even one every 100 operations, fails the check; so
-///   would fewer allocations than recorded (exit code 4, "better": record the new budget with
-///   `thresholds update`).
-/// - wallClock: +300% (four times as slow). This 2-core VM is shared: a build running next to
-///   the benchmarks made NopRoundTrip's p90 2.7 times as slow, so only gross slow-downs (a
-///   sleep, a syscall or a lock convoy per operation) fail; an improvement never fails (a
-///   relative difference cannot go below -100%).
-/// - throughput: not checked (it is 1 / wallClock).
-/// A metric without an entry here would be checked with no tolerance at all.
-enum PortBenchmarkThresholds {
-    static var tolerances: [BenchmarkMetric: BenchmarkThresholds] {
-        [
-            .mallocCountTotal: .init(absolute: [.p90: 10]),
-            .retainCount: .init(relative: [.p90: 2], absolute: [.p90: 50]),
-            .releaseCount: .init(relative: [.p90: 2], absolute: [.p90: 50]),
-            .wallClock: .init(relative: [.p90: 300]),
-            .throughput: .none,
-        ]
-    }
-}
-
 // MARK: - Fixtures
-
-/// A fixture whose one operation is an echo round trip.
-protocol RoundTripFixture: AnyObject {
-    func roundTrip() throws
-    func close()
-}
 
 extension EchoFixture: RoundTripFixture {}
 extension MultishotEchoFixture: RoundTripFixture {}
-
-/// Registers a benchmark of `scaledIterations` round trips on a fixture made by `make` in the
-/// set-up (outside the measurement) and closed in the tear-down.
-func roundTripBenchmark<F: RoundTripFixture>(_ name: String, make: @escaping @Sendable () throws -> F) {
-    let fixture = Fixture<F>()
-    Benchmark(name) { benchmark in
-        let value = fixture.value!
-        benchmark.startMeasurement()
-        for _ in benchmark.scaledIterations {
-            try value.roundTrip()
-        }
-        benchmark.stopMeasurement()
-    } setup: {
-        fixture.value = try make()
-    } teardown: {
-        fixture.take()?.close()
-    }
-}
-
-/// State a benchmark's setup hook builds, its closure uses and its teardown hook closes. The
-/// framework runs the three one after the other, never at once.
-final class Fixture<Value>: @unchecked Sendable {
-    // @unchecked: `value` is written by the setup and teardown hooks and read by the benchmark
-    // closure, which the framework runs one after the other (never at once), each call
-    // ordered after the previous one's return.
-    var value: Value?
-
-    func take() -> Value? {
-        defer { value = nil }
-        return value
-    }
-}
-
-/// A benchmark failed: the port misbehaved (never thrown on the measured path otherwise).
-struct BenchmarkFailure: Error, CustomStringConvertible {
-    let description: String
-}
 
 enum EchoSize {
     case small, large
@@ -281,7 +202,7 @@ final class EchoFixture {
 
     /// One round trip: A → B, then B → A with the bytes B received.
     @inline(__always)
-    func roundTrip() throws {
+    package func roundTrip() throws {
         try transfer(from: a, sendA, to: b, receiveB)
         try transfer(from: b, receiveB, to: a, receiveA)
     }
@@ -313,7 +234,7 @@ final class EchoFixture {
         }
     }
 
-    func close() {
+    package func close() {
         base.close()  // closes both handles (and their descriptors)
     }
 }
@@ -363,7 +284,7 @@ final class MultishotEchoFixture {
     /// One round trip: A sends the message; B echoes every buffer it receives; A counts and
     /// releases what comes back. Ends when all bytes are back and every echo write completed.
     @inline(__always)
-    func roundTrip() throws {
+    package func roundTrip() throws {
         let count = messageSize
         let port = base.port
         try port.write(a, from: message, range: 0..<count)
@@ -419,7 +340,7 @@ final class MultishotEchoFixture {
 
     /// Ends both multishot receives and takes their last completions, so that the port closes
     /// with nothing left over.
-    func close() {
+    package func close() {
         var ended = 0
         do {
             try base.port.cancel(receiveA)

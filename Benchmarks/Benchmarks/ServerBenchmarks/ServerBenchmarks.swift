@@ -10,72 +10,22 @@
 
 import Benchmark
 import Glibc
+import MicroBenchmarkSupport
 import RingPort
 import RingPortServer
 
 let benchmarks: @Sendable () -> Void = {
-    Benchmark.defaultConfiguration = .init(
-        metrics: [.wallClock, .mallocCountTotal, .retainCount, .releaseCount, .throughput],
-        warmupIterations: 3,
-        scalingFactor: .kilo,
-        maxDuration: .seconds(2),
-        maxIterations: 1_000,
-        thresholds: ServerBenchmarkThresholds.tolerances
-    )
+    Benchmark.defaultConfiguration = MicroBenchmark.configuration
 
     for size in [128, 16_384] {
-        let fixture = Fixture<ServerEchoFixture>()
-        Benchmark("ServerEchoRoundTrip\(size == 128 ? "128B" : "16KiB")") { benchmark in
-            let value = fixture.value!
-            benchmark.startMeasurement()
-            for _ in benchmark.scaledIterations {
-                try value.roundTrip()
-            }
-            benchmark.stopMeasurement()
-        } setup: {
-            fixture.value = try ServerEchoFixture(messageSize: size)
-        } teardown: {
-            fixture.take()?.close()
+        roundTripBenchmark("ServerEchoRoundTrip\(size == 128 ? "128B" : "16KiB")") {
+            try ServerEchoFixture(messageSize: size)
         }
     }
 }
 
-/// The tolerances of `swift package benchmark thresholds check` for the p90 values stored in
-/// Thresholds/ (one sample = 1,000 round trips): allocations ±10 per 1,000 (the budget is 0),
-/// retains and releases ±2% (one more per round trip, +1,000, fails), wall clock +300% (a shared
-/// 2-core VM).
-enum ServerBenchmarkThresholds {
-    static var tolerances: [BenchmarkMetric: BenchmarkThresholds] {
-        [
-            .mallocCountTotal: .init(absolute: [.p90: 10]),
-            .retainCount: .init(relative: [.p90: 2], absolute: [.p90: 50]),
-            .releaseCount: .init(relative: [.p90: 2], absolute: [.p90: 50]),
-            .wallClock: .init(relative: [.p90: 300]),
-            .throughput: .none,
-        ]
-    }
-}
-
-/// State a benchmark's setup hook builds, its closure uses and its teardown hook closes. The
-/// framework runs the three one after the other, never at once.
-final class Fixture<Value>: @unchecked Sendable {
-    // @unchecked: `value` is written by the setup and teardown hooks and read by the benchmark
-    // closure, which the framework runs one after the other (never at once).
-    var value: Value?
-
-    func take() -> Value? {
-        defer { value = nil }
-        return value
-    }
-}
-
-/// A benchmark failed: the server misbehaved.
-struct BenchmarkFailure: Error, CustomStringConvertible {
-    let description: String
-}
-
 /// An echo server (one worker, one ring) and one connected blocking client.
-final class ServerEchoFixture {
+final class ServerEchoFixture: RoundTripFixture {
     let server: TCPServer
     let client: Int32
     let messageSize: Int
@@ -101,7 +51,7 @@ final class ServerEchoFixture {
 
     /// Sends the message and reads the echo back.
     @inline(__always)
-    func roundTrip() throws {
+    package func roundTrip() throws {
         let count = messageSize
         var sent = 0
         while sent < count {
@@ -117,7 +67,7 @@ final class ServerEchoFixture {
         }
     }
 
-    func close() {
+    package func close() {
         Glibc.close(client)
         server.shutdown(gracePeriod: .seconds(1))
         message.deallocate()
