@@ -43,6 +43,26 @@ struct DescriptorTable {
         var readEnded = false
         /// `O_NONBLOCK` was set on it here (listeners, pipes, eventfds).
         var isNonBlocking = false
+
+        /// Whether an operation of `direction` is worth trying at once.
+        func mayTry(_ direction: Direction) -> Bool {
+            direction == .read ? mayRead : mayWrite
+        }
+
+        /// Updates the hints after an attempt in `direction`; returns whether the next operation
+        /// of that direction is worth trying at once (false after `EAGAIN`, a connect under way,
+        /// or a short receive from a stream socket whose peer has not shut down).
+        mutating func record(_ attempt: ReadinessAttempt, _ direction: Direction) -> Bool {
+            switch attempt {
+            case .completed(_, let drained):
+                if drained && !readEnded { mayRead = false }
+            case .wouldBlock:
+                if direction == .read { mayRead = false } else { mayWrite = false }
+            case .connecting:
+                mayWrite = false
+            }
+            return mayTry(direction)
+        }
     }
 
     /// Head and tail slots of a queue of waiting operations (-1: none).

@@ -288,20 +288,17 @@ final class EpollRing: RingQueues {
         if Self.needsNonBlockingMode(entry.opcode) { makeNonBlockingLocked(descriptor) }
         var state = descriptors[descriptor]
         var isConnecting = false
-        if !descriptors.hasWaiting(direction, on: descriptor) && (direction == .read ? state.mayRead : state.mayWrite) {
-            switch ReadinessAttempt.perform(entry, kind: kind, isConnecting: false) {
-            case .completed(let result, let drained):
-                complete(entry.user_data, result)
-                if drained && !state.readEnded {
-                    state.mayRead = false
-                    descriptors[descriptor] = state
-                }
-                return
+        if !descriptors.hasWaiting(direction, on: descriptor) && state.mayTry(direction) {
+            let attempt = ReadinessAttempt.perform(entry, kind: kind, isConnecting: false)
+            _ = state.record(attempt, direction)
+            switch attempt {
+            case .completed(let result, _):
+                descriptors[descriptor] = state
+                return complete(entry.user_data, result)
             case .wouldBlock:
-                if direction == .read { state.mayRead = false } else { state.mayWrite = false }
+                break
             case .connecting:
                 isConnecting = true
-                state.mayWrite = false
             }
         }
         if !state.isRegistered {
@@ -366,26 +363,18 @@ final class EpollRing: RingQueues {
     private func runWaitingLocked(_ direction: DescriptorTable.Direction, on descriptor: Int32) {
         while let operation = descriptors.first(direction, on: descriptor) {
             let kind = descriptors[descriptor].kind
-            switch ReadinessAttempt.perform(operation.entry, kind: kind, isConnecting: operation.isConnecting) {
-            case .completed(let result, let drained):
+            let attempt = ReadinessAttempt.perform(operation.entry, kind: kind, isConnecting: operation.isConnecting)
+            let mayGoOn = descriptors[descriptor].record(attempt, direction)
+            switch attempt {
+            case .completed(let result, _):
                 descriptors.removeFirst(direction, on: descriptor)
                 complete(operation.entry.user_data, result)
-                if drained && !descriptors[descriptor].readEnded {
-                    descriptors[descriptor].mayRead = false
-                    return
-                }
             case .wouldBlock:
-                if direction == .read {
-                    descriptors[descriptor].mayRead = false
-                } else {
-                    descriptors[descriptor].mayWrite = false
-                }
-                return
+                break
             case .connecting:
                 descriptors.markFirstWriterConnecting(on: descriptor)
-                descriptors[descriptor].mayWrite = false
-                return
             }
+            guard mayGoOn else { return }
         }
     }
 
