@@ -57,7 +57,9 @@ final class Ring: @unchecked Sendable {
     /// emulation over epoll (``EpollRing``).
     let queues: RingQueues
     /// Whether requests stay bound to the thread that submitted them, so that a new leader
-    /// thread submits the long-lived ones again (io_uring; see ``migrateLocked()``).
+    /// thread submits the long-lived ones again (io_uring; see ``migrateLocked()``): the
+    /// queues' ``RingQueues/bindsRequestsToSubmitter``, read once (it is fixed per backend) so
+    /// that the post path makes no dynamic call for it.
     private let requestsMigrate: Bool
     let lock = ConditionMutex()
     /// Who leads the ring, and the standbys (guarded by ``lock``).
@@ -386,11 +388,8 @@ final class Ring: @unchecked Sendable {
     private func migrateLocked() {
         let epoch = leadership.epoch
         guard migratedEpoch != epoch else { return }
-        guard queues.bindsRequestsToSubmitter else {
-            migratedEpoch = epoch
-            return
-        }
         migratedEpoch = epoch
+        guard requestsMigrate else { return }
         for slot in operations.liveSlots {
             let record = operations[slot]
             guard record.canMigrate, !record.isMigrating, !record.cancelRequested, record.epoch != epoch else {

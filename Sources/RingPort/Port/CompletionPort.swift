@@ -228,14 +228,14 @@ public final class CompletionPort: Sendable {
         var fallbackReason: RingPortError?
         var rings: [Ring] = []
         for index in 0..<configuration.ringCount {
-            var queues: RingQueues
+            var uringQueues: IOURing?
             var bufferRing: ProvidedBufferRing?
             if backend == .ioURing {
                 do {
                     let uring = try IOURing(
                         entries: configuration.ringEntries, completionEntries: completionEntries,
                         setupHook: configuration.setupFault, hiddenFeatures: configuration.hiddenFeatures)
-                    queues = uring
+                    uringQueues = uring
                     if let buffers = configuration.providedBuffers {
                         do {
                             bufferRing = try ProvidedBufferRing(
@@ -255,8 +255,12 @@ public final class CompletionPort: Sendable {
                         io_uring is unavailable, so the port serves with the epoll backend. \(error) \
                         (RINGPORT_BACKEND=epoll, or Configuration.backend = .epoll, chooses epoll without trying.)
                         """)
-                    queues = try EpollRing(entries: configuration.ringEntries, completionEntries: completionEntries)
                 }
+            }
+            // io_uring, or epoll: asked for, or after the first ring's refusal.
+            let queues: RingQueues
+            if let uringQueues {
+                queues = uringQueues
             } else {
                 queues = try EpollRing(entries: configuration.ringEntries, completionEntries: completionEntries)
             }
