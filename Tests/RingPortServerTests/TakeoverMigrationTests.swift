@@ -98,7 +98,10 @@ extension RingPortServerTests {
                 let after = ThreadSnapshot.all(named: "ringport-mig")
 
                 // The leader is the worker that ran the most; every other worker is parked, and
-                // only the sentry wakes (every 5 ms while the leader works).
+                // only the sentry wakes: every 5 ms while the leader works, then it may wait for
+                // the ring's lock the leader holds (seen: 1 to 1.9 switches per tick). Without
+                // the migration the old leader wakes for the completions of what it armed: about
+                // 26,000 times in this second, against at most 700 here.
                 let deltas = after.compactMap { id, now -> (id: Int, switches: Int, ticks: Int)? in
                     guard let then = before[id] else { return nil }
                     return (id, now.voluntarySwitches - then.voluntarySwitches, now.cpuTicks - then.cpuTicks)
@@ -108,7 +111,7 @@ extension RingPortServerTests {
                 let sentryTicks = Int(elapsed / .milliseconds(5))
                 #expect(rounds > 100, "\(rounds) rounds of 32 messages")
                 #expect(
-                    parkedWakeUps <= sentryTicks + sentryTicks / 2 + 50,
+                    parkedWakeUps <= 3 * sentryTicks + 100,
                     """
                     parked workers woke \(parkedWakeUps) times for \(rounds * 32) messages in \(elapsed) \
                     (sentry ticks \(sentryTicks)); per thread: \(deltas)
