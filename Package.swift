@@ -18,6 +18,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.0"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
@@ -62,13 +63,15 @@ let package = Package(
             dependencies: ["RingPort", "RingPortServer"]
         ),
         // async/await over the port: TCP listener and connections, a task executor on the
-        // port's worker threads.
+        // port's worker threads. Bytes travel as NIOCore's ByteBuffer (NIOCore only: no event
+        // loops, no sockets of SwiftNIO's).
         .target(
             name: "RingPortAsync",
             dependencies: [
                 "RingPort",
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
         ),
@@ -153,7 +156,7 @@ let package = Package(
         .testTarget(
             name: "RingPortAsyncTests",
             dependencies: [
-                "RingPort", "RingPortAsync", "RingPortTestSupport",
+                "RingPort", "RingPortAsync", "RingPortLoad", "RingPortTestSupport",
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
         ),

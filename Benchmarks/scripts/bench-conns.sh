@@ -9,7 +9,7 @@
 #   --sources K        source addresses 127.0.0.2 .. 127.0.0.(K+1) the client spreads its
 #                      connections over (default 8; see Benchmarks/c/idle_conns.c)
 #   --servers LIST     comma-separated subset of the default servers, in this order:
-#                      c_liburing,c_epoll,swiftnio,ringport (default: all of them; swiftnio is
+#                      c_liburing,c_epoll,swiftnio,ringport,ringport_async (default: all of them; swiftnio is
 #                      skipped when Benchmarks/.build/release/nio-echo is not built)
 #   --ringport PATH    the ringport binary (default: $RINGPORT, else .build/release/ringport)
 #   --rounds R         rounds; each round runs every server once, in the order given (default 3)
@@ -29,6 +29,7 @@
 #   swiftnio    Benchmarks/.build/release/nio-echo --port {PORT}
 #   ringport    RINGPORT echo --port {PORT} --log-level error --max-connections 20000
 #               (more when warm-up + connections exceed 20000)
+#   ringport_async  RINGPORT async-echo --port {PORT} --log-level error
 #
 # Per run: raise the descriptor limit (ulimit -n, inherited by server and client), start the
 # server, wait for its port, read its memory ("fresh"); open W warm-up connections with
@@ -111,10 +112,11 @@ if ((${#specs[@]} == 0)); then
         [c_epoll]="Benchmarks/bin/echo_epoll --port {PORT}"
         [swiftnio]="Benchmarks/.build/release/nio-echo --port {PORT}"
         [ringport]="$ringport echo --port {PORT} --log-level error --max-connections $max_connections"
+        [ringport_async]="$ringport async-echo --port {PORT} --log-level error"
     )
-    IFS=, read -r -a wanted <<<"${server_list:-c_liburing,c_epoll,swiftnio,ringport}"
+    IFS=, read -r -a wanted <<<"${server_list:-c_liburing,c_epoll,swiftnio,ringport,ringport_async}"
     for name in "${wanted[@]}"; do
-        [[ -n ${default_cmd[$name]:-} ]] || die "unknown server '$name' (c_liburing, c_epoll, swiftnio, ringport)"
+        [[ -n ${default_cmd[$name]:-} ]] || die "unknown server '$name' (c_liburing, c_epoll, swiftnio, ringport, ringport_async)"
         binary=${default_cmd[$name]%% *}
         if [[ ! -x $binary ]]; then
             [[ $name == swiftnio && -z $server_list ]] || die "$name: $binary not found (build it first)"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# bench-echo.sh - RingPort's echo server (on io_uring and on its epoll backend) against the C and
-# SwiftNIO baselines, one grid point at a time.
+# bench-echo.sh - RingPort's echo servers (the completion-port handler on io_uring and on its epoll
+# backend, and the async/await one) against the C and SwiftNIO baselines, one grid point at a time.
 #
 #   Benchmarks/scripts/bench-echo.sh [--rounds R] [--duration S]
 #
@@ -58,6 +58,7 @@ for point in "${grid[@]}"; do
         swiftnio='Benchmarks/.build/release/nio-echo --port {PORT}' \
         ringport='.build/release/ringport echo --port {PORT} --log-level error' \
         ringport_epoll='.build/release/ringport echo --port {PORT} --log-level error --backend epoll' \
+        ringport_async='.build/release/ringport async-echo --port {PORT} --log-level error' \
         || status=1
 done
 

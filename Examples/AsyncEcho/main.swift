@@ -1,4 +1,5 @@
-// AsyncEcho: the echo server with RingPortAsync: one task per connection reads and writes back.
+// AsyncEcho: the echo server with RingPortAsync: one task per connection writes back every
+// ByteBuffer its inbound sequence delivers.
 // Usage: AsyncEcho [port] (or PORT=...; default 8888). Stops on SIGINT or SIGTERM.
 import Glibc
 import RingPort
@@ -15,11 +16,10 @@ fflush(nil)
 let server = Task(executorPreference: io.preferredExecutor) { [listener] in  // on the port's workers
     try await withThrowingDiscardingTaskGroup { group in
         for try await connection in listener.connections {  // ends when the listener is closed
-            group.addTask {
-                defer { connection.close() }
-                do {  // read() returns nil when the peer closed; write() sends every byte
-                    while let bytes = try await connection.read() { try await connection.write(bytes) }
-                } catch {}  // reset, or closed by the shutdown
+            group.addTask {  // inbound: received ByteBuffers; outbound.write queues one (sent as is)
+                try? await connection.executeThenClose { inbound, outbound in
+                    for try await buffer in inbound { try await outbound.write(buffer) }
+                }
             }
         }
     }

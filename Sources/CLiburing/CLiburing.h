@@ -90,6 +90,16 @@ static inline unsigned CLiburing_flush_sq(struct io_uring *ring) {
     return tail - io_uring_smp_load_acquire(sq->khead);
 }
 
+// ---------------------------------------------------------------------------------------------
+// The total byte limit of a multishot receive: the SQE's `optlen`, which newer kernels read for
+// IORING_OP_RECV with IORING_RECV_MULTISHOT (the receive ends once it delivered that many bytes).
+// liburing 2.3's io_uring_sqe has no `optlen` member: it shares its place with `file_index`.
+// Kernels without the limit reject the field (EINVAL) or ignore it; probe before use.
+// ---------------------------------------------------------------------------------------------
+static inline void CLiburing_setMultishotReceiveLimit(struct io_uring_sqe *sqe, unsigned limit) {
+    sqe->file_index = limit;
+}
+
 /// Completions the kernel dropped because its overflow list could not grow (should stay 0).
 static inline unsigned CLiburing_cq_overflow_count(const struct io_uring *ring) {
     return IO_URING_READ_ONCE(*ring->cq.koverflow);

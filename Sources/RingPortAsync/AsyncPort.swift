@@ -28,14 +28,27 @@ public final class AsyncPort: Sendable {
     /// How to build an ``AsyncPort``.
     public struct Configuration: Sendable {
         /// The completion port: rings, ring sizes, worker count (`CompletionPort.Configuration.workerCount`).
-        public var port = CompletionPort.Configuration()
+        /// Its provided buffers (1,024 of 16 KiB per ring by default) are what connections
+        /// receive into; with none (`nil`), or where the kernel has no multishot receive (and on
+        /// the epoll backend), each connection receives into a buffer of its own of
+        /// ``receiveBufferSize`` bytes instead.
+        public var port: CompletionPort.Configuration = {
+            var port = CompletionPort.Configuration()
+            port.providedBuffers = .init(count: 1024, size: 16384)
+            return port
+        }()
         /// Where ``AsyncPort/preferredExecutor`` puts tasks. Default: ``Resumption/portWorkers``,
         /// which measured faster (see `docs/ARCHITECTURE.md`).
         public var resumption = Resumption.portWorkers
-        /// Bytes of each connection's receive buffer: the most one read delivers.
+        /// Bytes of each connection's own receive buffer when it cannot receive into provided
+        /// buffers (see ``port``): the most one arrival delivers then.
         public var receiveBufferSize = 16384
-        /// Bytes of each connection's send buffer: a write is sent in chunks of this size.
-        public var sendBufferSize = 16384
+        /// Received bytes a connection buffers while its reader lags: at this many it stops
+        /// receiving, and receives again once the reader took them below half of it.
+        public var inboundHighWatermark = 65536
+        /// Bytes a connection queues for sending: at this many a write waits until the sends
+        /// brought the queue below half of it (a peer that does not read stops the writer).
+        public var outboundHighWatermark = 65536
         /// Where the async layer logs (accept failures it retries).
         public var logger = Logger(label: "ringport.async")
 
@@ -61,7 +74,12 @@ public final class AsyncPort: Sendable {
     /// The configuration the port was built with.
     public let configuration: Configuration
     let logger: Logger
+    /// Whether connections receive into the port's provided buffers (multishot receives).
+    let usesProvidedBuffers: Bool
+    /// The contexts of the connections' receives: without a buffer when they receive into
+    /// provided buffers, with one of ``Configuration/receiveBufferSize`` bytes otherwise.
     let receiveContexts: ContextPool
+    /// The contexts of the connections' sends: their buffer holds a gathered send's I/O vector.
     let sendContexts: ContextPool
     /// Contexts of capacity 0 (accepts).
     let bareContexts = ContextPool(bufferSize: 0)
@@ -76,8 +94,11 @@ public final class AsyncPort: Sendable {
     /// - Throws: `RingPortError` when io_uring is unavailable (see `CompletionPort.init(configuration:)`),
     ///   a size is out of range, or a worker thread cannot start.
     public init(configuration: Configuration = .init()) throws(RingPortError) {
-        guard configuration.receiveBufferSize >= 1, configuration.sendBufferSize >= 1 else {
-            throw RingPortError(.invalidArgument, operation: "AsyncPort buffer sizes must be at least 1 byte")
+        guard configuration.receiveBufferSize >= 1, configuration.inboundHighWatermark >= 1,
+            configuration.outboundHighWatermark >= 1
+        else {
+            throw RingPortError(
+                .invalidArgument, operation: "AsyncPort buffer sizes and watermarks must be at least 1 byte")
         }
         self.configuration = configuration
         logger = configuration.logger
@@ -85,8 +106,9 @@ public final class AsyncPort: Sendable {
         let executor = PortTaskExecutor(port: port)
         self.port = port
         self.executor = executor
-        receiveContexts = ContextPool(bufferSize: configuration.receiveBufferSize)
-        sendContexts = ContextPool(bufferSize: configuration.sendBufferSize)
+        usesProvidedBuffers = port.supportsMultishotReceive && port.features.multishotReceive
+        receiveContexts = ContextPool(bufferSize: usesProvidedBuffers ? 0 : configuration.receiveBufferSize)
+        sendContexts = ContextPool(bufferSize: AsyncPort.gatheredBuffers * MemoryLayout<iovec>.stride)
         workers = WorkerPool(port: port, name: "ringport-async") { completion in
             AsyncPort.handle(completion, executor: executor)
         }
@@ -123,20 +145,59 @@ public final class AsyncPort: Sendable {
 
     // MARK: Completions (worker threads)
 
-    /// The workers' handler: resumes the task waiting for `completion`, then runs the jobs that
-    /// resumption put on this thread.
+    /// The most buffers one gathered send of a connection carries.
+    static let gatheredBuffers = 16
+
+    /// Who handles a completion, as the context's `userValue` says (so that the handler finds
+    /// the attachment's type without a dynamic cast).
+    enum CompletionTarget: UInt64 {
+        /// An ``OperationSlot`` (accept, connect).
+        case operationSlot = 1
+        /// A connection's ``InboundStream``.
+        case inbound = 2
+        /// A connection's ``OutboundStream``.
+        case outbound = 3
+    }
+
+    /// The workers' handler: hands `completion` to the stream or slot waiting for it (which
+    /// resumes the waiting task), then runs the jobs that resumption put on this thread.
     private static func handle(_ completion: Completion, executor: PortTaskExecutor) {
         let local = executor.attachCurrentThread()
         if completion.operation == .user && completion.userValue == PortTaskExecutor.wakeUpValue {
             executor.runSharedJobs()
-        } else if let slot = completion.context?.attachment as? OperationSlot {
-            slot.complete(completion)
+        } else if let context = completion.context, let attachment = context.attachment {
+            switch CompletionTarget(rawValue: context.userValue) {
+            case .inbound:
+                let stream = unsafeDowncast(attachment, to: InboundStream.self)
+                withBufferCache(of: local) { stream.complete(completion, buffers: &$0) }
+            case .outbound:
+                let stream = unsafeDowncast(attachment, to: OutboundStream.self)
+                withBufferCache(of: local) { stream.complete(completion, buffers: &$0) }
+            case .operationSlot:
+                unsafeDowncast(attachment, to: OperationSlot.self).complete(completion)
+            case nil:
+                preconditionFailure("a completion of the async layer's port with an unknown target")
+            }
         } else if let descriptor = completion.acceptedDescriptor {
             // Nobody waits for this accept (it cannot happen with the async layer's own
             // operations); do not leak the socket.
             SystemCall.close(descriptor)
+        } else if let buffer = completion.receivedBuffer {
+            buffer.release()
         }
         if let local { executor.runLocalJobs(local) }
+    }
+
+    /// Calls `body` with the worker thread's buffer cache (or, on a thread without one, a
+    /// cache of the moment).
+    @inline(__always)
+    private static func withBufferCache(of local: WorkerJobs?, _ body: (inout ByteBufferCache) -> Void) {
+        if let local {
+            body(&local.buffers)
+        } else {
+            var cache = ByteBufferCache()
+            body(&cache)
+        }
     }
 
     // MARK: Shutdown

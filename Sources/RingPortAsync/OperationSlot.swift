@@ -57,6 +57,7 @@ final class OperationSlot: @unchecked Sendable {
     init(port: CompletionPort, context: IOContext) {
         self.port = port
         self.context = context
+        context.userValue = AsyncPort.CompletionTarget.operationSlot.rawValue
     }
 
     /// Takes the slot for the calling task.

@@ -38,6 +38,7 @@ public final class PortTaskExecutor: TaskExecutor, Sendable {
 
     private struct SharedQueue {
         var jobs = Deque<UnownedJob>()
+        var buffers = ByteBufferCache()
         /// A wake-up completion is posted and not yet handled: no need for another.
         var wakeUpPending = false
         /// The workers are gone: jobs go to the global executor.
@@ -147,8 +148,9 @@ public final class PortTaskExecutor: TaskExecutor, Sendable {
     }
 }
 
-/// The jobs resumed on one worker thread while it handled a completion, run by the same thread
-/// before it dequeues again.
+/// What one worker thread keeps for itself: the jobs resumed while it handled a completion,
+/// run by the same thread before it dequeues again, and the byte buffers it recycles
+/// (``ByteBufferCache``).
 ///
 /// Thread-confined: created for a thread on first use, reached only through that thread's
 /// thread-specific slot, and released by the slot's destructor when the thread exits. Not
@@ -157,6 +159,7 @@ final class WorkerJobs {
     /// The executor whose worker this thread is (nil: not a worker of any).
     var executor: ObjectIdentifier?
     var jobs = Deque<UnownedJob>()
+    var buffers = ByteBufferCache()
 
     private init() {
         jobs.reserveCapacity(16)

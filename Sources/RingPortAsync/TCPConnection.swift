@@ -1,82 +1,88 @@
 import Glibc
 import RingPort
-import SystemPackage
 
-/// A TCP connection on an ``AsyncPort``, read and written with `async` calls.
+import struct NIOCore.ByteBuffer
+
+/// A TCP connection on an ``AsyncPort``: received bytes as an `AsyncSequence` of `ByteBuffer`s
+/// (``inbound``), sent bytes through a writer (``outbound``), in the shape of SwiftNIO's
+/// `NIOAsyncChannel`.
 ///
-/// Get one from a ``TCPListener`` or from ``connect(to:on:)``. Every read and write posts an
-/// operation on the completion port with one of the connection's two per-I/O contexts (a
-/// receive buffer and a send buffer of ``AsyncPort/Configuration`` sizes, owned by the
-/// connection); the port owns that context until the operation's completion is dequeued, and
-/// the call returns only after that — also when it throws.
+/// Get one from a ``TCPListener`` or from ``connect(to:on:)``.
+///
+/// ## Receiving
+/// The connection keeps one receive armed (a multishot receive into the port's provided
+/// buffers where the kernel has them) while its consumer keeps up; every arrival becomes one
+/// `ByteBuffer`, in order. An idle connection holds no receive buffer. When the consumer lags,
+/// received bytes are buffered up to ``AsyncPort/Configuration/inboundHighWatermark``; then
+/// the connection stops receiving (the peer's sends fill the socket buffers and then block)
+/// until the consumer has taken them below half of it. The sequence ends when the peer shuts
+/// its side down (after every byte it sent), and throws when the connection failed or was
+/// closed.
+///
+/// ## Sending
+/// ``Outbound/write(_:)`` queues a buffer and returns; the bytes are sent from the buffer's
+/// own storage (no copy), queued buffers leave in one gathered send, and the connection keeps
+/// each buffer until the kernel has sent it. When
+/// ``AsyncPort/Configuration/outboundHighWatermark`` bytes are queued (the peer does not read),
+/// a write waits until the queue has drained to half of it. ``Outbound/finish()`` sends the
+/// rest and shuts the write side down (half-close): the peer reads an end of stream, and this
+/// side can go on receiving.
 ///
 /// ## Thread-safety
-/// All methods may be called from any task. One read and one write may be in progress at the
-/// same time (e.g. a reading task and a writing task); a second concurrent read, or write,
-/// throws `RingPortError.Code.contextInFlight`.
-///
-/// ## Buffer ownership
-/// A read receives into the connection's receive buffer and copies into the caller's memory
-/// (or a new array) before it returns; bytes the caller had no room for stay buffered for the
-/// next read. A write copies the caller's bytes into the send buffer, chunk by chunk, and
-/// returns when the last byte was handed to the kernel: the caller's memory is read only during
-/// the call and may be reused as soon as it returns.
+/// All members may be called from any task. One task reads at a time, and one write waits for
+/// room at a time; a second concurrent one throws `RingPortError.Code.contextInFlight`.
 ///
 /// ## Cancellation
-/// Cancelling the task of a pending read or write cancels its io_uring operation; the call
-/// waits for the operation's completion and throws `CancellationError`.
-/// - A read cancelled after its bytes arrived (the kernel completed it before the
-///   cancellation) does not lose them: they stay buffered and the next read returns them; an
-///   end of stream that arrived the same way is returned by the next read too. The connection
-///   stays usable.
-/// - A write cancelled part-way may have sent a prefix of its bytes (it does not say how many):
-///   the stream is then in an unknown state, and the connection should be closed.
+/// A read cancelled while it waits throws `CancellationError`; the receive stays armed and
+/// bytes that arrive later are returned by the next read: nothing is lost. A write cancelled
+/// while it waits for room throws `CancellationError` and has queued nothing; what was queued
+/// before is still sent.
 ///
 /// ## Errors
-/// Reads and writes throw `RingPortError`: `RingPortError.Code.systemCallFailed` with the
-/// kernel's `errno` (e.g. `ECONNRESET`, `EPIPE`) when the operation failed,
-/// `RingPortError.Code.handleClosed` after ``close()`` (also for an operation pending when
-/// the connection was closed, or when the ``AsyncPort`` shut down); or `CancellationError`.
+/// `RingPortError`: `RingPortError.Code.systemCallFailed` with the kernel's `errno` (e.g.
+/// `ECONNRESET`, `EPIPE`) when a receive or send failed, `RingPortError.Code.handleClosed`
+/// after ``close()`` or the port's shutdown; or `CancellationError`. A failed send fails the
+/// outbound side only (bytes already received stay readable); a failed receive the inbound
+/// side only.
 ///
 /// ## Lifetime
-/// ``close()`` closes the socket; dropping the last reference closes it too. The buffers go
-/// back to the port's pools when the connection is freed.
+/// ``close()`` closes the socket (queued sends are dropped); dropping the last reference
+/// closes it too. Prefer ``executeThenClose(_:)``, which closes when its body returns.
 public final class TCPConnection: Sendable {
     /// The peer's address, when known.
     public let peerAddress: SocketAddress?
     /// The port the connection lives on.
     public let asyncPort: AsyncPort
     let handle: IOHandle
-    private let reader: OperationSlot
-    private let writer: OperationSlot
+    let inboundStream: InboundStream
+    let outboundStream: OutboundStream
 
     /// Wraps a connected socket (the connection owns it from now on, also when this throws:
     /// then it is closed).
-    convenience init(descriptor: Int32, peerAddress: SocketAddress?, on asyncPort: AsyncPort) throws(RingPortError) {
-        let handle: IOHandle
+    init(descriptor: Int32, peerAddress: SocketAddress?, on asyncPort: AsyncPort) throws(RingPortError) {
         do {
             handle = try asyncPort.port.associate(descriptor: descriptor, peerAddress: peerAddress)
         } catch {
             SystemCall.close(descriptor)
             throw error
         }
-        self.init(handle: handle, peerAddress: peerAddress, on: asyncPort)
-    }
-
-    private init(handle: IOHandle, peerAddress: SocketAddress?, on asyncPort: AsyncPort) {
-        self.handle = handle
         self.peerAddress = peerAddress
         self.asyncPort = asyncPort
-        reader = OperationSlot(port: asyncPort.port, context: asyncPort.receiveContexts.take())
-        writer = OperationSlot(port: asyncPort.port, context: asyncPort.sendContexts.take())
+        let configuration = asyncPort.configuration
+        inboundStream = InboundStream(
+            handle: handle, context: asyncPort.receiveContexts.take(), port: asyncPort.port,
+            usesProvidedBuffers: asyncPort.usesProvidedBuffers, highWatermark: configuration.inboundHighWatermark)
+        outboundStream = OutboundStream(
+            handle: handle, context: asyncPort.sendContexts.take(), port: asyncPort.port,
+            highWatermark: configuration.outboundHighWatermark)
     }
 
     deinit {
         asyncPort.port.close(handle)
-        // No operation is in flight: each one keeps the connection alive until its completion.
-        // The checks only guard against recycling a context the port still holds.
-        if !reader.context.isInFlight { asyncPort.receiveContexts.recycle(reader.context) }
-        if !writer.context.isInFlight { asyncPort.sendContexts.recycle(writer.context) }
+        // An operation in flight keeps its stream, and so its context, alive until its
+        // completion; then the context is freed instead of going back to the pool.
+        if !inboundStream.context.isInFlight { asyncPort.receiveContexts.recycle(inboundStream.context) }
+        if !outboundStream.context.isInFlight { asyncPort.sendContexts.recycle(outboundStream.context) }
     }
 
     /// Connects to `address` (io_uring `CONNECT`) and returns the connection, with
@@ -89,8 +95,9 @@ public final class TCPConnection: Sendable {
         try asyncPort.checkRunning("connect to \(address)")
         let descriptor = try TCPSocket.makeSocket(family: address.protocolFamily)
         let connection = try TCPConnection(descriptor: descriptor, peerAddress: address, on: asyncPort)
-        // The receive context's scratch memory holds the address for the kernel.
-        let slot = connection.reader
+        // The connect's context holds the address for the kernel in its scratch memory.
+        let slot = OperationSlot(port: asyncPort.port, context: asyncPort.bareContexts.take())
+        defer { if !slot.context.isInFlight { asyncPort.bareContexts.recycle(slot.context) } }
         try slot.claim("connect")
         defer { slot.relinquish() }
         let handle = connection.handle
@@ -115,151 +122,126 @@ public final class TCPConnection: Sendable {
         handle.isClosed
     }
 
-    /// Closes the connection: cancels its pending read and write (they throw
-    /// `RingPortError.Code.handleClosed`) and closes the socket once they are done with it.
-    /// Idempotent; does not wait.
+    /// Closes the connection: ends its receive and drops its queued sends (a waiting read or
+    /// write throws `RingPortError.Code.handleClosed`), and closes the socket once the kernel is
+    /// done with them. Idempotent; does not wait.
     public func close() {
         asyncPort.port.close(handle)
     }
 
+    /// Runs `body` with the connection's inbound sequence and outbound writer, then closes the
+    /// connection, also when `body` throws.
+    public func executeThenClose<Result>(
+        _ body: (_ inbound: Inbound, _ outbound: Outbound) async throws -> Result
+    ) async throws -> Result {
+        defer { close() }
+        return try await body(inbound, outbound)
+    }
+
     // MARK: Reading
 
-    /// Reads what is available, at most `buffer.count` bytes, into `buffer`; waits until at
-    /// least one byte arrived. Returns the number of bytes, or 0 at end of stream (the peer
-    /// closed its side).
-    ///
-    /// `buffer` is written only before the call returns.
-    public func read(into buffer: UnsafeMutableRawBufferPointer) async throws -> Int {
-        guard buffer.count > 0 else {
-            throw RingPortError(.invalidArgument, operation: "read into an empty buffer")
-        }
-        try reader.claim("read")
-        defer { reader.relinquish() }
-        guard try await fillReceiveBuffer() else { return 0 }
-        let count = min(buffer.count, reader.bufferedEnd - reader.bufferedStart)
-        let start = reader.bufferedStart
-        reader.context.withUnsafeBytes { received in
-            buffer.copyMemory(from: UnsafeRawBufferPointer(rebasing: received[start..<(start + count)]))
-        }
-        reader.bufferedStart += count
-        return count
+    /// The received bytes, one `ByteBuffer` per arrival, ending when the peer shut its side
+    /// down. Iterate it from one task at a time.
+    public var inbound: Inbound {
+        Inbound(stream: inboundStream)
     }
 
-    /// Reads what is available, at most `maximumCount` bytes; waits until at least one byte
-    /// arrived. Returns nil at end of stream (the peer closed its side).
-    public func read(maximumCount: Int = .max) async throws -> [UInt8]? {
-        guard maximumCount > 0 else {
-            throw RingPortError(.invalidArgument, operation: "read of at most \(maximumCount) bytes")
-        }
-        try reader.claim("read")
-        defer { reader.relinquish() }
-        guard try await fillReceiveBuffer() else { return nil }
-        let count = min(maximumCount, reader.bufferedEnd - reader.bufferedStart)
-        let bytes = reader.context.bytes(in: reader.bufferedStart..<(reader.bufferedStart + count))
-        reader.bufferedStart += count
-        return bytes
+    /// The next received bytes (at least one byte), waiting until some arrive; nil once the peer
+    /// shut its side down and every byte was read. The same as the next element of
+    /// ``inbound``.
+    public func read() async throws -> ByteBuffer? {
+        try await inboundStream.next()
     }
 
-    /// Makes sure bytes are buffered, receiving if none are; false at end of stream. The
-    /// caller holds the reader's claim.
-    private func fillReceiveBuffer() async throws -> Bool {
-        if reader.bufferedStart < reader.bufferedEnd { return true }
-        if reader.endOfStream { return false }
-        let handle = self.handle
-        let port = asyncPort.port
-        let outcome = await reader.perform { context throws(RingPortError) in
-            try port.read(handle, into: context)
+    /// The received bytes of a ``TCPConnection``: an `AsyncSequence` of `ByteBuffer`s with
+    /// backpressure. See ``TCPConnection/inbound``.
+    public struct Inbound: AsyncSequence, Sendable {
+        /// Bytes that arrived together, in order.
+        public typealias Element = ByteBuffer
+        /// `RingPortError` or `CancellationError`.
+        public typealias Failure = any Error
+
+        let stream: InboundStream
+
+        /// Bytes received and not read yet (at most about the inbound high watermark).
+        public var bufferedByteCount: Int {
+            stream.bufferedByteCount
         }
-        let (completion, cancelRequested) = try outcome.completionWithoutError(
-            closed: "read on a closed connection", failed: "recv from \(peerDescription)")
-        let count = completion.bytesTransferred
-        if count == 0 {
-            reader.endOfStream = true
-        } else {
-            reader.bufferedStart = 0
-            reader.bufferedEnd = count
+
+        /// An iterator over the received bytes.
+        public func makeAsyncIterator() -> AsyncIterator {
+            AsyncIterator(stream: stream)
         }
-        // The bytes (or the end of stream) arrived before the cancellation took effect:
-        // they stay buffered for the next read.
-        if cancelRequested { throw CancellationError() }
-        return count > 0
+
+        /// The iterator of ``Inbound``; see ``TCPConnection/read()``.
+        public struct AsyncIterator: AsyncIteratorProtocol {
+            let stream: InboundStream
+
+            /// The next received bytes, or nil once the peer shut its side down.
+            public mutating func next() async throws -> ByteBuffer? {
+                try await stream.next()
+            }
+        }
     }
 
     // MARK: Writing
 
-    /// Sends all of `bytes`, finishing short sends; returns when the last byte was handed to
-    /// the kernel. `bytes` is read only during the call.
-    public func write(_ bytes: some Collection<UInt8>) async throws {
-        try writer.claim("write")
-        defer { writer.relinquish() }
-        let capacity = writer.context.capacity
-        var index = bytes.startIndex
-        while index != bytes.endIndex {
-            let end = bytes.index(index, offsetBy: capacity, limitedBy: bytes.endIndex) ?? bytes.endIndex
-            let count = writer.context.copyBytes(from: bytes[index..<end])
-            try await sendSendBuffer(count: count)
-            index = end
-        }
+    /// The writer of the connection's outgoing bytes.
+    public var outbound: Outbound {
+        Outbound(stream: outboundStream)
     }
 
-    /// Sends all of `bytes`; see ``write(_:)-(Collection<UInt8>)``.
-    public func write(_ bytes: [UInt8]) async throws {
-        try await write(count: bytes.count) { range, destination in
-            bytes.withUnsafeBytes { source in
-                destination.copyMemory(from: UnsafeRawBufferPointer(rebasing: source[range]))
-            }
-        }
+    /// Queues `buffer` for sending; see ``Outbound/write(_:)``.
+    public func write(_ buffer: ByteBuffer) async throws {
+        try await outboundStream.write(buffer)
     }
 
-    /// Sends all of the bytes `bytes` points to; see ``write(_:)-(Collection<UInt8>)``. The
-    /// memory must stay valid until the call returns; it is read only during the call.
-    public func write(_ bytes: UnsafeRawBufferPointer) async throws {
-        try await write(count: bytes.count) { range, destination in
-            destination.copyMemory(from: UnsafeRawBufferPointer(rebasing: bytes[range]))
-        }
+    /// Copies `bytes` into a new buffer and queues it for sending; see ``Outbound/write(_:)``.
+    public func write(_ bytes: some Sequence<UInt8>) async throws {
+        try await outboundStream.write(ByteBuffer(bytes: bytes))
     }
 
-    /// Sends `count` bytes that `copy` puts into the send buffer a chunk at a time (the chunk's
-    /// range in the caller's bytes, and where to put it).
-    private func write(
-        count: Int, copy: (Range<Int>, UnsafeMutableRawBufferPointer) -> Void
-    ) async throws {
-        try writer.claim("write")
-        defer { writer.relinquish() }
-        let capacity = writer.context.capacity
-        var start = 0
-        while start < count {
-            let chunk = start..<Swift.min(count, start + capacity)
-            writer.context.withUnsafeMutableBytes { buffer in
-                copy(chunk, UnsafeMutableRawBufferPointer(rebasing: buffer[0..<chunk.count]))
-            }
-            try await sendSendBuffer(count: chunk.count)
-            start = chunk.upperBound
-        }
+    /// Sends what is queued, then shuts the write side down; see ``Outbound/finish()``.
+    public func shutdownOutput() async throws {
+        try await outboundStream.finish()
     }
 
-    /// Sends the first `count` bytes of the send buffer. The caller holds the writer's claim.
-    private func sendSendBuffer(count: Int) async throws {
-        let handle = self.handle
-        let port = asyncPort.port
-        var offset = 0
-        while offset < count {
-            let range = offset..<count
-            let outcome = await writer.perform { context throws(RingPortError) in
-                try port.write(handle, from: context, range: range)
-            }
-            let (completion, cancelRequested) = try outcome.completionWithoutError(
-                closed: "write on a closed connection", failed: "send to \(peerDescription)")
-            if cancelRequested { throw CancellationError() }
-            guard completion.bytesTransferred > 0 else {
-                throw RingPortError(
-                    .systemCallFailed, operation: "send to \(peerDescription) made no progress", errno: .brokenPipe)
-            }
-            offset += completion.bytesTransferred
-        }
-    }
+    /// The writer of a ``TCPConnection``'s outgoing bytes, with backpressure. See
+    /// ``TCPConnection/outbound``.
+    public struct Outbound: Sendable {
+        let stream: OutboundStream
 
-    private var peerDescription: String {
-        peerAddress.map { "\($0)" } ?? "the peer"
+        /// Bytes written and not sent yet.
+        public var queuedByteCount: Int {
+            stream.queuedByteCount
+        }
+
+        /// Queues `buffer` for sending and returns; waits first, without queuing, while the
+        /// outbound high watermark's worth of bytes is queued (the peer does not read). The
+        /// bytes are sent from the buffer's storage, which the connection keeps until they are
+        /// sent: the caller's copy may be changed meanwhile (it copies on write).
+        ///
+        /// - Throws: the `RingPortError` that failed an earlier send (e.g. `ECONNRESET`,
+        ///   `EPIPE`), `RingPortError.Code.handleClosed` once the connection is closed,
+        ///   `RingPortError.Code.invalidArgument` after ``finish()``, `CancellationError` when
+        ///   cancelled while waiting (then nothing was queued).
+        public func write(_ buffer: ByteBuffer) async throws {
+            try await stream.write(buffer)
+        }
+
+        /// Queues every buffer of `buffers`, in order, as ``write(_:)`` does.
+        public func write(contentsOf buffers: some Sequence<ByteBuffer>) async throws {
+            for buffer in buffers { try await stream.write(buffer) }
+        }
+
+        /// Sends what is queued, then shuts the write side down (`shutdown(SHUT_WR)`): the peer
+        /// reads an end of stream; receiving goes on. Returns when the last byte was handed to
+        /// the kernel and the side was shut. Later writes throw. Idempotent.
+        ///
+        /// - Throws: the error that failed a send; `CancellationError` when cancelled while
+        ///   waiting (the shutdown still happens once the queue is sent).
+        public func finish() async throws {
+            try await stream.finish()
+        }
     }
 }

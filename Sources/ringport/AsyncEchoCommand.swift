@@ -13,7 +13,7 @@ struct AsyncEchoCommand: AsyncParsableCommand {
         commandName: "async-echo",
         abstract: "Run the echo server written with async/await (RingPortAsync).",
         discussion: """
-            One task per connection reads into a buffer and writes it back. --resume workers runs \
+            One task per connection writes back every buffer its inbound sequence delivers. --resume workers runs \
             the tasks on the completion port's worker threads (a completion resumes its task on \
             the thread that dequeued it); --resume global runs them on Swift's global executor. \
             Runs until SIGINT or SIGTERM, then closes every connection.
@@ -35,7 +35,7 @@ struct AsyncEchoCommand: AsyncParsableCommand {
     @Option(help: "io_uring instances; each connection lives on one (default: one per two CPUs).")
     var rings: Int?
 
-    @Option(help: "Bytes of each connection's receive and send buffer.")
+    @Option(help: "Bytes of each connection's own receive buffer, where it cannot receive into provided buffers.")
     var bufferSize = 16384
 
     @Option(help: "Where tasks run: workers (the port's worker threads) or global (Swift's global executor).")
@@ -67,7 +67,6 @@ struct AsyncEchoCommand: AsyncParsableCommand {
         if let rings { configuration.port.ringCount = rings }
         configuration.port.logger = Logger(label: "ringport.port")
         configuration.receiveBufferSize = bufferSize
-        configuration.sendBufferSize = bufferSize
         configuration.resumption = resume == .workers ? .portWorkers : .globalExecutor
         configuration.logger = Logger(label: "ringport.async-echo")
 
@@ -76,8 +75,7 @@ struct AsyncEchoCommand: AsyncParsableCommand {
         do {
             let address = try SocketAddress(host: host, port: port)
             let io = try AsyncPort(configuration: configuration)
-            service = AsyncEchoService(
-                io: io, listener: try TCPListener.bind(to: address, on: io), bufferSize: bufferSize)
+            service = AsyncEchoService(io: io, listener: try TCPListener.bind(to: address, on: io))
         } catch {
             StandardError.write("error: \(error)")
             throw ExitCode.failure
@@ -110,22 +108,14 @@ struct AsyncEchoCommand: AsyncParsableCommand {
     }
 
     /// Accepts until the listener closes; one child task per connection echoes what it reads.
-    static func serve(_ listener: TCPListener, bufferSize: Int) async throws {
+    static func serve(_ listener: TCPListener) async throws {
         try await withThrowingDiscardingTaskGroup { group in
             for try await connection in listener.connections {
                 group.addTask {
-                    // The task's own buffer: written by `read(into:)`, read by `write`, never
-                    // while either is in progress (they copy within the call).
-                    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: bufferSize, alignment: 16)
-                    defer {
-                        buffer.deallocate()
-                        connection.close()
-                    }
                     do {
-                        while true {
-                            let count = try await connection.read(into: buffer)
-                            if count == 0 { return }
-                            try await connection.write(UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
+                        // Each received buffer goes back as it is: sent from its own storage.
+                        try await connection.executeThenClose { inbound, outbound in
+                            for try await buffer in inbound { try await outbound.write(buffer) }
                         }
                     } catch {
                         // Reset, or closed by the shutdown: the connection ends.
@@ -144,19 +134,16 @@ struct AsyncEchoCommand: AsyncParsableCommand {
 final class AsyncEchoService: Service {
     let io: AsyncPort
     let listener: TCPListener
-    let bufferSize: Int
 
-    init(io: AsyncPort, listener: TCPListener, bufferSize: Int) {
+    init(io: AsyncPort, listener: TCPListener) {
         self.io = io
         self.listener = listener
-        self.bufferSize = bufferSize
     }
 
     func run() async throws {
         let listener = self.listener
-        let bufferSize = self.bufferSize
         let serving = Task(executorPreference: io.preferredExecutor) {
-            try await AsyncEchoCommand.serve(listener, bufferSize: bufferSize)
+            try await AsyncEchoCommand.serve(listener)
         }
         // Until the group shuts down; a cancellation (second signal) ends the wait too.
         try? await gracefulShutdown()

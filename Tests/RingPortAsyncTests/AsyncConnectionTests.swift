@@ -41,8 +41,8 @@ extension RingPortAsyncTests {
                         }()
                         var received: [UInt8] = []
                         received.reserveCapacity(expected.count)
-                        while received.count < expected.count, let bytes = try await connection.read() {
-                            received += bytes
+                        while received.count < expected.count, let buffer = try await connection.read() {
+                            received += buffer.readableBytesView
                         }
                         try await written
                         #expect(received == expected, "client \(client)")
@@ -85,24 +85,21 @@ extension RingPortAsyncTests {
             client.close()
 
             var received: [UInt8] = []
-            while let bytes = try await connection.read(maximumCount: 3) {
-                #expect(bytes.count <= 3)
-                received += bytes
+            for try await buffer in connection.inbound {
+                #expect(buffer.readableBytes > 0)
+                received += buffer.readableBytesView
             }
             #expect(received == Array("goodbye".utf8))
-            // The end of stream stays: later reads report it again, in both forms.
+            // The end of stream stays: later reads report it again.
             #expect(try await connection.read() == nil)
-            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 8, alignment: 1)
-            defer { buffer.deallocate() }
-            #expect(try await connection.read(into: buffer) == 0)
+            #expect(try await connection.read() == nil)
             connection.close()
             listener.close()
             await expectCleanShutdown(io, descriptorsBefore: descriptorsBefore)
         }
 
-        /// A pending read whose task is cancelled throws CancellationError after its io_uring
-        /// operation completed (as cancelled); the connection stays usable and a later read gets
-        /// the next bytes.
+        /// A pending read whose task is cancelled throws CancellationError at once; the receive
+        /// stays armed, the connection usable, and a later read gets the next bytes.
         @Test(.timeLimit(.minutes(1)), arguments: [AsyncPort.Resumption.portWorkers, .globalExecutor])
         func cancellingAPendingReadThrowsCancellationAndKeepsTheConnectionUsable(
             resumption: AsyncPort.Resumption
@@ -124,12 +121,12 @@ extension RingPortAsyncTests {
                 })
             reading.cancel()
             await #expect(throws: CancellationError.self) { _ = try await reading.value }
-            #expect(await eventuallyAsync { io.statistics.operationsInFlight == 0 })
+            #expect(io.statistics.operationsInFlight == 1, "the receive stays armed")
             #expect(!connection.isClosed)
 
             try client.send(Array("still here".utf8))
             let bytes = try await Task(executorPreference: io.preferredExecutor) { try await connection.read() }.value
-            #expect(bytes == Array("still here".utf8))
+            #expect(bytes.bytes == Array("still here".utf8))
             // And the other direction still works.
             try await connection.write(Array("pong".utf8))
             #expect(try client.receive(count: 4) == Array("pong".utf8))
@@ -140,8 +137,8 @@ extension RingPortAsyncTests {
         }
 
         /// Cancelling reads while the peer's bytes are arriving: whichever wins each race — the
-        /// cancellation (the bytes stay in the socket) or the bytes (they stay buffered) — no
-        /// byte is lost or reordered.
+        /// cancellation (the bytes stay buffered for the next read) or the bytes — no byte is lost
+        /// or reordered.
         @Test(.timeLimit(.minutes(1))) func readsCancelledWhileBytesArriveLoseNothing() async throws {
             let descriptorsBefore = nonTimerDescriptorCount()
             let io = try makeAsyncPort()
@@ -156,33 +153,47 @@ extension RingPortAsyncTests {
                 reading.cancel()
                 if round % 2 == 1 { try client.send([UInt8(truncatingIfNeeded: round)]) }
                 do {
-                    received += try #require(try await reading.value)
+                    received += try #require(try await reading.value).readableBytesView
                 } catch is CancellationError {
                     cancelledRounds += 1
                 }
             }
             // What the cancelled reads left behind (buffered, or still in the socket) comes now.
-            while received.count < rounds, let bytes = try await connection.read() {
-                received += bytes
+            while received.count < rounds, let buffer = try await connection.read() {
+                received += buffer.readableBytesView
             }
             #expect(received == (0..<rounds).map { UInt8(truncatingIfNeeded: $0) })
             #expect(cancelledRounds > 0)
-            #expect(await eventuallyAsync { io.statistics.operationsInFlight == 0 })
+            #expect(connection.inbound.bufferedByteCount == 0)
             client.close()
             connection.close()
             await expectCleanShutdown(io, descriptorsBefore: descriptorsBefore)
         }
 
-        /// A write blocked on a peer that does not read fails when the peer resets the
+        /// A writer waiting for room (the peer does not read) fails when the peer resets the
         /// connection, and leaves nothing in flight or open.
         @Test(.timeLimit(.minutes(1))) func aWriteToAPeerThatResetsThrows() async throws {
             let descriptorsBefore = nonTimerDescriptorCount()
             let io = try makeAsyncPort()
             let (connection, client) = try await connectedPair(on: io)
-            // More than the loopback socket buffers hold: the write waits for the peer.
-            let payload = [UInt8](repeating: 0x5A, count: 64 << 20)
-            let writing = Task(executorPreference: io.executor) { try await connection.write(payload) }
-            #expect(await eventuallyAsync { io.statistics.operationsInFlight == 1 })
+            // Writes until one waits for room: the socket buffers are full, the queue is at the
+            // high watermark, and the one operation in flight is the send (nothing reads, so no
+            // receive is armed).
+            let chunk = ByteBuffer(repeating: 0x5A, count: 1 << 20)
+            let writes = LockedBox(0)
+            let writing = Task(executorPreference: io.executor) {
+                while true {
+                    try await connection.write(chunk)
+                    writes.withLock { $0 += 1 }
+                }
+            }
+            #expect(
+                await eventuallyAsync {
+                    connection.outbound.queuedByteCount >= 65536 && io.statistics.operationsInFlight == 1
+                })
+            let writesBeforeReset = writes.withLock { $0 }
+            try await Task.sleep(for: .milliseconds(50))
+            #expect(writes.withLock { $0 } == writesBeforeReset, "the writer waits")
             client.setResetOnClose()
             client.close()
 
@@ -267,7 +278,7 @@ extension RingPortAsyncTests {
                 (error as? RingPortError)?.code == .contextInFlight
             }
             try client.send([1, 2, 3])
-            #expect(try await first.value == [1, 2, 3])
+            #expect(try await first.value.bytes == [1, 2, 3])
             client.close()
             connection.close()
             await expectCleanShutdown(io, descriptorsBefore: descriptorsBefore)
@@ -286,7 +297,7 @@ extension RingPortAsyncTests {
             }
             try client.send([42])
             let (before, after, bytes) = try await threads.value
-            #expect(bytes == [42])
+            #expect(bytes.bytes == [42])
             #expect(before.hasPrefix("ringport-async"), "\(before)")
             #expect(after.hasPrefix("ringport-async"), "\(after)")
             client.close()
@@ -297,30 +308,4 @@ extension RingPortAsyncTests {
             #expect(!late.hasPrefix("ringport-async"))
         }
     }
-}
-
-/// A side of a loopback connection on `io` and a blocking client for the other side.
-private func connectedPair(on io: AsyncPort) async throws -> (TCPConnection, PeerClient) {
-    let listener = try TCPListener.bind(to: loopbackAnyPort(), on: io)
-    defer { listener.close() }
-    let address = listener.localAddress
-    async let client = onThread { try BlockingClient(connectingTo: address) }
-    let connection = try #require(try await listener.accept())
-    return (connection, PeerClient(try await client, address: address))
-}
-
-/// A ``BlockingClient`` and the address of the listener it connected to.
-private struct PeerClient: Sendable {
-    let client: BlockingClient
-    let localAddress: SocketAddress
-
-    init(_ client: BlockingClient, address: SocketAddress) {
-        self.client = client
-        localAddress = address
-    }
-
-    func send(_ bytes: [UInt8]) throws { try client.send(bytes) }
-    func receive(count: Int) throws -> [UInt8] { try client.receive(count: count) }
-    func setResetOnClose() { client.setResetOnClose() }
-    func close() { client.close() }
 }

@@ -9,12 +9,11 @@ func echo(_ listener: TCPListener) async throws {
     try await withThrowingDiscardingTaskGroup { group in
         for try await connection in listener.connections {  // one accept per connection
             group.addTask {  // a child task per connection
-                defer { connection.close() }
-                do {
-                    while let bytes = try await connection.read() {  // nil: the peer closed
-                        try await connection.write(bytes)  // every byte, or throws
+                try? await connection.executeThenClose { inbound, outbound in
+                    for try await buffer in inbound {  // ByteBuffers; ends when the peer closes
+                        try await outbound.write(buffer)  // queued, sent without a copy
                     }
-                } catch {}  // reset, cancelled: close
+                }  // reset, cancelled: closed all the same
             }
         }
     }

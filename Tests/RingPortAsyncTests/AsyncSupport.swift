@@ -44,8 +44,44 @@ func expectCleanShutdown(
         sourceLocation: sourceLocation)
 }
 
+extension ByteBuffer {
+    /// The readable bytes, as an array.
+    var bytes: [UInt8] { Array(readableBytesView) }
+}
+
+extension Optional<ByteBuffer> {
+    /// The readable bytes, or nil for nil.
+    var bytes: [UInt8]? { map(\.bytes) }
+}
+
 /// The name of the calling thread.
 func currentThreadName() -> String {
     let name = (try? String(contentsOfFile: "/proc/thread-self/comm", encoding: .utf8)) ?? ""
     return name.trimmingCharacters(in: .whitespacesAndNewlines)
+}
+
+/// A side of a loopback connection on `io` and a blocking client for the other side.
+func connectedPair(on io: AsyncPort) async throws -> (TCPConnection, PeerClient) {
+    let listener = try TCPListener.bind(to: loopbackAnyPort(), on: io)
+    defer { listener.close() }
+    let address = listener.localAddress
+    async let client = onThread { try BlockingClient(connectingTo: address) }
+    let connection = try #require(try await listener.accept())
+    return (connection, PeerClient(try await client, address: address))
+}
+
+/// A ``BlockingClient`` and the address of the listener it connected to.
+struct PeerClient: Sendable {
+    let client: BlockingClient
+    let localAddress: SocketAddress
+
+    init(_ client: BlockingClient, address: SocketAddress) {
+        self.client = client
+        localAddress = address
+    }
+
+    func send(_ bytes: [UInt8]) throws { try client.send(bytes) }
+    func receive(count: Int) throws -> [UInt8] { try client.receive(count: count) }
+    func setResetOnClose() { client.setResetOnClose() }
+    func close() { client.close() }
 }

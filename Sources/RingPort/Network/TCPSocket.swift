@@ -70,6 +70,16 @@ public enum TCPSocket {
         try SystemCall.socketAddress(of: descriptor, "getpeername", getpeername)
     }
 
+    /// Shuts down the sending side of a connected socket (`shutdown(SHUT_WR)`): the peer reads
+    /// an end of stream once the bytes sent before have arrived; receiving goes on. Call it after
+    /// the last send completed.
+    ///
+    /// - Throws: ``RingPortError/Code/systemCallFailed`` with `ENOTCONN` when the connection is
+    ///   gone already.
+    public static func shutdownWriting(_ descriptor: Int32) throws(RingPortError) {
+        try SystemCall.check(Glibc.shutdown(descriptor, Int32(SHUT_WR)), "shutdown(SHUT_WR)")
+    }
+
     /// Disables Nagle's algorithm (`TCP_NODELAY`).
     public static func setNoDelay(_ descriptor: Int32) throws(RingPortError) {
         try setOption(descriptor, Int32(IPPROTO_TCP), TCP_NODELAY, 1, name: "TCP_NODELAY")

@@ -64,6 +64,64 @@ extension CompletionPort {
         }
     }
 
+    /// Posts a send of `bytes`, memory the application owns (e.g. a byte buffer's storage)
+    /// instead of a context's buffer, like `WSASend` with the caller's `WSABUF`. `context`
+    /// carries the operation (its own buffer is not used). The memory must stay valid and
+    /// unchanged until the completion is dequeued: keep its owner alive meanwhile, for example in
+    /// the context's ``IOContext/attachment``. Short sends as for ``write(_:from:range:)``.
+    public func write(_ handle: IOHandle, from bytes: UnsafeRawBufferPointer, context: IOContext) throws(RingPortError)
+    {
+        guard let start = bytes.baseAddress, bytes.count <= Int(UInt32.max) else {
+            throw RingPortError(.invalidArgument, operation: "write of \(bytes.count) bytes from no memory")
+        }
+        let descriptor = handle.descriptor
+        try post(onRing: handle.id.ring, .write, handle: handle, context: context) { entry in
+            io_uring_prep_send(entry, descriptor, start, bytes.count, Int32(MSG_NOSIGNAL))
+        }
+    }
+
+    /// The most buffers one ``write(_:gathering:context:)`` with `context` sends: its buffer
+    /// holds the I/O vector, one `iovec` per buffer.
+    public static func gatheringCapacity(of context: IOContext) -> Int {
+        context.capacity / MemoryLayout<iovec>.stride
+    }
+
+    /// Posts one send of several buffers of the application's memory, in order (`sendmsg` with
+    /// one I/O vector entry per buffer, like `WSASend` with an array of `WSABUF`s): queued
+    /// writes leave in one system call. The vector is written into `context`'s buffer (at most
+    /// ``gatheringCapacity(of:)`` entries) and the message header into its scratch memory; the
+    /// memory the buffers point to must stay valid and unchanged until the completion is
+    /// dequeued, as for ``write(_:from:context:)``. The kernel may send fewer bytes than the
+    /// buffers hold (``Completion/bytesTransferred``): a prefix of them, in order.
+    public func write(
+        _ handle: IOHandle, gathering buffers: some Collection<UnsafeRawBufferPointer>, context: IOContext
+    ) throws(RingPortError) {
+        let count = buffers.count
+        guard count >= 1, count <= CompletionPort.gatheringCapacity(of: context) else {
+            throw RingPortError(
+                .invalidArgument,
+                operation: """
+                    gathered write of \(count) buffers with a context for \
+                    \(CompletionPort.gatheringCapacity(of: context))
+                    """)
+        }
+        let descriptor = handle.descriptor
+        try post(onRing: handle.id.ring, .write, handle: handle, context: context) { entry in
+            // The post owns the context: the vector goes into its buffer and the header into
+            // its scratch memory, both kept alive with the context until the completion.
+            let vector = context.bytes.bindMemory(to: iovec.self, capacity: count)
+            for (index, buffer) in buffers.enumerated() {
+                vector[index] = iovec(
+                    iov_base: UnsafeMutableRawPointer(mutating: buffer.baseAddress), iov_len: buffer.count)
+            }
+            let message = context.messageScratch
+            message.pointee.header = msghdr(
+                msg_name: nil, msg_namelen: 0, msg_iov: vector, msg_iovlen: count,
+                msg_control: nil, msg_controllen: 0, msg_flags: 0)
+            io_uring_prep_sendmsg(entry, descriptor, message.pointer(to: \.header)!, UInt32(MSG_NOSIGNAL))
+        }
+    }
+
     /// Posts an accept on a listening socket (`OP_ACCEPT`, like `AcceptEx`). The completion's
     /// ``Completion/acceptedDescriptor`` is the new connection (close-on-exec), owned by the
     /// application; ``IOContext/acceptedPeerAddress`` is the peer's address.
@@ -100,16 +158,26 @@ extension CompletionPort {
     /// closed, `ENOBUFS` when the ring had no free buffer (post again once buffers come back), an
     /// error, or `ECANCELED`. An idle connection holds no buffer.
     ///
+    /// - Parameters:
+    ///   - handle: the socket's handle.
+    ///   - context: carries the operation (its own buffer is not used); the port owns it until
+    ///     the last completion.
+    ///   - limit: where the kernel supports it (``IOURingFeatures/multishotReceiveLimit``), the
+    ///     receive also ends, with a completion whose ``Completion/hasMore`` is false, once it
+    ///     delivered `limit` bytes in all (the completion that reaches the limit may deliver a
+    ///     buffer's worth past it). Ignored elsewhere; nil (the default): no limit.
     /// - Throws: ``RingPortError/Code/unsupported`` when the port has no provided buffers.
-    public func receiveMultishot(_ handle: IOHandle, context: IOContext) throws(RingPortError) {
+    public func receiveMultishot(_ handle: IOHandle, context: IOContext, limit: Int? = nil) throws(RingPortError) {
         guard let group = providedBufferGroups[handle.id.ring] else {
             throw RingPortError(.unsupported, operation: "multishot receive without provided buffers")
         }
         let descriptor = handle.descriptor
+        let limit = limit.flatMap { features.multishotReceiveLimit ? UInt32(clamping: max($0, 1)) : nil }
         try post(onRing: handle.id.ring, .read, handle: handle, context: context) { entry in
             io_uring_prep_recv_multishot(entry, descriptor, nil, 0, 0)
             entry.pointee.flags |= CLiburing_IOSQE_BUFFER_SELECT
             entry.pointee.buf_group = group
+            if let limit { CLiburing_setMultishotReceiveLimit(entry, limit) }
         }
     }
 

@@ -49,7 +49,7 @@ public final class CompletionPort: Sendable {
         public var stallThreshold: Duration = .milliseconds(5)
         /// Where the port logs (submission errors, stale completions, takeovers).
         public var logger = Logger(label: "ringport.port")
-        /// Provided buffers for multishot receives (``CompletionPort/receiveMultishot(_:context:)``): each
+        /// Provided buffers for multishot receives (``CompletionPort/receiveMultishot(_:context:limit:)``): each
         /// ring gets `count` buffers of `size` bytes, shared by all of its connections. nil (the
         /// default): no multishot receive. When the kernel has no buffer rings (before 5.19) the
         /// port is created without them and ``CompletionPort/supportsMultishotReceive`` is false.
@@ -293,7 +293,7 @@ public final class CompletionPort: Sendable {
         backend == .epoll ? .epollBackend : IOURingFeatures.probedOnce ?? .epollBackend
     }
 
-    /// Whether ``receiveMultishot(_:context:)`` can be used: the port was configured with
+    /// Whether ``receiveMultishot(_:context:limit:)`` can be used: the port was configured with
     /// ``Configuration/providedBuffers`` and the kernel registered them (Linux 5.19+; multishot
     /// receive itself needs 6.0, see ``IOURingFeatures``).
     public var supportsMultishotReceive: Bool {

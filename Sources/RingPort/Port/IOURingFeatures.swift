@@ -21,6 +21,10 @@ public struct IOURingFeatures: Hashable, Sendable, CustomStringConvertible {
     public var providedBufferRings = false
     /// Multishot receive into provided buffers (6.0).
     public var multishotReceive = false
+    /// A total byte limit for one multishot receive (`sqe->optlen`, 6.17): the receive ends by
+    /// itself, with the completion that reaches the limit (which may deliver a buffer's worth
+    /// past it), so a reader that stops can stop it without a cancellation racing the kernel.
+    public var multishotReceiveLimit = false
     /// Zero-copy send, `IORING_OP_SEND_ZC` (6.0).
     public var zeroCopySend = false
     /// NOPs that complete with a result given in the SQE (`IORING_NOP_INJECT_RESULT`), which
@@ -69,6 +73,11 @@ public struct IOURingFeatures: Hashable, Sendable, CustomStringConvertible {
             features.providedBufferRings = true
             features.multishotReceive = (try? probeMultishotReceive(ring, buffers: buffers)) ?? false
         }
+        // Buffers of its own, so that the receive it probes cannot end for want of one.
+        let limitBuffers = try? ProvidedBufferRing(ring: ring, groupID: 3, count: 4, bufferSize: 64)
+        if features.multishotReceive, let limitBuffers {
+            features.multishotReceiveLimit = (try? probeMultishotReceiveLimit(ring, buffers: limitBuffers)) ?? false
+        }
         let incremental = try? ProvidedBufferRing(
             ring: ring, groupID: 2, count: 2, bufferSize: 64, registrationFlags: CLiburing_IOU_PBUF_RING_INC)
         features.incrementalBufferConsumption = incremental != nil
@@ -78,7 +87,7 @@ public struct IOURingFeatures: Hashable, Sendable, CustomStringConvertible {
             flags: IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN)
         // The buffers outlive the ring that uses them.
         ring.close()
-        withExtendedLifetime((buffers, incremental)) {}
+        withExtendedLifetime((buffers, incremental, limitBuffers)) {}
         return features
     }
 
@@ -98,6 +107,9 @@ public struct IOURingFeatures: Hashable, Sendable, CustomStringConvertible {
             line(multishotAccept, "multishot accept (5.19)", "a pool of pre-posted single accepts"),
             line(providedBufferRings, "provided buffer rings (5.19)", "one receive buffer per connection"),
             line(multishotReceive, "multishot receive (6.0)", "one receive per message into a per-connection buffer"),
+            line(
+                multishotReceiveLimit, "multishot receive byte limit (6.17)",
+                "a reader that stops cancels its receive, which may deliver more first"),
             line(zeroCopySend, "zero-copy send (6.0)", "plain send for every size"),
             line(
                 nopResultInjection, "NOP result injection (tests)", "fault injection substitutes results when reaping"),
@@ -166,6 +178,34 @@ public struct IOURingFeatures: Hashable, Sendable, CustomStringConvertible {
             } ?? false
         if supported { try cancelAndDrain(ring, userData: 2) }
         return supported
+    }
+
+    /// Posts a multishot receive limited to 2 bytes on a socket pair holding 4, with buffers to
+    /// spare: a kernel that knows the limit ends the receive with the completion that reached it
+    /// (the 4 bytes, no `F_MORE`); one that does not rejects the field (`EINVAL`) or ignores it
+    /// (4 bytes, more to come).
+    private static func probeMultishotReceiveLimit(
+        _ ring: IOURing, buffers: ProvidedBufferRing
+    ) throws(RingPortError) -> Bool {
+        var pair: [Int32] = [0, 0]
+        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0 else {
+            throw RingPortError(.systemCallFailed, operation: "socketpair", errno: .init(rawValue: errno))
+        }
+        defer { SystemCall.close(pair[0]); SystemCall.close(pair[1]) }
+        var bytes: [UInt8] = [1, 2, 3, 4]
+        _ = write(pair[1], &bytes, 4)
+        let group = buffers.groupID
+        try submit(ring) { entry in
+            io_uring_prep_recv_multishot(entry, pair[0], nil, 0, 0)
+            entry.pointee.flags |= CLiburing_IOSQE_BUFFER_SELECT
+            entry.pointee.buf_group = group
+            CLiburing_setMultishotReceiveLimit(entry, 2)
+            io_uring_sqe_set_data64(entry, 3)
+        }
+        // The ring is closed after the probes: the buffer it filled need not go back.
+        guard let first = waitForCompletion(ring) else { return false }
+        if first.flags & IORING_CQE_F_MORE != 0 { try cancelAndDrain(ring, userData: 3) }
+        return first.res == 4 && first.flags & IORING_CQE_F_MORE == 0
     }
 
     private static func submit(

@@ -1,4 +1,4 @@
-/// A provided buffer the kernel filled for a multishot receive (``CompletionPort/receiveMultishot(_:context:)``).
+/// A provided buffer the kernel filled for a multishot receive (``CompletionPort/receiveMultishot(_:context:limit:)``).
 ///
 /// The application owns the buffer from the moment it dequeues the completion until it calls
 /// ``release()``, which gives it back to the ring's pool for the kernel to fill again. Keep it as

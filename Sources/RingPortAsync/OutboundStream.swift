@@ -1,0 +1,339 @@
+import DequeModule
+import Glibc
+import RingPort
+import Synchronization
+
+import struct NIOCore.ByteBuffer
+
+/// The sending side of a ``TCPConnection``: the byte buffers written and not yet sent, the one
+/// send in flight, the writer waiting for room, and the half-close.
+///
+/// ## Sends
+/// A write queues its buffer and, when no send is in flight, posts one at once: from the
+/// buffer's own storage (no copy), or for several queued buffers one gathered `sendmsg` of up
+/// to ``CompletionPort/gatheringCapacity(of:)`` of them. The queue holds each buffer (and so
+/// its storage) until the kernel sent its last byte; then it goes to the worker's
+/// ``ByteBufferCache``.
+///
+/// ## Backpressure
+/// A write returns as soon as its buffer is queued, unless ``highWatermark`` bytes are queued
+/// already: then it waits, without queuing, until the sends brought the queue under
+/// ``lowWatermark`` (a peer that stops reading stops the writer). Cancelled while it waits, it
+/// throws `CancellationError` and has queued nothing.
+///
+/// ## Errors
+/// A failed send (the peer reset, the connection closed) fails the stream: the queued buffers
+/// are dropped, the waiting writer and every later write throw the error.
+///
+/// ## Threads and ownership
+/// ``write(_:)`` and ``finish()`` are called by writing tasks (one waits at a time),
+/// ``complete(_:buffers:)`` by the worker that dequeued a send completion; the state is behind
+/// one mutex. ``context`` (its buffer holds the gathered send's I/O vector) belongs to the port
+/// while a send is in flight and carries this stream as its attachment until the completion.
+final class OutboundStream: Sendable {
+    let context: IOContext
+    private let handle: IOHandle
+    private let port: CompletionPort
+    let highWatermark: Int
+    let lowWatermark: Int
+    private let state = Mutex(State())
+
+    private struct State: ~Copyable {
+        var queue = Deque<ByteBuffer>()
+        var queuedBytes = 0
+        /// How many buffers at the queue's front the send in flight covers (0: none in flight).
+        var sending = 0
+        var waiter: Waiter?
+        var finish = Finish.open
+        var error: RingPortError?
+    }
+
+    private enum Waiter {
+        /// A write waiting for room, with the buffer it will queue.
+        case write(UnsafeContinuation<Void, any Error>, ByteBuffer)
+        /// ``finish()`` waiting for the queue to drain.
+        case finish(UnsafeContinuation<Void, any Error>)
+
+        var continuation: UnsafeContinuation<Void, any Error> {
+            switch self {
+            case .write(let continuation, _), .finish(let continuation): continuation
+            }
+        }
+    }
+
+    private enum Finish {
+        case open
+        /// The write side shuts down once the queue is sent.
+        case requested
+        /// `shutdown(SHUT_WR)` was called (or failed).
+        case done
+    }
+
+    /// What to do after a transition, outside the mutex.
+    private struct Action: ~Copyable {
+        var post: Post?
+        var shutdown = false
+        var resume: (UnsafeContinuation<Void, any Error>, Result<Void, any Error>)?
+        var sent: [ByteBuffer] = []
+    }
+
+    /// The memory of the send to post: one buffer, or several gathered.
+    private enum Post {
+        case one(UnsafeRawBufferPointer)
+        case gathered(count: Int)
+    }
+
+    init(handle: IOHandle, context: IOContext, port: CompletionPort, highWatermark: Int) {
+        self.handle = handle
+        self.context = context
+        self.port = port
+        self.highWatermark = max(highWatermark, 1)
+        self.lowWatermark = max(highWatermark / 2, 1)
+        context.userValue = AsyncPort.CompletionTarget.outbound.rawValue
+    }
+
+    /// Bytes written and not yet sent.
+    var queuedByteCount: Int {
+        state.withLock { $0.queuedBytes }
+    }
+
+    // MARK: Writers
+
+    /// Queues `buffer` for sending; waits first while ``highWatermark`` bytes are queued.
+    ///
+    /// - Throws: the `RingPortError` that failed an earlier send (or `handleClosed`);
+    ///   `RingPortError.Code.invalidArgument` after ``finish()``;
+    ///   `RingPortError.Code.contextInFlight` when another writer is waiting already;
+    ///   `CancellationError` when cancelled while waiting (nothing was queued).
+    func write(_ buffer: ByteBuffer) async throws {
+        guard buffer.readableBytes > 0 else { return }
+        var action = Action()
+        let queued: Bool = try state.withLock { state throws(RingPortError) in
+            try checkWritable(state)
+            guard state.queuedBytes < highWatermark else { return false }
+            enqueue(buffer, &state, &action)
+            return true
+        }
+        if queued {
+            perform(&action)
+            return
+        }
+        try await withTaskCancellationHandler {
+            try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Void, any Error>) in
+                var action = Action()
+                let immediate: Result<Void, any Error>? = state.withLock { state in
+                    do throws(RingPortError) {
+                        try checkWritable(state)
+                    } catch {
+                        return .failure(error)
+                    }
+                    if state.queuedBytes < lowWatermark {
+                        enqueue(buffer, &state, &action)
+                        return .success(())
+                    }
+                    guard state.waiter == nil else {
+                        return .failure(
+                            RingPortError(
+                                .contextInFlight, operation: "write: another task is already waiting to write"))
+                    }
+                    if Task.isCancelled { return .failure(CancellationError()) }
+                    state.waiter = .write(continuation, buffer)
+                    return nil
+                }
+                if let immediate { continuation.resume(with: immediate) }
+                perform(&action)
+            }
+        } onCancel: {
+            cancelWaiter()
+        }
+    }
+
+    /// Sends what is queued, then shuts the write side down (`shutdown(SHUT_WR)`: the peer reads
+    /// an end of stream); returns when that happened. Later writes throw. Idempotent.
+    ///
+    /// - Throws: the error that failed a send (then nothing more is sent);
+    ///   `CancellationError` when cancelled while waiting (the shutdown still happens once the
+    ///   queue is sent).
+    func finish() async throws {
+        var action = Action()
+        let done: Result<Void, any Error>? = state.withLock { state in
+            if let error = state.error { return .failure(error) }
+            switch state.finish {
+            case .done: return .success(())
+            case .requested: break
+            case .open: state.finish = .requested
+            }
+            if state.sending == 0 && state.queue.isEmpty {
+                state.finish = .done
+                action.shutdown = true
+                return .success(())
+            }
+            return nil
+        }
+        perform(&action)
+        if let done { return try done.get() }
+        try await withTaskCancellationHandler {
+            try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Void, any Error>) in
+                let immediate: Result<Void, any Error>? = state.withLock { state in
+                    if let error = state.error { return .failure(error) }
+                    if case .done = state.finish { return .success(()) }
+                    guard state.waiter == nil else {
+                        return .failure(
+                            RingPortError(
+                                .contextInFlight, operation: "finish: another task is already waiting to write"))
+                    }
+                    if Task.isCancelled { return .failure(CancellationError()) }
+                    state.waiter = .finish(continuation)
+                    return nil
+                }
+                if let immediate { continuation.resume(with: immediate) }
+            }
+        } onCancel: {
+            cancelWaiter()
+        }
+    }
+
+    private func cancelWaiter() {
+        // One writer waits at a time, so the waiter is the cancelled task's.
+        let waiter = state.withLock { state in
+            defer { state.waiter = nil }
+            return state.waiter
+        }
+        waiter?.continuation.resume(throwing: CancellationError())
+    }
+
+    private func checkWritable(_ state: borrowing State) throws(RingPortError) {
+        if let error = state.error { throw error }
+        if case .open = state.finish { return }
+        throw RingPortError(.invalidArgument, operation: "write after the write side was finished")
+    }
+
+    /// Appends `buffer` to the queue and posts a send if none is in flight.
+    private func enqueue(_ buffer: ByteBuffer, _ state: inout State, _ action: inout Action) {
+        state.queuedBytes += buffer.readableBytes
+        state.queue.append(buffer)
+        if state.sending == 0 { prepareSend(&state, &action) }
+    }
+
+    /// Takes up to a gathered send's worth of buffers off the queue's front for the next send.
+    /// The buffers stay in the queue, unchanged, until the send completes, which keeps their
+    /// memory valid for the kernel.
+    private func prepareSend(_ state: inout State, _ action: inout Action) {
+        let count = min(state.queue.count, CompletionPort.gatheringCapacity(of: context))
+        state.sending = count
+        if count == 1 {
+            action.post = .one(state.queue[0].withUnsafeReadableBytes { $0 })
+        } else {
+            action.post = .gathered(count: count)
+        }
+    }
+
+    // MARK: Worker side
+
+    /// A send completion was dequeued (a worker thread, with its buffer cache).
+    func complete(_ completion: Completion, buffers: inout ByteBufferCache) {
+        context.attachment = nil
+        var action = Action()
+        state.withLock { state in
+            var sent = completion.bytesTransferred
+            if let error = completion.error {
+                fail(
+                    &state,
+                    completion.isCancelled
+                        ? RingPortError(.handleClosed, operation: "write on a closed connection")
+                        : RingPortError(.systemCallFailed, operation: "send on connection \(handle.id)", errno: error),
+                    &action)
+                return
+            }
+            guard sent > 0 else {
+                fail(
+                    &state,
+                    RingPortError(
+                        .systemCallFailed, operation: "send on connection \(handle.id) made no progress",
+                        errno: .brokenPipe),
+                    &action)
+                return
+            }
+            state.queuedBytes -= sent
+            while sent > 0, var first = state.queue.popFirst() {
+                let count = first.readableBytes
+                if count <= sent {
+                    sent -= count
+                    action.sent.append(first)
+                } else {
+                    first.moveReaderIndex(forwardBy: sent)
+                    state.queue.prepend(first)
+                    sent = 0
+                }
+            }
+            state.sending = 0
+            if case .write(let continuation, let buffer) = state.waiter, state.queuedBytes < lowWatermark {
+                state.waiter = nil
+                state.queuedBytes += buffer.readableBytes
+                state.queue.append(buffer)
+                action.resume = (continuation, .success(()))
+            }
+            if !state.queue.isEmpty {
+                prepareSend(&state, &action)
+            } else if case .requested = state.finish {
+                state.finish = .done
+                action.shutdown = true
+                if case .finish(let continuation) = state.waiter {
+                    state.waiter = nil
+                    action.resume = (continuation, .success(()))
+                }
+            }
+        }
+        for buffer in action.sent { buffers.recycle(buffer) }
+        action.sent = []
+        perform(&action)
+    }
+
+    /// Fails the stream with `error`: drops the queue and fails the waiting writer.
+    private func fail(_ state: inout State, _ error: RingPortError, _ action: inout Action) {
+        if state.error == nil { state.error = error }
+        state.queue.removeAll()
+        state.queuedBytes = 0
+        state.sending = 0
+        if let waiter = state.waiter {
+            state.waiter = nil
+            action.resume = (waiter.continuation, .failure(state.error!))
+        }
+    }
+
+    private func perform(_ action: inout Action) {
+        if let post = action.post { self.post(post) }
+        if action.shutdown {
+            // A peer that is gone already makes it fail (ENOTCONN): nothing is left to tell it.
+            try? TCPSocket.shutdownWriting(handle.descriptor)
+        }
+        if let (continuation, result) = action.resume { continuation.resume(with: result) }
+    }
+
+    /// Posts the send the state prepared.
+    private func post(_ post: Post) {
+        context.attachment = self
+        do throws(RingPortError) {
+            switch post {
+            case .one(let bytes):
+                try port.write(handle, from: bytes, context: context)
+            case .gathered(let count):
+                try state.withLock { state throws(RingPortError) in
+                    try port.write(
+                        handle, gathering: state.queue.prefix(count).lazy.map { $0.withUnsafeReadableBytes { $0 } },
+                        context: context)
+                }
+            }
+        } catch {
+            context.attachment = nil
+            let closed = error.code == .handleClosed || error.code == .portClosed
+            var action = Action()
+            state.withLock { state in
+                fail(
+                    &state, closed ? RingPortError(.handleClosed, operation: "write on a closed connection") : error,
+                    &action)
+            }
+            perform(&action)
+        }
+    }
+}
