@@ -12,6 +12,8 @@
 #                      c_liburing,c_epoll,swiftnio,ringport,ringport_async (default: all of them; swiftnio is
 #                      skipped when Benchmarks/.build/release/nio-echo is not built)
 #   --ringport PATH    the ringport binary (default: $RINGPORT, else .build/release/ringport)
+#   --settle S         seconds to wait after the server closed the connections before reading
+#                      "closed" (default 0): how much memory comes back by itself
 #   --rounds R         rounds; each round runs every server once, in the order given (default 3)
 #   --host H           address the servers listen on and the client connects to (default 127.0.0.1)
 #   --client-cpu C     CPU list the client is pinned to with taskset, or "none" (default 1)
@@ -79,13 +81,14 @@ rounds=3 connections=10000 warmup=1000
 # Listen below the ephemeral port range (32768-60999 by default): with tens of thousands of
 # client sockets in TIME_WAIT, a port from that range may still be taken when a server binds it.
 port=$((20000 + RANDOM % 10000))
-size=32 sources=8 server_list="" ringport=${RINGPORT:-.build/release/ringport}
+size=32 sources=8 server_list="" settle=0 ringport=${RINGPORT:-.build/release/ringport}
 own_option() {
     case $1 in
         --size)     size=${2:?} ;;
         --sources)  sources=${2:?} ;;
         --servers)  server_list=${2:?} ;;
         --ringport) ringport=${2:?} ;;
+        --settle)   settle=${2:?} ;;
         *)          return 1 ;;
     esac
 }
@@ -97,6 +100,7 @@ is_int "$connections" || die "--connections must be a positive integer"
 is_count "$warmup" || die "--warmup must be a number of connections"
 is_count "$size" || die "--size must be a number of bytes"
 is_count "$sources" || die "--sources must be a number of addresses"
+is_count "$settle" || die "--settle must be a number of seconds"
 is_int "$port" && ((port < 65536)) || die "--port-base must be a port number"
 [[ -x $client ]] || die "$client not found: run Benchmarks/scripts/build-c.sh first"
 
@@ -250,6 +254,7 @@ run_server() {
     client_pids=()
     if ((ok)); then
         wait_fds "$server_pid" -le "$fds0" 15 || ok=0
+        sleep "$settle"
         read -r -a closed < <(mem "$server_pid") || ok=0
     fi
     alive "$server_pid" || { echo "$prog: $name exited during the run; see $log" >&2; ok=0; }

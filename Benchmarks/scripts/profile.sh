@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# profile.sh [--connections N] [--size B] [--seconds S] [--server "ringport echo args"]
+# profile.sh [--connections N] [--size B] [--seconds S] [--command echo|async-echo] [--server "args"]
 # RINGPORT=path profiles another build of ringport (default .build/release/ringport).
 #
 # Where the echo server's CPU goes under load: runs `ringport echo` (release build), loads it with
@@ -12,14 +12,15 @@
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$root"
-connections=64 size=128 seconds=5 server_args="" port=${PROFILE_PORT:-$((20000 + RANDOM % 10000))}
+connections=64 size=128 seconds=5 command=echo server_args="" port=${PROFILE_PORT:-$((20000 + RANDOM % 10000))}
 while (($# > 0)); do
     case $1 in
         --connections) connections=${2:?}; shift 2 ;;
         --size)        size=${2:?}; shift 2 ;;
         --seconds)     seconds=${2:?}; shift 2 ;;
         --server)      server_args=${2:?}; shift 2 ;;
-        *) echo "usage: $0 [--connections N] [--size B] [--seconds S] [--server ARGS]" >&2; exit 1 ;;
+        --command)     command=${2:?}; shift 2 ;;
+        *) echo "usage: $0 [--connections N] [--size B] [--seconds S] [--command CMD] [--server ARGS]" >&2; exit 1 ;;
     esac
 done
 ringport=${RINGPORT:-.build/release/ringport}
@@ -29,7 +30,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 # shellcheck disable=SC2086
-"$ringport" echo --port "$port" --log-level error $server_args >"$work/server.log" 2>&1 &
+"$ringport" "$command" --port "$port" --log-level error $server_args >"$work/server.log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null || true; rm -rf "$work"' EXIT
 up=no
@@ -44,7 +45,7 @@ perf record -e cpu-clock -g -p "$server" -o "$work/perf.data" -- sleep "$seconds
 wait "$load" || { echo "profile: the load failed:" >&2; cat "$work/load.err" >&2; exit 1; }
 kill -TERM "$server"; wait "$server" 2>/dev/null || true
 
-echo "profile: ringport echo $server_args under ringport load ($connections connections x $size B ping-pong, client on CPU 1), $seconds s of perf cpu-clock samples"
+echo "profile: ringport $command $server_args under ringport load ($connections connections x $size B ping-pong, client on CPU 1), $seconds s of perf cpu-clock samples"
 python3 - "$work/load.json" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1]))

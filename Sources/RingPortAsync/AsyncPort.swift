@@ -81,8 +81,10 @@ public final class AsyncPort: Sendable {
     let receiveContexts: ContextPool
     /// The contexts of the connections' sends: their buffer holds a gathered send's I/O vector.
     let sendContexts: ContextPool
-    /// Contexts of capacity 0 (accepts).
+    /// Contexts of capacity 0 (accepts, connects).
     let bareContexts = ContextPool(bufferSize: 0)
+    /// Trims the pools and returns free memory to the system after bursts of connections.
+    let memorySweep: IdleMemorySweep
     private let workers: WorkerPool
     private let state = Atomic<UInt8>(AsyncPort.running)
     private static let running: UInt8 = 0
@@ -109,6 +111,7 @@ public final class AsyncPort: Sendable {
         usesProvidedBuffers = port.supportsMultishotReceive && port.features.multishotReceive
         receiveContexts = ContextPool(bufferSize: usesProvidedBuffers ? 0 : configuration.receiveBufferSize)
         sendContexts = ContextPool(bufferSize: AsyncPort.gatheredBuffers * MemoryLayout<iovec>.stride)
+        memorySweep = IdleMemorySweep(pools: [receiveContexts, sendContexts, bareContexts])
         workers = WorkerPool(port: port, name: "ringport-async") { completion in
             AsyncPort.handle(completion, executor: executor)
         }
@@ -118,6 +121,7 @@ public final class AsyncPort: Sendable {
             port.close()
             throw error
         }
+        memorySweep.start()
     }
 
     /// The executor that ``Configuration/resumption`` chooses: ``executor`` for
@@ -245,6 +249,7 @@ public final class AsyncPort: Sendable {
                 """
             )
         }
+        memorySweep.stop()
         workers.shutdown()
         executor.stop()
         port.close()

@@ -38,7 +38,6 @@ public final class PortTaskExecutor: TaskExecutor, Sendable {
 
     private struct SharedQueue {
         var jobs = Deque<UnownedJob>()
-        var buffers = ByteBufferCache()
         /// A wake-up completion is posted and not yet handled: no need for another.
         var wakeUpPending = false
         /// The workers are gone: jobs go to the global executor.
@@ -157,9 +156,11 @@ public final class PortTaskExecutor: TaskExecutor, Sendable {
 /// `Sendable`, and never handed to another thread.
 final class WorkerJobs {
     /// The executor whose worker this thread is (nil: not a worker of any).
-    var executor: ObjectIdentifier?
-    var jobs = Deque<UnownedJob>()
-    var buffers = ByteBufferCache()
+    // @exclusivity(unchecked): thread-confined (see above), so the dynamic exclusivity checks
+    // guard nothing; they cost an access-set insertion per message.
+    @exclusivity(unchecked) var executor: ObjectIdentifier?
+    @exclusivity(unchecked) var jobs = Deque<UnownedJob>()
+    @exclusivity(unchecked) var buffers = ByteBufferCache()
 
     private init() {
         jobs.reserveCapacity(16)

@@ -75,9 +75,11 @@ public final class TCPConnection: Sendable {
         outboundStream = OutboundStream(
             handle: handle, context: asyncPort.sendContexts.take(), port: asyncPort.port,
             highWatermark: configuration.outboundHighWatermark)
+        asyncPort.memorySweep.connectionOpened()
     }
 
     deinit {
+        asyncPort.memorySweep.connectionClosed()
         asyncPort.port.close(handle)
         // An operation in flight keeps its stream, and so its context, alive until its
         // completion; then the context is freed instead of going back to the pool.
