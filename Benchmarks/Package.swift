@@ -24,6 +24,7 @@
 //
 //   PortBenchmarks     the raw completion port: user post, NOP, echo round trips (README.md)
 //   ServerBenchmarks   a TCPServer echo round trip through a ConnectionHandler
+//   AsyncBenchmarks    an async echo round trip through a TCPConnection's inbound and outbound
 //
 //   swift package benchmark                    run them
 //   swift package benchmark thresholds check   compare a run with Thresholds/ (exit 0: within)
@@ -68,7 +69,13 @@ let package = Package(
             dependencies: ["BenchmarkSupport", .product(name: "NIOHTTP1", package: "swift-nio")] + nioServerDependencies
         ),
         // What the micro benchmark suites share: configuration, tolerances, fixtures, round trips.
-        .target(name: "MicroBenchmarkSupport", dependencies: [.product(name: "Benchmark", package: "benchmark")]),
+        .target(
+            name: "MicroBenchmarkSupport",
+            dependencies: [
+                .product(name: "Benchmark", package: "benchmark"),
+                .product(name: "RingPort", package: ringPortPackage),
+            ]
+        ),
         // Micro benchmarks of the completion port itself (post, NOP, echo round trips).
         .executableTarget(
             name: "PortBenchmarks",
@@ -92,6 +99,20 @@ let package = Package(
                 .product(name: "RingPortServer", package: ringPortPackage),
             ],
             path: "Benchmarks/ServerBenchmarks",
+            plugins: [
+                .plugin(name: "BenchmarkPlugin", package: "benchmark")
+            ]
+        ),
+        // Micro benchmarks of the async layer: an echo round trip through a connection's task.
+        .executableTarget(
+            name: "AsyncBenchmarks",
+            dependencies: [
+                "MicroBenchmarkSupport",
+                .product(name: "Benchmark", package: "benchmark"),
+                .product(name: "RingPort", package: ringPortPackage),
+                .product(name: "RingPortAsync", package: ringPortPackage),
+            ],
+            path: "Benchmarks/AsyncBenchmarks",
             plugins: [
                 .plugin(name: "BenchmarkPlugin", package: "benchmark")
             ]

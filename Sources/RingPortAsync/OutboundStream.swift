@@ -74,7 +74,6 @@ final class OutboundStream: Sendable {
         var post: Post?
         var shutdown = false
         var resume: (UnsafeContinuation<Void, any Error>, Result<Void, any Error>)?
-        var sent: [ByteBuffer] = []
     }
 
     /// The memory of the send to post: one buffer, or several gathered.
@@ -259,7 +258,7 @@ final class OutboundStream: Sendable {
                 let count = first.readableBytes
                 if count <= sent {
                     sent -= count
-                    action.sent.append(first)
+                    buffers.recycle(first)
                 } else {
                     first.moveReaderIndex(forwardBy: sent)
                     state.queue.prepend(first)
@@ -284,8 +283,6 @@ final class OutboundStream: Sendable {
                 }
             }
         }
-        for buffer in action.sent { buffers.recycle(buffer) }
-        action.sent = []
         perform(&action)
     }
 

@@ -9,7 +9,6 @@
 // what (with the default six, a standby sentry waking every few milliseconds adds a little).
 
 import Benchmark
-import Glibc
 import MicroBenchmarkSupport
 import RingPort
 import RingPortServer
@@ -27,13 +26,9 @@ let benchmarks: @Sendable () -> Void = {
 /// An echo server (one worker, one ring) and one connected blocking client.
 final class ServerEchoFixture: RoundTripFixture {
     let server: TCPServer
-    let client: Int32
-    let messageSize: Int
-    /// The message, sent and received in place; allocated once, freed in `close()`.
-    private let message: UnsafeMutableRawPointer
+    let client: BlockingEchoClient
 
     init(messageSize: Int) throws {
-        self.messageSize = messageSize
         var configuration = TCPServer.Configuration(address: try SocketAddress(host: "127.0.0.1", port: 0))
         configuration.port.ringCount = 1
         configuration.port.workerCount = 1
@@ -41,35 +36,16 @@ final class ServerEchoFixture: RoundTripFixture {
         configuration.logger.logLevel = .error
         server = try TCPServer(configuration: configuration, handler: EchoHandler())
         try server.start()
-        client = try TCPSocket.connect(to: server.localAddress)
-        message = .allocate(byteCount: messageSize, alignment: 16)
-        for index in 0..<messageSize {
-            message.storeBytes(of: UInt8(truncatingIfNeeded: index), toByteOffset: index, as: UInt8.self)
-        }
+        client = try BlockingEchoClient(connectingTo: server.localAddress, messageSize: messageSize)
         try roundTrip()
     }
 
-    /// Sends the message and reads the echo back.
-    @inline(__always)
     package func roundTrip() throws {
-        let count = messageSize
-        var sent = 0
-        while sent < count {
-            let result = send(client, message + sent, count - sent, Int32(MSG_NOSIGNAL))
-            guard result > 0 else { throw BenchmarkFailure(description: "send: errno \(errno)") }
-            sent += result
-        }
-        var received = 0
-        while received < count {
-            let result = recv(client, message + received, count - received, 0)
-            guard result > 0 else { throw BenchmarkFailure(description: "recv: \(result), errno \(errno)") }
-            received += result
-        }
+        try client.roundTrip()
     }
 
     package func close() {
-        Glibc.close(client)
+        client.close()
         server.shutdown(gracePeriod: .seconds(1))
-        message.deallocate()
     }
 }
