@@ -79,9 +79,9 @@ public final class AsyncPort: Sendable {
     /// The contexts of the connections' receives: without a buffer when they receive into
     /// provided buffers, with one of ``Configuration/receiveBufferSize`` bytes otherwise.
     let receiveContexts: ContextPool
-    /// The contexts of the connections' sends: their buffer holds a gathered send's I/O vector.
-    let sendContexts: ContextPool
-    /// Contexts of capacity 0 (accepts, connects).
+    /// The contexts of gathered sends, for the time of a send: their buffer holds the I/O vector.
+    let gatherContexts: ContextPool
+    /// Contexts of capacity 0 (accepts, connects, single sends).
     let bareContexts = ContextPool(bufferSize: 0)
     /// Trims the pools and returns free memory to the system after bursts of connections.
     let memorySweep: IdleMemorySweep
@@ -110,8 +110,8 @@ public final class AsyncPort: Sendable {
         self.executor = executor
         usesProvidedBuffers = port.supportsMultishotReceive && port.features.multishotReceive
         receiveContexts = ContextPool(bufferSize: usesProvidedBuffers ? 0 : configuration.receiveBufferSize)
-        sendContexts = ContextPool(bufferSize: AsyncPort.gatheredBuffers * MemoryLayout<iovec>.stride)
-        memorySweep = IdleMemorySweep(pools: [receiveContexts, sendContexts, bareContexts])
+        gatherContexts = ContextPool(bufferSize: AsyncPort.gatheredBuffers * MemoryLayout<iovec>.stride)
+        memorySweep = IdleMemorySweep(pools: [receiveContexts, gatherContexts, bareContexts])
         workers = WorkerPool(port: port, name: "ringport-async") { completion in
             AsyncPort.handle(completion, executor: executor)
         }

@@ -29,6 +29,7 @@ import struct NIOCore.ByteBuffer
 /// happen outside it (posting, resuming) is returned as an ``Action``. ``context`` belongs to
 /// the port while a receive is armed and carries this stream as its attachment until the
 /// receive's last completion (which cuts that link).
+@usableFromInline
 final class InboundStream: Sendable {
     let context: IOContext
     private let handle: IOHandle
@@ -37,6 +38,11 @@ final class InboundStream: Sendable {
     let highWatermark: Int
     let lowWatermark: Int
     private let state = Mutex(State())
+    /// Whether a buffer is waiting or the stream has ended, published after every change under
+    /// the mutex: ``next()`` looks here first and takes the mutex twice only when the answer may
+    /// be there without waiting (a stale false only sends it to the waiting path, which looks
+    /// again under the mutex).
+    private let mayHaveResult = Atomic<Bool>(false)
 
     private struct State: ~Copyable {
         var buffered = Deque<ByteBuffer>()
@@ -97,16 +103,19 @@ final class InboundStream: Sendable {
     ///   the buffers that arrived before); `RingPortError.Code.contextInFlight` when another
     ///   task is waiting already; `CancellationError` when the task is cancelled while it waits
     ///   (bytes that arrive later stay buffered for the next call).
+    @usableFromInline
     func next() async throws -> ByteBuffer? {
         // The common cases without suspending: a buffer is waiting, or the stream has ended.
-        var action = Action()
-        let ready: Result<ByteBuffer?, any Error>? = state.withLock { state in
-            if let buffer = takeBuffered(&state, &action) { return .success(buffer) }
-            if let end = state.end { return end.result }
-            return nil
+        if mayHaveResult.load(ordering: .acquiring) {
+            var action = Action()
+            let ready: Result<ByteBuffer?, any Error>? = state.withLock { state in
+                if let buffer = takeBuffered(&state, &action) { return .success(buffer) }
+                if let end = state.end { return end.result }
+                return nil
+            }
+            perform(action)
+            if let ready { return try ready.get() }
         }
-        perform(action)
-        if let ready { return try ready.get() }
 
         return try await withTaskCancellationHandler {
             try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<ByteBuffer?, any Error>) in
@@ -145,6 +154,7 @@ final class InboundStream: Sendable {
     private func takeBuffered(_ state: inout State, _ action: inout Action) -> ByteBuffer? {
         guard let buffer = state.buffered.popFirst() else { return nil }
         state.bufferedBytes -= buffer.readableBytes
+        if state.buffered.isEmpty && state.end == nil { mayHaveResult.store(false, ordering: .releasing) }
         if case .idle = state.receive, state.end == nil, state.bufferedBytes < lowWatermark {
             state.receive = .armed
             action.post = highWatermark - state.bufferedBytes
@@ -183,6 +193,7 @@ final class InboundStream: Sendable {
                 } else {
                     state.bufferedBytes += received.readableBytes
                     state.buffered.append(received)
+                    mayHaveResult.store(true, ordering: .releasing)
                 }
             } else if let error = completion.error {
                 if error == .noBufferSpace {
@@ -226,6 +237,7 @@ final class InboundStream: Sendable {
     /// Records why the stream ends (the first reason wins).
     private func end(_ state: inout State, _ end: End) {
         if state.end == nil { state.end = end }
+        mayHaveResult.store(true, ordering: .releasing)
     }
 
     private func perform(_ action: Action) {

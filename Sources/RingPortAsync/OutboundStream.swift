@@ -28,10 +28,14 @@ import struct NIOCore.ByteBuffer
 /// ## Threads and ownership
 /// ``write(_:)`` and ``finish()`` are called by writing tasks (one waits at a time),
 /// ``complete(_:buffers:)`` by the worker that dequeued a send completion; the state is behind
-/// one mutex. ``context`` (its buffer holds the gathered send's I/O vector) belongs to the port
+/// one mutex. ``context`` (no buffer: a single send goes from the byte buffer) belongs to the port
 /// while a send is in flight and carries this stream as its attachment until the completion.
+@usableFromInline
 final class OutboundStream: Sendable {
     let context: IOContext
+    /// Where a gathered send takes its context from (its buffer holds the I/O vector) for the
+    /// time of the send, so that an idle connection holds none.
+    private let gatherContexts: ContextPool
     private let handle: IOHandle
     private let port: CompletionPort
     let highWatermark: Int
@@ -82,9 +86,12 @@ final class OutboundStream: Sendable {
         case gathered(count: Int)
     }
 
-    init(handle: IOHandle, context: IOContext, port: CompletionPort, highWatermark: Int) {
+    init(
+        handle: IOHandle, context: IOContext, gatherContexts: ContextPool, port: CompletionPort, highWatermark: Int
+    ) {
         self.handle = handle
         self.context = context
+        self.gatherContexts = gatherContexts
         self.port = port
         self.highWatermark = max(highWatermark, 1)
         self.lowWatermark = max(highWatermark / 2, 1)
@@ -104,6 +111,7 @@ final class OutboundStream: Sendable {
     ///   `RingPortError.Code.invalidArgument` after ``finish()``;
     ///   `RingPortError.Code.contextInFlight` when another writer is waiting already;
     ///   `CancellationError` when cancelled while waiting (nothing was queued).
+    @usableFromInline
     func write(_ buffer: ByteBuffer) async throws {
         guard buffer.readableBytes > 0 else { return }
         var action = Action()
@@ -218,7 +226,7 @@ final class OutboundStream: Sendable {
     /// The buffers stay in the queue, unchanged, until the send completes, which keeps their
     /// memory valid for the kernel.
     private func prepareSend(_ state: inout State, _ action: inout Action) {
-        let count = min(state.queue.count, CompletionPort.gatheringCapacity(of: context))
+        let count = min(state.queue.count, AsyncPort.gatheredBuffers)
         state.sending = count
         if count == 1 {
             action.post = .one(state.queue[0].withUnsafeReadableBytes { $0 })
@@ -231,7 +239,13 @@ final class OutboundStream: Sendable {
 
     /// A send completion was dequeued (a worker thread, with its buffer cache).
     func complete(_ completion: Completion, buffers: inout ByteBufferCache) {
-        context.attachment = nil
+        if let sendContext = completion.context, sendContext !== context {
+            // A gathered send's context goes back to its pool.
+            sendContext.attachment = nil
+            gatherContexts.recycle(sendContext)
+        } else {
+            context.attachment = nil
+        }
         var action = Action()
         state.withLock { state in
             var sent = completion.bytesTransferred
@@ -307,28 +321,37 @@ final class OutboundStream: Sendable {
         if let (continuation, result) = action.resume { continuation.resume(with: result) }
     }
 
-    /// Posts the send the state prepared.
+    /// Posts the send the state prepared: a single one with ``context``, a gathered one with a
+    /// context taken from ``gatherContexts`` until its completion.
     private func post(_ post: Post) {
-        context.attachment = self
+        let sendContext: IOContext
+        switch post {
+        case .one:
+            sendContext = context
+        case .gathered:
+            sendContext = gatherContexts.take()
+            sendContext.userValue = AsyncPort.CompletionTarget.outbound.rawValue
+        }
+        sendContext.attachment = self
         do throws(RingPortError) {
             switch post {
             case .one(let bytes):
-                try port.write(handle, from: bytes, context: context)
+                try port.write(handle, from: bytes, context: sendContext)
             case .gathered(let count):
                 try state.withLock { state throws(RingPortError) in
                     try port.write(
                         handle, gathering: state.queue.prefix(count).lazy.map { $0.withUnsafeReadableBytes { $0 } },
-                        context: context)
+                        context: sendContext)
                 }
             }
         } catch {
-            context.attachment = nil
+            // Not posted: the context is the stream's again.
+            sendContext.attachment = nil
+            if sendContext !== context { gatherContexts.recycle(sendContext) }
             let closed = error.code == .handleClosed || error.code == .portClosed
             var action = Action()
             state.withLock { state in
-                fail(
-                    &state, closed ? RingPortError(.handleClosed, operation: "write on a closed connection") : error,
-                    &action)
+                fail(&state, closed ? RingPortError(.handleClosed, operation: "write on a closed connection") : error, &action)
             }
             perform(&action)
         }

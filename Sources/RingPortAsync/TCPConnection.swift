@@ -54,8 +54,8 @@ public final class TCPConnection: Sendable {
     /// The port the connection lives on.
     public let asyncPort: AsyncPort
     let handle: IOHandle
-    let inboundStream: InboundStream
-    let outboundStream: OutboundStream
+    @usableFromInline let inboundStream: InboundStream
+    @usableFromInline let outboundStream: OutboundStream
 
     /// Wraps a connected socket (the connection owns it from now on, also when this throws:
     /// then it is closed).
@@ -73,8 +73,8 @@ public final class TCPConnection: Sendable {
             handle: handle, context: asyncPort.receiveContexts.take(), port: asyncPort.port,
             usesProvidedBuffers: asyncPort.usesProvidedBuffers, highWatermark: configuration.inboundHighWatermark)
         outboundStream = OutboundStream(
-            handle: handle, context: asyncPort.sendContexts.take(), port: asyncPort.port,
-            highWatermark: configuration.outboundHighWatermark)
+            handle: handle, context: asyncPort.bareContexts.take(), gatherContexts: asyncPort.gatherContexts,
+            port: asyncPort.port, highWatermark: configuration.outboundHighWatermark)
         asyncPort.memorySweep.connectionOpened()
     }
 
@@ -84,7 +84,7 @@ public final class TCPConnection: Sendable {
         // An operation in flight keeps its stream, and so its context, alive until its
         // completion; then the context is freed instead of going back to the pool.
         if !inboundStream.context.isInFlight { asyncPort.receiveContexts.recycle(inboundStream.context) }
-        if !outboundStream.context.isInFlight { asyncPort.sendContexts.recycle(outboundStream.context) }
+        if !outboundStream.context.isInFlight { asyncPort.bareContexts.recycle(outboundStream.context) }
     }
 
     /// Connects to `address` (io_uring `CONNECT`) and returns the connection, with
@@ -127,12 +127,22 @@ public final class TCPConnection: Sendable {
     /// Closes the connection: ends its receive and drops its queued sends (a waiting read or
     /// write throws `RingPortError.Code.handleClosed`), and closes the socket once the kernel is
     /// done with them. Idempotent; does not wait.
+    @inlinable
     public func close() {
+        closeHandle()
+    }
+
+    @usableFromInline
+    func closeHandle() {
         asyncPort.port.close(handle)
     }
 
     /// Runs `body` with the connection's inbound sequence and outbound writer, then closes the
     /// connection, also when `body` throws.
+    ///
+    /// Inlinable, like the inbound iterator's `next()` and the outbound `write(_:)`: their frames
+    /// join the caller's, so that a connection's task needs less memory while it waits.
+    @inlinable
     public func executeThenClose<Result>(
         _ body: (_ inbound: Inbound, _ outbound: Outbound) async throws -> Result
     ) async throws -> Result {
@@ -144,6 +154,7 @@ public final class TCPConnection: Sendable {
 
     /// The received bytes, one `ByteBuffer` per arrival, ending when the peer shut its side
     /// down. Iterate it from one task at a time.
+    @inlinable
     public var inbound: Inbound {
         Inbound(stream: inboundStream)
     }
@@ -151,6 +162,7 @@ public final class TCPConnection: Sendable {
     /// The next received bytes (at least one byte), waiting until some arrive; nil once the peer
     /// shut its side down and every byte was read. The same as the next element of
     /// ``inbound``.
+    @inlinable
     public func read() async throws -> ByteBuffer? {
         try await inboundStream.next()
     }
@@ -163,7 +175,12 @@ public final class TCPConnection: Sendable {
         /// `RingPortError` or `CancellationError`.
         public typealias Failure = any Error
 
-        let stream: InboundStream
+        @usableFromInline let stream: InboundStream
+
+        @usableFromInline
+        init(stream: InboundStream) {
+            self.stream = stream
+        }
 
         /// Bytes received and not read yet (at most about the inbound high watermark).
         public var bufferedByteCount: Int {
@@ -171,15 +188,22 @@ public final class TCPConnection: Sendable {
         }
 
         /// An iterator over the received bytes.
+        @inlinable
         public func makeAsyncIterator() -> AsyncIterator {
             AsyncIterator(stream: stream)
         }
 
         /// The iterator of ``Inbound``; see ``TCPConnection/read()``.
         public struct AsyncIterator: AsyncIteratorProtocol {
-            let stream: InboundStream
+            @usableFromInline let stream: InboundStream
+
+            @usableFromInline
+            init(stream: InboundStream) {
+                self.stream = stream
+            }
 
             /// The next received bytes, or nil once the peer shut its side down.
+            @inlinable
             public mutating func next() async throws -> ByteBuffer? {
                 try await stream.next()
             }
@@ -189,11 +213,13 @@ public final class TCPConnection: Sendable {
     // MARK: Writing
 
     /// The writer of the connection's outgoing bytes.
+    @inlinable
     public var outbound: Outbound {
         Outbound(stream: outboundStream)
     }
 
     /// Queues `buffer` for sending; see ``Outbound/write(_:)``.
+    @inlinable
     public func write(_ buffer: ByteBuffer) async throws {
         try await outboundStream.write(buffer)
     }
@@ -211,7 +237,12 @@ public final class TCPConnection: Sendable {
     /// The writer of a ``TCPConnection``'s outgoing bytes, with backpressure. See
     /// ``TCPConnection/outbound``.
     public struct Outbound: Sendable {
-        let stream: OutboundStream
+        @usableFromInline let stream: OutboundStream
+
+        @usableFromInline
+        init(stream: OutboundStream) {
+            self.stream = stream
+        }
 
         /// Bytes written and not sent yet.
         public var queuedByteCount: Int {
@@ -227,6 +258,7 @@ public final class TCPConnection: Sendable {
         ///   `EPIPE`), `RingPortError.Code.handleClosed` once the connection is closed,
         ///   `RingPortError.Code.invalidArgument` after ``finish()``, `CancellationError` when
         ///   cancelled while waiting (then nothing was queued).
+        @inlinable
         public func write(_ buffer: ByteBuffer) async throws {
             try await stream.write(buffer)
         }
