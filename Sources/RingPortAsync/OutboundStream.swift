@@ -351,7 +351,9 @@ final class OutboundStream: Sendable {
             let closed = error.code == .handleClosed || error.code == .portClosed
             var action = Action()
             state.withLock { state in
-                fail(&state, closed ? RingPortError(.handleClosed, operation: "write on a closed connection") : error, &action)
+                fail(
+                    &state, closed ? RingPortError(.handleClosed, operation: "write on a closed connection") : error,
+                    &action)
             }
             perform(&action)
         }
