@@ -95,21 +95,31 @@ def per_round_ratio(rows, subject, other, field):
     ratios = [r[subject] / r[other] for r in by_round.values() if r.get(subject) and r.get(other)]
     return "{:.3f}".format(statistics.median(ratios)) if ratios else "NA"
 
-# The epoll backend against SwiftNIO (also epoll) and against RingPort on io_uring, per load.
-lines = ["## The epoll backend", "",
-         "`ringport echo --backend epoll` (the backend RingPort falls back to where io_uring is refused) "
-         "÷ SwiftNIO and ÷ RingPort on io_uring, in the same rounds as the table; medians of per-round "
-         "ratios.", "",
-         "| Load | msgs/s ÷ SwiftNIO | CPU/msg ÷ SwiftNIO | msgs/s ÷ io_uring | CPU/msg ÷ io_uring |",
-         "|---|---:|---:|---:|---:|"]
-for point in sorted((d for d in os.listdir(raw) if d.isdigit()), key=int):
-    directory = os.path.join(raw, point)
-    rows = list(csv.DictReader(open(os.path.join(directory, "results.tsv")), delimiter="\t"))
-    title = open(os.path.join(directory, "title")).read().strip()
-    lines.append(f"| {title} | " + " | ".join(
-        per_round_ratio(rows, "ringport_epoll", other, field)
-        for other in ("swiftnio", "ringport") for field in ("msgs_per_s", "cpu_us_per_msg")) + " |")
-lines.append("")
+def ratio_section(server, heading, description, baselines):
+    """A table of server ÷ each (baseline, its label), msgs/s and CPU/msg, one row per load."""
+    header = "| Load | " + " | ".join(f"msgs/s ÷ {label} | CPU/msg ÷ {label}" for _, label in baselines) + " |"
+    section = [heading, "", description, "", header, "|---|" + "---:|" * (2 * len(baselines))]
+    for point in sorted((d for d in os.listdir(raw) if d.isdigit()), key=int):
+        directory = os.path.join(raw, point)
+        rows = list(csv.DictReader(open(os.path.join(directory, "results.tsv")), delimiter="\t"))
+        title = open(os.path.join(directory, "title")).read().strip()
+        section.append(f"| {title} | " + " | ".join(
+            per_round_ratio(rows, server, other, field)
+            for other, _ in baselines for field in ("msgs_per_s", "cpu_us_per_msg")) + " |")
+    return section + [""]
+
+# The epoll backend against SwiftNIO (also epoll) and against RingPort on io_uring, per load; the
+# async/await echo against the completion-port echo and against SwiftNIO.
+lines = ratio_section(
+    "ringport_epoll", "## The epoll backend",
+    "`ringport echo --backend epoll` (the backend RingPort falls back to where io_uring is refused) "
+    "÷ SwiftNIO and ÷ RingPort on io_uring, in the same rounds as the table; medians of per-round "
+    "ratios.", [("swiftnio", "SwiftNIO"), ("ringport", "io_uring")])
+lines += ratio_section(
+    "ringport_async", "## The async/await echo",
+    "`ringport async-echo` (RingPortAsync: a task per connection iterating its inbound `ByteBuffer`s "
+    "and writing each back) ÷ the completion-port echo (`ringport echo`) and ÷ SwiftNIO, in the same "
+    "rounds as the table; medians of per-round ratios.", [("ringport", "ringport echo"), ("swiftnio", "SwiftNIO")])
 
 rows = list(csv.DictReader(open(os.path.join(spread, "results.tsv")), delimiter="\t"))
 lines += ["## The spread at 1,000 connections", "",
@@ -149,7 +159,7 @@ PY
 echo
 python3 Benchmarks/scripts/report.py --kind echo --raw "$raw" --extra "$raw/extra.md" \
     --markdown Benchmarks/results/latest.md --chart Benchmarks/results/latest.svg \
-    --title "Echo throughput: RingPort (io_uring and epoll backends), C liburing, C epoll, SwiftNIO" \
+    --title "Echo throughput: RingPort (io_uring and epoll backends, async/await), C liburing, C epoll, SwiftNIO" \
     --client "\`$ECHO_LOAD\` pinned to CPU 1 (servers unpinned), a 1 s warm-up run before each measured run" \
     --command "make bench   # Benchmarks/scripts/bench-echo.sh --rounds $rounds --duration $duration"
 exit "$status"
