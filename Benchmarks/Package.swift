@@ -42,6 +42,18 @@ let nioServerDependencies: [Target.Dependency] = [
     .product(name: "ArgumentParser", package: "swift-argument-parser"),
 ]
 
+// A micro benchmark suite: an executable target in Benchmarks/<name>/ run by the benchmark plugin,
+// with the shared support and the given products of RingPort.
+func microBenchmarkSuite(_ name: String, products: [String]) -> Target {
+    .executableTarget(
+        name: name,
+        dependencies: ["MicroBenchmarkSupport", .product(name: "Benchmark", package: "benchmark")]
+            + products.map { .product(name: $0, package: ringPortPackage) },
+        path: "Benchmarks/\(name)",
+        plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
+    )
+}
+
 let package = Package(
     name: "RingPortBenchmarks",
     platforms: [.macOS(.v15)],
@@ -77,46 +89,11 @@ let package = Package(
             ]
         ),
         // Micro benchmarks of the completion port itself (post, NOP, echo round trips).
-        .executableTarget(
-            name: "PortBenchmarks",
-            dependencies: [
-                "MicroBenchmarkSupport",
-                .product(name: "Benchmark", package: "benchmark"),
-                .product(name: "RingPort", package: ringPortPackage),
-            ],
-            path: "Benchmarks/PortBenchmarks",
-            plugins: [
-                .plugin(name: "BenchmarkPlugin", package: "benchmark")
-            ]
-        ),
+        microBenchmarkSuite("PortBenchmarks", products: ["RingPort"]),
         // Micro benchmarks of the server path: a TCPServer echo round trip through a ConnectionHandler.
-        .executableTarget(
-            name: "ServerBenchmarks",
-            dependencies: [
-                "MicroBenchmarkSupport",
-                .product(name: "Benchmark", package: "benchmark"),
-                .product(name: "RingPort", package: ringPortPackage),
-                .product(name: "RingPortServer", package: ringPortPackage),
-            ],
-            path: "Benchmarks/ServerBenchmarks",
-            plugins: [
-                .plugin(name: "BenchmarkPlugin", package: "benchmark")
-            ]
-        ),
+        microBenchmarkSuite("ServerBenchmarks", products: ["RingPort", "RingPortServer"]),
         // Micro benchmarks of the async layer: an echo round trip through a connection's task.
-        .executableTarget(
-            name: "AsyncBenchmarks",
-            dependencies: [
-                "MicroBenchmarkSupport",
-                .product(name: "Benchmark", package: "benchmark"),
-                .product(name: "RingPort", package: ringPortPackage),
-                .product(name: "RingPortAsync", package: ringPortPackage),
-            ],
-            path: "Benchmarks/AsyncBenchmarks",
-            plugins: [
-                .plugin(name: "BenchmarkPlugin", package: "benchmark")
-            ]
-        ),
+        microBenchmarkSuite("AsyncBenchmarks", products: ["RingPort", "RingPortAsync"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -18,10 +18,10 @@ import struct NIOCore.ByteBuffer
 /// completion.
 ///
 /// ## Backpressure
-/// Buffers the consumer has not taken yet count against ``highWatermark``: at that many bytes
+/// Buffers the consumer has not taken yet count against `watermarks.high`: at that many bytes
 /// the receive is stopped (a multishot one is cancelled; bytes it delivers meanwhile are kept)
 /// and the peer's sends fill the socket buffers. Once the consumer brought the count under
-/// ``lowWatermark`` the receive is armed again.
+/// `watermarks.low` the receive is armed again.
 ///
 /// ## Threads and ownership
 /// ``next()`` is called by the consuming task (one at a time), ``complete(_:buffers:)`` by the
@@ -35,8 +35,7 @@ final class InboundStream: Sendable {
     private let handle: IOHandle
     private let port: CompletionPort
     private let usesProvidedBuffers: Bool
-    let highWatermark: Int
-    let lowWatermark: Int
+    let watermarks: Watermarks
     private let state = Mutex(State())
     /// Whether a buffer is waiting or the stream has ended, published after every change under
     /// the mutex: ``next()`` looks here first and takes the mutex twice only when the answer may
@@ -84,8 +83,7 @@ final class InboundStream: Sendable {
         self.context = context
         self.port = port
         self.usesProvidedBuffers = usesProvidedBuffers
-        self.highWatermark = max(highWatermark, 1)
-        self.lowWatermark = max(highWatermark / 2, 1)
+        watermarks = Watermarks(high: highWatermark)
         context.userValue = AsyncPort.CompletionTarget.inbound.rawValue
     }
 
@@ -131,7 +129,7 @@ final class InboundStream: Sendable {
                     state.waiter = continuation
                     if case .idle = state.receive {
                         state.receive = .armed
-                        action.post = highWatermark - state.bufferedBytes
+                        action.post = watermarks.high - state.bufferedBytes
                     }
                     return nil
                 }
@@ -155,9 +153,9 @@ final class InboundStream: Sendable {
         guard let buffer = state.buffered.popFirst() else { return nil }
         state.bufferedBytes -= buffer.readableBytes
         if state.buffered.isEmpty && state.end == nil { mayHaveResult.store(false, ordering: .releasing) }
-        if case .idle = state.receive, state.end == nil, state.bufferedBytes < lowWatermark {
+        if case .idle = state.receive, state.end == nil, state.bufferedBytes < watermarks.low {
             state.receive = .armed
-            action.post = highWatermark - state.bufferedBytes
+            action.post = watermarks.high - state.bufferedBytes
         }
         return buffer
     }
@@ -218,12 +216,12 @@ final class InboundStream: Sendable {
             }
             switch state.receive {
             case .idle:
-                if state.end == nil && state.bufferedBytes < highWatermark {
+                if state.end == nil && state.bufferedBytes < watermarks.high {
                     state.receive = .armed
-                    action.post = highWatermark - state.bufferedBytes
+                    action.post = watermarks.high - state.bufferedBytes
                 }
             case .armed:
-                if state.bufferedBytes >= highWatermark && usesProvidedBuffers {
+                if state.bufferedBytes >= watermarks.high && usesProvidedBuffers {
                     state.receive = .stopping
                     action.cancel = true
                 }

@@ -16,9 +16,9 @@ import struct NIOCore.ByteBuffer
 /// ``ByteBufferCache``.
 ///
 /// ## Backpressure
-/// A write returns as soon as its buffer is queued, unless ``highWatermark`` bytes are queued
+/// A write returns as soon as its buffer is queued, unless `watermarks.high` bytes are queued
 /// already: then it waits, without queuing, until the sends brought the queue under
-/// ``lowWatermark`` (a peer that stops reading stops the writer). Cancelled while it waits, it
+/// `watermarks.low` (a peer that stops reading stops the writer). Cancelled while it waits, it
 /// throws `CancellationError` and has queued nothing.
 ///
 /// ## Errors
@@ -38,8 +38,7 @@ final class OutboundStream: Sendable {
     private let gatherContexts: ContextPool
     private let handle: IOHandle
     private let port: CompletionPort
-    let highWatermark: Int
-    let lowWatermark: Int
+    let watermarks: Watermarks
     private let state = Mutex(State())
 
     private struct State: ~Copyable {
@@ -93,8 +92,7 @@ final class OutboundStream: Sendable {
         self.context = context
         self.gatherContexts = gatherContexts
         self.port = port
-        self.highWatermark = max(highWatermark, 1)
-        self.lowWatermark = max(highWatermark / 2, 1)
+        watermarks = Watermarks(high: highWatermark)
         context.userValue = AsyncPort.CompletionTarget.outbound.rawValue
     }
 
@@ -105,7 +103,7 @@ final class OutboundStream: Sendable {
 
     // MARK: Writers
 
-    /// Queues `buffer` for sending; waits first while ``highWatermark`` bytes are queued.
+    /// Queues `buffer` for sending; waits first while `watermarks.high` bytes are queued.
     ///
     /// - Throws: the `RingPortError` that failed an earlier send (or `handleClosed`);
     ///   `RingPortError.Code.invalidArgument` after ``finish()``;
@@ -117,7 +115,7 @@ final class OutboundStream: Sendable {
         var action = Action()
         let queued: Bool = try state.withLock { state throws(RingPortError) in
             try checkWritable(state)
-            guard state.queuedBytes < highWatermark else { return false }
+            guard state.queuedBytes < watermarks.high else { return false }
             enqueue(buffer, &state, &action)
             return true
         }
@@ -134,7 +132,7 @@ final class OutboundStream: Sendable {
                     } catch {
                         return .failure(error)
                     }
-                    if state.queuedBytes < lowWatermark {
+                    if state.queuedBytes < watermarks.low {
                         enqueue(buffer, &state, &action)
                         return .success(())
                     }
@@ -280,7 +278,7 @@ final class OutboundStream: Sendable {
                 }
             }
             state.sending = 0
-            if case .write(let continuation, let buffer) = state.waiter, state.queuedBytes < lowWatermark {
+            if case .write(let continuation, let buffer) = state.waiter, state.queuedBytes < watermarks.low {
                 state.waiter = nil
                 state.queuedBytes += buffer.readableBytes
                 state.queue.append(buffer)

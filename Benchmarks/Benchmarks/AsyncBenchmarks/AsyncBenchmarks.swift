@@ -17,11 +17,7 @@ import RingPortAsync
 let benchmarks: @Sendable () -> Void = {
     Benchmark.defaultConfiguration = MicroBenchmark.configuration
 
-    for size in [128, 16_384] {
-        roundTripBenchmark("AsyncEchoRoundTrip\(size == 128 ? "128B" : "16KiB")") {
-            try AsyncEchoFixture(messageSize: size)
-        }
-    }
+    echoRoundTripBenchmarks("AsyncEchoRoundTrip") { try AsyncEchoFixture(messageSize: $0) }
 }
 
 /// An async echo server (one worker, one ring, one connection task) and one connected blocking

@@ -82,43 +82,19 @@ let benchmarks: @Sendable () -> Void = {
     // A connected loopback TCP pair (TCP_NODELAY), both ends associated with the port. Per
     // iteration: A sends N bytes, B receives all of them (read + write posted together), B sends
     // them back from its receive buffer, A receives them: four operations, four completions.
-    for size in EchoSize.all {
-        roundTripBenchmark("EchoRoundTrip\(size.label)") { try EchoFixture(messageSize: size.bytes) }
-    }
+    echoRoundTripBenchmarks("EchoRoundTrip") { try EchoFixture(messageSize: $0) }
 
     // The same pair with a multishot receive on each end into the ring's provided buffers (one
     // receive SQE for the whole run, not one per message). B echoes straight from the provided
     // buffer (write(_:from: ReceivedBuffer ...)) and releases it when that write completes; A
     // releases each buffer as soon as it has counted the bytes.
-    for size in EchoSize.all {
-        roundTripBenchmark("EchoMultishot\(size.label)") { try MultishotEchoFixture(messageSize: size.bytes) }
-    }
+    echoRoundTripBenchmarks("EchoMultishot") { try MultishotEchoFixture(messageSize: $0) }
 }
 
 // MARK: - Fixtures
 
 extension EchoFixture: RoundTripFixture {}
 extension MultishotEchoFixture: RoundTripFixture {}
-
-enum EchoSize {
-    case small, large
-
-    static let all: [EchoSize] = [.small, .large]
-
-    var bytes: Int {
-        switch self {
-        case .small: 128
-        case .large: 16_384
-        }
-    }
-
-    var label: String {
-        switch self {
-        case .small: "128B"
-        case .large: "16KiB"
-        }
-    }
-}
 
 /// A port with one ring and one worker for the benchmark's thread.
 final class PortFixture {

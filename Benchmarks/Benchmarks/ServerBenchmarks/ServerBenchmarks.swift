@@ -16,11 +16,7 @@ import RingPortServer
 let benchmarks: @Sendable () -> Void = {
     Benchmark.defaultConfiguration = MicroBenchmark.configuration
 
-    for size in [128, 16_384] {
-        roundTripBenchmark("ServerEchoRoundTrip\(size == 128 ? "128B" : "16KiB")") {
-            try ServerEchoFixture(messageSize: size)
-        }
-    }
+    echoRoundTripBenchmarks("ServerEchoRoundTrip") { try ServerEchoFixture(messageSize: $0) }
 }
 
 /// An echo server (one worker, one ring) and one connected blocking client.

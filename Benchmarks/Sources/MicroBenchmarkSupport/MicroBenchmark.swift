@@ -73,6 +73,16 @@ package func roundTripBenchmark<F: RoundTripFixture>(_ name: String, make: @esca
     }
 }
 
+/// Registers one ``roundTripBenchmark(_:make:)`` per message size, 128 bytes and 16 KiB, named
+/// `prefix` followed by `128B` or `16KiB`; `make` gets the message size.
+package func echoRoundTripBenchmarks<F: RoundTripFixture>(
+    _ prefix: String, make: @escaping @Sendable (_ messageSize: Int) throws -> F
+) {
+    for (bytes, label) in [(128, "128B"), (16_384, "16KiB")] {
+        roundTripBenchmark(prefix + label) { try make(bytes) }
+    }
+}
+
 /// State a benchmark's setup hook builds, its closure uses and its teardown hook closes. The
 /// framework runs the three one after the other, never at once.
 package final class Fixture<Value>: @unchecked Sendable {

@@ -153,31 +153,14 @@ public struct IOURingFeatures: Hashable, Sendable, CustomStringConvertible {
         return supported
     }
 
-    /// Posts a multishot receive with buffer selection on a socket pair and sends one byte.
+    /// Posts a multishot receive with buffer selection on a socket pair holding one byte.
     private static func probeMultishotReceive(
         _ ring: IOURing, buffers: ProvidedBufferRing
     ) throws(RingPortError) -> Bool {
-        var pair: [Int32] = [0, 0]
-        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0 else {
-            throw RingPortError(.systemCallFailed, operation: "socketpair", errno: .init(rawValue: errno))
-        }
-        defer { SystemCall.close(pair[0]); SystemCall.close(pair[1]) }
-        let group = buffers.groupID
-        try submit(ring) { entry in
-            io_uring_prep_recv_multishot(entry, pair[0], nil, 0, 0)
-            entry.pointee.flags |= CLiburing_IOSQE_BUFFER_SELECT
-            entry.pointee.buf_group = group
-            io_uring_sqe_set_data64(entry, 2)
-        }
-        var byte: UInt8 = 1
-        _ = write(pair[1], &byte, 1)
-        let first = waitForCompletion(ring)
-        let supported =
-            first.map {
-                $0.res == 1 && $0.flags & IORING_CQE_F_MORE != 0 && $0.flags & IORING_CQE_F_BUFFER != 0
-            } ?? false
-        if supported { try cancelAndDrain(ring, userData: 2) }
-        return supported
+        let first = try firstMultishotReceive(ring, buffers: buffers, holding: [1], limit: nil, userData: 2)
+        return first.map {
+            $0.res == 1 && $0.flags & IORING_CQE_F_MORE != 0 && $0.flags & IORING_CQE_F_BUFFER != 0
+        } ?? false
     }
 
     /// Posts a multishot receive limited to 2 bytes on a socket pair holding 4, with buffers to
@@ -187,25 +170,34 @@ public struct IOURingFeatures: Hashable, Sendable, CustomStringConvertible {
     private static func probeMultishotReceiveLimit(
         _ ring: IOURing, buffers: ProvidedBufferRing
     ) throws(RingPortError) -> Bool {
+        let first = try firstMultishotReceive(ring, buffers: buffers, holding: [1, 2, 3, 4], limit: 2, userData: 3)
+        return first.map { $0.res == 4 && $0.flags & IORING_CQE_F_MORE == 0 } ?? false
+    }
+
+    /// The first completion of a multishot receive (buffer selection from `buffers`, at most
+    /// `limit` bytes in all if given) posted on one end of a new socket pair whose other end has
+    /// sent `bytes`; the receive is cancelled and drained if it goes on. The ring is closed after
+    /// the probes: the buffer it filled need not go back.
+    private static func firstMultishotReceive(
+        _ ring: IOURing, buffers: ProvidedBufferRing, holding bytes: [UInt8], limit: UInt32?, userData: UInt64
+    ) throws(RingPortError) -> io_uring_cqe? {
         var pair: [Int32] = [0, 0]
         guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0 else {
             throw RingPortError(.systemCallFailed, operation: "socketpair", errno: .init(rawValue: errno))
         }
         defer { SystemCall.close(pair[0]); SystemCall.close(pair[1]) }
-        var bytes: [UInt8] = [1, 2, 3, 4]
-        _ = write(pair[1], &bytes, 4)
+        _ = bytes.withUnsafeBytes { write(pair[1], $0.baseAddress, $0.count) }
         let group = buffers.groupID
         try submit(ring) { entry in
             io_uring_prep_recv_multishot(entry, pair[0], nil, 0, 0)
             entry.pointee.flags |= CLiburing_IOSQE_BUFFER_SELECT
             entry.pointee.buf_group = group
-            CLiburing_setMultishotReceiveLimit(entry, 2)
-            io_uring_sqe_set_data64(entry, 3)
+            if let limit { CLiburing_setMultishotReceiveLimit(entry, limit) }
+            io_uring_sqe_set_data64(entry, userData)
         }
-        // The ring is closed after the probes: the buffer it filled need not go back.
-        guard let first = waitForCompletion(ring) else { return false }
-        if first.flags & IORING_CQE_F_MORE != 0 { try cancelAndDrain(ring, userData: 3) }
-        return first.res == 4 && first.flags & IORING_CQE_F_MORE == 0
+        let first = waitForCompletion(ring)
+        if let first, first.flags & IORING_CQE_F_MORE != 0 { try cancelAndDrain(ring, userData: userData) }
+        return first
     }
 
     private static func submit(
