@@ -187,11 +187,8 @@ extension RingPortAsyncTests {
                     writes.withLock { $0 += 1 }
                 }
             }
-            #expect(
-                await eventuallyAsync {
-                    connection.outbound.queuedByteCount >= 65536 && io.statistics.operationsInFlight == 1
-                })
-            let writesBeforeReset = writes.withLock { $0 }
+            let writesBeforeReset = try await settledCount(writes)
+            #expect(connection.outbound.queuedByteCount >= 65536 / 2 && io.statistics.operationsInFlight == 1)
             try await Task.sleep(for: .milliseconds(50))
             #expect(writes.withLock { $0 } == writesBeforeReset, "the writer waits")
             client.setResetOnClose()

@@ -54,6 +54,19 @@ extension Optional<ByteBuffer> {
     var bytes: [UInt8]? { map(\.bytes) }
 }
 
+/// Waits until `count` stops changing for 300 ms (up to 30 s) and returns it: a writer that
+/// writes as long as it can has settled once the loopback socket buffers stop growing.
+func settledCount(_ count: LockedBox<Int>) async throws -> Int {
+    var last = -1
+    for _ in 0..<100 {
+        let now = count.withLock { $0 }
+        if now == last { return now }
+        last = now
+        try await Task.sleep(for: .milliseconds(300))
+    }
+    return last
+}
+
 /// The name of the calling thread.
 func currentThreadName() -> String {
     let name = (try? String(contentsOfFile: "/proc/thread-self/comm", encoding: .utf8)) ?? ""
