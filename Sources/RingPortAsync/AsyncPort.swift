@@ -153,14 +153,16 @@ public final class AsyncPort: Sendable {
     static let gatheredBuffers = 16
 
     /// Who handles a completion, as the context's `userValue` says (so that the handler finds
-    /// the attachment's type without a dynamic cast).
+    /// the attachment's type without a dynamic cast). The values carry the layer's mark in their
+    /// high bytes ("RPASYNC"), so that a context of the application's own, posted on ``port``
+    /// with a small `userValue`, is never taken for one of the layer's.
     enum CompletionTarget: UInt64 {
         /// An ``OperationSlot`` (accept, connect).
-        case operationSlot = 1
+        case operationSlot = 0x5250_4153_594E_4301
         /// A connection's ``InboundStream``.
-        case inbound = 2
+        case inbound = 0x5250_4153_594E_4302
         /// A connection's ``OutboundStream``.
-        case outbound = 3
+        case outbound = 0x5250_4153_594E_4303
     }
 
     /// The workers' handler: hands `completion` to the stream or slot waiting for it (which
@@ -169,8 +171,10 @@ public final class AsyncPort: Sendable {
         let local = executor.attachCurrentThread()
         if completion.operation == .user && completion.userValue == PortTaskExecutor.wakeUpValue {
             executor.runSharedJobs()
-        } else if let context = completion.context, let attachment = context.attachment {
-            switch CompletionTarget(rawValue: context.userValue) {
+        } else if let context = completion.context, let attachment = context.attachment,
+            let target = CompletionTarget(rawValue: context.userValue)
+        {
+            switch target {
             case .inbound:
                 let stream = unsafeDowncast(attachment, to: InboundStream.self)
                 withBufferCache(of: local) { stream.complete(completion, buffers: &$0) }
@@ -179,12 +183,10 @@ public final class AsyncPort: Sendable {
                 withBufferCache(of: local) { stream.complete(completion, buffers: &$0) }
             case .operationSlot:
                 unsafeDowncast(attachment, to: OperationSlot.self).complete(completion)
-            case nil:
-                preconditionFailure("a completion of the async layer's port with an unknown target")
             }
         } else if let descriptor = completion.acceptedDescriptor {
-            // Nobody waits for this accept (it cannot happen with the async layer's own
-            // operations); do not leak the socket.
+            // Nobody waits for this accept (not one of the layer's operations); do not leak
+            // the socket.
             SystemCall.close(descriptor)
         } else if let buffer = completion.receivedBuffer {
             buffer.release()

@@ -18,7 +18,7 @@ final class IdleMemorySweep: Sendable {
     /// The most connections open since the last time memory was returned.
     private let highMark = Atomic<Int>(0)
     private let pools: [ContextPool]
-    private let task = Mutex<Task<Void, Never>?>(nil)
+    private let task = LockedValue<Task<Void, Never>?>(nil)
 
     /// Closed connections (or freed contexts) since the last return that make the next sweep
     /// return memory to the system.

@@ -30,13 +30,17 @@ import struct NIOCore.ByteBuffer
 /// the port while a receive is armed and carries this stream as its attachment until the
 /// receive's last completion (which cuts that link).
 @usableFromInline
-final class InboundStream: Sendable {
+final class InboundStream: @unchecked Sendable {
+    // @unchecked: `lockedState` is touched only inside `withState` (under `mutex`); the rest is
+    // immutable, or atomic.
     let context: IOContext
     private let handle: IOHandle
     private let port: CompletionPort
     private let usesProvidedBuffers: Bool
     let watermarks: Watermarks
-    private let state = Mutex(State())
+    /// Guards `lockedState`: a pthread mutex, which ThreadSanitizer understands (`PThreadMutex`).
+    private let mutex = PThreadMutex()
+    @exclusivity(unchecked) private var lockedState = State()
     /// Whether a buffer is waiting or the stream has ended, published after every change under
     /// the mutex: ``next()`` looks here first and takes the mutex twice only when the answer may
     /// be there without waiting (a stale false only sends it to the waiting path, which looks
@@ -89,7 +93,7 @@ final class InboundStream: Sendable {
 
     /// Bytes received and not yet taken by the consumer.
     var bufferedByteCount: Int {
-        state.withLock { $0.bufferedBytes }
+        withState { $0.bufferedBytes }
     }
 
     // MARK: Consumer
@@ -106,7 +110,7 @@ final class InboundStream: Sendable {
         // The common cases without suspending: a buffer is waiting, or the stream has ended.
         if mayHaveResult.load(ordering: .acquiring) {
             var action = Action()
-            let ready: Result<ByteBuffer?, any Error>? = state.withLock { state in
+            let ready: Result<ByteBuffer?, any Error>? = withState { state in
                 if let buffer = takeBuffered(&state, &action) { return .success(buffer) }
                 if let end = state.end { return end.result }
                 return nil
@@ -118,7 +122,7 @@ final class InboundStream: Sendable {
         return try await withTaskCancellationHandler {
             try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<ByteBuffer?, any Error>) in
                 var action = Action()
-                let immediate: Result<ByteBuffer?, any Error>? = state.withLock { state in
+                let immediate: Result<ByteBuffer?, any Error>? = withState { state in
                     if let buffer = takeBuffered(&state, &action) { return .success(buffer) }
                     if let end = state.end { return end.result }
                     guard state.waiter == nil else {
@@ -139,7 +143,7 @@ final class InboundStream: Sendable {
         } onCancel: {
             // Resumes the waiting consumer (one at a time reads, so it is this task's wait);
             // the receive stays armed and what it delivers stays buffered.
-            let waiter = state.withLock { state in
+            let waiter = withState { state in
                 defer { state.waiter = nil }
                 return state.waiter
             }
@@ -158,6 +162,16 @@ final class InboundStream: Sendable {
             action.post = watermarks.high - state.bufferedBytes
         }
         return buffer
+    }
+
+    /// Runs `body` with the state, under the mutex.
+    @inline(__always)
+    private func withState<Result, Failure: Error>(
+        _ body: (inout State) throws(Failure) -> Result
+    ) throws(Failure) -> Result {
+        mutex.lock()
+        defer { mutex.unlock() }
+        return try body(&lockedState)
     }
 
     // MARK: Worker side
@@ -180,7 +194,7 @@ final class InboundStream: Sendable {
         }
 
         var action = Action()
-        state.withLock { state in
+        withState { state in
             let wasStopping: Bool
             if case .stopping = state.receive { wasStopping = true } else { wasStopping = false }
             if last { state.receive = .idle }
@@ -264,7 +278,7 @@ final class InboundStream: Sendable {
             let closed = error.code == .handleClosed || error.code == .portClosed
             let reason = closed ? RingPortError(.handleClosed, operation: "read on a closed connection") : error
             var action = Action()
-            state.withLock { state in
+            withState { state in
                 state.receive = .idle
                 end(&state, .failed(reason))
                 if let waiter = state.waiter, state.buffered.isEmpty {

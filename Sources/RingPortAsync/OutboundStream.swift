@@ -31,7 +31,9 @@ import struct NIOCore.ByteBuffer
 /// one mutex. ``context`` (no buffer: a single send goes from the byte buffer) belongs to the port
 /// while a send is in flight and carries this stream as its attachment until the completion.
 @usableFromInline
-final class OutboundStream: Sendable {
+final class OutboundStream: @unchecked Sendable {
+    // @unchecked: `lockedState` is touched only inside `withState` (under `mutex`); the rest is
+    // immutable, or atomic.
     let context: IOContext
     /// Where a gathered send takes its context from (its buffer holds the I/O vector) for the
     /// time of the send, so that an idle connection holds none.
@@ -39,7 +41,9 @@ final class OutboundStream: Sendable {
     private let handle: IOHandle
     private let port: CompletionPort
     let watermarks: Watermarks
-    private let state = Mutex(State())
+    /// Guards `lockedState`: a pthread mutex, which ThreadSanitizer understands (`PThreadMutex`).
+    private let mutex = PThreadMutex()
+    @exclusivity(unchecked) private var lockedState = State()
 
     private struct State: ~Copyable {
         var queue = Deque<ByteBuffer>()
@@ -98,7 +102,7 @@ final class OutboundStream: Sendable {
 
     /// Bytes written and not yet sent.
     var queuedByteCount: Int {
-        state.withLock { $0.queuedBytes }
+        withState { $0.queuedBytes }
     }
 
     // MARK: Writers
@@ -113,7 +117,7 @@ final class OutboundStream: Sendable {
     func write(_ buffer: ByteBuffer) async throws {
         guard buffer.readableBytes > 0 else { return }
         var action = Action()
-        let queued: Bool = try state.withLock { state throws(RingPortError) in
+        let queued: Bool = try withState { state throws(RingPortError) in
             try checkWritable(state)
             guard state.queuedBytes < watermarks.high else { return false }
             enqueue(buffer, &state, &action)
@@ -126,7 +130,7 @@ final class OutboundStream: Sendable {
         try await withTaskCancellationHandler {
             try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Void, any Error>) in
                 var action = Action()
-                let immediate: Result<Void, any Error>? = state.withLock { state in
+                let immediate: Result<Void, any Error>? = withState { state in
                     do throws(RingPortError) {
                         try checkWritable(state)
                     } catch {
@@ -161,8 +165,11 @@ final class OutboundStream: Sendable {
     ///   queue is sent).
     func finish() async throws {
         var action = Action()
-        let done: Result<Void, any Error>? = state.withLock { state in
+        let done: Result<Void, any Error>? = withState { state in
             if let error = state.error { return .failure(error) }
+            if handle.isClosed {
+                return .failure(RingPortError(.handleClosed, operation: "finish on a closed connection"))
+            }
             switch state.finish {
             case .done: return .success(())
             case .requested: break
@@ -179,7 +186,7 @@ final class OutboundStream: Sendable {
         if let done { return try done.get() }
         try await withTaskCancellationHandler {
             try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Void, any Error>) in
-                let immediate: Result<Void, any Error>? = state.withLock { state in
+                let immediate: Result<Void, any Error>? = withState { state in
                     if let error = state.error { return .failure(error) }
                     if case .done = state.finish { return .success(()) }
                     guard state.waiter == nil else {
@@ -200,7 +207,7 @@ final class OutboundStream: Sendable {
 
     private func cancelWaiter() {
         // One writer waits at a time, so the waiter is the cancelled task's.
-        let waiter = state.withLock { state in
+        let waiter = withState { state in
             defer { state.waiter = nil }
             return state.waiter
         }
@@ -209,6 +216,7 @@ final class OutboundStream: Sendable {
 
     private func checkWritable(_ state: borrowing State) throws(RingPortError) {
         if let error = state.error { throw error }
+        if handle.isClosed { throw RingPortError(.handleClosed, operation: "write on a closed connection") }
         if case .open = state.finish { return }
         throw RingPortError(.invalidArgument, operation: "write after the write side was finished")
     }
@@ -233,6 +241,16 @@ final class OutboundStream: Sendable {
         }
     }
 
+    /// Runs `body` with the state, under the mutex.
+    @inline(__always)
+    private func withState<Result, Failure: Error>(
+        _ body: (inout State) throws(Failure) -> Result
+    ) throws(Failure) -> Result {
+        mutex.lock()
+        defer { mutex.unlock() }
+        return try body(&lockedState)
+    }
+
     // MARK: Worker side
 
     /// A send completion was dequeued (a worker thread, with its buffer cache).
@@ -245,7 +263,7 @@ final class OutboundStream: Sendable {
             context.attachment = nil
         }
         var action = Action()
-        state.withLock { state in
+        withState { state in
             var sent = completion.bytesTransferred
             if let error = completion.error {
                 fail(
@@ -312,8 +330,9 @@ final class OutboundStream: Sendable {
 
     private func perform(_ action: inout Action) {
         if let post = action.post { self.post(post) }
-        if action.shutdown {
-            // A peer that is gone already makes it fail (ENOTCONN): nothing is left to tell it.
+        if action.shutdown && !handle.isClosed {
+            // Not after close(): the descriptor number may be another socket's by then. A peer
+            // that is gone already makes it fail (ENOTCONN): nothing is left to tell it.
             try? TCPSocket.shutdownWriting(handle.descriptor)
         }
         if let (continuation, result) = action.resume { continuation.resume(with: result) }
@@ -336,7 +355,7 @@ final class OutboundStream: Sendable {
             case .one(let bytes):
                 try port.write(handle, from: bytes, context: sendContext)
             case .gathered(let count):
-                try state.withLock { state throws(RingPortError) in
+                try withState { state throws(RingPortError) in
                     try port.write(
                         handle, gathering: state.queue.prefix(count).lazy.map { $0.withUnsafeReadableBytes { $0 } },
                         context: sendContext)
@@ -348,7 +367,7 @@ final class OutboundStream: Sendable {
             if sendContext !== context { gatherContexts.recycle(sendContext) }
             let closed = error.code == .handleClosed || error.code == .portClosed
             var action = Action()
-            state.withLock { state in
+            withState { state in
                 fail(
                     &state, closed ? RingPortError(.handleClosed, operation: "write on a closed connection") : error,
                     &action)

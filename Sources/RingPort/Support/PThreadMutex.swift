@@ -1,0 +1,46 @@
+import Glibc
+
+/// A pthread mutex without a condition variable, for state that other modules of the package
+/// keep inline in their own objects (one allocation, the mutex itself, instead of a
+/// ``LockedValue`` and its ``ConditionMutex``).
+///
+/// Used instead of `Synchronization.Mutex` for the same reason as ``LockedValue``:
+/// ThreadSanitizer intercepts pthread mutexes, but not the futex-based `Mutex`, whose lock and
+/// unlock live in the standard library (not instrumented), so the suite under TSan reported
+/// races on every value it guards.
+///
+/// Thread-safety: ``lock()`` and ``unlock()`` from any thread. Non-copyable: the owner destroys
+/// it when it goes.
+package struct PThreadMutex: ~Copyable, @unchecked Sendable {
+    // @unchecked: the pthread object is only touched through pthread calls; the pointer is
+    // immutable.
+    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
+
+    package init() {
+        mutex = .allocate(capacity: 1)
+        var attributes = pthread_mutexattr_t()
+        pthread_mutexattr_init(&attributes)
+        #if DEBUG
+        pthread_mutexattr_settype(&attributes, Int32(PTHREAD_MUTEX_ERRORCHECK))
+        #endif
+        precondition(pthread_mutex_init(mutex, &attributes) == 0, "pthread_mutex_init failed")
+        pthread_mutexattr_destroy(&attributes)
+    }
+
+    deinit {
+        pthread_mutex_destroy(mutex)
+        mutex.deallocate()
+    }
+
+    @inline(__always)
+    package func lock() {
+        let result = pthread_mutex_lock(mutex)
+        assert(result == 0, "pthread_mutex_lock: \(result)")
+    }
+
+    @inline(__always)
+    package func unlock() {
+        let result = pthread_mutex_unlock(mutex)
+        assert(result == 0, "pthread_mutex_unlock: \(result)")
+    }
+}
