@@ -12,10 +12,12 @@ import struct NIOCore.ByteBuffer
 /// ## Receiving
 /// The connection keeps one receive armed (a multishot receive into the port's provided
 /// buffers where the kernel has them) while its consumer keeps up; every arrival becomes one
-/// `ByteBuffer`, in order. An idle connection holds no receive buffer. When the consumer lags,
-/// received bytes are buffered up to ``AsyncPort/Configuration/inboundHighWatermark``; then
-/// the connection stops receiving (the peer's sends fill the socket buffers and then block)
-/// until the consumer has taken them below half of it. The sequence ends when the peer shuts
+/// `ByteBuffer`, in order. With provided buffers an idle connection holds no receive buffer (on
+/// the epoll backend it keeps one of ``AsyncPort/Configuration/receiveBufferSize`` bytes). When
+/// the consumer lags, received bytes are buffered up to
+/// ``AsyncPort/Configuration/inboundHighWatermark``; then the connection stops receiving (the
+/// peer's sends fill the socket buffers and then block) until the consumer has taken them below
+/// half of it. The sequence ends when the peer shuts
 /// its side down (after every byte it sent), and throws when the connection failed or was
 /// closed.
 ///
