@@ -34,6 +34,8 @@ final class InboundStream: @unchecked Sendable {
     // @unchecked: `lockedState` is touched only inside `withState` (under `mutex`); the rest is
     // immutable, or atomic.
     let context: IOContext
+    /// Where ``context`` goes back when the stream goes (nothing can post with it then).
+    private let contextPool: ContextPool
     private let handle: IOHandle
     private let port: CompletionPort
     private let usesProvidedBuffers: Bool
@@ -81,14 +83,21 @@ final class InboundStream: @unchecked Sendable {
     }
 
     init(
-        handle: IOHandle, context: IOContext, port: CompletionPort, usesProvidedBuffers: Bool, highWatermark: Int
+        handle: IOHandle, context: IOContext, contextPool: ContextPool, port: CompletionPort, usesProvidedBuffers: Bool,
+        highWatermark: Int
     ) {
         self.handle = handle
         self.context = context
+        self.contextPool = contextPool
         self.port = port
         self.usesProvidedBuffers = usesProvidedBuffers
         watermarks = Watermarks(high: highWatermark)
         context.userValue = AsyncPort.CompletionTarget.inbound.rawValue
+    }
+
+    deinit {
+        // A receive in flight holds the stream (the context's attachment), so none is.
+        if !context.isInFlight { contextPool.recycle(context) }
     }
 
     /// Bytes received and not yet taken by the consumer.

@@ -35,6 +35,8 @@ final class OutboundStream: @unchecked Sendable {
     // @unchecked: `lockedState` is touched only inside `withState` (under `mutex`); the rest is
     // immutable, or atomic.
     let context: IOContext
+    /// Where ``context`` goes back when the stream goes (nothing can post with it then).
+    private let contextPool: ContextPool
     /// Where a gathered send takes its context from (its buffer holds the I/O vector) for the
     /// time of the send, so that an idle connection holds none.
     private let gatherContexts: ContextPool
@@ -90,14 +92,21 @@ final class OutboundStream: @unchecked Sendable {
     }
 
     init(
-        handle: IOHandle, context: IOContext, gatherContexts: ContextPool, port: CompletionPort, highWatermark: Int
+        handle: IOHandle, context: IOContext, contextPool: ContextPool, gatherContexts: ContextPool,
+        port: CompletionPort, highWatermark: Int
     ) {
         self.handle = handle
         self.context = context
+        self.contextPool = contextPool
         self.gatherContexts = gatherContexts
         self.port = port
         watermarks = Watermarks(high: highWatermark)
         context.userValue = AsyncPort.CompletionTarget.outbound.rawValue
+    }
+
+    deinit {
+        // A send in flight holds the stream (the context's attachment), so none is.
+        if !context.isInFlight { contextPool.recycle(context) }
     }
 
     /// Bytes written and not yet sent.

@@ -72,21 +72,22 @@ public final class TCPConnection: Sendable {
         self.asyncPort = asyncPort
         let configuration = asyncPort.configuration
         inboundStream = InboundStream(
-            handle: handle, context: asyncPort.receiveContexts.take(), port: asyncPort.port,
-            usesProvidedBuffers: asyncPort.usesProvidedBuffers, highWatermark: configuration.inboundHighWatermark)
+            handle: handle, context: asyncPort.receiveContexts.take(), contextPool: asyncPort.receiveContexts,
+            port: asyncPort.port, usesProvidedBuffers: asyncPort.usesProvidedBuffers,
+            highWatermark: configuration.inboundHighWatermark)
         outboundStream = OutboundStream(
-            handle: handle, context: asyncPort.bareContexts.take(), gatherContexts: asyncPort.gatherContexts,
-            port: asyncPort.port, highWatermark: configuration.outboundHighWatermark)
+            handle: handle, context: asyncPort.bareContexts.take(), contextPool: asyncPort.bareContexts,
+            gatherContexts: asyncPort.gatherContexts, port: asyncPort.port,
+            highWatermark: configuration.outboundHighWatermark)
         asyncPort.memorySweep.connectionOpened()
     }
 
     deinit {
         asyncPort.memorySweep.connectionClosed()
+        // Operations in flight end as cancelled; each stream gives its context back to its pool
+        // when it goes itself (an iterator or writer may outlive the connection, and an
+        // operation in flight keeps its stream until its completion).
         asyncPort.port.close(handle)
-        // An operation in flight keeps its stream, and so its context, alive until its
-        // completion; then the context is freed instead of going back to the pool.
-        if !inboundStream.context.isInFlight { asyncPort.receiveContexts.recycle(inboundStream.context) }
-        if !outboundStream.context.isInFlight { asyncPort.bareContexts.recycle(outboundStream.context) }
     }
 
     /// Connects to `address` (io_uring `CONNECT`) and returns the connection, with

@@ -263,6 +263,32 @@ extension RingPortAsyncTests {
             #expect(await eventuallyAsync { nonTimerDescriptorCount() == descriptorsBefore })
         }
 
+        /// An inbound sequence kept after its connection went throws handleClosed; its receive
+        /// context stays its own until it goes too, so the next connection never shares it.
+        @Test(.timeLimit(.minutes(1))) func anInboundSequenceThatOutlivesItsConnectionThrowsHandleClosed() async throws
+        {
+            let descriptorsBefore = nonTimerDescriptorCount()
+            let io = try makeAsyncPort()
+            var (connection, client): (TCPConnection?, PeerClient) = try await connectedPair(on: io)
+            let inbound = try #require(connection).inbound
+            connection = nil  // the last reference: the connection closes its handle
+            await #expect {
+                var iterator = inbound.makeAsyncIterator()
+                _ = try await iterator.next()
+            } throws: { error in
+                (error as? RingPortError)?.code == .handleClosed
+            }
+            let (other, otherClient) = try await connectedPair(on: io)
+            try otherClient.send([1, 2, 3])
+            #expect(try await other.read().bytes == [1, 2, 3])
+            try await other.write([4, 5])
+            #expect(try otherClient.receive(count: 2) == [4, 5])
+            client.close()
+            otherClient.close()
+            other.close()
+            await expectCleanShutdown(io, descriptorsBefore: descriptorsBefore)
+        }
+
         @Test(.timeLimit(.minutes(1))) func twoConcurrentReadsOnOneConnectionAreRefused() async throws {
             let descriptorsBefore = nonTimerDescriptorCount()
             let io = try makeAsyncPort()
