@@ -171,7 +171,7 @@ extension RingPortTests {
             var generator = SeededGenerator(state: 24)
             var outcomes = (whole: 0, partial: 0, cancelled: 0)
             let filler = [UInt8](repeating: 0, count: 64 * 1024)
-            for _ in 0..<200 {
+            for attempt in 0..<200 {
                 // Fill the socket so that the send has to wait for room.
                 var filled = 0
                 while true {
@@ -183,6 +183,11 @@ extension RingPortTests {
                 // Submitted here; it usually waits for room, but the kernel may have moved the
                 // filler on to the peer meanwhile and sent some at once.
                 let early = try worker.dequeue(timeout: .zero)
+                // Every 8th attempt cancels before the peer starts draining, so that the
+                // cancellation path runs however the races fall (under ThreadSanitizer the peer
+                // once won all 200); the others race the cancellation with the draining.
+                let cancelFirst = attempt % 8 == 0 && early == nil
+                if cancelFirst { _ = try port.cancel(context) }
                 // The peer drains on a thread of its own while this one cancels the send.
                 let received = LockedBox<[UInt8]>([])
                 let stop = LockedBox(false)
@@ -195,7 +200,7 @@ extension RingPortTests {
                 }
                 // Cancel before the peer reads, while it does, or after the send is done.
                 spin(Int.random(in: 0..<300_000, using: &generator))
-                if early == nil { _ = try port.cancel(context) }
+                if early == nil && !cancelFirst { _ = try port.cancel(context) }
                 let completion = try #require(try early ?? worker.dequeue(timeout: .seconds(5)))
                 #expect(completion.operation == .write && !context.isInFlight)
                 #expect(completion.error == nil || completion.isCancelled, "\(completion)")
