@@ -172,22 +172,38 @@ extension RingPortTests {
             var outcomes = (whole: 0, partial: 0, cancelled: 0)
             let filler = [UInt8](repeating: 0, count: 64 * 1024)
             for attempt in 0..<200 {
-                // Fill the socket so that the send has to wait for room.
+                // Every 8th attempt cancels before the peer starts draining, so that the
+                // cancellation path runs however the races fall (under ThreadSanitizer the peer
+                // won all 200); the others race the cancellation with the draining.
+                let cancelFirst = attempt % 8 == 0
+                // Fill the socket so that the send has to wait for room. A send refused with
+                // EAGAIN does not yet mean the peer's window is shut: loopback may still move
+                // queued bytes on to the peer a moment later and make room, in which case the
+                // send completes before any cancellation. Before a cancel-first attempt the
+                // filling goes on until a pause frees nothing more, so the send must wait.
                 var filled = 0
-                while true {
-                    let count = send(accepted, filler, filler.count, Int32(MSG_DONTWAIT | MSG_NOSIGNAL))
-                    if count <= 0 { break }
-                    filled += count
+                var idleRounds = 0
+                while idleRounds < (cancelFirst ? 3 : 1) {
+                    var added = 0
+                    while true {
+                        let count = send(accepted, filler, filler.count, Int32(MSG_DONTWAIT | MSG_NOSIGNAL))
+                        if count <= 0 { break }
+                        added += count
+                    }
+                    filled += added
+                    idleRounds = added == 0 || !cancelFirst ? idleRounds + 1 : 0
+                    if cancelFirst { usleep(2_000) }
                 }
                 try port.write(handle, from: context, range: 0..<payload.count)
                 // Submitted here; it usually waits for room, but the kernel may have moved the
                 // filler on to the peer meanwhile and sent some at once.
-                let early = try worker.dequeue(timeout: .zero)
-                // Every 8th attempt cancels before the peer starts draining, so that the
-                // cancellation path runs however the races fall (under ThreadSanitizer the peer
-                // once won all 200); the others race the cancellation with the draining.
-                let cancelFirst = attempt % 8 == 0 && early == nil
-                if cancelFirst { _ = try port.cancel(context) }
+                var early = try worker.dequeue(timeout: .zero)
+                if cancelFirst && early == nil {
+                    // The cancellation reaches the kernel when this thread next enters it: wait
+                    // for the completion here, before the peer starts draining.
+                    _ = try port.cancel(context)
+                    early = try #require(try worker.dequeue(timeout: .seconds(5)))
+                }
                 // The peer drains on a thread of its own while this one cancels the send.
                 let received = LockedBox<[UInt8]>([])
                 let stop = LockedBox(false)
