@@ -129,7 +129,7 @@ fuzz:
 # DocC warning is an error: a symbol link that does not resolve, a bad topic reference, an
 # undocumented parameter of a documented method. Then Tests/Docs/check-doc-comments.py fails on a
 # public symbol without a doc comment of its own. The check is this target failing.
-DOC_TARGETS ?= RingPort RingPortServer RingPortHTTP RingPortAsync
+DOC_TARGETS ?= RingPort RingPortServer RingPortHTTP RingPortAsync RingPortNIO
 docs: test-deps
 	@set -e; for target in $(DOC_TARGETS); do \
 		echo "$(SWIFT) package --disable-sandbox generate-documentation --target $$target --warnings-as-errors"; \

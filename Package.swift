@@ -12,6 +12,7 @@ let package = Package(
         .library(name: "RingPortServer", targets: ["RingPortServer"]),
         .library(name: "RingPortHTTP", targets: ["RingPortHTTP"]),
         .library(name: "RingPortAsync", targets: ["RingPortAsync"]),
+        .library(name: "RingPortNIO", targets: ["RingPortNIO"]),
         .executable(name: "ringport", targets: ["ringport"]),
     ],
     dependencies: [
@@ -68,6 +69,19 @@ let package = Package(
         .target(
             name: "RingPortAsync",
             dependencies: [
+                "RingPort",
+                .product(name: "DequeModule", package: "swift-collections"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
+        // SwiftNIO channels on the port: an EventLoopGroup whose loops are the port's rings,
+        // socket channels and bootstraps (NIOCore only: none of NIOPosix).
+        .target(
+            name: "RingPortNIO",
+            dependencies: [
+                "CLiburing",
                 "RingPort",
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),
@@ -158,6 +172,14 @@ let package = Package(
             dependencies: [
                 "RingPort", "RingPortAsync", "RingPortLoad", "RingPortTestSupport",
                 .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
+        .testTarget(
+            name: "RingPortNIOTests",
+            dependencies: [
+                "RingPort", "RingPortNIO", "RingPortTestSupport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
             ]
         ),
         .testTarget(

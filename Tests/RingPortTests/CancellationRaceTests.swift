@@ -202,7 +202,8 @@ extension RingPortTests {
                     // The cancellation reaches the kernel when this thread next enters it: wait
                     // for the completion here, before the peer starts draining.
                     _ = try port.cancel(context)
-                    early = try #require(try worker.dequeue(timeout: .seconds(5)))
+                    let cancelled: Completion = try #require(try worker.dequeue(timeout: .seconds(5)))
+                    early = cancelled
                 }
                 // The peer drains on a thread of its own while this one cancels the send.
                 let received = LockedBox<[UInt8]>([])

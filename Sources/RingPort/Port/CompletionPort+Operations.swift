@@ -181,6 +181,25 @@ extension CompletionPort {
         }
     }
 
+    /// Posts one receive into the port's provided buffers (``Configuration/providedBuffers``,
+    /// Linux 5.19+): like ``read(_:into:range:)``, but the kernel picks a buffer only once bytes
+    /// arrive, so a waiting receive holds none. Its completion carries the bytes in a
+    /// ``Completion/receivedBuffer`` the application must release; 0 bytes when the peer closed,
+    /// `ENOBUFS` when the ring had no free buffer (post again once buffers come back).
+    ///
+    /// - Throws: ``RingPortError/Code/unsupported`` when the port has no provided buffers.
+    public func receive(_ handle: IOHandle, context: IOContext) throws(RingPortError) {
+        guard let group = providedBufferGroups[handle.id.ring] else {
+            throw RingPortError(.unsupported, operation: "receive into a provided buffer without provided buffers")
+        }
+        let descriptor = handle.descriptor
+        try post(onRing: handle.id.ring, .read, handle: handle, context: context) { entry in
+            io_uring_prep_recv(entry, descriptor, nil, 0, 0)
+            entry.pointee.flags |= CLiburing_IOSQE_BUFFER_SELECT
+            entry.pointee.buf_group = group
+        }
+    }
+
     /// Posts a zero-copy send (Linux 6.0+) of the bytes in `range` of `context`'s buffer: the
     /// kernel transmits from the buffer itself instead of copying it. One completion arrives,
     /// after the kernel has let go of the buffer, with the bytes sent. Worth it for large

@@ -305,19 +305,24 @@ public final class CompletionPort: Sendable {
     /// Associates a descriptor with the port and returns its handle (the completion key).
     ///
     /// The handle owns the descriptor from now on; ``close(_:)`` closes it. Handles are spread
-    /// over the rings round-robin.
+    /// over the rings round-robin, unless `ring` names one.
     ///
     /// - Parameters:
     ///   - descriptor: a socket (or another descriptor io_uring can read and write).
     ///   - peerAddress: the peer, e.g. from ``IOContext/acceptedPeerAddress``.
     ///   - userState: the application's per-handle state.
+    ///   - ring: the ring the handle belongs to (`0..<ringCount`; its completions are reaped by
+    ///     that ring's leader), or nil for the next one round-robin.
     public func associate(
-        descriptor: Int32, peerAddress: SocketAddress? = nil, userState: (any Sendable)? = nil
+        descriptor: Int32, peerAddress: SocketAddress? = nil, userState: (any Sendable)? = nil, ring: Int? = nil
     ) throws(RingPortError) -> IOHandle {
         guard descriptor >= 0 else {
             throw RingPortError(.invalidArgument, operation: "associate descriptor \(descriptor)")
         }
-        let ring = rings[nextRingIndex()]
+        if let ring, !rings.indices.contains(ring) {
+            throw RingPortError(.invalidArgument, operation: "associate with ring \(ring) of \(rings.count)")
+        }
+        let ring = rings[ring ?? nextRingIndex()]
         return try ring.lock.withLock { () throws(RingPortError) -> IOHandle in
             try ring.associateLocked(descriptor: descriptor, peerAddress: peerAddress, userState: userState)
         }

@@ -1,0 +1,205 @@
+import Glibc
+import NIOCore
+import RingPort
+import SystemPackage
+
+/// A listening TCP socket as a SwiftNIO `Channel` on the completion port: each `read()` posts
+/// one accept (`IORING_OP_ACCEPT`); each accepted connection becomes a ``SocketChannel`` on the
+/// next loop of the child group and is fired as `channelRead` (the server bootstrap's acceptor
+/// registers it).
+///
+/// Errors of an accept (`EMFILE`, `ENFILE`, `ENOMEM`, …) are fired as `errorCaught` and the
+/// next accept waits 100 ms; the listener stays open. `ECONNABORTED` (a connection reset before
+/// it was accepted) is skipped.
+///
+/// Threading and ownership as in ``BaseChannel``.
+final class ServerSocketChannel: BaseChannel, Channel, ChannelCore, @unchecked Sendable {
+    // @unchecked: see BaseChannel.
+
+    /// The loops the accepted connections go to.
+    let childGroup: RingPortEventLoopGroup
+    private let acceptContext = IOContext(capacity: 0)
+    private var accepting = false
+    private var readPending = false
+    private var backlog: Int32 = 128
+
+    init(
+        family: Int32, loop: RingPortEventLoop, group: RingPortEventLoopGroup, childGroup: RingPortEventLoopGroup
+    ) throws {
+        self.childGroup = childGroup
+        try super.init(descriptor: NIOSocketCalls.makeSocket(family: family), loop: loop, group: group)
+        acceptContext.userValue = CompletionTarget.serverSocketChannel.rawValue
+        acceptContext.attachment = self
+        makePipeline(for: self)
+    }
+
+    // MARK: Channel
+
+    var parent: (any Channel)? { nil }
+    var allocator: ByteBufferAllocator { ByteBufferAllocator() }
+    var closeFuture: EventLoopFuture<Void> { closePromise.futureResult }
+    var pipeline: ChannelPipeline { channelPipeline }
+    var eventLoop: EventLoop { loop }
+    var _channelCore: ChannelCore { self }
+    var isWritable: Bool { false }
+
+    func setOption<Option: ChannelOption>(_ option: Option, value: Option.Value) -> EventLoopFuture<Void> {
+        if loop.inEventLoop { return loop.makeCompletedFuture { try setOption0(option, value: value) } }
+        return loop.submit { try self.setOption0(option, value: value) }
+    }
+
+    func getOption<Option: ChannelOption>(_ option: Option) -> EventLoopFuture<Option.Value> {
+        if loop.inEventLoop { return loop.makeCompletedFuture { try getOption0(option) } }
+        return loop.submit { try self.getOption0(option) }
+    }
+
+    private func setOption0<Option: ChannelOption>(_ option: Option, value: Option.Value) throws {
+        guard lifecycle.isOpen else { throw ChannelError.ioOnClosedChannel }
+        if option is ChannelOptions.Types.BacklogOption {
+            backlog = value as! Int32
+        } else {
+            try setBaseOption(option, value: value)
+        }
+    }
+
+    private func getOption0<Option: ChannelOption>(_ option: Option) throws -> Option.Value {
+        guard lifecycle.isOpen else { throw ChannelError.ioOnClosedChannel }
+        if option is ChannelOptions.Types.BacklogOption { return backlog as! Option.Value }
+        return try getBaseOption(option)
+    }
+
+    // MARK: ChannelCore (on the loop)
+
+    func localAddress0() throws -> NIOCore.SocketAddress {
+        guard lifecycle.isOpen else { throw ChannelError.ioOnClosedChannel }
+        return try NIOSocketCalls.localAddress(of: handle.descriptor)
+    }
+
+    func remoteAddress0() throws -> NIOCore.SocketAddress {
+        throw ChannelError.operationUnsupported
+    }
+
+    func register0(promise: EventLoopPromise<Void>?) {
+        guard transition(.register, promise: promise) else {
+            promise?.fail(
+                lifecycle.isOpen ? ChannelError.inappropriateOperationForState : ChannelError.ioOnClosedChannel)
+            return
+        }
+    }
+
+    func registerAlreadyConfigured0(promise: EventLoopPromise<Void>?) {
+        promise?.fail(ChannelError.operationUnsupported)
+    }
+
+    /// Binds and listens; the channel becomes active and, with `autoRead`, accepts.
+    func bind0(to address: NIOCore.SocketAddress, promise: EventLoopPromise<Void>?) {
+        guard lifecycle.state == .registered else {
+            promise?.fail(
+                lifecycle.isOpen ? ChannelError.inappropriateOperationForState : ChannelError.ioOnClosedChannel)
+            return
+        }
+        do {
+            try NIOSocketCalls.bind(handle.descriptor, to: address)
+            try NIOSocketCalls.listen(handle.descriptor, backlog: backlog)
+        } catch {
+            promise?.fail(error)
+            return
+        }
+        cacheAddresses()
+        transition(.activate, promise: promise)
+        if autoRead { channelPipeline.syncOperations.read() }
+    }
+
+    func connect0(to address: NIOCore.SocketAddress, promise: EventLoopPromise<Void>?) {
+        promise?.fail(ChannelError.operationUnsupported)
+    }
+
+    func write0(_ data: NIOAny, promise: EventLoopPromise<Void>?) {
+        promise?.fail(ChannelError.operationUnsupported)
+    }
+
+    func flush0() {}
+
+    func read0() {
+        guard lifecycle.isActive else { return }
+        readPending = true
+        if !accepting { postAccept() }
+    }
+
+    func close0(error: Error, mode: CloseMode, promise: EventLoopPromise<Void>?) {
+        guard lifecycle.isOpen else {
+            promise?.fail(ChannelError.alreadyClosed)
+            return
+        }
+        guard mode == .all else {
+            promise?.fail(ChannelError.operationUnsupported)
+            return
+        }
+        close(promise: promise)
+    }
+
+    func triggerUserOutboundEvent0(_ event: Any, promise: EventLoopPromise<Void>?) {
+        promise?.fail(ChannelError.operationUnsupported)
+    }
+
+    func channelRead0(_ data: NIOAny) {
+        // An accepted channel nobody took: close it.
+        unwrapData(data, as: (any Channel).self).close(promise: nil)
+    }
+
+    func errorCaught0(error: Error) {}
+
+    // MARK: Accepts (on the loop)
+
+    private func postAccept() {
+        accepting = true
+        do {
+            try loop.port.accept(on: handle, context: acceptContext)
+        } catch {
+            accepting = false
+            channelPipeline.syncOperations.fireErrorCaught(NIOSocketCalls.ioError(error))
+            close(promise: nil)
+        }
+    }
+
+    /// An accept's completion.
+    func complete(_ completion: Completion) {
+        accepting = false
+        guard lifecycle.isOpen else {
+            if let descriptor = completion.acceptedDescriptor { _ = SystemCall.close(descriptor) }
+            acceptContext.attachment = nil
+            return
+        }
+        let pipeline = channelPipeline.syncOperations
+        if let descriptor = completion.acceptedDescriptor {
+            readPending = false
+            let childLoop = childGroup.nextRingLoop()
+            do {
+                let child = try SocketChannel(descriptor: descriptor, loop: childLoop, group: childGroup, parent: self)
+                pipeline.fireChannelRead(NIOAny(child as any Channel))
+            } catch {
+                pipeline.fireErrorCaught(NIOSocketCalls.ioError(error))
+            }
+            pipeline.fireChannelReadComplete()
+            if autoRead && lifecycle.isActive { pipeline.read() }
+        } else if let error = completion.error {
+            if completion.isCancelled || error == .connectionAbort {
+                if readPending { postAccept() }
+                return
+            }
+            pipeline.fireErrorCaught(IOError(errnoCode: error.rawValue, reason: "accept"))
+            // Out of descriptors or memory: try again later rather than spin.
+            loop.scheduleTask(in: .milliseconds(100)) { [self] in
+                if readPending && !accepting && lifecycle.isActive { postAccept() }
+            }
+        }
+    }
+
+    private func close(promise: EventLoopPromise<Void>?) {
+        loop.port.close(handle)
+        readPending = false
+        transition(.close, promise: promise)
+        finishClose(core: self)
+        if !accepting { acceptContext.attachment = nil }
+    }
+}

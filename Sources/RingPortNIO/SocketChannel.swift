@@ -1,0 +1,483 @@
+import DequeModule
+import Glibc
+import NIOCore
+import RingPort
+import Synchronization
+import SystemPackage
+
+/// A TCP connection as a SwiftNIO `Channel` on the completion port: accepted by a
+/// ``ServerSocketChannel`` or connected by ``RingPortClientBootstrap``.
+///
+/// Reads: each `read()` (from `autoRead` after every `channelReadComplete`, or the
+/// application's own) posts one receive — into the ring's provided buffers where the port has
+/// them, so a waiting connection holds no buffer; else into the channel's own buffer. Its bytes
+/// are copied once into a `ByteBuffer` from the channel's allocator and fired as
+/// `channelRead` + `channelReadComplete`; no receive is posted while nobody asked for a read,
+/// which is how a handler that stops reading stops the receives.
+///
+/// Writes: `write` queues the `ByteBuffer` (its storage is what the kernel sends from: no copy)
+/// and `flush` sends what was flushed, up to ``gatheredBuffers`` buffers in one `sendmsg`;
+/// one send is in flight at a time. Writability follows `writeBufferWaterMark` over the
+/// queued bytes.
+///
+/// Threading and ownership as in ``BaseChannel``; the receive and send contexts belong to the
+/// port while their operation is in flight, and carry the channel (`attachment`) until the
+/// channel is closed and nothing is in flight.
+final class SocketChannel: BaseChannel, Channel, ChannelCore, @unchecked Sendable {
+    // @unchecked: see BaseChannel.
+
+    /// The most buffers one send carries.
+    static let gatheredBuffers = 16
+
+    let parent: (any Channel)?
+    private let receiveContext: IOContext
+    private let sendContext: IOContext
+    private var receiving = false
+    private var readPending = false
+    private var inputClosed = false
+    private var outputClosed = false
+    /// Shut the write side down once the send in flight completes (`close(mode: .output)`).
+    private var shutdownOutputAfterSend = false
+    private var connectPromise: EventLoopPromise<Void>?
+    private var connecting = false
+    private var writes = Deque<PendingWrite>()
+    /// How many of `writes`, from the front, were flushed.
+    private var flushedCount = 0
+    /// How many of `writes`, from the front, the send in flight carries (0: none in flight).
+    private var inFlightCount = 0
+    private var queuedBytes = 0
+    private var waterMark = ChannelOptions.Types.WriteBufferWaterMark(low: 32 * 1024, high: 64 * 1024)
+    private var writable = true
+    private var allowRemoteHalfClosure = false
+    private let writableFlag = Atomic<Bool>(true)
+
+    /// A queued write.
+    private struct PendingWrite {
+        var buffer: ByteBuffer
+        let promise: EventLoopPromise<Void>?
+    }
+
+    /// Takes a connected (accepted) or fresh socket.
+    init(
+        descriptor: Int32, loop: RingPortEventLoop, group: RingPortEventLoopGroup, parent: (any Channel)?
+    ) throws(RingPortError) {
+        self.parent = parent
+        receiveContext = IOContext(capacity: group.usesProvidedBuffers ? 0 : group.configuration.receiveBufferSize)
+        sendContext = IOContext(capacity: SocketChannel.gatheredBuffers * MemoryLayout<iovec>.stride)
+        try super.init(descriptor: descriptor, loop: loop, group: group)
+        for context in [receiveContext, sendContext] {
+            context.userValue = CompletionTarget.socketChannel.rawValue
+            context.attachment = self
+        }
+        makePipeline(for: self)
+    }
+
+    // MARK: Channel
+
+    var allocator: ByteBufferAllocator { ByteBufferAllocator() }
+    var closeFuture: EventLoopFuture<Void> { closePromise.futureResult }
+    var pipeline: ChannelPipeline { channelPipeline }
+    var eventLoop: EventLoop { loop }
+    var _channelCore: ChannelCore { self }
+    var isWritable: Bool { writableFlag.load(ordering: .relaxed) }
+
+    func setOption<Option: ChannelOption>(_ option: Option, value: Option.Value) -> EventLoopFuture<Void> {
+        if loop.inEventLoop { return loop.makeCompletedFuture { try setOption0(option, value: value) } }
+        return loop.submit { try self.setOption0(option, value: value) }
+    }
+
+    func getOption<Option: ChannelOption>(_ option: Option) -> EventLoopFuture<Option.Value> {
+        if loop.inEventLoop { return loop.makeCompletedFuture { try getOption0(option) } }
+        return loop.submit { try self.getOption0(option) }
+    }
+
+    var syncOptions: NIOSynchronousChannelOptions? { SynchronousOptions(channel: self) }
+
+    private struct SynchronousOptions: NIOSynchronousChannelOptions {
+        let channel: SocketChannel
+        func setOption<Option: ChannelOption>(_ option: Option, value: Option.Value) throws {
+            channel.loop.preconditionInEventLoop()
+            try channel.setOption0(option, value: value)
+        }
+        func getOption<Option: ChannelOption>(_ option: Option) throws -> Option.Value {
+            channel.loop.preconditionInEventLoop()
+            return try channel.getOption0(option)
+        }
+    }
+
+    private func setOption0<Option: ChannelOption>(_ option: Option, value: Option.Value) throws {
+        guard lifecycle.isOpen else { throw ChannelError.ioOnClosedChannel }
+        switch option {
+        case is ChannelOptions.Types.WriteBufferWaterMarkOption:
+            waterMark = value as! ChannelOptions.Types.WriteBufferWaterMark
+            updateWritability()
+        case is ChannelOptions.Types.AllowRemoteHalfClosureOption:
+            allowRemoteHalfClosure = value as! Bool
+        case is ChannelOptions.Types.ConnectTimeoutOption:
+            break  // the client bootstrap applies its own timeout
+        default:
+            try setBaseOption(option, value: value)
+        }
+    }
+
+    private func getOption0<Option: ChannelOption>(_ option: Option) throws -> Option.Value {
+        guard lifecycle.isOpen else { throw ChannelError.ioOnClosedChannel }
+        switch option {
+        case is ChannelOptions.Types.WriteBufferWaterMarkOption:
+            return waterMark as! Option.Value
+        case is ChannelOptions.Types.AllowRemoteHalfClosureOption:
+            return allowRemoteHalfClosure as! Option.Value
+        default:
+            return try getBaseOption(option)
+        }
+    }
+
+    // MARK: ChannelCore (on the loop)
+
+    func localAddress0() throws -> NIOCore.SocketAddress {
+        guard lifecycle.isOpen else { throw ChannelError.ioOnClosedChannel }
+        return try NIOSocketCalls.localAddress(of: handle.descriptor)
+    }
+
+    func remoteAddress0() throws -> NIOCore.SocketAddress {
+        guard lifecycle.isOpen else { throw ChannelError.ioOnClosedChannel }
+        return try NIOSocketCalls.peerAddress(of: handle.descriptor)
+    }
+
+    func register0(promise: EventLoopPromise<Void>?) {
+        guard transition(.register, promise: promise) else {
+            promise?.fail(
+                lifecycle.isOpen ? ChannelError.inappropriateOperationForState : ChannelError.ioOnClosedChannel)
+            return
+        }
+    }
+
+    func registerAlreadyConfigured0(promise: EventLoopPromise<Void>?) {
+        register0(promise: promise)
+        if lifecycle.isRegistered { becomeActive() }
+    }
+
+    /// An accepted connection: registered, now active (reads start with `autoRead`).
+    func becomeActive() {
+        cacheAddresses()
+        guard transition(.activate) else { return }
+        if autoRead { channelPipeline.syncOperations.read() }
+    }
+
+    func bind0(to address: NIOCore.SocketAddress, promise: EventLoopPromise<Void>?) {
+        do {
+            try NIOSocketCalls.bind(handle.descriptor, to: address)
+            promise?.succeed(())
+        } catch {
+            promise?.fail(error)
+        }
+    }
+
+    func connect0(to address: NIOCore.SocketAddress, promise: EventLoopPromise<Void>?) {
+        guard lifecycle.state == .registered else {
+            promise?.fail(
+                lifecycle.isOpen ? ChannelError.inappropriateOperationForState : ChannelError.ioOnClosedChannel)
+            return
+        }
+        guard !connecting else {
+            promise?.fail(ChannelError.connectPending)
+            return
+        }
+        do {
+            try loop.port.connect(handle, to: NIOSocketCalls.portAddress(address), context: sendContext)
+            connecting = true
+            connectPromise = promise ?? loop.makePromise()
+        } catch let error as RingPortError {
+            promise?.fail(NIOSocketCalls.ioError(error))
+        } catch {
+            promise?.fail(error)
+        }
+    }
+
+    func write0(_ data: NIOAny, promise: EventLoopPromise<Void>?) {
+        guard lifecycle.isOpen else {
+            promise?.fail(ChannelError.ioOnClosedChannel)
+            return
+        }
+        guard !outputClosed else {
+            promise?.fail(ChannelError.outputClosed)
+            return
+        }
+        guard case .byteBuffer(let buffer) = unwrapData(data, as: IOData.self) else {
+            promise?.fail(ChannelError.operationUnsupported)  // file regions: not sent from files
+            return
+        }
+        writes.append(PendingWrite(buffer: buffer, promise: promise))
+        queuedBytes += buffer.readableBytes
+        updateWritability()
+    }
+
+    func flush0() {
+        guard lifecycle.isOpen else { return }
+        flushedCount = writes.count
+        if inFlightCount == 0 { sendFlushed() }
+    }
+
+    func read0() {
+        guard lifecycle.isActive, !inputClosed else { return }
+        readPending = true
+        if !receiving { postReceive() }
+    }
+
+    func close0(error: Error, mode: CloseMode, promise: EventLoopPromise<Void>?) {
+        guard lifecycle.isOpen else {
+            promise?.fail(ChannelError.alreadyClosed)
+            return
+        }
+        switch mode {
+        case .all:
+            close(error: error, promise: promise)
+        case .output:
+            guard !outputClosed else {
+                promise?.fail(ChannelError.outputClosed)
+                return
+            }
+            outputClosed = true
+            failWrites(from: inFlightCount, error: ChannelError.outputClosed)
+            if inFlightCount > 0 {
+                shutdownOutputAfterSend = true
+            } else {
+                try? NIOSocketCalls.shutdown(handle.descriptor, how: Int32(SHUT_WR))
+            }
+            promise?.succeed(())
+            channelPipeline.syncOperations.fireUserInboundEventTriggered(ChannelEvent.outputClosed)
+        case .input:
+            guard !inputClosed else {
+                promise?.fail(ChannelError.inputClosed)
+                return
+            }
+            inputClosed = true
+            try? NIOSocketCalls.shutdown(handle.descriptor, how: Int32(SHUT_RD))
+            promise?.succeed(())
+            channelPipeline.syncOperations.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+        }
+    }
+
+    func triggerUserOutboundEvent0(_ event: Any, promise: EventLoopPromise<Void>?) {
+        promise?.fail(ChannelError.operationUnsupported)
+    }
+
+    func channelRead0(_ data: NIOAny) {
+        // Reached the end of the pipeline unhandled: dropped, as in NIOPosix.
+    }
+
+    func errorCaught0(error: Error) {
+        // Reached the end of the pipeline unhandled: dropped, as in NIOPosix.
+    }
+
+    // MARK: Completions (on the loop)
+
+    /// A completion of the channel's receive, send or connect.
+    func complete(_ completion: Completion) {
+        switch completion.operation {
+        case .read:
+            received(completion)
+        case .connect:
+            connected(completion)
+        default:
+            sent(completion)
+        }
+        if !lifecycle.isOpen { releaseContextsIfIdle() }
+    }
+
+    private func postReceive() {
+        receiving = true
+        do {
+            if group.usesProvidedBuffers {
+                try loop.port.receive(handle, context: receiveContext)
+            } else {
+                try loop.port.read(handle, into: receiveContext)
+            }
+        } catch {
+            receiving = false
+            fail(NIOSocketCalls.ioError(error))
+        }
+    }
+
+    private func received(_ completion: Completion) {
+        receiving = false
+        guard lifecycle.isOpen else {
+            completion.receivedBuffer?.release()
+            return
+        }
+        if let error = completion.error {
+            if error == .noBufferSpace {
+                // The ring's provided buffers are all out: they come back as the loops copy
+                // them; try again a moment later rather than spin.
+                loop.scheduleTask(in: .milliseconds(1)) { [self] in
+                    if readPending && !receiving && lifecycle.isActive && !inputClosed { postReceive() }
+                }
+            } else if !completion.isCancelled {
+                fail(IOError(errnoCode: error.rawValue, reason: "read"))
+            } else if readPending {
+                postReceive()
+            }
+            return
+        }
+        let count = completion.bytesTransferred
+        guard count > 0 else {
+            inputClosed = true
+            readPending = false
+            if allowRemoteHalfClosure {
+                channelPipeline.syncOperations.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+            } else {
+                close(error: ChannelError.eof, promise: nil)
+            }
+            return
+        }
+        var buffer = ByteBufferAllocator().buffer(capacity: count)
+        if let received = completion.receivedBuffer {
+            _ = received.withUnsafeBytes { buffer.writeBytes(UnsafeRawBufferPointer(rebasing: $0.prefix(count))) }
+            received.release()
+        } else {
+            _ = receiveContext.withUnsafeBytes { buffer.writeBytes(UnsafeRawBufferPointer(rebasing: $0.prefix(count))) }
+        }
+        readPending = false
+        let pipeline = channelPipeline.syncOperations
+        pipeline.fireChannelRead(NIOAny(buffer))
+        pipeline.fireChannelReadComplete()
+        if autoRead && lifecycle.isActive { pipeline.read() }
+    }
+
+    private func connected(_ completion: Completion) {
+        connecting = false
+        let promise = connectPromise
+        connectPromise = nil
+        guard lifecycle.isOpen else { return }
+        if let error = completion.error {
+            let failure = IOError(errnoCode: error.rawValue, reason: "connect")
+            promise?.fail(failure)
+            close(error: failure, promise: nil)
+            return
+        }
+        cacheAddresses()
+        promise?.succeed(())
+        guard transition(.activate) else { return }
+        if autoRead { channelPipeline.syncOperations.read() }
+    }
+
+    /// Sends what was flushed and is not in flight: one buffer from its own storage, several in
+    /// one gathered send.
+    private func sendFlushed() {
+        // Empty writes complete at once, in order.
+        while flushedCount > 0, let first = writes.first, first.buffer.readableBytes == 0 {
+            writes.removeFirst()
+            flushedCount -= 1
+            first.promise?.succeed(())
+        }
+        guard flushedCount > 0 else {
+            if shutdownOutputAfterSend {
+                shutdownOutputAfterSend = false
+                try? NIOSocketCalls.shutdown(handle.descriptor, how: Int32(SHUT_WR))
+            }
+            return
+        }
+        let count = min(flushedCount, SocketChannel.gatheredBuffers)
+        do {
+            if count == 1 {
+                let bytes = writes[0].buffer.withUnsafeReadableBytes { $0 }
+                try loop.port.write(handle, from: bytes, context: sendContext)
+            } else {
+                // The buffers' storage stays alive and unchanged in `writes` until the completion.
+                let vector = (0..<count).map { index in writes[index].buffer.withUnsafeReadableBytes { $0 } }
+                try loop.port.write(handle, gathering: vector, context: sendContext)
+            }
+            inFlightCount = count
+        } catch {
+            fail(NIOSocketCalls.ioError(error))
+        }
+    }
+
+    private func sent(_ completion: Completion) {
+        let carried = inFlightCount
+        inFlightCount = 0
+        guard lifecycle.isOpen else {
+            failWrites(from: 0, error: ChannelError.ioOnClosedChannel)
+            return
+        }
+        if let error = completion.error {
+            let failure = IOError(errnoCode: error.rawValue, reason: "write")
+            failWrites(from: 0, error: failure)
+            fail(failure)
+            return
+        }
+        var sent = completion.bytesTransferred
+        var done: [EventLoopPromise<Void>?] = []
+        for _ in 0..<carried {
+            let length = writes[0].buffer.readableBytes
+            if sent >= length {
+                sent -= length
+                queuedBytes -= length
+                done.append(writes.removeFirst().promise)
+                flushedCount -= 1
+            } else {
+                writes[0].buffer.moveReaderIndex(forwardBy: sent)
+                queuedBytes -= sent
+                break
+            }
+        }
+        sendFlushed()
+        updateWritability()
+        for promise in done { promise?.succeed(()) }
+    }
+
+    // MARK: Writability, failures, close (on the loop)
+
+    private func updateWritability() {
+        let shouldBeWritable = writable ? queuedBytes <= waterMark.high : queuedBytes < waterMark.low
+        guard shouldBeWritable != writable else { return }
+        writable = shouldBeWritable
+        writableFlag.store(writable, ordering: .relaxed)
+        if lifecycle.isActive { channelPipeline.syncOperations.fireChannelWritabilityChanged() }
+    }
+
+    /// Fails the queued writes from index `start` on (those before it are in flight).
+    private func failWrites(from start: Int, error: Error) {
+        guard writes.count > start else { return }
+        let failed = writes[start...]
+        writes.removeLast(writes.count - start)
+        flushedCount = min(flushedCount, start)
+        for write in failed {
+            queuedBytes -= write.buffer.readableBytes
+            write.promise?.fail(error)
+        }
+    }
+
+    /// An I/O error: fired as `errorCaught`, then the channel closes.
+    private func fail(_ error: Error) {
+        guard lifecycle.isOpen else { return }
+        channelPipeline.syncOperations.fireErrorCaught(error)
+        close(error: error, promise: nil)
+    }
+
+    /// Closes the channel: the socket's operations are cancelled (their completions come back,
+    /// and only then the contexts are free), writes not in flight fail with `error`, then the
+    /// lifecycle's events fire.
+    private func close(error: Error, promise: EventLoopPromise<Void>?) {
+        loop.port.close(handle)
+        readPending = false
+        outputClosed = true
+        inputClosed = true
+        failWrites(from: inFlightCount, error: error)
+        if let connectPromise {
+            self.connectPromise = nil
+            connectPromise.fail(error)
+        }
+        transition(.close, promise: promise)
+        finishClose(core: self)
+        releaseContextsIfIdle()
+    }
+
+    /// Once closed with nothing in flight, the contexts let go of the channel (which breaks the
+    /// reference cycle).
+    private func releaseContextsIfIdle() {
+        guard !receiving, inFlightCount == 0, !connecting else { return }
+        receiveContext.attachment = nil
+        sendContext.attachment = nil
+    }
+}

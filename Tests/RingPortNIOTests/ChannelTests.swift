@@ -1,0 +1,219 @@
+import Dispatch
+import Glibc
+import NIOCore
+import NIOHTTP1
+import RingPort
+import RingPortNIO
+import RingPortTestSupport
+import Testing
+
+extension RingPortNIOTests {
+    /// Channels over real loopback sockets: byte-exact echo, the order of events, HTTP/1.1
+    /// through NIOHTTP1, backpressure, half-closure, close with writes pending — and every
+    /// descriptor back afterwards.
+    @Suite struct ChannelTests {
+        /// 40 clients on RingPortClientBootstrap × 5 random messages ≤ 40,000 bytes through an
+        /// echo server on RingPortServerBootstrap: each gets exactly its bytes back.
+        @Test func echoServerAndClientsOnThePort() throws {
+            let descriptorsBefore = openDescriptorCount()
+            let group = try makeGroup()
+            let (server, port) = try startEchoServer(on: group)
+            var generator = SeededGenerator(state: 41)
+            var clients: [(Channel, RecordingHandler, [UInt8])] = []
+            for _ in 0..<40 {
+                let recorder = RecordingHandler()
+                let client = try RingPortClientBootstrap(group: group)
+                    .channelInitializer { channel in
+                        channel.eventLoop.makeCompletedFuture {
+                            try channel.pipeline.syncOperations.addHandler(recorder)
+                        }
+                    }
+                    .connect(host: "127.0.0.1", port: port)
+                    .wait()
+                var sent: [UInt8] = []
+                for _ in 0..<5 {
+                    let message = generator.bytesArray(count: Int.random(in: 1...40_000, using: &generator))
+                    sent += message
+                    client.writeAndFlush(ByteBuffer(bytes: message), promise: nil)
+                }
+                clients.append((client, recorder, sent))
+            }
+            for (_, recorder, sent) in clients {
+                #expect(eventually { recorder.received.withLock { $0.count } >= sent.count })
+                #expect(recorder.received.withLock { $0 } == sent)
+            }
+            for (client, _, _) in clients { try client.close().wait() }
+            try server.close().wait()
+            try group.syncShutdownGracefully()
+            #expect(group.port.statistics.operationsInFlight == 0)
+            #expect(openDescriptorCount() == descriptorsBefore)
+        }
+
+        /// An accepted channel sees registered → active → read… → readComplete → inactive →
+        /// unregistered, in that order, and its close future completes.
+        @Test func eventsArriveInOrder() throws {
+            let group = try makeGroup()
+            defer { try? group.syncShutdownGracefully() }
+            let recorder = RecordingHandler()
+            let server = try RingPortServerBootstrap(group: group)
+                .childChannelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(recorder) }
+                }
+                .bind(host: "127.0.0.1", port: 0).wait()
+            defer { try? server.close().wait() }
+            let client = try BlockingClient(
+                connectingTo: SocketAddress(host: "127.0.0.1", port: UInt16(server.localAddress!.port!)))
+            try client.send(Array("hello".utf8))
+            #expect(eventually { recorder.received.withLock { $0.count } == 5 })
+            client.close()
+            #expect(eventually { recorder.events.withLock { $0.last } == "unregistered" })
+            let events = recorder.events.withLock { $0 }
+            #expect(Array(events.prefix(3)) == ["registered", "active", "read"])
+            #expect(Array(events.suffix(2)) == ["inactive", "unregistered"])
+            #expect(events.dropFirst(2).dropLast(2).allSatisfy { $0 == "read" || $0 == "readComplete" })
+            #expect(recorder.received.withLock { $0 } == Array("hello".utf8))
+        }
+
+        /// SwiftNIO's HTTP/1.1 server pipeline on the port: three pipelined keep-alive requests
+        /// get three answers, in order, on one connection.
+        @Test func http1PipelineServesPipelinedKeepAliveRequests() throws {
+            let group = try makeGroup()
+            defer { try? group.syncShutdownGracefully() }
+            let server = try RingPortServerBootstrap(group: group)
+                .childChannelInitializer { channel in
+                    channel.pipeline.configureHTTPServerPipeline().flatMapThrowing {
+                        try channel.pipeline.syncOperations.addHandler(HelloHandler())
+                    }
+                }
+                .bind(host: "127.0.0.1", port: 0).wait()
+            defer { try? server.close().wait() }
+            let client = try BlockingClient(
+                connectingTo: SocketAddress(host: "127.0.0.1", port: UInt16(server.localAddress!.port!)))
+            defer { client.close() }
+            let request = "GET /plaintext HTTP/1.1\r\nHost: test\r\n\r\n"
+            try client.send(Array((request + request + request).utf8))
+            let responses = try readResponses(from: client, count: 3)
+            #expect(responses.map(\.status) == [200, 200, 200])
+            #expect(responses.map(\.body) == Array(repeating: "Hello, World!", count: 3))
+        }
+
+        /// A peer that does not read: the server's writes pile up, writability turns off above
+        /// the high watermark; closing then fails the writes still queued, and nothing leaks.
+        @Test func aPeerThatDoesNotReadTurnsWritabilityOffAndCloseFailsQueuedWrites() throws {
+            let descriptorsBefore = openDescriptorCount()
+            let group = try makeGroup()
+            let accepted = LockedBox<Channel?>(nil)
+            let recorder = RecordingHandler()
+            let server = try RingPortServerBootstrap(group: group)
+                .childChannelOption(.writeBufferWaterMark, value: .init(low: 32 * 1024, high: 64 * 1024))
+                .childChannelInitializer { channel in
+                    accepted.withLock { $0 = channel }
+                    return channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(recorder)
+                    }
+                }
+                .bind(host: "127.0.0.1", port: 0).wait()
+            let client = try BlockingClient(
+                connectingTo: SocketAddress(host: "127.0.0.1", port: UInt16(server.localAddress!.port!)))
+            #expect(eventually { accepted.withLock { $0?.isActive } == true })
+            let channel = try #require(accepted.withLock { $0 })
+            // 16 MiB, far more than the socket buffers hold.
+            let chunk = ByteBuffer(repeating: 7, count: 64 * 1024)
+            let writes = try channel.eventLoop.submit { () -> [EventLoopFuture<Void>] in
+                let futures = (0..<256).map { _ in channel.write(chunk) }
+                channel.flush()
+                return futures
+            }.wait()
+            #expect(eventually { recorder.events.withLock { $0.contains("notWritable") } })
+            #expect(!channel.isWritable)
+            try channel.close().wait()
+            var failed = 0
+            for write in writes {
+                do { try write.wait() } catch { failed += 1 }
+            }
+            #expect(failed > 0)
+            client.close()
+            try server.close().wait()
+            try group.syncShutdownGracefully()
+            #expect(openDescriptorCount() == descriptorsBefore)
+        }
+
+        /// With `autoRead` off nothing is received until the handler asks for a read, and then
+        /// one arrival is.
+        @Test func withoutAutoReadNothingIsReceivedUntilARead() throws {
+            let group = try makeGroup()
+            defer { try? group.syncShutdownGracefully() }
+            let accepted = LockedBox<Channel?>(nil)
+            let recorder = RecordingHandler()
+            let server = try RingPortServerBootstrap(group: group)
+                .childChannelOption(.autoRead, value: false)
+                .childChannelInitializer { channel in
+                    accepted.withLock { $0 = channel }
+                    return channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(recorder)
+                    }
+                }
+                .bind(host: "127.0.0.1", port: 0).wait()
+            defer { try? server.close().wait() }
+            let client = try BlockingClient(
+                connectingTo: SocketAddress(host: "127.0.0.1", port: UInt16(server.localAddress!.port!)))
+            defer { client.close() }
+            try client.send(Array("first".utf8))
+            #expect(eventually { accepted.withLock { $0?.isActive } == true })
+            usleep(100_000)
+            #expect(recorder.received.withLock { $0.isEmpty })
+            accepted.withLock { $0 }?.read()
+            #expect(eventually { recorder.received.withLock { $0 } == Array("first".utf8) })
+        }
+
+        /// With `allowRemoteHalfClosure`, the peer's FIN arrives as `inputClosed` and the channel
+        /// can still answer; the peer reads the answer and then EOF after `close(mode: .output)`.
+        @Test func halfClosure() throws {
+            let group = try makeGroup()
+            defer { try? group.syncShutdownGracefully() }
+            let recorder = RecordingHandler()
+            let accepted = LockedBox<Channel?>(nil)
+            let server = try RingPortServerBootstrap(group: group)
+                .childChannelOption(.allowRemoteHalfClosure, value: true)
+                .childChannelInitializer { channel in
+                    accepted.withLock { $0 = channel }
+                    return channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(recorder)
+                    }
+                }
+                .bind(host: "127.0.0.1", port: 0).wait()
+            defer { try? server.close().wait() }
+            let client = try BlockingClient(
+                connectingTo: SocketAddress(host: "127.0.0.1", port: UInt16(server.localAddress!.port!)))
+            defer { client.close() }
+            try client.send(Array("question".utf8))
+            shutdown(client.descriptor, Int32(SHUT_WR))
+            #expect(eventually { recorder.events.withLock { $0.contains("inputClosed") } })
+            let channel = try #require(accepted.withLock { $0 })
+            #expect(channel.isActive)
+            try channel.writeAndFlush(ByteBuffer(string: "answer")).wait()
+            try channel.close(mode: .output).wait()
+            #expect(try client.receive(count: 6) == Array("answer".utf8))
+            var rest = [UInt8](repeating: 0, count: 16)
+            #expect(client.receiveSome(into: &rest) == 0)
+            #expect(recorder.received.withLock { $0 } == Array("question".utf8))
+        }
+    }
+}
+
+/// Answers every HTTP request with "Hello, World!" (keep-alive).
+private final class HelloHandler: ChannelInboundHandler, Sendable {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard case .end = unwrapInboundIn(data) else { return }
+        var headers = HTTPHeaders()
+        headers.add(name: "Content-Length", value: "13")
+        headers.add(name: "Content-Type", value: "text/plain")
+        context.write(
+            wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .ok, headers: headers))), promise: nil)
+        context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: "Hello, World!")))), promise: nil)
+        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+    }
+}

@@ -1,0 +1,89 @@
+import Dispatch
+import NIOCore
+import RingPort
+import RingPortNIO
+import RingPortTestSupport
+import Synchronization
+import Testing
+
+extension RingPortNIOTests {
+    /// The event loop's contract: its work runs one piece at a time, in order, on a thread
+    /// that sees `inEventLoop`; scheduled tasks run at their time unless cancelled; a shutdown
+    /// fails what is still scheduled.
+    @Suite struct EventLoopTests {
+        /// Tasks from four threads at once: each runs on the loop, none overlaps another, and
+        /// each thread's tasks run in the order it gave them.
+        @Test func tasksRunOnTheLoopOneAtATimeInOrder() throws {
+            let group = try makeGroup()
+            defer { try? group.syncShutdownGracefully() }
+            let loop = group.next()
+            #expect(!loop.inEventLoop)
+            let running = Atomic<Int>(0)
+            let overlaps = Atomic<Int>(0)
+            let order = LockedBox<[[Int]]>(Array(repeating: [], count: 4))
+            let notOnLoop = Atomic<Int>(0)
+            DispatchQueue.concurrentPerform(iterations: 4) { thread in
+                for index in 0..<500 {
+                    loop.execute {
+                        if running.wrappingAdd(1, ordering: .relaxed).newValue != 1 {
+                            overlaps.add(1, ordering: .relaxed)
+                        }
+                        if !loop.inEventLoop { notOnLoop.add(1, ordering: .relaxed) }
+                        order.withLock { $0[thread].append(index) }
+                        running.subtract(1, ordering: .relaxed)
+                    }
+                }
+            }
+            let total = try loop.submit { order.withLock { $0.map(\.count).reduce(0, +) } }.wait()
+            #expect(total == 2000)
+            let overlapCount = overlaps.load(ordering: .relaxed)
+            #expect(overlapCount == 0)
+            let offLoopCount = notOnLoop.load(ordering: .relaxed)
+            #expect(offLoopCount == 0)
+            #expect(order.withLock { $0 }.allSatisfy { $0 == Array(0..<500) })
+        }
+
+        /// A task scheduled 50 ms ahead runs no sooner; one cancelled before its time never
+        /// runs and its future fails with `cancelled`; a shutdown fails one still waiting.
+        @Test func scheduledTasksRunAtTheirTimeUnlessCancelled() throws {
+            let group = try makeGroup()
+            let loop = group.next()
+            let start = NIODeadline.now()
+            let value = try loop.scheduleTask(in: .milliseconds(50)) { () -> Int in
+                #expect(loop.inEventLoop)
+                return 42
+            }.futureResult.wait()
+            #expect(value == 42)
+            #expect(NIODeadline.now() - start >= .milliseconds(50))
+
+            let ran = Atomic<Bool>(false)
+            let cancelled = loop.scheduleTask(in: .seconds(5)) { ran.store(true, ordering: .relaxed) }
+            cancelled.cancel()
+            #expect(throws: EventLoopError.cancelled) { try cancelled.futureResult.wait() }
+            let didRun = ran.load(ordering: .relaxed)
+            #expect(!didRun)
+
+            // Its failure is observed by a callback added before the shutdown: a loop takes no
+            // tasks afterwards (as NIOPosix's), and adding a callback from elsewhere is one.
+            let pending = loop.scheduleTask(in: .hours(1)) { ran.store(true, ordering: .relaxed) }
+            let failure = LockedBox<Error?>(nil)
+            try loop.submit { pending.futureResult.whenFailure { error in failure.withLock { $0 = error } } }.wait()
+            try group.syncShutdownGracefully()
+            #expect(failure.withLock { $0 as? EventLoopError } == .shutdown)
+            let ranAfterShutdown = ran.load(ordering: .relaxed)
+            #expect(!ranAfterShutdown)
+            #expect(group.port.statistics.operationsInFlight == 0)
+        }
+
+        /// A promise made on the loop completes its callbacks on the loop.
+        @Test func futuresCompleteOnTheirLoop() throws {
+            let group = try makeGroup()
+            defer { try? group.syncShutdownGracefully() }
+            let loop = group.next()
+            let promise = loop.makePromise(of: Int.self)
+            let onLoop = promise.futureResult.map { _ in loop.inEventLoop }
+            DispatchQueue.global().async { promise.succeed(1) }
+            #expect(try onLoop.wait())
+        }
+    }
+}
