@@ -16,6 +16,7 @@
 #                    leak and error counts
 #   make bench       compares the echo server with C and SwiftNIO baselines under the same load
 #   make bench-http  compares the HTTP responder with SwiftNIO's NIOHTTP1 under wrk
+#   make bench-nio   the same SwiftNIO pipelines (HTTP, echo) on RingPortNIO and on NIOPosix
 #   make bench-conns server memory per idle connection (10,000 connections)
 #   make bench-micro micro benchmarks of the port and the server path (ordo-one/benchmark);
 #                    bench-check compares them with the committed thresholds (0 mallocs, and the
@@ -30,7 +31,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8888
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: all deps test-deps load-tools perf-tools build release run test lint format stress sanitize fuzz docs soak bench bench-deps bench-http bench-conns bench-micro bench-check bench-thresholds profile clean
+.PHONY: all deps test-deps load-tools perf-tools build release run test lint format stress sanitize fuzz docs soak bench bench-deps bench-http bench-nio bench-conns bench-micro bench-check bench-thresholds profile clean
 
 all: build
 
@@ -146,11 +147,10 @@ SOAK_SECONDS ?= 300
 soak: release load-tools
 	python3 Tests/Soak/soak.py --seconds $(SOAK_SECONDS) --ringport .build/release/ringport
 
-# The baselines: C echo servers and load client of our own, SwiftNIO echo and HTTP servers
-# (Benchmarks/ is a package of its own, so RingPort does not depend on SwiftNIO), and wrk.
+# The baselines: C echo servers and load client of our own, and wrk. (The SwiftNIO baselines are
+# `ringport nio-echo` and `ringport nio-http` with --transport posix, built by `release`.)
 bench-deps: release load-tools
 	Benchmarks/scripts/build-c.sh
-	cd Benchmarks && $(SWIFT) build -c release --product nio-echo && $(SWIFT) build -c release --product nio-http
 
 # wrk and python3, for the soak and the benchmarks.
 load-tools:
@@ -173,8 +173,14 @@ bench: bench-deps perf-tools
 bench-http: bench-deps
 	Benchmarks/scripts/bench-http.sh --rounds 3 --duration 10 --connections 64
 
+# The same SwiftNIO pipelines (NIOHTTP1 under wrk -t1 -c64; an echo handler under ringport
+# load, 128 B x 64) on RingPortNIO and on NIOPosix, interleaved, 5 rounds of 10 s each (~4 min).
+# Writes Benchmarks/results/latest-nio-http.md / .svg and latest-nio-echo.md / .svg.
+bench-nio: release load-tools
+	Benchmarks/scripts/bench-nio.sh
+
 # Server memory per idle connection: 1,000 warm-up + 10,000 idle connections (each echoed once)
-# against C liburing, C epoll, SwiftNIO (if bench-deps built it) and RingPort; 3 rounds, ~40 s.
+# against C liburing, C epoll, SwiftNIO and RingPort; 3 rounds, ~40 s.
 bench-conns: release
 	Benchmarks/scripts/build-c.sh
 	Benchmarks/scripts/bench-conns.sh

@@ -106,7 +106,12 @@ let package = Package(
                 "RingPortAsync",
                 "RingPortHTTP",
                 "RingPortLoad",
+                "RingPortNIO",
                 "RingPortServer",
+                // nio-echo and nio-http run the same pipeline on RingPortNIO or on NIOPosix.
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

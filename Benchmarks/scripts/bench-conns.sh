@@ -9,8 +9,7 @@
 #   --sources K        source addresses 127.0.0.2 .. 127.0.0.(K+1) the client spreads its
 #                      connections over (default 8; see Benchmarks/c/idle_conns.c)
 #   --servers LIST     comma-separated subset of the default servers, in this order:
-#                      c_liburing,c_epoll,swiftnio,ringport,ringport_async (default: all of them; swiftnio is
-#                      skipped when Benchmarks/.build/release/nio-echo is not built)
+#                      c_liburing,c_epoll,swiftnio,ringport,ringport_async (default: all of them)
 #   --ringport PATH    the ringport binary (default: $RINGPORT, else .build/release/ringport)
 #   --settle S         seconds to wait after the server closed the connections before reading
 #                      "closed" (default 0): how much memory comes back by itself
@@ -28,7 +27,7 @@
 #
 #   c_liburing  Benchmarks/bin/echo_uring --port {PORT}
 #   c_epoll     Benchmarks/bin/echo_epoll --port {PORT}
-#   swiftnio    Benchmarks/.build/release/nio-echo --port {PORT}
+#   swiftnio    RINGPORT nio-echo --transport posix --port {PORT}
 #   ringport    RINGPORT echo --port {PORT} --log-level error --max-connections 20000
 #               (more when warm-up + connections exceed 20000)
 #   ringport_async  RINGPORT async-echo --port {PORT} --log-level error
@@ -114,7 +113,7 @@ if ((${#specs[@]} == 0)); then
     declare -A default_cmd=(
         [c_liburing]="Benchmarks/bin/echo_uring --port {PORT}"
         [c_epoll]="Benchmarks/bin/echo_epoll --port {PORT}"
-        [swiftnio]="Benchmarks/.build/release/nio-echo --port {PORT}"
+        [swiftnio]="$ringport nio-echo --transport posix --port {PORT}"
         [ringport]="$ringport echo --port {PORT} --log-level error --max-connections $max_connections"
         [ringport_async]="$ringport async-echo --port {PORT} --log-level error"
     )
@@ -123,9 +122,7 @@ if ((${#specs[@]} == 0)); then
         [[ -n ${default_cmd[$name]:-} ]] || die "unknown server '$name' (c_liburing, c_epoll, swiftnio, ringport, ringport_async)"
         binary=${default_cmd[$name]%% *}
         if [[ ! -x $binary ]]; then
-            [[ $name == swiftnio && -z $server_list ]] || die "$name: $binary not found (build it first)"
-            echo "$prog: skipping swiftnio: $binary is not built (make bench-deps)" >&2
-            continue
+            die "$name: $binary not found (build it first)"
         fi
         specs+=("$name=${default_cmd[$name]}")
     done

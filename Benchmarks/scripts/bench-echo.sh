@@ -7,8 +7,8 @@
 # Writes Benchmarks/results/latest.md (the table) and latest.svg (the chart) with report.py;
 # the raw per-round results and server logs stay in Benchmarks/results/raw/echo (not committed).
 #
-# Builds the C programs (build-c.sh) and expects .build/release/ringport (make release) and
-# Benchmarks/.build/release/nio-echo (make bench-deps).
+# Builds the C programs (build-c.sh) and expects .build/release/ringport (make release; its
+# `nio-echo --transport posix` is the SwiftNIO baseline).
 # For each grid point, compare-echo.sh runs the servers interleaved (A B C A B C ...), the load
 # client pinned to CPU 1, and prints medians over rounds and the ratios to the C liburing server.
 set -euo pipefail
@@ -25,7 +25,6 @@ while (($# > 0)); do
 done
 
 [ -x .build/release/ringport ] || { echo "bench-echo: build .build/release/ringport first (make release)" >&2; exit 1; }
-[ -x Benchmarks/.build/release/nio-echo ] || { echo "bench-echo: build the SwiftNIO baseline first (make bench-deps)" >&2; exit 1; }
 Benchmarks/scripts/build-c.sh >/dev/null
 
 grid=(
@@ -55,7 +54,7 @@ for point in "${grid[@]}"; do
     Benchmarks/scripts/compare-echo.sh --rounds "$rounds" --duration "$duration" --out "$out" "$@" -- \
         c_liburing='Benchmarks/bin/echo_uring --port {PORT}' \
         c_epoll='Benchmarks/bin/echo_epoll --port {PORT}' \
-        swiftnio='Benchmarks/.build/release/nio-echo --port {PORT}' \
+        swiftnio='.build/release/ringport nio-echo --transport posix --port {PORT}' \
         ringport='.build/release/ringport echo --port {PORT} --log-level error' \
         ringport_epoll='.build/release/ringport echo --port {PORT} --log-level error --backend epoll' \
         ringport_async='.build/release/ringport async-echo --port {PORT} --log-level error' \

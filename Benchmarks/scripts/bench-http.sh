@@ -3,8 +3,8 @@
 #
 #   Benchmarks/scripts/bench-http.sh [--rounds R] [--duration S] [--connections N]
 #
-# Expects .build/release/ringport (make release), Benchmarks/.build/release/nio-http and wrk
-# (make bench-deps). compare-http.sh runs the two servers interleaved, wrk pinned to CPU 1, both
+# Expects .build/release/ringport (make release; its `nio-http --transport posix` is the SwiftNIO
+# baseline) and wrk (make bench-deps). compare-http.sh runs the two servers interleaved, wrk pinned to CPU 1, both
 # answering GET /plaintext with the same bytes; then report.py writes
 # Benchmarks/results/latest-http.md and latest-http.svg (raw results in
 # Benchmarks/results/raw/http, not committed).
@@ -23,7 +23,6 @@ while (($# > 0)); do
 done
 
 [ -x .build/release/ringport ] || { echo "bench-http: build .build/release/ringport first (make release)" >&2; exit 1; }
-[ -x Benchmarks/.build/release/nio-http ] || { echo "bench-http: build the SwiftNIO baseline first (make bench-deps)" >&2; exit 1; }
 
 raw=Benchmarks/results/raw/http
 rm -rf "$raw"
@@ -33,7 +32,7 @@ echo "GET /plaintext, wrk -t1 -c$connections" >"$out/title"
 status=0
 Benchmarks/scripts/compare-http.sh --rounds "$rounds" --duration "$duration" \
     --connections "$connections" --threads 1 --out "$out" -- \
-    nio_http1='Benchmarks/.build/release/nio-http --port {PORT}' \
+    nio_http1='.build/release/ringport nio-http --transport posix --port {PORT}' \
     ringport='.build/release/ringport http --port {PORT} --log-level error' \
     || status=1
 echo

@@ -19,7 +19,7 @@
 # Each command starts a server that listens on the port substituted for {PORT}, e.g.
 #
 #   compare-http.sh --rounds 3 -- \
-#       nio='Benchmarks/.build/release/nio-http --port {PORT}' \
+#       nio='.build/release/ringport nio-http --transport posix --port {PORT}' \
 #       ringport='.build/release/ringport http --port {PORT} --log-level error'
 #
 # The command is parsed by the shell (eval) and run with `exec`, so quoting works; it must

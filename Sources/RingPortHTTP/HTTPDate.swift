@@ -2,8 +2,9 @@ import Glibc
 
 /// The `Date` header value (IMF-fixdate, RFC 9110 §5.6.7), formatted at most once a second.
 ///
-/// Thread-safety: none; keep one per connection (or per thread).
-struct HTTPDate {
+/// Thread-safety: none; keep one per connection (or per thread). ``format(_:)`` is shared with
+/// the tool's SwiftNIO responder (package access).
+package struct HTTPDate {
     private var second = -1
     /// `Sun, 06 Nov 1994 08:49:37 GMT`: always 29 bytes.
     private(set) var bytes = [UInt8](repeating: 0x20, count: 29)
@@ -13,8 +14,13 @@ struct HTTPDate {
         let now = time(nil)
         guard now != second else { return }
         second = now
+        bytes = HTTPDate.format(now)
+    }
+
+    /// `seconds` since the epoch as an IMF-fixdate, always in GMT with English names.
+    package static func format(_ seconds: time_t) -> [UInt8] {
         var parts = tm()
-        var seconds = now
+        var seconds = seconds
         gmtime_r(&seconds, &parts)
         let days = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"]
         let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
@@ -40,6 +46,6 @@ struct HTTPDate {
         text.append(UInt8(ascii: ":"))
         two(parts.tm_sec)
         text += Array(" GMT".utf8)
-        bytes = text
+        return text
     }
 }

@@ -6,7 +6,10 @@ struct RingportCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ringport",
         abstract: "Servers and tools on RingPort, the I/O completion port model on io_uring.",
-        subcommands: [EchoCommand.self, AsyncEchoCommand.self, HTTPCommand.self, LoadCommand.self, ProbeCommand.self]
+        subcommands: [
+            EchoCommand.self, AsyncEchoCommand.self, HTTPCommand.self, NIOEchoCommand.self, NIOHTTPCommand.self,
+            LoadCommand.self, ProbeCommand.self,
+        ]
     )
 
     /// Parses and runs the command like ArgumentParser's own `main()`, except that a usage

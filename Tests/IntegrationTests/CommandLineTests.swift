@@ -148,6 +148,34 @@ extension IntegrationTests {
             #expect(summary.hasSuffix(" 0 lost"))
         }
 
+        /// `ringport nio-echo` and `ringport nio-http` on either transport: 100 clients × 3 random
+        /// messages ≤ 64 KiB echoed byte-exact through the SwiftNIO echo pipeline, and three
+        /// pipelined keep-alive requests answered by NIOHTTP1's pipeline with the same headers as
+        /// `ringport http`; both stop cleanly on SIGTERM.
+        @Test(arguments: ["ringport", "posix"])
+        func nioCommandsServeOnBothTransports(transport: String) throws {
+            let echo = try RunningRingport(["nio-echo", "--port", "0", "--transport", transport])
+            defer { if echo.process.isRunning { echo.process.terminate() } }
+            #expect(echo.banner.contains(transport == "ringport" ? "RingPortNIO" : "NIOPosix"), "\(echo.banner)")
+            EchoLoad(connections: 100, messagesPerConnection: 3, maximumMessageSize: 64 * 1024, seed: 15)
+                .expectCleanRun(against: echo.address)
+            echo.terminate()
+            #expect(echo.process.terminationStatus == 0)
+            let echoSummary = try #require(echo.summary)
+            if transport == "ringport" { #expect(echoSummary.hasSuffix(" 0 lost"), "\(echoSummary)") }
+
+            let http = try RunningRingport(["nio-http", "--port", "0", "--transport", transport])
+            defer { if http.process.isRunning { http.process.terminate() } }
+            let client = try BlockingClient(connectingTo: http.address, receiveTimeout: .seconds(5))
+            defer { client.close() }
+            try client.send(Array(String(repeating: "GET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n", count: 3).utf8))
+            let responses = try readResponses(from: client, count: 3)
+            #expect(responses.map(\.status) == [200, 200, 200])
+            #expect(responses.allSatisfy { $0.body == "Hello, World!" })
+            http.terminate()
+            #expect(http.process.terminationStatus == 0)
+        }
+
         /// io_uring_setup denied by a seccomp filter, as container runtimes do, and io_uring asked
         /// for explicitly: the command names the cause and the fix and exits 1 without starting
         /// anything.

@@ -7,7 +7,7 @@ import NIOCore
 /// channel is not writable (more than the write-buffer high-water mark is waiting), so a peer that
 /// sends without reading cannot make the server buffer without bound. Once the peer has finished
 /// sending (half-closure), the connection is closed after everything it sent has been echoed.
-final class EchoHandler: ChannelDuplexHandler {
+final class EchoPipelineHandler: ChannelDuplexHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer

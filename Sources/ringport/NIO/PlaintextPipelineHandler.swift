@@ -1,7 +1,7 @@
 import NIOCore
 import NIOHTTP1
 
-/// Answers HTTP/1.1 requests like RingPort's `HTTPPlaintextHandler`, byte for byte:
+/// Answers HTTP/1.1 requests like `ringport http`'s `HTTPPlaintextHandler`, byte for byte:
 ///
 /// - `GET /plaintext` (and `HEAD`, without the body): `200 OK`, body `Hello, World!`;
 /// - any other path: `404 Not Found`, body `Not Found`;
@@ -17,7 +17,7 @@ import NIOHTTP1
 /// Each request is answered as soon as its end has been read, so responses leave in request
 /// order even for pipelined requests, and the responses to everything read in one event loop
 /// tick are flushed together (one `writev`) in `channelReadComplete`.
-final class PlaintextHandler: ChannelInboundHandler, RemovableChannelHandler {
+final class PlaintextPipelineHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
 

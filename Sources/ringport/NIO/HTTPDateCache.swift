@@ -1,11 +1,8 @@
+import Glibc
 import NIOCore
 import NIOHTTP1
-
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
+import RingPort
+import RingPortHTTP
 
 /// The `Date` header of the current second and the response headers built around it, one cache
 /// per event loop.
@@ -44,8 +41,8 @@ final class HTTPDateCache {
     }
 
     private func update(_ now: timespec) {
-        date = Self.imfFixdate(now.tv_sec)
-        plaintextHeaders = headers(contentLength: PlaintextHandler.helloWorld.readableBytes)
+        date = String(decoding: HTTPDate.format(now.tv_sec), as: UTF8.self)
+        plaintextHeaders = headers(contentLength: PlaintextPipelineHandler.helloWorld.readableBytes)
     }
 
     /// Re-arms the timer for just after the next wall-clock second begins. Scheduling each tick
@@ -60,18 +57,23 @@ final class HTTPDateCache {
             self.scheduleUpdate(after: now)
         }
     }
+}
 
-    private static let weekdays = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"]
-    private static let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+/// One ``HTTPDateCache`` per event loop, each made on (and bound to) its own loop, keyed by the
+/// loop's identity.
+///
+/// Thread-safety: ``make(on:)`` on the loop, before any connection; ``cache(of:)`` on that loop.
+final class HTTPDateCaches: Sendable {
+    private let caches = LockedValue<[ObjectIdentifier: NIOLoopBound<HTTPDateCache>]>([:])
 
-    /// `seconds` since the epoch as an IMF-fixdate (RFC 9110, section 5.6.7), always in GMT and
-    /// with English names whatever the locale.
-    static func imfFixdate(_ seconds: time_t) -> String {
-        var seconds = seconds
-        var utc = tm()
-        gmtime_r(&seconds, &utc)
-        func twoDigits(_ value: Int32) -> String { value < 10 ? "0\(value)" : "\(value)" }
-        return "\(weekdays[Int(utc.tm_wday)]), \(twoDigits(utc.tm_mday)) \(months[Int(utc.tm_mon)]) "
-            + "\(utc.tm_year + 1900) \(twoDigits(utc.tm_hour)):\(twoDigits(utc.tm_min)):\(twoDigits(utc.tm_sec)) GMT"
+    /// Makes the cache of `loop`; call on `loop`.
+    func make(on loop: any EventLoop) {
+        let cache = NIOLoopBound(HTTPDateCache(eventLoop: loop), eventLoop: loop)
+        caches.withLock { $0[ObjectIdentifier(loop)] = cache }
+    }
+
+    /// The cache of `loop`; call on `loop`.
+    func cache(of loop: any EventLoop) -> HTTPDateCache {
+        caches.withLock { $0[ObjectIdentifier(loop)]! }.value
     }
 }

@@ -1,0 +1,172 @@
+import ArgumentParser
+import Glibc
+import Logging
+import NIOCore
+import NIOPosix
+import RingPort
+import RingPortNIO
+import ServiceLifecycle
+
+/// Which SwiftNIO transport a `nio-*` command runs its pipeline on.
+enum NIOTransport: String, ExpressibleByArgument, CaseIterable {
+    /// RingPortNIO: the completion port's rings as event loops.
+    case ringport
+    /// NIOPosix: SwiftNIO's own event loop threads (epoll).
+    case posix
+}
+
+/// What `ringport nio-echo` and `ringport nio-http` share: where to listen, the transport and its
+/// shape, and the life cycle (serve until SIGINT or SIGTERM, then close every connection).
+struct NIOServerOptions: ParsableArguments {
+    @Option(help: "The address to listen on (numeric IPv4 or IPv6, or localhost).")
+    var host = "127.0.0.1"
+
+    @Option(help: "The TCP port to listen on (0: let the kernel choose; the chosen port is printed).")
+    var port = 8888
+
+    @Option(help: "Where the pipeline runs: ringport (RingPortNIO on the completion port) or posix (NIOPosix).")
+    var transport: NIOTransport = .ringport
+
+    @Option(help: "--transport posix: event loop threads.")
+    var threads = 1
+
+    @Option(help: "--transport ringport: auto (io_uring, or epoll where io_uring is refused), io_uring, or epoll.")
+    var backend: CompletionPort.Backend = .automatic
+
+    @Option(help: "--transport ringport: worker threads (default: CPU count × 2 + 2).")
+    var workers: Int?
+
+    @Option(help: "--transport ringport: io_uring instances, one event loop each (default: one per two CPUs).")
+    var rings: Int?
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: Logger.Level = .info
+
+    func validate() throws {
+        guard (0...65535).contains(port) else { throw ValidationError("--port must be 0...65535") }
+        if threads < 1 { throw ValidationError("--threads must be at least 1") }
+        if let workers, workers < 1 { throw ValidationError("--workers must be at least 1") }
+        if let rings, rings < 1 { throw ValidationError("--rings must be at least 1") }
+    }
+
+    /// Binds a server whose connections get `initializer` on the chosen transport (with
+    /// `SO_REUSEADDR`, a backlog of `SOMAXCONN`, `TCP_NODELAY`, and `allowRemoteHalfClosure` when
+    /// `halfClosure`), prints where
+    /// it listens, serves until SIGINT or SIGTERM, then closes the listener and shuts the group
+    /// down (which closes every connection). `prepare` runs once per event loop, on it, before
+    /// the bind (e.g. to make per-loop state the initializer uses).
+    func runServer(
+        name: String,
+        halfClosure: Bool = false,
+        prepare: @escaping @Sendable (any EventLoop) -> Void = { _ in },
+        initializer: @escaping @Sendable (Channel) -> EventLoopFuture<Void>
+    ) async throws {
+        let level = logLevel
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let runner = await ServiceRunner()
+        let group: any EventLoopGroup
+        let shape: String
+        do {
+            switch transport {
+            case .ringport:
+                var configuration = RingPortEventLoopGroup.Configuration()
+                configuration.port.backend = backend
+                if let workers { configuration.port.workerCount = workers }
+                if let rings { configuration.port.ringCount = rings }
+                configuration.port.logger = Logger(label: "ringport.port")
+                let ringGroup = try RingPortEventLoopGroup(configuration: configuration)
+                group = ringGroup
+                let rings = ringGroup.port.ringCount
+                shape = """
+                    RingPortNIO, \(ringGroup.port.backend), \(configuration.port.workerCount) workers, \
+                    \(rings) \(rings == 1 ? "ring" : "rings")
+                    """
+            case .posix:
+                group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
+                shape = "NIOPosix, \(threads) event loop \(threads == 1 ? "thread" : "threads")"
+            }
+        } catch {
+            StandardError.write("error: \(error)")
+            throw ExitCode.failure
+        }
+        let server: Channel
+        do {
+            for loop in group.makeIterator() { try await loop.submit { prepare(loop) }.get() }
+            server = try await bind(group: group, halfClosure: halfClosure, initializer: initializer).get()
+        } catch {
+            try? await group.shutdownGracefully()
+            StandardError.write("error: \(name): \(error)")
+            throw ExitCode.failure
+        }
+        let address = server.localAddress.map { "\($0.ipAddress ?? host):\($0.port ?? port)" } ?? "\(host):\(port)"
+        print("ringport \(name) listening on \(address) (\(shape))")
+        fflush(nil)
+        let service = NIOServerService(server: server, group: group)
+        try await runner.run([service], logger: Logger(label: "ringport.\(name)")) { signal, first in
+            if first {
+                print("received \(signal.name), shutting down")
+                fflush(nil)
+            }
+        }
+        if let ringGroup = group as? RingPortEventLoopGroup {
+            let statistics = ringGroup.port.statistics
+            print(
+                """
+                stopped: \(ringGroup.port.backend) backend, \(statistics.completions) completions, \
+                \(statistics.leaderTakeovers) leader takeovers, \
+                \(statistics.staleCompletions + statistics.droppedCompletions) lost
+                """
+            )
+        } else {
+            print("stopped: NIOPosix transport")
+        }
+    }
+
+    private func bind(
+        group: any EventLoopGroup, halfClosure: Bool,
+        initializer: @escaping @Sendable (Channel) -> EventLoopFuture<Void>
+    ) -> EventLoopFuture<Channel> {
+        // The same options on both transports (those of the SwiftNIO baselines).
+        if let group = group as? RingPortEventLoopGroup {
+            return RingPortServerBootstrap(group: group)
+                .serverChannelOption(.backlog, value: Int32(SOMAXCONN))
+                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                .childChannelOption(.allowRemoteHalfClosure, value: halfClosure)
+                .childChannelInitializer(initializer)
+                .bind(host: host, port: port)
+        }
+        return ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: Int32(SOMAXCONN))
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.allowRemoteHalfClosure, value: halfClosure)
+            .childChannelInitializer(initializer)
+            .bind(host: host, port: port)
+    }
+}
+
+/// A `nio-*` server as a service: serves until its group shuts down, then closes the listener
+/// and shuts the event loop group down, which closes every connection.
+///
+/// Thread-safety: immutable; `run()` is called once, by the service group.
+final class NIOServerService: Service {
+    let server: Channel
+    let group: any EventLoopGroup
+
+    init(server: Channel, group: any EventLoopGroup) {
+        self.server = server
+        self.group = group
+    }
+
+    func run() async throws {
+        // Until the group shuts down; a cancellation (second signal) ends the wait too.
+        try? await gracefulShutdown()
+        try? await server.close()
+        try? await group.shutdownGracefully()
+    }
+}
