@@ -15,6 +15,8 @@ import Synchronization
 /// the channel's close (or, if it is never registered, when the channel goes).
 class BaseChannel: @unchecked Sendable {
     // @unchecked: loop-confined state (documented above), the rest immutable, atomic or locked.
+    // The loop-confined properties skip Swift's dynamic exclusivity checks
+    // (@exclusivity(unchecked)): one thread at a time touches them, by the loop's design.
 
     /// The channel's loop.
     let loop: RingPortEventLoop
@@ -23,13 +25,13 @@ class BaseChannel: @unchecked Sendable {
     /// The socket's handle (on the loop's ring).
     let handle: IOHandle
     /// The channel's pipeline (set right after init).
-    private(set) var channelPipeline: ChannelPipeline!
+    @exclusivity(unchecked) private(set) var channelPipeline: ChannelPipeline!
     let closePromise: EventLoopPromise<Void>
-    var lifecycle = ChannelLifecycle()
+    @exclusivity(unchecked) var lifecycle = ChannelLifecycle()
     private let activeFlag = Atomic<Bool>(false)
     private let addresses = LockedValue<(local: NIOCore.SocketAddress?, remote: NIOCore.SocketAddress?)>((nil, nil))
     /// `ChannelOptions.autoRead`.
-    var autoRead = true
+    @exclusivity(unchecked) var autoRead = true
     /// `ChannelOptions.maxMessagesPerRead` (kept for `getOption`: each completion is one read).
     var maxMessagesPerRead: UInt = 4
     /// `ChannelOptions.recvAllocator` (kept for `getOption`: receives use provided buffers).

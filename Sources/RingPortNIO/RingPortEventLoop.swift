@@ -45,9 +45,9 @@ public final class RingPortEventLoop: EventLoop, @unchecked Sendable {
     private let runner = Atomic<UInt>(0)
     /// The channels registered on the loop, closed by a shutdown (loop-confined: touched by the
     /// runner only).
-    private var channels: [ObjectIdentifier: any Channel] = [:]
+    @exclusivity(unchecked) private var channels: [ObjectIdentifier: any Channel] = [:]
     /// Work the runner took out of the queue and runs now (runner only; kept to reuse its storage).
-    private var batch = Deque<LoopWork>()
+    @exclusivity(unchecked) private var batch = Deque<LoopWork>()
 
     /// What the loop has queued, and whether someone runs it.
     private struct LoopQueue {

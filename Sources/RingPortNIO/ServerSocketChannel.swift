@@ -19,9 +19,9 @@ final class ServerSocketChannel: BaseChannel, Channel, ChannelCore, @unchecked S
     /// The loops the accepted connections go to.
     let childGroup: RingPortEventLoopGroup
     private let acceptContext = IOContext(capacity: 0)
-    private var accepting = false
-    private var readPending = false
-    private var backlog: Int32 = 128
+    @exclusivity(unchecked) private var accepting = false
+    @exclusivity(unchecked) private var readPending = false
+    @exclusivity(unchecked) private var backlog: Int32 = 128
 
     init(
         family: Int32, loop: RingPortEventLoop, group: RingPortEventLoopGroup, childGroup: RingPortEventLoopGroup

@@ -8,12 +8,15 @@ import SystemPackage
 /// A TCP connection as a SwiftNIO `Channel` on the completion port: accepted by a
 /// ``ServerSocketChannel`` or connected by ``RingPortClientBootstrap``.
 ///
-/// Reads: each `read()` (from `autoRead` after every `channelReadComplete`, or the
-/// application's own) posts one receive — into the ring's provided buffers where the port has
-/// them, so a waiting connection holds no buffer; else into the channel's own buffer. Its bytes
-/// are copied once into a `ByteBuffer` from the channel's allocator and fired as
-/// `channelRead` + `channelReadComplete`; no receive is posted while nobody asked for a read,
-/// which is how a handler that stops reading stops the receives.
+/// Reads: the first `read()` (from `autoRead` after every `channelReadComplete`, or the
+/// application's own) arms a multishot receive into the ring's provided buffers, which stays
+/// armed while the pipeline keeps asking for reads: no submission per arrival, and a waiting
+/// connection holds no buffer. Each arrival is copied once into a `ByteBuffer` and fired as
+/// `channelRead` + `channelReadComplete`. When an arrival finds no read asked for (a handler
+/// holding reads back, `autoRead` off), the receive is cancelled and what it delivered meanwhile
+/// waits in the channel for the next `read()` — which is how a handler that stops reading stops
+/// the socket. Without multishot receive (older kernels) each `read()` posts one receive into a
+/// provided buffer; without provided buffers (the epoll backend) one into the channel's own.
 ///
 /// Writes: `write` queues the `ByteBuffer` (its storage is what the kernel sends from: no copy)
 /// and `flush` sends what was flushed, up to ``gatheredBuffers`` buffers in one `sendmsg`;
@@ -28,27 +31,49 @@ final class SocketChannel: BaseChannel, Channel, ChannelCore, @unchecked Sendabl
 
     /// The most buffers one send carries.
     static let gatheredBuffers = 16
+    /// The most bytes one arming of the multishot receive delivers, where the kernel supports
+    /// the limit (Linux 6.17): what can arrive after the pipeline stopped reading and before the
+    /// receive's cancellation lands, so it bounds what waits in the channel. Elsewhere the bound
+    /// is the ring's provided buffers.
+    static let receiveLimit = 64 * 1024
 
     let parent: (any Channel)?
     private let receiveContext: IOContext
     private let sendContext: IOContext
-    private var receiving = false
-    private var readPending = false
-    private var inputClosed = false
-    private var outputClosed = false
+    /// A receive is in flight (for a multishot one: until its last completion).
+    @exclusivity(unchecked) private var receiving = false
+    /// The pipeline asked for a read that has not delivered yet.
+    @exclusivity(unchecked) private var readPending = false
+    /// Whether receives are multishot (provided buffers and a kernel with multishot receive):
+    /// one armed receive delivers arrival after arrival while the pipeline keeps reading.
+    private let receivesMultishot: Bool
+    /// The armed multishot receive was cancelled because nobody asked for a read.
+    @exclusivity(unchecked) private var stopRequested = false
+    /// Bytes that arrived while nobody asked for a read, delivered at the next `read()`.
+    @exclusivity(unchecked) private var parked = Deque<ByteBuffer>()
+    /// The peer's FIN arrived behind `parked`.
+    @exclusivity(unchecked) private var parkedEnd = false
+    @exclusivity(unchecked) private var deliveryScheduled = false
+    @exclusivity(unchecked) private var inputClosed = false
+    @exclusivity(unchecked) private var outputClosed = false
     /// Shut the write side down once the send in flight completes (`close(mode: .output)`).
-    private var shutdownOutputAfterSend = false
-    private var connectPromise: EventLoopPromise<Void>?
-    private var connecting = false
-    private var writes = Deque<PendingWrite>()
+    @exclusivity(unchecked) private var shutdownOutputAfterSend = false
+    @exclusivity(unchecked) private var connectPromise: EventLoopPromise<Void>?
+    @exclusivity(unchecked) private var connecting = false
+    @exclusivity(unchecked) private var writes = Deque<PendingWrite>()
     /// How many of `writes`, from the front, were flushed.
-    private var flushedCount = 0
+    @exclusivity(unchecked) private var flushedCount = 0
     /// How many of `writes`, from the front, the send in flight carries (0: none in flight).
-    private var inFlightCount = 0
-    private var queuedBytes = 0
-    private var waterMark = ChannelOptions.Types.WriteBufferWaterMark(low: 32 * 1024, high: 64 * 1024)
-    private var writable = true
-    private var allowRemoteHalfClosure = false
+    @exclusivity(unchecked) private var inFlightCount = 0
+    @exclusivity(unchecked) private var queuedBytes = 0
+    /// The buffers of a gathered send, kept to reuse the array's storage.
+    @exclusivity(unchecked) private var gathered: [UnsafeRawBufferPointer] = []
+    /// The storage of the promises a send completion fulfils, kept to be reused.
+    @exclusivity(unchecked) private var completedPromises: [EventLoopPromise<Void>] = []
+    @exclusivity(unchecked) private var waterMark = ChannelOptions.Types.WriteBufferWaterMark(
+        low: 32 * 1024, high: 64 * 1024)
+    @exclusivity(unchecked) private var writable = true
+    @exclusivity(unchecked) private var allowRemoteHalfClosure = false
     private let writableFlag = Atomic<Bool>(true)
 
     /// A queued write.
@@ -62,6 +87,7 @@ final class SocketChannel: BaseChannel, Channel, ChannelCore, @unchecked Sendabl
         descriptor: Int32, loop: RingPortEventLoop, group: RingPortEventLoopGroup, parent: (any Channel)?
     ) throws(RingPortError) {
         self.parent = parent
+        receivesMultishot = group.usesProvidedBuffers && loop.port.features.multishotReceive
         receiveContext = IOContext(capacity: group.usesProvidedBuffers ? 0 : group.configuration.receiveBufferSize)
         sendContext = IOContext(capacity: SocketChannel.gatheredBuffers * MemoryLayout<iovec>.stride)
         try super.init(descriptor: descriptor, loop: loop, group: group)
@@ -221,7 +247,11 @@ final class SocketChannel: BaseChannel, Channel, ChannelCore, @unchecked Sendabl
     func read0() {
         guard lifecycle.isActive, !inputClosed else { return }
         readPending = true
-        if !receiving { postReceive() }
+        if !parked.isEmpty || parkedEnd {
+            scheduleParkedDelivery()
+        } else if !receiving {
+            postReceive()
+        }
     }
 
     func close0(error: Error, mode: CloseMode, promise: EventLoopPromise<Void>?) {
@@ -288,7 +318,9 @@ final class SocketChannel: BaseChannel, Channel, ChannelCore, @unchecked Sendabl
     private func postReceive() {
         receiving = true
         do {
-            if group.usesProvidedBuffers {
+            if receivesMultishot {
+                try loop.port.receiveMultishot(handle, context: receiveContext, limit: SocketChannel.receiveLimit)
+            } else if group.usesProvidedBuffers {
                 try loop.port.receive(handle, context: receiveContext)
             } else {
                 try loop.port.read(handle, into: receiveContext)
@@ -299,8 +331,13 @@ final class SocketChannel: BaseChannel, Channel, ChannelCore, @unchecked Sendabl
         }
     }
 
+    /// A receive's completion: bytes go to the pipeline if it asked for a read, else they wait
+    /// (parked) for the next `read()`, and a multishot receive nobody asked for is cancelled.
     private func received(_ completion: Completion) {
-        receiving = false
+        if !receivesMultishot || !completion.hasMore {
+            receiving = false
+            stopRequested = false
+        }
         guard lifecycle.isOpen else {
             completion.receivedBuffer?.release()
             return
@@ -314,19 +351,17 @@ final class SocketChannel: BaseChannel, Channel, ChannelCore, @unchecked Sendabl
                 }
             } else if !completion.isCancelled {
                 fail(IOError(errnoCode: error.rawValue, reason: "read"))
-            } else if readPending {
+            } else if readPending && !receiving {
                 postReceive()
             }
             return
         }
         let count = completion.bytesTransferred
         guard count > 0 else {
-            inputClosed = true
-            readPending = false
-            if allowRemoteHalfClosure {
-                channelPipeline.syncOperations.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+            if readPending && parked.isEmpty {
+                inputEnded()
             } else {
-                close(error: ChannelError.eof, promise: nil)
+                parkedEnd = true
             }
             return
         }
@@ -337,11 +372,63 @@ final class SocketChannel: BaseChannel, Channel, ChannelCore, @unchecked Sendabl
         } else {
             _ = receiveContext.withUnsafeBytes { buffer.writeBytes(UnsafeRawBufferPointer(rebasing: $0.prefix(count))) }
         }
+        if readPending && parked.isEmpty {
+            deliver(CollectionOfOne(buffer))
+        } else {
+            parked.append(buffer)
+        }
+        // Nobody asked for more: stop the multishot receive (what it delivers meanwhile parks).
+        if receiving && !readPending && !stopRequested && lifecycle.isOpen {
+            stopRequested = true
+            _ = try? loop.port.cancel(receiveContext)
+        }
+    }
+
+    /// Fires `buffers` as reads and one read-complete; then `autoRead` asks for the next read.
+    private func deliver(_ buffers: some Sequence<ByteBuffer>) {
         readPending = false
         let pipeline = channelPipeline.syncOperations
-        pipeline.fireChannelRead(NIOAny(buffer))
+        for buffer in buffers { pipeline.fireChannelRead(NIOAny(buffer)) }
         pipeline.fireChannelReadComplete()
         if autoRead && lifecycle.isActive { pipeline.read() }
+    }
+
+    /// Delivers what arrived while nobody asked for a read (a loop task after `read()`, so that
+    /// a `read()` made inside `channelReadComplete` does not fire reads from within it).
+    private func deliverParked() {
+        deliveryScheduled = false
+        guard lifecycle.isActive, readPending else { return }
+        if !parked.isEmpty {
+            let buffers = parked
+            parked.removeAll()
+            deliver(buffers)
+        } else if parkedEnd {
+            parkedEnd = false
+            inputEnded()
+            return
+        }
+        if readPending && !parked.isEmpty || parkedEnd {
+            scheduleParkedDelivery()
+        } else if readPending && !receiving && !inputClosed {
+            postReceive()
+        }
+    }
+
+    private func scheduleParkedDelivery() {
+        guard !deliveryScheduled else { return }
+        deliveryScheduled = true
+        loop.execute { [self] in deliverParked() }
+    }
+
+    /// The peer's FIN: `inputClosed` with `allowRemoteHalfClosure`, else the channel closes.
+    private func inputEnded() {
+        inputClosed = true
+        readPending = false
+        if allowRemoteHalfClosure {
+            channelPipeline.syncOperations.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+        } else {
+            close(error: ChannelError.eof, promise: nil)
+        }
     }
 
     private func connected(_ completion: Completion) {
@@ -384,8 +471,9 @@ final class SocketChannel: BaseChannel, Channel, ChannelCore, @unchecked Sendabl
                 try loop.port.write(handle, from: bytes, context: sendContext)
             } else {
                 // The buffers' storage stays alive and unchanged in `writes` until the completion.
-                let vector = (0..<count).map { index in writes[index].buffer.withUnsafeReadableBytes { $0 } }
-                try loop.port.write(handle, gathering: vector, context: sendContext)
+                gathered.removeAll(keepingCapacity: true)
+                for index in 0..<count { gathered.append(writes[index].buffer.withUnsafeReadableBytes { $0 }) }
+                try loop.port.write(handle, gathering: gathered, context: sendContext)
             }
             inFlightCount = count
         } catch {
@@ -407,13 +495,19 @@ final class SocketChannel: BaseChannel, Channel, ChannelCore, @unchecked Sendabl
             return
         }
         var sent = completion.bytesTransferred
-        var done: [EventLoopPromise<Void>?] = []
+        // The promises complete once the queue is consistent (their callbacks may write again).
+        var done = completedPromises
+        completedPromises = []
+        defer {
+            done.removeAll(keepingCapacity: true)
+            completedPromises = done
+        }
         for _ in 0..<carried {
             let length = writes[0].buffer.readableBytes
             if sent >= length {
                 sent -= length
                 queuedBytes -= length
-                done.append(writes.removeFirst().promise)
+                if let promise = writes.removeFirst().promise { done.append(promise) }
                 flushedCount -= 1
             } else {
                 writes[0].buffer.moveReaderIndex(forwardBy: sent)
@@ -423,7 +517,7 @@ final class SocketChannel: BaseChannel, Channel, ChannelCore, @unchecked Sendabl
         }
         sendFlushed()
         updateWritability()
-        for promise in done { promise?.succeed(()) }
+        for promise in done { promise.succeed(()) }
     }
 
     // MARK: Writability, failures, close (on the loop)

@@ -166,6 +166,53 @@ extension RingPortNIOTests {
             #expect(eventually { recorder.received.withLock { $0 } == Array("first".utf8) })
         }
 
+        /// A handler that holds `read()` back stops the socket: what arrives after stays in the
+        /// kernel (the peer's 32 MiB send blocks), nothing more reaches the pipeline; once it lets
+        /// reads through, every byte arrives, in order.
+        @Test func aHandlerThatHoldsReadsBackStopsTheSocketAndLosesNothing() throws {
+            let group = try makeGroup()
+            defer { try? group.syncShutdownGracefully() }
+            let gate = ReadGate(holdAfter: 64 * 1024)
+            let server = try RingPortServerBootstrap(group: group)
+                .childChannelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(gate) }
+                }
+                .bind(host: "127.0.0.1", port: 0).wait()
+            defer { try? server.close().wait() }
+            let client = try BlockingClient(
+                connectingTo: SocketAddress(host: "127.0.0.1", port: UInt16(server.localAddress!.port!)))
+            defer { client.close() }
+            let stream = SeededGenerator(state: 77).bytesArray(count: 32 << 20)
+            let sent = LockedBox(0)
+            let sender = PeerThread { [client] in
+                var offset = 0
+                while offset < stream.count {
+                    let count = stream[offset...].withUnsafeBytes {
+                        send(client.descriptor, $0.baseAddress, min($0.count, 1 << 16), 0)
+                    }
+                    guard count > 0 else { return }
+                    offset += count
+                    sent.withLock { $0 = offset }
+                }
+            }
+            #expect(eventually { gate.isHolding })
+            usleep(200_000)
+            let heldAt = gate.received.withLock { $0.count }
+            let sentAt = sent.withLock { $0 }
+            usleep(200_000)
+            #expect(gate.received.withLock { $0.count } == heldAt, "bytes reached the pipeline while reads were held")
+            // The peer got as far as the socket buffers let it (a few MiB), not much further: the
+            // channel stopped receiving rather than buffering what arrived.
+            let sentHeld = sent.withLock { $0 }
+            #expect(sentHeld == sentAt, "the peer's send went on while reads were held")
+            gate.release()
+            #expect(
+                eventually { gate.received.withLock { $0.count } == stream.count },
+                "\(gate.received.withLock { $0.count }) of \(stream.count) bytes arrived")
+            #expect(gate.received.withLock { $0 } == stream)
+            sender.join()
+        }
+
         /// With `allowRemoteHalfClosure`, the peer's FIN arrives as `inputClosed` and the channel
         /// can still answer; the peer reads the answer and then EOF after `close(mode: .output)`.
         @Test func halfClosure() throws {

@@ -1,3 +1,4 @@
+import Glibc
 import NIOCore
 import RingPort
 import RingPortNIO
@@ -70,4 +71,79 @@ func startEchoServer(on group: RingPortEventLoopGroup) throws -> (Channel, Int) 
         .bind(host: "127.0.0.1", port: 0)
         .wait()
     return (server, server.localAddress!.port!)
+}
+
+/// Lets reads through until `holdAfter` bytes arrived, then holds `read()` back until
+/// ``release()`` (once): a handler applying backpressure.
+final class ReadGate: ChannelDuplexHandler, @unchecked Sendable {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundIn = Never
+
+    let received = LockedBox<[UInt8]>([])
+    private let holdAfter: Int
+    private let holding = LockedBox(false)
+    private var heldRead = false
+    private var releasedOnce = false
+    private var channel: Channel?
+
+    init(holdAfter: Int) {
+        self.holdAfter = holdAfter
+    }
+
+    var isHolding: Bool { holding.withLock { $0 } }
+
+    func handlerAdded(context: ChannelHandlerContext) { channel = context.channel }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let buffer = unwrapInboundIn(data)
+        let count = received.withLock { bytes in
+            bytes += buffer.readableBytesView
+            return bytes.count
+        }
+        if count >= holdAfter && !releasedOnce { holding.withLock { $0 = true } }
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if isHolding {
+            heldRead = true
+        } else {
+            context.read()
+        }
+    }
+
+    /// Lets reads through again (from any thread).
+    func release() {
+        guard let channel else { return }
+        channel.eventLoop.execute { [self] in
+            holding.withLock { $0 = false }
+            releasedOnce = true
+            if heldRead {
+                heldRead = false
+                channel.read()
+            }
+        }
+    }
+}
+
+/// A thread of its own (for a blocking peer).
+final class PeerThread: @unchecked Sendable {
+    private var thread = pthread_t()
+
+    init(_ body: @escaping @Sendable () -> Void) {
+        let box = Unmanaged.passRetained(Box(body)).toOpaque()
+        pthread_create(
+            &thread, nil,
+            { argument in
+                let body = Unmanaged<Box>.fromOpaque(argument!).takeRetainedValue().body
+                body()
+                return nil
+            }, box)
+    }
+
+    func join() { pthread_join(thread, nil) }
+
+    private final class Box {
+        let body: @Sendable () -> Void
+        init(_ body: @escaping @Sendable () -> Void) { self.body = body }
+    }
 }

@@ -110,9 +110,18 @@ extension CompletionPort {
             // The post owns the context: the vector goes into its buffer and the header into
             // its scratch memory, both kept alive with the context until the completion.
             let vector = context.bytes.bindMemory(to: iovec.self, capacity: count)
-            for (index, buffer) in buffers.enumerated() {
-                vector[index] = iovec(
-                    iov_base: UnsafeMutableRawPointer(mutating: buffer.baseAddress), iov_len: buffer.count)
+            // Contiguous buffers (an array) are read without generic iteration: callers in other
+            // modules get this function unspecialised.
+            let filled = buffers.withContiguousStorageIfAvailable { contiguous -> Bool in
+                for index in contiguous.indices { vector[index] = iovec(contiguous[index]) }
+                return true
+            }
+            if filled == nil {
+                var index = 0
+                for buffer in buffers {
+                    vector[index] = iovec(buffer)
+                    index += 1
+                }
             }
             let message = context.messageScratch
             message.pointee.header = msghdr(
@@ -172,7 +181,7 @@ extension CompletionPort {
             throw RingPortError(.unsupported, operation: "multishot receive without provided buffers")
         }
         let descriptor = handle.descriptor
-        let limit = limit.flatMap { features.multishotReceiveLimit ? UInt32(clamping: max($0, 1)) : nil }
+        let limit = limit.flatMap { honoursMultishotReceiveLimit ? UInt32(clamping: max($0, 1)) : nil }
         try post(onRing: handle.id.ring, .read, handle: handle, context: context) { entry in
             io_uring_prep_recv_multishot(entry, descriptor, nil, 0, 0)
             entry.pointee.flags |= CLiburing_IOSQE_BUFFER_SELECT
@@ -321,5 +330,13 @@ extension CompletionPort {
                 .invalidArgument,
                 operation: "\(operation) range \(range) in a buffer of \(context.capacity) bytes")
         }
+    }
+}
+
+extension iovec {
+    /// The I/O vector entry of `buffer` (the kernel only reads through it for a send).
+    @inline(__always)
+    init(_ buffer: UnsafeRawBufferPointer) {
+        self.init(iov_base: UnsafeMutableRawPointer(mutating: buffer.baseAddress), iov_len: buffer.count)
     }
 }

@@ -172,6 +172,9 @@ public final class CompletionPort: Sendable {
     /// Why ``Backend/automatic`` chose epoll: the error io_uring's set-up gave (nil when io_uring
     /// serves, or when epoll was asked for).
     public let backendFallbackReason: RingPortError?
+    /// Whether multishot receives honour their byte limit (``IOURingFeatures/multishotReceiveLimit``
+    /// of this backend), kept so that arming a receive does not copy ``features``.
+    let honoursMultishotReceiveLimit: Bool
     /// The rings; a handle's ring is `rings[handle.id.ring]`.
     let rings: [Ring]
     /// The same rings, unretained, for the post path
@@ -272,6 +275,8 @@ public final class CompletionPort: Sendable {
         }
         self.backend = backend
         backendFallbackReason = fallbackReason
+        honoursMultishotReceiveLimit =
+            backend == .ioURing && (IOURingFeatures.probedOnce?.multishotReceiveLimit ?? false)
         self.rings = rings
         unretainedRings = rings.map { Unmanaged.passUnretained($0) }
         providedBufferGroups = rings.map { $0.bufferRing?.groupID }
