@@ -178,9 +178,7 @@ final class InboundStream: @unchecked Sendable {
     private func withState<Result, Failure: Error>(
         _ body: (inout State) throws(Failure) -> Result
     ) throws(Failure) -> Result {
-        mutex.lock()
-        defer { mutex.unlock() }
-        return try body(&lockedState)
+        try mutex.withLock { () throws(Failure) -> Result in try body(&lockedState) }
     }
 
     // MARK: Worker side

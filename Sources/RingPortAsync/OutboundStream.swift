@@ -255,9 +255,7 @@ final class OutboundStream: @unchecked Sendable {
     private func withState<Result, Failure: Error>(
         _ body: (inout State) throws(Failure) -> Result
     ) throws(Failure) -> Result {
-        mutex.lock()
-        defer { mutex.unlock() }
-        return try body(&lockedState)
+        try mutex.withLock { () throws(Failure) -> Result in try body(&lockedState) }
     }
 
     // MARK: Worker side

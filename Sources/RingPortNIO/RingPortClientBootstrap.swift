@@ -43,7 +43,7 @@ public final class RingPortClientBootstrap {
     public func connect(host: String, port: Int) -> EventLoopFuture<Channel> {
         let loop = group.nextRingLoop()
         do {
-            return connect(to: try NIOCore.SocketAddress.makeAddressResolvingHost(host, port: port), on: loop)
+            return connect(to: try NIOCore.SocketAddress.makeAddressResolvingHost(host, port: port))
         } catch {
             return loop.makeFailedFuture(error)
         }
@@ -51,10 +51,33 @@ public final class RingPortClientBootstrap {
 
     /// Connects to `address`.
     public func connect(to address: NIOCore.SocketAddress) -> EventLoopFuture<Channel> {
-        connect(to: address, on: group.nextRingLoop())
+        let initializer = self.initializer
+        return connect(to: address) { channel in
+            (initializer?(channel) ?? channel.eventLoop.makeSucceededVoidFuture()).map { channel }
+        }
     }
 
-    private func connect(to address: NIOCore.SocketAddress, on loop: RingPortEventLoop) -> EventLoopFuture<Channel> {
+    /// Connects to `host` and `port` and returns what `channelInitializer` made of the channel
+    /// (typically a `NIOAsyncChannel` wrapping it), as NIOPosix's `ClientBootstrap` does. The
+    /// initializer runs before the channel is registered (instead of the bootstrap's own).
+    public func connect<Output: Sendable>(
+        host: String, port: Int, channelInitializer: @escaping @Sendable (Channel) -> EventLoopFuture<Output>
+    ) async throws -> Output {
+        let address = try NIOCore.SocketAddress.makeAddressResolvingHost(host, port: port)
+        return try await connect(to: address, channelInitializer: channelInitializer)
+    }
+
+    /// Connects to `address`; see ``connect(host:port:channelInitializer:)``.
+    public func connect<Output: Sendable>(
+        to address: NIOCore.SocketAddress, channelInitializer: @escaping @Sendable (Channel) -> EventLoopFuture<Output>
+    ) async throws -> Output {
+        try await connect(to: address, initialize: channelInitializer).get()
+    }
+
+    private func connect<Output: Sendable>(
+        to address: NIOCore.SocketAddress, initialize: @escaping @Sendable (Channel) -> EventLoopFuture<Output>
+    ) -> EventLoopFuture<Output> {
+        let loop = group.nextRingLoop()
         let channel: SocketChannel
         do {
             let descriptor = try NIOSocketCalls.makeSocket(family: address.protocol.rawValue)
@@ -64,25 +87,24 @@ public final class RingPortClientBootstrap {
         } catch {
             return loop.makeFailedFuture(error)
         }
-        let initializer = self.initializer
         let options = self.options
         let timeout = self.timeout
         return loop.flatSubmit {
             options.applyAllChannelOptions(to: channel).flatMap {
-                initializer?(channel) ?? loop.makeSucceededVoidFuture()
-            }.flatMap {
-                channel.register()
-            }.flatMap {
-                let connected = loop.makePromise(of: Void.self)
-                let timer = loop.scheduleTask(in: timeout) {
-                    connected.fail(ChannelError.connectTimeout(timeout))
-                    channel.close(promise: nil)
+                initialize(channel)
+            }.flatMap { output in
+                channel.register().flatMap {
+                    let connected = loop.makePromise(of: Void.self)
+                    let timer = loop.scheduleTask(in: timeout) {
+                        connected.fail(ChannelError.connectTimeout(timeout))
+                        channel.close(promise: nil)
+                    }
+                    channel.connect(to: address, promise: connected)
+                    connected.futureResult.whenComplete { _ in timer.cancel() }
+                    return connected.futureResult
+                }.map {
+                    output
                 }
-                channel.connect(to: address, promise: connected)
-                connected.futureResult.whenComplete { _ in timer.cancel() }
-                return connected.futureResult
-            }.map {
-                channel as Channel
             }.flatMapError { error in
                 channel.close(promise: nil)
                 return loop.makeFailedFuture(error)

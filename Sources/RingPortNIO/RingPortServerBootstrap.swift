@@ -71,7 +71,7 @@ public final class RingPortServerBootstrap {
     public func bind(host: String, port: Int) -> EventLoopFuture<Channel> {
         let loop = group.nextRingLoop()
         do {
-            return bind(to: try NIOCore.SocketAddress.makeAddressResolvingHost(host, port: port), on: loop)
+            return bind(to: try NIOCore.SocketAddress.makeAddressResolvingHost(host, port: port))
         } catch {
             return loop.makeFailedFuture(error)
         }
@@ -79,10 +79,54 @@ public final class RingPortServerBootstrap {
 
     /// Binds to `address`.
     public func bind(to address: NIOCore.SocketAddress) -> EventLoopFuture<Channel> {
-        bind(to: address, on: group.nextRingLoop())
+        let acceptor = Acceptor(childOptions: childOptions, prepare: childInitializer, forwardsChildren: false)
+        return bind(to: address) { channel in
+            try channel.pipeline.syncOperations.addHandler(acceptor)
+            return channel as Channel
+        }
     }
 
-    private func bind(to address: NIOCore.SocketAddress, on loop: RingPortEventLoop) -> EventLoopFuture<Channel> {
+    /// Binds to `host` and `port` and returns the listener as a `NIOAsyncChannel` whose inbound
+    /// sequence yields, for each accepted connection, what `childChannelInitializer` made of it
+    /// (typically a `NIOAsyncChannel` wrapping it), as NIOPosix's `ServerBootstrap` does. The
+    /// initializer runs on the connection's loop before it is registered, so nothing it receives
+    /// is missed.
+    public func bind<Output: Sendable>(
+        host: String, port: Int,
+        childChannelInitializer: @escaping @Sendable (Channel) -> EventLoopFuture<Output>
+    ) async throws -> NIOAsyncChannel<Output, Never> {
+        let address = try NIOCore.SocketAddress.makeAddressResolvingHost(host, port: port)
+        return try await bind(to: address, childChannelInitializer: childChannelInitializer)
+    }
+
+    /// Binds to `address`; see ``bind(host:port:childChannelInitializer:)``.
+    public func bind<Output: Sendable>(
+        to address: NIOCore.SocketAddress,
+        childChannelInitializer: @escaping @Sendable (Channel) -> EventLoopFuture<Output>
+    ) async throws -> NIOAsyncChannel<Output, Never> {
+        let outputs = ChildOutputs<Output>()
+        let acceptor = Acceptor(
+            childOptions: childOptions,
+            prepare: { child in
+                let output = childChannelInitializer(child)
+                outputs.store(output, for: child)
+                return output.map { _ in () }
+            },
+            forwardsChildren: true)
+        return try await bind(to: address) { channel in
+            try channel.pipeline.syncOperations.addHandler(acceptor)
+            return try NIOAsyncChannel<Output, Never>._wrapAsyncChannelWithTransformations(
+                wrappingChannelSynchronously: channel,
+                channelReadTransformation: { child in outputs.take(for: child) })
+        }.get()
+    }
+
+    /// Makes the listener on the next loop, applies the server options and initializer, lets
+    /// `finish` add its last handlers and make the result, registers and binds.
+    private func bind<Result: Sendable>(
+        to address: NIOCore.SocketAddress, finish: @escaping @Sendable (ServerSocketChannel) throws -> Result
+    ) -> EventLoopFuture<Result> {
+        let loop = group.nextRingLoop()
         let channel: ServerSocketChannel
         do {
             channel = try ServerSocketChannel(
@@ -93,19 +137,18 @@ public final class RingPortServerBootstrap {
             return loop.makeFailedFuture(error)
         }
         let serverInitializer = self.serverInitializer
-        let acceptor = Acceptor(childInitializer: childInitializer, childOptions: childOptions)
         let serverOptions = self.serverOptions
         return loop.flatSubmit {
             serverOptions.applyAllChannelOptions(to: channel).flatMap {
                 serverInitializer?(channel) ?? loop.makeSucceededVoidFuture()
             }.flatMapThrowing {
-                try channel.pipeline.syncOperations.addHandler(acceptor)
-            }.flatMap {
-                channel.register()
-            }.flatMap {
-                channel.bind(to: address)
-            }.map {
-                channel as Channel
+                try finish(channel)
+            }.flatMap { result in
+                channel.register().flatMap {
+                    channel.bind(to: address)
+                }.map {
+                    result
+                }
             }.flatMapError { error in
                 channel.close(promise: nil)
                 return loop.makeFailedFuture(error)
@@ -113,36 +156,66 @@ public final class RingPortServerBootstrap {
         }
     }
 
-    /// The listener's last handler: sets up each accepted channel and registers it on its loop.
+    /// The listener's acceptor: on each accepted channel's loop, applies the child options and
+    /// runs `prepare` (the child initializer), then registers the channel, which becomes active
+    /// (and reads, with `autoRead`); with `forwardsChildren`, then fires it on down the
+    /// listener's pipeline (to the async listener's handler).
     private final class Acceptor: ChannelInboundHandler, RemovableChannelHandler, Sendable {
         typealias InboundIn = Channel
+        typealias InboundOut = Channel
 
-        let childInitializer: (@Sendable (Channel) -> EventLoopFuture<Void>)?
         let childOptions: ChannelOptions.Storage
+        let prepare: (@Sendable (Channel) -> EventLoopFuture<Void>)?
+        let forwardsChildren: Bool
 
-        init(childInitializer: (@Sendable (Channel) -> EventLoopFuture<Void>)?, childOptions: ChannelOptions.Storage) {
-            self.childInitializer = childInitializer
+        init(
+            childOptions: ChannelOptions.Storage, prepare: (@Sendable (Channel) -> EventLoopFuture<Void>)?,
+            forwardsChildren: Bool
+        ) {
             self.childOptions = childOptions
+            self.prepare = prepare
+            self.forwardsChildren = forwardsChildren
         }
 
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
             let child = unwrapInboundIn(data)
-            let childInitializer = self.childInitializer
+            let prepare = self.prepare
             let childOptions = self.childOptions
+            let forward = forwardsChildren ? NIOLoopBound(context, eventLoop: context.eventLoop) : nil
             child.eventLoop.execute {
                 childOptions.applyAllChannelOptions(to: child).flatMap {
-                    childInitializer?(child) ?? child.eventLoop.makeSucceededVoidFuture()
+                    prepare?(child) ?? child.eventLoop.makeSucceededVoidFuture()
                 }.flatMap {
                     child.register()
                 }.whenComplete { result in
                     switch result {
                     case .success:
                         (child as? SocketChannel)?.becomeActive()
+                        if let forward {
+                            forward.eventLoop.execute { forward.value.fireChannelRead(NIOAny(child)) }
+                        }
                     case .failure:
                         child.close(promise: nil)
                     }
                 }
             }
+        }
+    }
+
+    /// What the async child initializer made of each accepted channel, from the child's loop
+    /// (where it runs) to the listener's (where the async listener takes it).
+    ///
+    /// Thread-safety: any thread (a lock).
+    private final class ChildOutputs<Output: Sendable>: Sendable {
+        private let outputs = LockedValue<[ObjectIdentifier: EventLoopFuture<Output>]>([:])
+
+        func store(_ output: EventLoopFuture<Output>, for child: Channel) {
+            outputs.withLock { $0[ObjectIdentifier(child)] = output }
+        }
+
+        func take(for child: Channel) -> EventLoopFuture<Output> {
+            outputs.withLock { $0.removeValue(forKey: ObjectIdentifier(child)) }
+                ?? child.eventLoop.makeFailedFuture(ChannelError.inappropriateOperationForState)
         }
     }
 }

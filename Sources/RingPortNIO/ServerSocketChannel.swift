@@ -142,9 +142,21 @@ final class ServerSocketChannel: BaseChannel, Channel, ChannelCore, @unchecked S
         promise?.fail(ChannelError.operationUnsupported)
     }
 
+    /// An accepted channel reached the end of the pipeline: registered already (by the
+    /// bootstrap's acceptor, which forwards it to an async listener afterwards), or registered
+    /// here, as NIOPosix's listener does, so that a pipeline of the application's own that
+    /// forwards its children still serves them.
     func channelRead0(_ data: NIOAny) {
-        // An accepted channel nobody took: close it.
-        unwrapData(data, as: (any Channel).self).close(promise: nil)
+        guard let child = unwrapData(data, as: (any Channel).self) as? SocketChannel else { return }
+        child.loop.execute {
+            guard child.lifecycle.state == .fresh else { return }
+            child.register().whenComplete { result in
+                switch result {
+                case .success: child.becomeActive()
+                case .failure: child.close(promise: nil)
+                }
+            }
+        }
     }
 
     func errorCaught0(error: Error) {}

@@ -7,7 +7,7 @@ import SystemPackage
 /// (``RingPortError/Code/systemCallFailed``) naming the call and the `errno`.
 ///
 /// Every descriptor returned is close-on-exec and owned by the caller until it is handed to
-/// ``CompletionPort/associate(descriptor:peerAddress:userState:)``, which takes any descriptor
+/// ``CompletionPort/associate(descriptor:peerAddress:userState:ring:)``, which takes any descriptor
 /// (``CompletionPort/openFile(atPath:access:options:permissions:userState:)`` does both).
 ///
 /// Stateless; safe to call from any thread.

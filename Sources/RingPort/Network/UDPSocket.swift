@@ -8,7 +8,7 @@ import SystemPackage
 /// (``RingPortError/Code/systemCallFailed``) naming the call and the `errno`.
 ///
 /// Every descriptor returned is close-on-exec and owned by the caller until it is handed to
-/// ``CompletionPort/associate(descriptor:peerAddress:userState:)`` (the handle owns it then).
+/// ``CompletionPort/associate(descriptor:peerAddress:userState:ring:)`` (the handle owns it then).
 ///
 /// Stateless; safe to call from any thread.
 public enum UDPSocket {

@@ -4,7 +4,7 @@ import Glibc
 /// Positioned file I/O: reads and writes at an offset, like `ReadFile` / `WriteFile` with an
 /// `OVERLAPPED` offset on a file associated with a completion port.
 ///
-/// A file is associated like a socket — ``associate(descriptor:peerAddress:userState:)`` takes
+/// A file is associated like a socket — ``associate(descriptor:peerAddress:userState:ring:)`` takes
 /// any descriptor — or opened and associated in one step with
 /// ``openFile(atPath:access:options:permissions:userState:)``. Each operation names its own offset, so
 /// several may be in flight on one file at once and the file position is neither used nor

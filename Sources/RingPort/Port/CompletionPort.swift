@@ -6,7 +6,7 @@ import Synchronization
 /// An I/O completion port on io_uring (or, where io_uring is refused, on epoll).
 ///
 /// The model is the Windows completion port's: associate descriptors with the port
-/// (``associate(descriptor:peerAddress:userState:)``), post asynchronous operations with a
+/// (``associate(descriptor:peerAddress:userState:ring:)``), post asynchronous operations with a
 /// per-I/O context (``read(_:into:range:)``, ``write(_:from:range:)``, ``accept(on:context:)``, ...),
 /// and let worker threads take the finished operations off the port
 /// (``CompletionWorker/dequeue(timeout:)``, or a ``WorkerPool`` that calls a handler).

@@ -5,7 +5,7 @@ import Synchronization
 /// completion key of the classic model (`PER_HANDLE_DATA`: the socket, the peer's address,
 /// and the application's own state).
 ///
-/// Create one with ``CompletionPort/associate(descriptor:peerAddress:userState:)``; every
+/// Create one with ``CompletionPort/associate(descriptor:peerAddress:userState:ring:)``; every
 /// completion of an operation posted on it carries it back in ``Completion/handle``. The handle
 /// owns the descriptor from then on: ``CompletionPort/close(_:)`` closes it.
 ///

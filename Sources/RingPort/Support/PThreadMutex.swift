@@ -1,8 +1,8 @@
 import Glibc
 
-/// A pthread mutex without a condition variable, for state that other modules of the package
-/// keep inline in their own objects (one allocation, the mutex itself, instead of a
-/// ``LockedValue`` and its ``ConditionMutex``).
+/// A pthread mutex, for state that other modules of the package keep inline in their own objects
+/// (one allocation, the mutex itself, instead of a ``LockedValue``), and the mutex of
+/// ``ConditionMutex``.
 ///
 /// Used instead of `Synchronization.Mutex` for the same reason as ``LockedValue``:
 /// ThreadSanitizer intercepts pthread mutexes, but not the futex-based `Mutex`, whose lock and
@@ -42,5 +42,19 @@ package struct PThreadMutex: ~Copyable, @unchecked Sendable {
     package func unlock() {
         let result = pthread_mutex_unlock(mutex)
         assert(result == 0, "pthread_mutex_unlock: \(result)")
+    }
+
+    /// Runs `body` with the mutex held.
+    @inline(__always)
+    package func withLock<Result, Failure: Error>(_ body: () throws(Failure) -> Result) throws(Failure) -> Result {
+        lock()
+        defer { unlock() }
+        return try body()
+    }
+
+    /// The pthread object, for a condition variable waiting with it (``ConditionMutex``). Valid
+    /// while the mutex lives.
+    var address: UnsafeMutablePointer<pthread_mutex_t> {
+        mutex
     }
 }
