@@ -100,10 +100,43 @@ class BaseChannel: @unchecked Sendable {
         }
     }
 
-    // MARK: Options (on the loop)
+    /// The error of an operation the lifecycle does not allow now: `ioOnClosedChannel` once
+    /// closed, else `inappropriateOperationForState`.
+    var notNowError: ChannelError {
+        lifecycle.isOpen ? .inappropriateOperationForState : .ioOnClosedChannel
+    }
 
-    /// Sets an option both channel kinds know; subclasses handle theirs first.
-    func setBaseOption<Option: ChannelOption>(_ option: Option, value: Option.Value) throws {
+    // MARK: ChannelCore parts both kinds share (on the loop)
+
+    func localAddress0() throws -> NIOCore.SocketAddress {
+        guard lifecycle.isOpen else { throw ChannelError.ioOnClosedChannel }
+        return try NIOSocketCalls.localAddress(of: handle.descriptor)
+    }
+
+    func register0(promise: EventLoopPromise<Void>?) {
+        guard transition(.register, promise: promise) else {
+            promise?.fail(notNowError)
+            return
+        }
+    }
+
+    // MARK: Options
+
+    /// Sets an option on the loop (at once when called there).
+    func setOption<Option: ChannelOption>(_ option: Option, value: Option.Value) -> EventLoopFuture<Void> {
+        if loop.inEventLoop { return loop.makeCompletedFuture { try setOption0(option, value: value) } }
+        return loop.submit { try self.setOption0(option, value: value) }
+    }
+
+    /// Reads an option on the loop (at once when called there).
+    func getOption<Option: ChannelOption>(_ option: Option) -> EventLoopFuture<Option.Value> {
+        if loop.inEventLoop { return loop.makeCompletedFuture { try getOption0(option) } }
+        return loop.submit { try self.getOption0(option) }
+    }
+
+    /// Sets an option both channel kinds know (on the loop); subclasses handle theirs first.
+    func setOption0<Option: ChannelOption>(_ option: Option, value: Option.Value) throws {
+        guard lifecycle.isOpen else { throw ChannelError.ioOnClosedChannel }
         switch option {
         case let option as ChannelOptions.Types.SocketOption:
             try NIOSocketCalls.setOption(
@@ -125,8 +158,9 @@ class BaseChannel: @unchecked Sendable {
         }
     }
 
-    /// Reads an option both channel kinds know.
-    func getBaseOption<Option: ChannelOption>(_ option: Option) throws -> Option.Value {
+    /// Reads an option both channel kinds know (on the loop); subclasses handle theirs first.
+    func getOption0<Option: ChannelOption>(_ option: Option) throws -> Option.Value {
+        guard lifecycle.isOpen else { throw ChannelError.ioOnClosedChannel }
         switch option {
         case let option as ChannelOptions.Types.SocketOption:
             let value = try NIOSocketCalls.option(handle.descriptor, level: Int32(option.level), name: option.name)

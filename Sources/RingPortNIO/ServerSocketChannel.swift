@@ -43,48 +43,25 @@ final class ServerSocketChannel: BaseChannel, Channel, ChannelCore, @unchecked S
     var _channelCore: ChannelCore { self }
     var isWritable: Bool { false }
 
-    func setOption<Option: ChannelOption>(_ option: Option, value: Option.Value) -> EventLoopFuture<Void> {
-        if loop.inEventLoop { return loop.makeCompletedFuture { try setOption0(option, value: value) } }
-        return loop.submit { try self.setOption0(option, value: value) }
-    }
-
-    func getOption<Option: ChannelOption>(_ option: Option) -> EventLoopFuture<Option.Value> {
-        if loop.inEventLoop { return loop.makeCompletedFuture { try getOption0(option) } }
-        return loop.submit { try self.getOption0(option) }
-    }
-
-    private func setOption0<Option: ChannelOption>(_ option: Option, value: Option.Value) throws {
+    override func setOption0<Option: ChannelOption>(_ option: Option, value: Option.Value) throws {
         guard lifecycle.isOpen else { throw ChannelError.ioOnClosedChannel }
         if option is ChannelOptions.Types.BacklogOption {
             backlog = value as! Int32
         } else {
-            try setBaseOption(option, value: value)
+            try super.setOption0(option, value: value)
         }
     }
 
-    private func getOption0<Option: ChannelOption>(_ option: Option) throws -> Option.Value {
+    override func getOption0<Option: ChannelOption>(_ option: Option) throws -> Option.Value {
         guard lifecycle.isOpen else { throw ChannelError.ioOnClosedChannel }
         if option is ChannelOptions.Types.BacklogOption { return backlog as! Option.Value }
-        return try getBaseOption(option)
+        return try super.getOption0(option)
     }
 
     // MARK: ChannelCore (on the loop)
 
-    func localAddress0() throws -> NIOCore.SocketAddress {
-        guard lifecycle.isOpen else { throw ChannelError.ioOnClosedChannel }
-        return try NIOSocketCalls.localAddress(of: handle.descriptor)
-    }
-
     func remoteAddress0() throws -> NIOCore.SocketAddress {
         throw ChannelError.operationUnsupported
-    }
-
-    func register0(promise: EventLoopPromise<Void>?) {
-        guard transition(.register, promise: promise) else {
-            promise?.fail(
-                lifecycle.isOpen ? ChannelError.inappropriateOperationForState : ChannelError.ioOnClosedChannel)
-            return
-        }
     }
 
     func registerAlreadyConfigured0(promise: EventLoopPromise<Void>?) {
@@ -94,8 +71,7 @@ final class ServerSocketChannel: BaseChannel, Channel, ChannelCore, @unchecked S
     /// Binds and listens; the channel becomes active and, with `autoRead`, accepts.
     func bind0(to address: NIOCore.SocketAddress, promise: EventLoopPromise<Void>?) {
         guard lifecycle.state == .registered else {
-            promise?.fail(
-                lifecycle.isOpen ? ChannelError.inappropriateOperationForState : ChannelError.ioOnClosedChannel)
+            promise?.fail(notNowError)
             return
         }
         do {

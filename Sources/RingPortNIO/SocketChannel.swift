@@ -107,16 +107,6 @@ final class SocketChannel: BaseChannel, Channel, ChannelCore, @unchecked Sendabl
     var _channelCore: ChannelCore { self }
     var isWritable: Bool { writableFlag.load(ordering: .relaxed) }
 
-    func setOption<Option: ChannelOption>(_ option: Option, value: Option.Value) -> EventLoopFuture<Void> {
-        if loop.inEventLoop { return loop.makeCompletedFuture { try setOption0(option, value: value) } }
-        return loop.submit { try self.setOption0(option, value: value) }
-    }
-
-    func getOption<Option: ChannelOption>(_ option: Option) -> EventLoopFuture<Option.Value> {
-        if loop.inEventLoop { return loop.makeCompletedFuture { try getOption0(option) } }
-        return loop.submit { try self.getOption0(option) }
-    }
-
     var syncOptions: NIOSynchronousChannelOptions? { SynchronousOptions(channel: self) }
 
     private struct SynchronousOptions: NIOSynchronousChannelOptions {
@@ -131,7 +121,7 @@ final class SocketChannel: BaseChannel, Channel, ChannelCore, @unchecked Sendabl
         }
     }
 
-    private func setOption0<Option: ChannelOption>(_ option: Option, value: Option.Value) throws {
+    override func setOption0<Option: ChannelOption>(_ option: Option, value: Option.Value) throws {
         guard lifecycle.isOpen else { throw ChannelError.ioOnClosedChannel }
         switch option {
         case is ChannelOptions.Types.WriteBufferWaterMarkOption:
@@ -142,11 +132,11 @@ final class SocketChannel: BaseChannel, Channel, ChannelCore, @unchecked Sendabl
         case is ChannelOptions.Types.ConnectTimeoutOption:
             break  // the client bootstrap applies its own timeout
         default:
-            try setBaseOption(option, value: value)
+            try super.setOption0(option, value: value)
         }
     }
 
-    private func getOption0<Option: ChannelOption>(_ option: Option) throws -> Option.Value {
+    override func getOption0<Option: ChannelOption>(_ option: Option) throws -> Option.Value {
         guard lifecycle.isOpen else { throw ChannelError.ioOnClosedChannel }
         switch option {
         case is ChannelOptions.Types.WriteBufferWaterMarkOption:
@@ -154,28 +144,15 @@ final class SocketChannel: BaseChannel, Channel, ChannelCore, @unchecked Sendabl
         case is ChannelOptions.Types.AllowRemoteHalfClosureOption:
             return allowRemoteHalfClosure as! Option.Value
         default:
-            return try getBaseOption(option)
+            return try super.getOption0(option)
         }
     }
 
     // MARK: ChannelCore (on the loop)
 
-    func localAddress0() throws -> NIOCore.SocketAddress {
-        guard lifecycle.isOpen else { throw ChannelError.ioOnClosedChannel }
-        return try NIOSocketCalls.localAddress(of: handle.descriptor)
-    }
-
     func remoteAddress0() throws -> NIOCore.SocketAddress {
         guard lifecycle.isOpen else { throw ChannelError.ioOnClosedChannel }
         return try NIOSocketCalls.peerAddress(of: handle.descriptor)
-    }
-
-    func register0(promise: EventLoopPromise<Void>?) {
-        guard transition(.register, promise: promise) else {
-            promise?.fail(
-                lifecycle.isOpen ? ChannelError.inappropriateOperationForState : ChannelError.ioOnClosedChannel)
-            return
-        }
     }
 
     func registerAlreadyConfigured0(promise: EventLoopPromise<Void>?) {
@@ -201,8 +178,7 @@ final class SocketChannel: BaseChannel, Channel, ChannelCore, @unchecked Sendabl
 
     func connect0(to address: NIOCore.SocketAddress, promise: EventLoopPromise<Void>?) {
         guard lifecycle.state == .registered else {
-            promise?.fail(
-                lifecycle.isOpen ? ChannelError.inappropriateOperationForState : ChannelError.ioOnClosedChannel)
+            promise?.fail(notNowError)
             return
         }
         guard !connecting else {
