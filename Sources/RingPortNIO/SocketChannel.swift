@@ -258,7 +258,11 @@ final class SocketChannel: BaseChannel, Channel, ChannelCore, @unchecked Sendabl
                 return
             }
             inputClosed = true
+            readPending = false
+            parked.removeAll()
+            parkedEnd = false
             try? NIOSocketCalls.shutdown(handle.descriptor, how: Int32(SHUT_RD))
+            if receiving { _ = try? loop.port.cancel(receiveContext) }
             promise?.succeed(())
             channelPipeline.syncOperations.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
         }
@@ -314,7 +318,8 @@ final class SocketChannel: BaseChannel, Channel, ChannelCore, @unchecked Sendabl
             receiving = false
             stopRequested = false
         }
-        guard lifecycle.isOpen else {
+        guard lifecycle.isOpen, !inputClosed else {
+            // Closed, or the input was shut down (`close(mode: .input)`): nothing more is read.
             completion.receivedBuffer?.release()
             return
         }

@@ -217,6 +217,38 @@ extension RingPortNIOTests {
             sender.join()
         }
 
+        /// `close(mode: .input)`: `inputClosed` fires, nothing more is read, and the channel stays
+        /// open for writing (the shut-down input's end of stream does not close it).
+        @Test func closingTheInputKeepsTheChannelWritable() throws {
+            let group = try makeGroup()
+            defer { try? group.syncShutdownGracefully() }
+            let recorder = RecordingHandler()
+            let accepted = LockedBox<Channel?>(nil)
+            let server = try RingPortServerBootstrap(group: group)
+                .childChannelInitializer { channel in
+                    accepted.withLock { $0 = channel }
+                    return channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(recorder)
+                    }
+                }
+                .bind(host: "127.0.0.1", port: 0).wait()
+            defer { try? server.close().wait() }
+            let client = try BlockingClient(
+                connectingTo: SocketAddress(host: "127.0.0.1", port: UInt16(server.localAddress!.port!)))
+            defer { client.close() }
+            try client.send(Array("first".utf8))
+            #expect(eventually { recorder.received.withLock { $0 } == Array("first".utf8) })
+            let channel = try #require(accepted.withLock { $0 })
+            try channel.close(mode: .input).wait()
+            #expect(recorder.events.withLock { $0.contains("inputClosed") })
+            try? client.send(Array("ignored".utf8))
+            usleep(100_000)
+            #expect(channel.isActive)
+            #expect(recorder.received.withLock { $0 } == Array("first".utf8))
+            try channel.writeAndFlush(ByteBuffer(string: "still here")).wait()
+            #expect(try client.receive(count: 10) == Array("still here".utf8))
+        }
+
         /// With `allowRemoteHalfClosure`, the peer's FIN arrives as `inputClosed` and the channel
         /// can still answer; the peer reads the answer and then EOF after `close(mode: .output)`.
         @Test func halfClosure() throws {
