@@ -184,12 +184,9 @@ public final class AsyncPort: Sendable {
             case .operationSlot:
                 unsafeDowncast(attachment, to: OperationSlot.self).complete(completion)
             }
-        } else if let descriptor = completion.acceptedDescriptor {
-            // Nobody waits for this accept (not one of the layer's operations); do not leak
-            // the socket.
-            SystemCall.close(descriptor)
-        } else if let buffer = completion.receivedBuffer {
-            buffer.release()
+        } else {
+            // Not one of the layer's operations (nobody waits for it): do not leak what it carries.
+            completion.discardCarriedResources()
         }
         if let local { executor.runLocalJobs(local) }
     }

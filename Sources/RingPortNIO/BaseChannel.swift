@@ -59,6 +59,13 @@ class BaseChannel: @unchecked Sendable {
         if !handle.isClosed { loop.port.close(handle) }
     }
 
+    // MARK: Channel members both kinds share
+
+    var allocator: ByteBufferAllocator { ByteBufferAllocator() }
+    var closeFuture: EventLoopFuture<Void> { closePromise.futureResult }
+    var pipeline: ChannelPipeline { channelPipeline }
+    var eventLoop: EventLoop { loop }
+
     // MARK: State readable from any thread
 
     var isActive: Bool { activeFlag.load(ordering: .relaxed) }

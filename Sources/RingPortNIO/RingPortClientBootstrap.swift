@@ -41,11 +41,12 @@ public final class RingPortClientBootstrap {
 
     /// Connects to `host` (resolved, first address) and `port`.
     public func connect(host: String, port: Int) -> EventLoopFuture<Channel> {
-        let loop = group.nextRingLoop()
         do {
             return connect(to: try NIOCore.SocketAddress.makeAddressResolvingHost(host, port: port))
         } catch {
-            return loop.makeFailedFuture(error)
+            // Only here a loop is picked for the failure: `connect(to:)` picks the channel's, so
+            // that each connect advances the round-robin once.
+            return group.nextRingLoop().makeFailedFuture(error)
         }
     }
 

@@ -234,8 +234,7 @@ public final class RingPortEventLoop: EventLoop, @unchecked Sendable {
             let target = CompletionTarget(rawValue: context.userValue)
         else {
             // Not one of the layer's operations: do not leak what it carries.
-            if let descriptor = completion.acceptedDescriptor { _ = SystemCall.close(descriptor) }
-            completion.receivedBuffer?.release()
+            completion.discardCarriedResources()
             return
         }
         switch target {

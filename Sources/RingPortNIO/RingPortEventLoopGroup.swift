@@ -86,8 +86,7 @@ public final class RingPortEventLoopGroup: EventLoopGroup, Sendable {
     private static func run(_ completion: Completion, loops: [RingPortEventLoop]) {
         guard let handle = completion.handle else {
             // Not one of the layer's operations: do not leak what it carries.
-            if let descriptor = completion.acceptedDescriptor { _ = SystemCall.close(descriptor) }
-            completion.receivedBuffer?.release()
+            completion.discardCarriedResources()
             return
         }
         loops[handle.id.ring].run(completion)

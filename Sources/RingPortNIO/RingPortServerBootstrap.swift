@@ -69,11 +69,11 @@ public final class RingPortServerBootstrap {
 
     /// Binds to `host` (resolved, first address) and `port` (0: any free port).
     public func bind(host: String, port: Int) -> EventLoopFuture<Channel> {
-        let loop = group.nextRingLoop()
         do {
             return bind(to: try NIOCore.SocketAddress.makeAddressResolvingHost(host, port: port))
         } catch {
-            return loop.makeFailedFuture(error)
+            // Only here a loop is picked for the failure: `bind(to:)` picks the listener's.
+            return group.nextRingLoop().makeFailedFuture(error)
         }
     }
 

@@ -36,10 +36,6 @@ final class ServerSocketChannel: BaseChannel, Channel, ChannelCore, @unchecked S
     // MARK: Channel
 
     var parent: (any Channel)? { nil }
-    var allocator: ByteBufferAllocator { ByteBufferAllocator() }
-    var closeFuture: EventLoopFuture<Void> { closePromise.futureResult }
-    var pipeline: ChannelPipeline { channelPipeline }
-    var eventLoop: EventLoop { loop }
     var _channelCore: ChannelCore { self }
     var isWritable: Bool { false }
 

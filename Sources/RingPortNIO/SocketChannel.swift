@@ -100,10 +100,6 @@ final class SocketChannel: BaseChannel, Channel, ChannelCore, @unchecked Sendabl
 
     // MARK: Channel
 
-    var allocator: ByteBufferAllocator { ByteBufferAllocator() }
-    var closeFuture: EventLoopFuture<Void> { closePromise.futureResult }
-    var pipeline: ChannelPipeline { channelPipeline }
-    var eventLoop: EventLoop { loop }
     var _channelCore: ChannelCore { self }
     var isWritable: Bool { writableFlag.load(ordering: .relaxed) }
 

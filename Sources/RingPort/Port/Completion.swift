@@ -71,6 +71,14 @@ public struct Completion: Sendable, CustomStringConvertible {
         operation == .accept && result >= 0 ? result : nil
     }
 
+    /// Closes the accepted descriptor or releases the received buffer the completion carries, if
+    /// any: what a handler that has no use for the completion (not one of its operations) does
+    /// so that nothing leaks. Package access: the async and SwiftNIO layers' fallback.
+    package func discardCarriedResources() {
+        if let descriptor = acceptedDescriptor { SystemCall.close(descriptor) }
+        receivedBuffer?.release()
+    }
+
     /// The operation, the result (with the error's name when it failed) and the handle's
     /// ``IOHandle/ID``, for logs.
     public var description: String {
