@@ -18,7 +18,7 @@ extension RingPortAsyncTests {
         /// multishot receive may deliver a few more arrivals while its cancellation is on the
         /// way), the peer's send blocks, and once the reader goes on every byte arrives in order.
         @Test(.timeLimit(.minutes(1))) func aReaderThatStopsReadingStopsTheReceive() async throws {
-            let descriptorsBefore = nonTimerDescriptorCount()
+            let descriptorsBefore = DescriptorSnapshot()
             let io = try makeAsyncPort()
             let (connection, client) = try await connectedPair(on: io)
             let stream = SeededGenerator(state: 41).bytesArray(count: Self.streamLength)
@@ -56,7 +56,7 @@ extension RingPortAsyncTests {
         /// The peer stops reading: writes queue up to the outbound high watermark and then wait;
         /// once the peer reads, the waiting write goes on and every byte arrives in order.
         @Test(.timeLimit(.minutes(1))) func aPeerThatStopsReadingStopsTheWriter() async throws {
-            let descriptorsBefore = nonTimerDescriptorCount()
+            let descriptorsBefore = DescriptorSnapshot()
             let io = try makeAsyncPort()
             let (connection, client) = try await connectedPair(on: io)
             let stream = SeededGenerator(state: 43).bytesArray(count: Self.streamLength)
@@ -92,7 +92,7 @@ extension RingPortAsyncTests {
         /// A write cancelled while it waits for room throws CancellationError and queues
         /// nothing: the peer gets exactly the writes that returned, then what is written after.
         @Test(.timeLimit(.minutes(1))) func cancellingAWaitingWriteQueuesNothing() async throws {
-            let descriptorsBefore = nonTimerDescriptorCount()
+            let descriptorsBefore = DescriptorSnapshot()
             let io = try makeAsyncPort()
             let (connection, client) = try await connectedPair(on: io)
             let chunk = ByteBuffer(repeating: 0x33, count: 65536)
@@ -129,7 +129,7 @@ extension RingPortAsyncTests {
         /// can still answer; the answer and the peer's end arrive on the inbound side. Writing
         /// after finish() throws.
         @Test(.timeLimit(.minutes(1))) func finishShutsTheWriteSideAndTheReadSideGoesOn() async throws {
-            let descriptorsBefore = nonTimerDescriptorCount()
+            let descriptorsBefore = DescriptorSnapshot()
             let io = try makeAsyncPort()
             let (connection, client) = try await connectedPair(on: io)
             let request = SeededGenerator(state: 47).bytesArray(count: 300_000)
@@ -158,7 +158,7 @@ extension RingPortAsyncTests {
         /// messages and reading them back: every byte comes back to its sender.
         @Test(.timeLimit(.minutes(2))) func aThousandConcurrentConnectionsEchoByteExact() async throws {
             try DescriptorLimit.raise(toFit: 2_200)
-            let descriptorsBefore = nonTimerDescriptorCount()
+            let descriptorsBefore = DescriptorSnapshot()
             let io = try makeAsyncPort()
             let listener = try TCPListener.bind(to: loopbackAnyPort(), on: io)  // backlog 1,024
             let server = Task(executorPreference: io.preferredExecutor) { try await echo(listener) }

@@ -15,7 +15,7 @@ extension RingPortAsyncTests {
         /// port's workers and on the global executor.
         @Test(.timeLimit(.minutes(1)), arguments: [AsyncPort.Resumption.portWorkers, .globalExecutor])
         func echoesManyRandomMessagesFromManyClientsByteExact(resumption: AsyncPort.Resumption) async throws {
-            let descriptorsBefore = nonTimerDescriptorCount()
+            let descriptorsBefore = DescriptorSnapshot()
             let io = try makeAsyncPort(resumption)
             let listener = try TCPListener.bind(to: loopbackAnyPort(), on: io)
             let server = Task(executorPreference: io.preferredExecutor) { try await echo(listener) }
@@ -58,7 +58,7 @@ extension RingPortAsyncTests {
         }
 
         @Test(.timeLimit(.minutes(1))) func connectToAClosedPortThrowsConnectionRefused() async throws {
-            let descriptorsBefore = nonTimerDescriptorCount()
+            let descriptorsBefore = DescriptorSnapshot()
             let io = try makeAsyncPort()
             // A port that was just listening and no longer is.
             let probe = try TCPSocket.makeListener(address: loopbackAnyPort())
@@ -75,7 +75,7 @@ extension RingPortAsyncTests {
         }
 
         @Test(.timeLimit(.minutes(1))) func readingAPeerThatClosesReturnsTheBytesThenEndOfStream() async throws {
-            let descriptorsBefore = nonTimerDescriptorCount()
+            let descriptorsBefore = DescriptorSnapshot()
             let io = try makeAsyncPort()
             let listener = try TCPListener.bind(to: loopbackAnyPort(), on: io)
             let address = listener.localAddress
@@ -104,7 +104,7 @@ extension RingPortAsyncTests {
         func cancellingAPendingReadThrowsCancellationAndKeepsTheConnectionUsable(
             resumption: AsyncPort.Resumption
         ) async throws {
-            let descriptorsBefore = nonTimerDescriptorCount()
+            let descriptorsBefore = DescriptorSnapshot()
             let io = try makeAsyncPort(resumption)
             let (connection, client) = try await connectedPair(on: io)
 
@@ -140,7 +140,7 @@ extension RingPortAsyncTests {
         /// cancellation (the bytes stay buffered for the next read) or the bytes — no byte is lost
         /// or reordered.
         @Test(.timeLimit(.minutes(1))) func readsCancelledWhileBytesArriveLoseNothing() async throws {
-            let descriptorsBefore = nonTimerDescriptorCount()
+            let descriptorsBefore = DescriptorSnapshot()
             let io = try makeAsyncPort()
             let (connection, client) = try await connectedPair(on: io)
             let rounds = 300
@@ -173,7 +173,7 @@ extension RingPortAsyncTests {
         /// A writer waiting for room (the peer does not read) fails when the peer resets the
         /// connection, and leaves nothing in flight or open.
         @Test(.timeLimit(.minutes(1))) func aWriteToAPeerThatResetsThrows() async throws {
-            let descriptorsBefore = nonTimerDescriptorCount()
+            let descriptorsBefore = DescriptorSnapshot()
             let io = try makeAsyncPort()
             let (connection, client) = try await connectedPair(on: io)
             // Writes until one waits for room: the socket buffers are full, the queue is at the
@@ -213,7 +213,7 @@ extension RingPortAsyncTests {
 
         /// Closing the listener ends its sequence of connections after the ones accepted.
         @Test(.timeLimit(.minutes(1))) func closingTheListenerEndsTheSequence() async throws {
-            let descriptorsBefore = nonTimerDescriptorCount()
+            let descriptorsBefore = DescriptorSnapshot()
             let io = try makeAsyncPort()
             let listener = try TCPListener.bind(to: loopbackAnyPort(), on: io)
             let acceptedCount = LockedBox(0)
@@ -242,7 +242,7 @@ extension RingPortAsyncTests {
         /// Shutting the port down ends pending operations with handleClosed instead of
         /// leaving their tasks suspended.
         @Test(.timeLimit(.minutes(1))) func shutdownEndsPendingOperations() async throws {
-            let descriptorsBefore = nonTimerDescriptorCount()
+            let descriptorsBefore = DescriptorSnapshot()
             let io = try makeAsyncPort()
             let (connection, client) = try await connectedPair(on: io)
             let reading = Task(executorPreference: io.executor) { try await connection.read() }
@@ -260,14 +260,16 @@ extension RingPortAsyncTests {
                 (error as? RingPortError)?.code == .portClosed
             }
             client.close()
-            #expect(await eventuallyAsync { nonTimerDescriptorCount() == descriptorsBefore })
+            #expect(
+                await eventuallyAsync { descriptorsBefore.allClosedAgain },
+                "still open: \(descriptorsBefore.openedSince)")
         }
 
         /// An inbound sequence kept after its connection went throws handleClosed; its receive
         /// context stays its own until it goes too, so the next connection never shares it.
         @Test(.timeLimit(.minutes(1))) func anInboundSequenceThatOutlivesItsConnectionThrowsHandleClosed() async throws
         {
-            let descriptorsBefore = nonTimerDescriptorCount()
+            let descriptorsBefore = DescriptorSnapshot()
             let io = try makeAsyncPort()
             var (connection, client): (TCPConnection?, PeerClient) = try await connectedPair(on: io)
             let inbound = try #require(connection).inbound
@@ -290,7 +292,7 @@ extension RingPortAsyncTests {
         }
 
         @Test(.timeLimit(.minutes(1))) func twoConcurrentReadsOnOneConnectionAreRefused() async throws {
-            let descriptorsBefore = nonTimerDescriptorCount()
+            let descriptorsBefore = DescriptorSnapshot()
             let io = try makeAsyncPort()
             let (connection, client) = try await connectedPair(on: io)
             let first = Task { try await connection.read() }
@@ -310,7 +312,7 @@ extension RingPortAsyncTests {
         /// A task that prefers the port's executor runs on the port's worker threads, also after
         /// it was resumed by a completion.
         @Test(.timeLimit(.minutes(1))) func tasksPreferringTheExecutorRunOnTheWorkers() async throws {
-            let descriptorsBefore = nonTimerDescriptorCount()
+            let descriptorsBefore = DescriptorSnapshot()
             let io = try makeAsyncPort()
             let (connection, client) = try await connectedPair(on: io)
             let threads = Task(executorPreference: io.executor) {

@@ -25,7 +25,7 @@ func echo(_ listener: TCPListener) async throws {
 extension RingPortAsyncTests {
     @Suite struct AsyncExampleTests {
         @Test(.timeLimit(.minutes(1))) func readmeAsyncEchoExampleEchoes() async throws {
-            let descriptorsBefore = nonTimerDescriptorCount()
+            let descriptorsBefore = DescriptorSnapshot()
             // README async server begins
             let io = try AsyncPort()  // a completion port and its workers
             let listener = try TCPListener.bind(to: SocketAddress(host: "127.0.0.1", port: 0), on: io)

@@ -28,7 +28,7 @@ func makeAsyncPort(
 /// Expects the async port to be idle (no operation in flight, no completion waiting), shuts it
 /// down, and expects the process's descriptors to come back to `descriptorsBefore`.
 func expectCleanShutdown(
-    _ asyncPort: AsyncPort, descriptorsBefore: Int, sourceLocation: SourceLocation = #_sourceLocation
+    _ asyncPort: AsyncPort, descriptorsBefore: DescriptorSnapshot, sourceLocation: SourceLocation = #_sourceLocation
 ) async {
     let idle = await eventuallyAsync {
         let statistics = asyncPort.statistics
@@ -37,10 +37,10 @@ func expectCleanShutdown(
     #expect(idle, "still in flight: \(asyncPort.statistics)", sourceLocation: sourceLocation)
     #expect(asyncPort.statistics.staleCompletions == 0, sourceLocation: sourceLocation)
     await asyncPort.shutdown()
-    let released = await eventuallyAsync { nonTimerDescriptorCount() == descriptorsBefore }
+    let released = await eventuallyAsync { descriptorsBefore.allClosedAgain }
     #expect(
         released,
-        "descriptors: \(nonTimerDescriptorCount()) open, \(descriptorsBefore) before: \(describeDescriptors())",
+        "still open: \(descriptorsBefore.openedSince)",
         sourceLocation: sourceLocation)
 }
 

@@ -10,7 +10,7 @@ extension RingPortHTTPTests {
     /// arrived before it are all answered.
     @Suite struct HTTPShutdownTests {
         @Test func gracefulShutdownAnswersWhatArrivedAndLeavesNothingOpen() throws {
-            let descriptorsBefore = openDescriptorCount()
+            let descriptorsBefore = DescriptorSnapshot()
             var configuration = try testServerConfiguration()
             HTTPPlaintextHandler.configure(&configuration)
             let server = try TCPServer(configuration: configuration, handler: HTTPPlaintextHandler())
@@ -33,7 +33,7 @@ extension RingPortHTTPTests {
                 client.close()
             }
             #expect(eventually { server.statistics.open == 0 })
-            #expect(eventually { openDescriptorCount() == descriptorsBefore })
+            #expect(eventually { descriptorsBefore.allClosedAgain }, "still open: \(descriptorsBefore.openedSince)")
             #expect(server.portStatistics.operationsInFlight == 0)
         }
     }

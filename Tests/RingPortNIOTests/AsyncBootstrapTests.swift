@@ -12,7 +12,7 @@ extension RingPortNIOTests {
         /// client bootstrap each get their random message back byte for byte; closing the
         /// listener ends its sequence; nothing stays open.
         @Test func asyncListenerAndClientsEcho() async throws {
-            let descriptorsBefore = nonTimerDescriptorCount()
+            let descriptorsBefore = DescriptorSnapshot()
             let group = try makeGroup()
             let server = try await RingPortServerBootstrap(group: group)
                 .bind(host: "127.0.0.1", port: 0) { child in
@@ -58,8 +58,7 @@ extension RingPortNIOTests {
             _ = try? await serving.value
             try await group.shutdownGracefully()
             #expect(
-                eventually { nonTimerDescriptorCount() == descriptorsBefore },
-                "descriptors: \(nonTimerDescriptorCount()) open, \(descriptorsBefore) before: \(describeDescriptors())")
+                eventually { descriptorsBefore.allClosedAgain }, "still open: \(descriptorsBefore.openedSince)")
         }
     }
 }

@@ -15,7 +15,7 @@ extension RingPortNIOTests {
         /// 40 clients on RingPortClientBootstrap × 5 random messages ≤ 40,000 bytes through an
         /// echo server on RingPortServerBootstrap: each gets exactly its bytes back.
         @Test func echoServerAndClientsOnThePort() throws {
-            let descriptorsBefore = nonTimerDescriptorCount()
+            let descriptorsBefore = DescriptorSnapshot()
             let group = try makeGroup()
             let (server, port) = try startEchoServer(on: group)
             var generator = SeededGenerator(state: 41)
@@ -47,8 +47,7 @@ extension RingPortNIOTests {
             try group.syncShutdownGracefully()
             #expect(group.port.statistics.operationsInFlight == 0)
             #expect(
-                eventually { nonTimerDescriptorCount() == descriptorsBefore },
-                "descriptors: \(nonTimerDescriptorCount()) open, \(descriptorsBefore) before: \(describeDescriptors())")
+                eventually { descriptorsBefore.allClosedAgain }, "still open: \(descriptorsBefore.openedSince)")
         }
 
         /// An accepted channel sees registered → active → read… → readComplete → inactive →
@@ -102,7 +101,7 @@ extension RingPortNIOTests {
         /// A peer that does not read: the server's writes pile up, writability turns off above
         /// the high watermark; closing then fails the writes still queued, and nothing leaks.
         @Test func aPeerThatDoesNotReadTurnsWritabilityOffAndCloseFailsQueuedWrites() throws {
-            let descriptorsBefore = nonTimerDescriptorCount()
+            let descriptorsBefore = DescriptorSnapshot()
             let group = try makeGroup()
             let accepted = LockedBox<Channel?>(nil)
             let recorder = RecordingHandler()
@@ -138,8 +137,7 @@ extension RingPortNIOTests {
             try server.close().wait()
             try group.syncShutdownGracefully()
             #expect(
-                eventually { nonTimerDescriptorCount() == descriptorsBefore },
-                "descriptors: \(nonTimerDescriptorCount()) open, \(descriptorsBefore) before: \(describeDescriptors())")
+                eventually { descriptorsBefore.allClosedAgain }, "still open: \(descriptorsBefore.openedSince)")
         }
 
         /// With `autoRead` off nothing is received until the handler asks for a read, and then

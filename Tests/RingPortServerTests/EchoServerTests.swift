@@ -19,11 +19,11 @@ extension RingPortServerTests {
 
         @Test(arguments: ServerMode.allCases)
         func peerCloseAndPeerResetFreeEverything(mode: ServerMode) throws {
-            var descriptorsWithIdleServer = 0
+            var descriptorsWithIdleServer = DescriptorSnapshot()
             try withServer(configure: mode.apply) { server in
                 // Let the workers settle (doorbells armed, accepts submitted).
                 let idleOperations = settledOperationsInFlight(server)
-                descriptorsWithIdleServer = openDescriptorCount()
+                descriptorsWithIdleServer = DescriptorSnapshot()
                 let idleHandles = server.portStatistics.openHandles
 
                 var clients: [BlockingClient] = []
@@ -53,7 +53,9 @@ extension RingPortServerTests {
                 #expect(server.statistics.closed == 60)
                 #expect(eventually { server.portStatistics.openHandles == idleHandles })
                 #expect(eventually { server.portStatistics.operationsInFlight == idleOperations })
-                #expect(eventually { openDescriptorCount() == descriptorsWithIdleServer })
+                #expect(
+                    eventually { descriptorsWithIdleServer.allClosedAgain },
+                    "still open: \(descriptorsWithIdleServer.openedSince)")
                 #expect(server.portStatistics.buffersOutstanding == 0)
                 #expect(server.portStatistics.staleCompletions == 0)
 
@@ -90,7 +92,7 @@ extension RingPortServerTests {
         }
 
         @Test func shutdownClosesEveryConnectionAndDescriptor() throws {
-            let descriptorsBefore = openDescriptorCount()
+            let descriptorsBefore = DescriptorSnapshot()
             let server = try TCPServer(configuration: testServerConfiguration(), handler: EchoHandler())
             try server.start()
             var clients: [BlockingClient] = []
@@ -107,7 +109,7 @@ extension RingPortServerTests {
                 #expect(try client.receive(count: 1) == [])
                 client.close()
             }
-            #expect(openDescriptorCount() == descriptorsBefore)
+            #expect(descriptorsBefore.allClosedAgain, "still open: \(descriptorsBefore.openedSince)")
         }
     }
 }

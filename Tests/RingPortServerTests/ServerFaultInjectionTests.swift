@@ -56,7 +56,7 @@ extension RingPortServerTests {
                 $0.port.faultInjection = injection
             }) { server in
                 let idleOperations = settledOperationsInFlight(server)
-                let idleDescriptors = openDescriptorCount()
+                let idleDescriptors = DescriptorSnapshot()
                 let result = EchoLoad(connections: 64, messagesPerConnection: 4, maximumMessageSize: 32 * 1024, seed: 5)
                     .run(against: server.localAddress)
                 let counts = injection.injectedCounts
@@ -70,7 +70,7 @@ extension RingPortServerTests {
                 #expect(server.statistics.connectionErrors == counts[0] + counts[1], "\(counts)")
                 #expect(server.statistics.closed == 64)
                 #expect(eventually { server.portStatistics.operationsInFlight == idleOperations })
-                #expect(eventually { openDescriptorCount() == idleDescriptors })
+                #expect(eventually { idleDescriptors.allClosedAgain }, "still open: \(idleDescriptors.openedSince)")
                 #expect(server.portStatistics.buffersOutstanding == 0)
                 #expect(server.portStatistics.staleCompletions == 0)
             }

@@ -33,24 +33,39 @@ package func onThread<Value: Sendable>(_ body: @escaping @Sendable () throws -> 
     }
 }
 
-/// The number of open descriptors other than timer descriptors and pipes. Swift's global
-/// executor (libdispatch) creates and closes timerfds for `Task.sleep` as timers come and go, and
-/// under `make sanitize` ThreadSanitizer starts its symbolizer (two pipes, kept open) the first
-/// time it looks at a stack; RingPort creates neither, so leaving them out makes the count
-/// RingPort's (and the tests').
-package func nonTimerDescriptorCount() -> Int {
-    let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []
-    return entries.count { entry in
-        let target = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/\(entry)")) ?? ""
-        return target != "anon_inode:[timerfd]" && !target.hasPrefix("pipe:")
-    }
-}
+/// The descriptors this process has open at one moment, to tell afterwards which of the ones a
+/// test opened are still open. Counting is not enough: a descriptor of an earlier test that
+/// closes late (a port shutting down, a socket the kernel releases after its peer) lowers the
+/// count and hides one the test leaked. Each descriptor is its number and what it refers to
+/// (`socket:[inode]`, `anon_inode:[eventfd]`), so a number reused for something else counts as new.
+///
+/// Timer descriptors and pipes are left out: Swift's global executor (libdispatch) creates and
+/// closes timerfds for `Task.sleep` as timers come and go, and under `make sanitize`
+/// ThreadSanitizer starts its symbolizer (two pipes, kept open) the first time it looks at a
+/// stack; RingPort creates neither.
+package struct DescriptorSnapshot: Sendable {
+    private let descriptors: Set<String>
 
-/// What this process's descriptors are (for failure messages).
-package func describeDescriptors() -> String {
-    let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []
-    return entries.sorted { (Int($0) ?? 0) < (Int($1) ?? 0) }.map { entry in
-        let target = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/\(entry)")) ?? "?"
-        return "\(entry)→\(target)"
-    }.joined(separator: " ")
+    /// Records the descriptors open now.
+    package init() {
+        descriptors = Self.openDescriptors()
+    }
+
+    /// The descriptors open now that were not open at the snapshot, as `number→target`.
+    package var openedSince: [String] {
+        Self.openDescriptors().subtracting(descriptors).sorted()
+    }
+
+    /// Whether every descriptor opened since the snapshot is closed again.
+    package var allClosedAgain: Bool { openedSince.isEmpty }
+
+    private static func openDescriptors() -> Set<String> {
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []
+        return Set(
+            entries.compactMap { entry in
+                let target = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/\(entry)"))
+                guard let target, target != "anon_inode:[timerfd]", !target.hasPrefix("pipe:") else { return nil }
+                return "\(entry)→\(target)"
+            })
+    }
 }

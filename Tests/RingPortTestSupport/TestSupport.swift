@@ -3,11 +3,6 @@ import Glibc
 import RingPort
 import Testing
 
-/// The number of open descriptors of this process (entries of /proc/self/fd).
-package func openDescriptorCount() -> Int {
-    (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count) ?? -1
-}
-
 /// The number of threads of this process (entries of /proc/self/task).
 package func threadCount() -> Int {
     (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task").count) ?? -1

@@ -253,7 +253,7 @@ extension RingPortTests {
         /// Closing a handle while its operations complete: each completes once (data or
         /// cancelled), every context comes back, and no descriptor is left open.
         @Test func closingAHandleAsItsOperationsCompleteLeavesNothingBehind() throws {
-            let descriptorsBefore = openDescriptorCount()
+            let descriptorsBefore = DescriptorSnapshot()
             var configuration = CompletionPort.Configuration()
             configuration.ringCount = 1
             let port = try CompletionPort(configuration: configuration)
@@ -292,7 +292,7 @@ extension RingPortTests {
             port.close()
             #expect(port.statistics.staleCompletions == 0)
             #expect(port.statistics.openHandles == 0)
-            #expect(eventually { openDescriptorCount() == descriptorsBefore })
+            #expect(eventually { descriptorsBefore.allClosedAgain }, "still open: \(descriptorsBefore.openedSince)")
         }
     }
 }

@@ -229,7 +229,7 @@ extension RingPortTests {
         }
 
         @Test func closingAHandleCancelsItsOperationsAndClosesItsDescriptor() throws {
-            let descriptorsBefore = openDescriptorCount()
+            let descriptorsBefore = DescriptorSnapshot()
             let port = try makeSingleRingPort()
             let (left, right) = try makeSocketPair()
             let handle = try port.associate(descriptor: left)
@@ -251,12 +251,12 @@ extension RingPortTests {
             close(right)
             worker.detach()
             port.close()
-            #expect(openDescriptorCount() == descriptorsBefore)
+            #expect(descriptorsBefore.allClosedAgain, "still open: \(descriptorsBefore.openedSince)")
             #expect(port.statistics.openHandles == 0)
         }
 
         @Test func portCloseCancelsEverythingAndClosesOpenHandles() throws {
-            let descriptorsBefore = openDescriptorCount()
+            let descriptorsBefore = DescriptorSnapshot()
             let port = try makeSingleRingPort()
             let (left, right) = try makeSocketPair()
             let handle = try port.associate(descriptor: left)
@@ -270,7 +270,7 @@ extension RingPortTests {
             #expect(!timer.isInFlight)
             #expect(handle.isClosed)
             close(right)
-            #expect(openDescriptorCount() == descriptorsBefore)
+            #expect(descriptorsBefore.allClosedAgain, "still open: \(descriptorsBefore.openedSince)")
             #expect(throws: RingPortError.self) { try port.nop() }
         }
     }

@@ -167,7 +167,7 @@ extension RingPortTests {
         /// writing a read-only one is `EBADF`; opening fails with the `open(2)` errno; a negative
         /// offset is refused before anything is queued. Handles close their descriptors.
         @Test func refusedFileOperationsReportTheirErrno() throws {
-            let descriptorsBefore = openDescriptorCount()
+            let descriptorsBefore = DescriptorSnapshot()
             let file = TemporaryFile()
             defer { file.remove() }
             let port = try makeSingleRingPort()
@@ -218,7 +218,7 @@ extension RingPortTests {
             port.close(readOnly)
             worker.detach()
             port.close()
-            #expect(openDescriptorCount() == descriptorsBefore)
+            #expect(descriptorsBefore.allClosedAgain, "still open: \(descriptorsBefore.openedSince)")
         }
     }
 }
