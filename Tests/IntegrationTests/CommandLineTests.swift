@@ -176,6 +176,77 @@ extension IntegrationTests {
             #expect(http.process.terminationStatus == 0)
         }
 
+        #if TLS
+        /// `ringport nio-echo` with a certificate made for the test: openssl's own TLS client
+        /// (s_client, which verifies the certificate for `localhost` with it as the only root)
+        /// gets 64 KiB of lines back byte-exact on either transport, and a wrong key file stops
+        /// the command with an error that names it.
+        @Test(arguments: ["ringport", "posix"])
+        func nioEchoServesTLS(transport: String) throws {
+            let certificate = try TestCertificate()
+            defer { certificate.remove() }
+            let echo = try RunningRingport([
+                "nio-echo", "--port", "0", "--transport", transport,
+                "--tls-certificate-chain", certificate.certificatePath, "--tls-private-key", certificate.privateKeyPath,
+            ])
+            defer { if echo.process.isRunning { echo.process.terminate() } }
+
+            let client = Process()
+            client.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
+            client.arguments = [
+                "s_client", "-quiet", "-verify_return_error", "-CAfile", certificate.certificatePath,
+                "-verify_hostname", "localhost", "-connect", "127.0.0.1:\(echo.address.port)",
+            ]
+            let input = Pipe()
+            let output = Pipe()
+            client.standardInput = input
+            client.standardOutput = output
+            client.standardError = FileHandle.nullDevice
+            try client.run()
+            // SIGKILL, not terminate(): a child inherits this process's blocked signals, SIGTERM among them.
+            defer { if client.isRunning { kill(client.processIdentifier, SIGKILL) } }
+            // 1,024 lines of 63 random letters: s_client passes text through unchanged.
+            var generator = SeededGenerator(state: 71)
+            let payload = (0..<1024).flatMap { _ in
+                generator.bytes(count: 63).map { UInt8(ascii: "a") + $0 % 26 } + [10]
+            }
+            let writing = try PThread(name: "test-tls-writer") { input.fileHandleForWriting.write(Data(payload)) }
+            // Read until every byte is back, s_client ends, or 30 s pass (a bound, not a measurement).
+            let deadline = ContinuousClock.now + .seconds(30)
+            var readable = pollfd(fd: output.fileHandleForReading.fileDescriptor, events: Int16(POLLIN), revents: 0)
+            var received = Data()
+            while received.count < payload.count, ContinuousClock.now < deadline {
+                guard poll(&readable, 1, 100) == 1 else { continue }
+                let chunk = output.fileHandleForReading.availableData
+                if chunk.isEmpty { break }
+                received += chunk
+            }
+            kill(client.processIdentifier, SIGKILL)
+            client.waitUntilExit()
+            writing.join()
+            #expect(received.count == payload.count)
+            #expect(Array(received) == payload)
+            echo.terminate()
+            #expect(echo.process.terminationStatus == 0)
+
+            // The certificate given as the key: the command names the problem and exits 1.
+            let process = Process()
+            process.executableURL = try ringportExecutable()
+            process.arguments = [
+                "nio-echo", "--port", "0", "--tls-certificate-chain", certificate.certificatePath,
+                "--tls-private-key", certificate.certificatePath,
+            ]
+            let errors = Pipe()
+            process.standardError = errors
+            process.standardOutput = FileHandle.nullDevice
+            try process.run()
+            let message = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            process.waitUntilExit()
+            #expect(process.terminationStatus == 1)
+            #expect(message.hasPrefix("error: nio-echo: TLS: cannot read the private key"), "\(message)")
+        }
+        #endif
+
         /// io_uring_setup denied by a seccomp filter, as container runtimes do, and io_uring asked
         /// for explicitly: the command names the cause and the fix and exits 1 without starting
         /// anything.

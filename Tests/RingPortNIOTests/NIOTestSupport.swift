@@ -25,6 +25,7 @@ final class RecordingHandler: ChannelInboundHandler, @unchecked Sendable {
 
     let received = LockedBox<[UInt8]>([])
     let events = LockedBox<[String]>([])
+    let errors = LockedBox<[any Error]>([])
 
     private func record(_ event: String) {
         events.withLock { $0.append(event) }
@@ -42,7 +43,10 @@ final class RecordingHandler: ChannelInboundHandler, @unchecked Sendable {
         if let event = event as? ChannelEvent { record("\(event)") }
         context.fireUserInboundEventTriggered(event)
     }
-    func errorCaught(context: ChannelHandlerContext, error: Error) { record("error") }
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        record("error")
+        errors.withLock { $0.append(error) }
+    }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         precondition(context.eventLoop.inEventLoop)
