@@ -11,15 +11,15 @@ import Synchronization
 /// ## Where its work runs
 /// The loop is not a thread. Its work — the completions of the channels registered on it, the
 /// tasks given to ``execute(_:)``, scheduled tasks whose time came — is run by the port's worker
-/// threads, one thread at a time: a worker that has a completion of the loop's ring in hand
-/// becomes the loop's *runner* if nobody is, runs that completion and then everything queued for
-/// the loop meanwhile, and stops being the runner once the queue is empty. A worker that finds
-/// another runner queues its completion for that runner and goes back to the port. So the loop's
+/// threads, one thread at a time: a worker that has completions of the loop's ring in hand (a
+/// batch of up to 32) becomes the loop's *runner* if nobody is, runs them and then everything
+/// queued for the loop meanwhile, and stops being the runner once the queue is empty. A worker
+/// that finds another runner queues its completions for that runner and goes back to the port. So the loop's
 /// work never runs on two threads at once, runs in the order it arrived, and ``inEventLoop`` is
 /// true exactly on the runner's thread while it runs the loop's work.
 ///
 /// Normally the runner is the ring's leader, which reaps the ring's completions anyway: the loop
-/// costs one uncontended lock per completion. When a handler blocks, the port's sentry hands the
+/// costs one uncontended lock per batch of completions. When a handler blocks, the port's sentry hands the
 /// ring to a standby worker, which keeps reaping; completions for the blocked loop wait in its
 /// queue (as they would behind a blocked NIOPosix event loop) and those of the ring's other
 /// handles — there are none in a group, where a ring is one loop — would go on.
@@ -181,24 +181,37 @@ public final class RingPortEventLoop: EventLoop, @unchecked Sendable {
         }
     }
 
-    /// Runs a completion of the loop's ring: on this thread if nobody runs the loop (then also
-    /// everything queued meanwhile), else queued for the runner. Called by the group's workers.
-    func run(_ completion: Completion) {
-        let isWakeUp = completion.operation == .user && completion.userValue == RingPortEventLoop.wakeUpValue
+    /// Runs completions of the loop's ring (a worker's batch, in order): on this thread if
+    /// nobody runs the loop (then also everything queued meanwhile), else queued for the runner.
+    /// Called by the group's workers.
+    func run(_ completions: ArraySlice<Completion>) {
         let me = pthread_self()
         let runsHere = work.withLock { queue -> Bool in
-            if isWakeUp { queue.wakeUpPending = false }
             if queue.isRunning {
-                if !isWakeUp { queue.items.append(.completion(completion)) }
+                for completion in completions {
+                    if Self.isWakeUp(completion) {
+                        queue.wakeUpPending = false
+                    } else {
+                        queue.items.append(.completion(completion))
+                    }
+                }
                 return false
             }
+            if completions.contains(where: Self.isWakeUp) { queue.wakeUpPending = false }
             queue.isRunning = true
             runner.store(me, ordering: .relaxed)
             return true
         }
         guard runsHere else { return }
-        if !isWakeUp { perform(.completion(completion)) }
+        for completion in completions where !Self.isWakeUp(completion) {
+            RingPortEventLoop.dispatch(completion)
+        }
         runUntilIdle()
+    }
+
+    /// Whether `completion` is the user post that wakes the ring for queued work.
+    private static func isWakeUp(_ completion: Completion) -> Bool {
+        completion.operation == .user && completion.userValue == wakeUpValue
     }
 
     /// Runs the queued work until the queue is empty, then gives the loop up.

@@ -71,8 +71,8 @@ public final class RingPortEventLoopGroup: EventLoopGroup, Sendable {
             throw error
         }
         let loops = self.loops
-        workers = WorkerPool(port: port, name: "ringport-nio") { completion in
-            RingPortEventLoopGroup.run(completion, loops: loops)
+        workers = WorkerPool(port: port, name: "ringport-nio", maximumBatch: RingPortEventLoopGroup.maximumBatch) {
+            RingPortEventLoopGroup.run(&$0, loops: loops)
         }
         do {
             try workers.start()
@@ -82,14 +82,26 @@ public final class RingPortEventLoopGroup: EventLoopGroup, Sendable {
         }
     }
 
-    /// A worker's handler: the completion goes to the loop of its ring.
-    private static func run(_ completion: Completion, loops: [RingPortEventLoop]) {
-        guard let handle = completion.handle else {
-            // Not one of the layer's operations: do not leak what it carries.
-            completion.discardCarriedResources()
-            return
+    /// How many completions a worker dequeues at a time: a loop runs them in one turn (one pass
+    /// through the ring's lock and the loop's for all of them).
+    static let maximumBatch = 32
+
+    /// A worker's handler: each run of completions of one ring goes to that ring's loop (a
+    /// worker's batch is all of its own ring, unless it served a ring left without workers).
+    private static func run(_ batch: inout [Completion], loops: [RingPortEventLoop]) {
+        var start = batch.startIndex
+        while start < batch.endIndex {
+            guard let ring = batch[start].handle?.id.ring else {
+                // Not one of the layer's operations: do not leak what it carries.
+                batch[start].discardCarriedResources()
+                start += 1
+                continue
+            }
+            var end = start + 1
+            while end < batch.endIndex, batch[end].handle?.id.ring == ring { end += 1 }
+            loops[ring].run(batch[start..<end])
+            start = end
         }
-        loops[handle.id.ring].run(completion)
     }
 
     // MARK: EventLoopGroup

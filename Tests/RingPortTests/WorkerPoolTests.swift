@@ -65,6 +65,28 @@ extension RingPortTests {
             #expect(throws: RingPortError.self) { try pool.start() }
         }
 
+        /// A pool with a batch handler: 1,000 posted completions arrive exactly once, in batches
+        /// of at least one and at most `maximumBatch`.
+        @Test func batchPoolHandsEveryCompletionOnceInBoundedBatches() throws {
+            let port = try CompletionPort()
+            let seen = LockedBox<[UInt64]>([])
+            let batchSizes = LockedBox<[Int]>([])
+            let pool = WorkerPool(port: port, threadCount: 3, maximumBatch: 8) { batch in
+                let values = batch.map(\.userValue)
+                seen.withLock { $0 += values }
+                batchSizes.withLock { $0.append(values.count) }
+            }
+            try pool.start()
+            for value in 0..<1000 {
+                try port.post(value: UInt64(value))
+            }
+            #expect(eventually { seen.withLock { $0.count } >= 1000 })
+            pool.shutdown()
+            port.close()
+            #expect(seen.withLock { $0 }.sorted() == (0..<1000).map(UInt64.init))
+            #expect(batchSizes.withLock { $0 }.allSatisfy { (1...8).contains($0) })
+        }
+
         /// Pairs of connected sockets, both ends on the port; every handle has a read and a write in
         /// flight at once, and one completion in 40 sleeps past the stall threshold so that standby
         /// workers take rings over. No handle's completions may ever overlap.

@@ -2,7 +2,8 @@ import Glibc
 import Logging
 
 /// The worker threads of a completion port: each loops on
-/// ``CompletionWorker/dequeue(timeout:)`` and hands every completion to the handler.
+/// ``CompletionWorker/dequeue(timeout:)`` and hands every completion to the handler (or, with a
+/// batch handler, on ``CompletionWorker/dequeue(into:maximumCount:timeout:)``, a batch at a time).
 ///
 /// By default the pool has ``CompletionPort/Configuration/workerCount`` threads (CPU count × 2 + 2,
 /// the classic completion-port rule). Workers are spread over the port's rings; per ring one
@@ -28,7 +29,7 @@ public final class WorkerPool: Sendable {
     /// The number of worker threads.
     public let threadCount: Int
     private let name: String
-    private let handler: @Sendable (Completion) -> Void
+    private let handler: Handler
     private let stopSignal = StopSignal()
     /// The threads, or nil before ``start()``.
     private let threads = LockedValue<[PThread]?>(nil)
@@ -46,8 +47,39 @@ public final class WorkerPool: Sendable {
         self.port = port
         self.threadCount = count
         self.name = name
-        self.handler = handler
+        self.handler = .single(handler)
         logger = port.configuration.logger
+    }
+
+    /// Creates a pool of `threadCount` workers (default: the port's
+    /// ``CompletionPort/Configuration/workerCount``) that each dequeue up to `maximumBatch`
+    /// completions at a time (``CompletionWorker/dequeue(into:maximumCount:timeout:)``) and hand
+    /// them to `handler` together, in the order they were dequeued. Threads start with ``start()``.
+    ///
+    /// A batch costs one pass through the ring's lock instead of one per completion; in exchange
+    /// every handle of the batch stays held (its next completions wait) until the handler
+    /// returns. The handler must handle every completion of the batch (it may empty the array
+    /// as it goes); the pool empties it afterwards, keeping its storage for the next batch.
+    public init(
+        port: CompletionPort, threadCount: Int? = nil, name: String = "ringport", maximumBatch: Int,
+        batchHandler handler: @escaping @Sendable (inout [Completion]) -> Void
+    ) {
+        let count = threadCount ?? port.configuration.workerCount
+        precondition(count >= 1, "a worker pool needs at least one thread")
+        precondition(maximumBatch >= 1, "a batch holds at least one completion")
+        self.port = port
+        self.threadCount = count
+        self.name = name
+        self.handler = .batch(maximumCount: maximumBatch, handler)
+        logger = port.configuration.logger
+    }
+
+    /// What a worker does with what it dequeued.
+    private enum Handler: Sendable {
+        /// One completion at a time.
+        case single(@Sendable (Completion) -> Void)
+        /// Up to `maximumCount` at a time.
+        case batch(maximumCount: Int, @Sendable (inout [Completion]) -> Void)
     }
 
     /// Starts the threads.
@@ -91,10 +123,19 @@ public final class WorkerPool: Sendable {
     private func run() {
         let worker = port.makeWorker(stopSignal: stopSignal)
         defer { worker.detach() }
+        var batch: [Completion] = []
         while !stopSignal.isRequested {
             do {
-                if let completion = try worker.dequeue(timeout: nil) {
-                    handler(completion)
+                switch handler {
+                case .single(let handle):
+                    if let completion = try worker.dequeue(timeout: nil) {
+                        handle(completion)
+                    }
+                case .batch(let maximumCount, let handle):
+                    if try worker.dequeue(into: &batch, maximumCount: maximumCount) > 0 {
+                        handle(&batch)
+                        batch.removeAll(keepingCapacity: true)
+                    }
                 }
             } catch {
                 if error.code == .portClosed { return }
