@@ -150,6 +150,20 @@ public final class RingPortEventLoopGroup: EventLoopGroup, Sendable {
         }
     }
 
+    /// Traps when `syncShutdownGracefully()` is called from a loop's work, as NIOPosix does: the
+    /// shutdown waits for the group's workers to stop, and the caller is one of them, so it
+    /// would never return.
+    public func _preconditionSafeToSyncShutdown(file: StaticString, line: UInt) {
+        if let loop = loops.first(where: { $0.inEventLoop }) {
+            preconditionFailure(
+                """
+                BUG DETECTED: syncShutdownGracefully() must not be called on an event loop (\(loop)): it waits for \
+                the group's workers, the caller among them, and would never return
+                """,
+                file: file, line: line)
+        }
+    }
+
     /// The shutdown, on a thread of its own (it waits for the loops).
     private func stop() {
         // Twice: a connect or accept that completed just before the first pass may add a channel.

@@ -1,4 +1,5 @@
 import Dispatch
+import Glibc
 import NIOCore
 import RingPort
 import RingPortNIO
@@ -84,6 +85,17 @@ extension RingPortNIOTests {
             let onLoop = promise.futureResult.map { _ in loop.inEventLoop }
             DispatchQueue.global().async { promise.succeed(1) }
             #expect(try onLoop.wait())
+        }
+
+        /// syncShutdownGracefully() from a loop's own work would wait for itself: the process
+        /// stops with a message that says so, as on NIOPosix (an exit test, in a child process).
+        @Test func syncShutdownFromALoopTraps() async {
+            let result = await #expect(processExitsWith: .signal(SIGILL), observing: [\.standardErrorContent]) {
+                let group = try makeGroup()
+                try await group.next().submit { try group.syncShutdownGracefully() }.get()
+            }
+            let message = String(decoding: result?.standardErrorContent ?? [], as: UTF8.self)
+            #expect(message.contains("syncShutdownGracefully() must not be called on an event loop"), "\(message)")
         }
     }
 }
