@@ -18,11 +18,8 @@ extension RingPortNIOTests {
             let descriptorsBefore = DescriptorSnapshot()
             let group = try makeGroup()
             let (server, port) = try startEchoServer(on: group)
-            var generator = SeededGenerator(state: 41)
-            var clients: [(Channel, RecordingHandler, [UInt8])] = []
-            for _ in 0..<40 {
-                let recorder = RecordingHandler()
-                let client = try RingPortClientBootstrap(group: group)
+            try expectEchoedByteExact(clients: 40, messagesEach: 5, seed: 41) { recorder in
+                try RingPortClientBootstrap(group: group)
                     .channelInitializer { channel in
                         channel.eventLoop.makeCompletedFuture {
                             try channel.pipeline.syncOperations.addHandler(recorder)
@@ -30,19 +27,7 @@ extension RingPortNIOTests {
                     }
                     .connect(host: "127.0.0.1", port: port)
                     .wait()
-                var sent: [UInt8] = []
-                for _ in 0..<5 {
-                    let message = generator.bytesArray(count: Int.random(in: 1...40_000, using: &generator))
-                    sent += message
-                    client.writeAndFlush(ByteBuffer(bytes: message), promise: nil)
-                }
-                clients.append((client, recorder, sent))
             }
-            for (_, recorder, sent) in clients {
-                #expect(eventually { recorder.received.withLock { $0.count } >= sent.count })
-                #expect(recorder.received.withLock { $0 } == sent)
-            }
-            for (client, _, _) in clients { try client.close().wait() }
             try server.close().wait()
             try group.syncShutdownGracefully()
             #expect(group.port.statistics.operationsInFlight == 0)

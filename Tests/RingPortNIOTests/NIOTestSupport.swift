@@ -4,6 +4,7 @@ import RingPort
 import RingPortNIO
 import RingPortTestSupport
 import Synchronization
+import Testing
 
 /// Echoes every buffer back.
 final class EchoHandler: ChannelInboundHandler, Sendable {
@@ -150,4 +151,32 @@ final class PeerThread: @unchecked Sendable {
         let body: @Sendable () -> Void
         init(_ body: @escaping @Sendable () -> Void) { self.body = body }
     }
+}
+
+/// Connects `count` clients with `connect` (each given the handler recording what it receives),
+/// has each write `messagesEach` random messages of 1 to 40,000 bytes, expects each to get
+/// exactly its own bytes back, and closes them.
+func expectEchoedByteExact(
+    clients count: Int, messagesEach: Int, seed: UInt64,
+    connect: (RecordingHandler) throws -> Channel,
+    sourceLocation: SourceLocation = #_sourceLocation
+) throws {
+    var generator = SeededGenerator(state: seed)
+    var clients: [(Channel, RecordingHandler, [UInt8])] = []
+    for _ in 0..<count {
+        let recorder = RecordingHandler()
+        let client = try connect(recorder)
+        var sent: [UInt8] = []
+        for _ in 0..<messagesEach {
+            let message = generator.bytesArray(count: Int.random(in: 1...40_000, using: &generator))
+            sent += message
+            client.writeAndFlush(ByteBuffer(bytes: message), promise: nil)
+        }
+        clients.append((client, recorder, sent))
+    }
+    for (_, recorder, sent) in clients {
+        #expect(eventually { recorder.received.withLock { $0.count } >= sent.count }, sourceLocation: sourceLocation)
+        #expect(recorder.received.withLock { $0 } == sent, sourceLocation: sourceLocation)
+    }
+    for (client, _, _) in clients { try client.close().wait() }
 }

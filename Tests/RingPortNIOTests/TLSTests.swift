@@ -25,24 +25,9 @@ extension RingPortNIOTests {
             let server = try startTLSEchoServer(on: group, context: serverContext)
             let port = server.localAddress!.port!
 
-            var generator = SeededGenerator(state: 61)
-            var clients: [(Channel, RecordingHandler, [UInt8])] = []
-            for _ in 0..<100 {
-                let recorder = RecordingHandler()
-                let client = try connectTLSClient(on: group, port: port, context: clientContext, recorder: recorder)
-                var sent: [UInt8] = []
-                for _ in 0..<3 {
-                    let message = generator.bytesArray(count: Int.random(in: 1...40_000, using: &generator))
-                    sent += message
-                    client.writeAndFlush(ByteBuffer(bytes: message), promise: nil)
-                }
-                clients.append((client, recorder, sent))
+            try expectEchoedByteExact(clients: 100, messagesEach: 3, seed: 61) { recorder in
+                try connectTLSClient(on: group, port: port, context: clientContext, recorder: recorder)
             }
-            for (_, recorder, sent) in clients {
-                #expect(eventually { recorder.received.withLock { $0.count } >= sent.count })
-                #expect(recorder.received.withLock { $0 } == sent)
-            }
-            for (client, _, _) in clients { try client.close().wait() }
             try server.close().wait()
             try group.syncShutdownGracefully()
             #expect(group.port.statistics.operationsInFlight == 0)
