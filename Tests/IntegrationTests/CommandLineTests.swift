@@ -388,6 +388,16 @@ extension IntegrationTests {
                 do { try hog.send([UInt8](repeating: 1, count: 1 << 20)) } catch { stuck = true }
             }
             try #require(stuck, "64 MiB went through a client that never reads")
+            // A stalled send alone does not prove it (a server starved of CPU stalls it too): wait
+            // until the server's end of the connection holds unread bytes that stay unread.
+            let clientPort = try TCPSocket.localAddress(of: hog.descriptor).port
+            let stopped = eventually(timeout: .seconds(20)) {
+                let before = unreadBytes(localPort: address.port, remotePort: clientPort)
+                usleep(500_000)
+                let after = unreadBytes(localPort: address.port, remotePort: clientPort)
+                return before > 0 && before == after
+            }
+            try #require(stopped, "the server kept reading from a client that never reads")
 
             kill(process.processIdentifier, SIGTERM)
             usleep(500_000)
@@ -414,6 +424,24 @@ extension IntegrationTests {
             #expect(message.contains("ringEntries 0"))
         }
     }
+}
+
+/// The bytes waiting unread in the receive queue of this machine's IPv4 TCP socket with the
+/// given local and remote ports (from /proc/net/tcp), or 0 if there is no such socket.
+func unreadBytes(localPort: UInt16, remotePort: UInt16) -> Int {
+    guard let table = try? String(contentsOfFile: "/proc/net/tcp", encoding: .utf8) else { return 0 }
+    for line in table.split(separator: "\n").dropFirst() {
+        // sl local_address rem_address st tx_queue:rx_queue ...; addresses are HEXIP:HEXPORT.
+        let fields = line.split(separator: " ", omittingEmptySubsequences: true)
+        guard fields.count > 4,
+            let local = fields[1].split(separator: ":").last.flatMap({ UInt16($0, radix: 16) }),
+            let remote = fields[2].split(separator: ":").last.flatMap({ UInt16($0, radix: 16) }),
+            local == localPort, remote == remotePort,
+            let unread = fields[4].split(separator: ":").last.flatMap({ Int($0, radix: 16) })
+        else { continue }
+        return unread
+    }
+    return 0
 }
 
 /// The command line that runs a command with `io_uring_setup` failing with `errno` (a seccomp
