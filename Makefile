@@ -104,7 +104,7 @@ stress: test-deps
 # The test suite under ThreadSanitizer, then under AddressSanitizer (with LeakSanitizer), each in
 # a build directory of its own. Only the Swift Testing runner runs (the XCTest runner has no tests).
 # The suppression files (Tests/Sanitizers) say what each suppresses and why. The AddressSanitizer
-# build leaves out the TLS trait (NIOSSL and BoringSSL, about 2.5 more minutes per build): the TLS
+# build leaves out the TLS trait (NIOSSL and BoringSSL, about 2 more minutes per build): the TLS
 # tests run in make test and under ThreadSanitizer.
 sanitize: test-deps
 	$(SWIFT) build --build-tests --sanitize=thread --scratch-path .build-tsan

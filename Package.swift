@@ -16,8 +16,9 @@ let package = Package(
         .executable(name: "ringport", targets: ["ringport"]),
     ],
     traits: [
-        // TLS for `ringport nio-echo` (NIOSSL, which builds BoringSSL: about 2.5 minutes on
-        // two cores). On by default; the sanitizer builds leave it out (`make sanitize`).
+        // TLS for `ringport nio-echo` (NIOSSL, which builds BoringSSL: about 2 more minutes per
+        // build on two cores). On by default; the AddressSanitizer build of `make sanitize`
+        // leaves it out. The libraries do not use it.
         .trait(name: "TLS", description: "TLS through NIOSSL for ringport nio-echo and its tests"),
         .default(enabledTraits: ["TLS"]),
     ],

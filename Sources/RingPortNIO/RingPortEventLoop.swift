@@ -14,15 +14,15 @@ import Synchronization
 /// threads, one thread at a time: a worker that has completions of the loop's ring in hand (a
 /// batch of up to 32) becomes the loop's *runner* if nobody is, runs them and then everything
 /// queued for the loop meanwhile, and stops being the runner once the queue is empty. A worker
-/// that finds another runner queues its completions for that runner and goes back to the port. So the loop's
-/// work never runs on two threads at once, runs in the order it arrived, and ``inEventLoop`` is
-/// true exactly on the runner's thread while it runs the loop's work.
+/// that finds another runner queues its completions for that runner and goes back to the port.
+/// So the loop's work never runs on two threads at once, runs in the order it arrived, and
+/// ``inEventLoop`` is true exactly on the runner's thread while it runs the loop's work.
 ///
 /// Normally the runner is the ring's leader, which reaps the ring's completions anyway: the loop
-/// costs one uncontended lock per batch of completions. When a handler blocks, the port's sentry hands the
-/// ring to a standby worker, which keeps reaping; completions for the blocked loop wait in its
-/// queue (as they would behind a blocked NIOPosix event loop) and those of the ring's other
-/// handles — there are none in a group, where a ring is one loop — would go on.
+/// costs one uncontended lock per batch of completions. When a handler blocks, the port's sentry
+/// hands the ring to a standby worker, which keeps reaping; completions for the blocked loop wait
+/// in its queue (as they would behind a blocked NIOPosix event loop) and those of the ring's
+/// other handles — there are none in a group, where a ring is one loop — would go on.
 ///
 /// Tasks from other threads are queued and, when the loop has no runner, wake the ring with a
 /// posted completion. Scheduled tasks are io_uring timeouts on the ring (`IORING_OP_TIMEOUT`);
