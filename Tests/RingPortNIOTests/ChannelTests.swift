@@ -38,49 +38,51 @@ extension RingPortNIOTests {
         /// An accepted channel sees registered → active → read… → readComplete → inactive →
         /// unregistered, in that order, and its close future completes.
         @Test func eventsArriveInOrder() throws {
-            let group = try makeGroup()
-            defer { try? group.syncShutdownGracefully() }
-            let recorder = RecordingHandler()
-            let server = try RingPortServerBootstrap(group: group)
-                .childChannelInitializer { channel in
-                    channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(recorder) }
-                }
-                .bind(host: "127.0.0.1", port: 0).wait()
-            defer { try? server.close().wait() }
-            let client = try BlockingClient(
-                connectingTo: SocketAddress(host: "127.0.0.1", port: UInt16(server.localAddress!.port!)))
-            try client.send(Array("hello".utf8))
-            #expect(eventually { recorder.received.withLock { $0.count } == 5 })
-            client.close()
-            #expect(eventually { recorder.events.withLock { $0.last } == "unregistered" })
-            let events = recorder.events.withLock { $0 }
-            #expect(Array(events.prefix(3)) == ["registered", "active", "read"])
-            #expect(Array(events.suffix(2)) == ["inactive", "unregistered"])
-            #expect(events.dropFirst(2).dropLast(2).allSatisfy { $0 == "read" || $0 == "readComplete" })
-            #expect(recorder.received.withLock { $0 } == Array("hello".utf8))
+            try withGroupLeavingNoDescriptors { group in
+                let recorder = RecordingHandler()
+                let server = try RingPortServerBootstrap(group: group)
+                    .childChannelInitializer { channel in
+                        channel.eventLoop.makeCompletedFuture {
+                            try channel.pipeline.syncOperations.addHandler(recorder)
+                        }
+                    }
+                    .bind(host: "127.0.0.1", port: 0).wait()
+                defer { try? server.close().wait() }
+                let client = try BlockingClient(
+                    connectingTo: SocketAddress(host: "127.0.0.1", port: UInt16(server.localAddress!.port!)))
+                try client.send(Array("hello".utf8))
+                #expect(eventually { recorder.received.withLock { $0.count } == 5 })
+                client.close()
+                #expect(eventually { recorder.events.withLock { $0.last } == "unregistered" })
+                let events = recorder.events.withLock { $0 }
+                #expect(Array(events.prefix(3)) == ["registered", "active", "read"])
+                #expect(Array(events.suffix(2)) == ["inactive", "unregistered"])
+                #expect(events.dropFirst(2).dropLast(2).allSatisfy { $0 == "read" || $0 == "readComplete" })
+                #expect(recorder.received.withLock { $0 } == Array("hello".utf8))
+            }
         }
 
         /// SwiftNIO's HTTP/1.1 server pipeline on the port: three pipelined keep-alive requests
         /// get three answers, in order, on one connection.
         @Test func http1PipelineServesPipelinedKeepAliveRequests() throws {
-            let group = try makeGroup()
-            defer { try? group.syncShutdownGracefully() }
-            let server = try RingPortServerBootstrap(group: group)
-                .childChannelInitializer { channel in
-                    channel.pipeline.configureHTTPServerPipeline().flatMapThrowing {
-                        try channel.pipeline.syncOperations.addHandler(HelloHandler())
+            try withGroupLeavingNoDescriptors { group in
+                let server = try RingPortServerBootstrap(group: group)
+                    .childChannelInitializer { channel in
+                        channel.pipeline.configureHTTPServerPipeline().flatMapThrowing {
+                            try channel.pipeline.syncOperations.addHandler(HelloHandler())
+                        }
                     }
-                }
-                .bind(host: "127.0.0.1", port: 0).wait()
-            defer { try? server.close().wait() }
-            let client = try BlockingClient(
-                connectingTo: SocketAddress(host: "127.0.0.1", port: UInt16(server.localAddress!.port!)))
-            defer { client.close() }
-            let request = "GET /plaintext HTTP/1.1\r\nHost: test\r\n\r\n"
-            try client.send(Array((request + request + request).utf8))
-            let responses = try readResponses(from: client, count: 3)
-            #expect(responses.map(\.status) == [200, 200, 200])
-            #expect(responses.map(\.body) == Array(repeating: "Hello, World!", count: 3))
+                    .bind(host: "127.0.0.1", port: 0).wait()
+                defer { try? server.close().wait() }
+                let client = try BlockingClient(
+                    connectingTo: SocketAddress(host: "127.0.0.1", port: UInt16(server.localAddress!.port!)))
+                defer { client.close() }
+                let request = "GET /plaintext HTTP/1.1\r\nHost: test\r\n\r\n"
+                try client.send(Array((request + request + request).utf8))
+                let responses = try readResponses(from: client, count: 3)
+                #expect(responses.map(\.status) == [200, 200, 200])
+                #expect(responses.map(\.body) == Array(repeating: "Hello, World!", count: 3))
+            }
         }
 
         /// A peer that does not read: the server's writes pile up, writability turns off above
@@ -128,141 +130,142 @@ extension RingPortNIOTests {
         /// With `autoRead` off nothing is received until the handler asks for a read, and then
         /// one arrival is.
         @Test func withoutAutoReadNothingIsReceivedUntilARead() throws {
-            let group = try makeGroup()
-            defer { try? group.syncShutdownGracefully() }
-            let accepted = LockedBox<Channel?>(nil)
-            let recorder = RecordingHandler()
-            let server = try RingPortServerBootstrap(group: group)
-                .childChannelOption(.autoRead, value: false)
-                .childChannelInitializer { channel in
-                    accepted.withLock { $0 = channel }
-                    return channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandler(recorder)
+            try withGroupLeavingNoDescriptors { group in
+                let accepted = LockedBox<Channel?>(nil)
+                let recorder = RecordingHandler()
+                let server = try RingPortServerBootstrap(group: group)
+                    .childChannelOption(.autoRead, value: false)
+                    .childChannelInitializer { channel in
+                        accepted.withLock { $0 = channel }
+                        return channel.eventLoop.makeCompletedFuture {
+                            try channel.pipeline.syncOperations.addHandler(recorder)
+                        }
                     }
-                }
-                .bind(host: "127.0.0.1", port: 0).wait()
-            defer { try? server.close().wait() }
-            let client = try BlockingClient(
-                connectingTo: SocketAddress(host: "127.0.0.1", port: UInt16(server.localAddress!.port!)))
-            defer { client.close() }
-            try client.send(Array("first".utf8))
-            #expect(eventually { accepted.withLock { $0?.isActive } == true })
-            usleep(100_000)
-            #expect(recorder.received.withLock { $0.isEmpty })
-            accepted.withLock { $0 }?.read()
-            #expect(eventually { recorder.received.withLock { $0 } == Array("first".utf8) })
+                    .bind(host: "127.0.0.1", port: 0).wait()
+                defer { try? server.close().wait() }
+                let client = try BlockingClient(
+                    connectingTo: SocketAddress(host: "127.0.0.1", port: UInt16(server.localAddress!.port!)))
+                defer { client.close() }
+                try client.send(Array("first".utf8))
+                #expect(eventually { accepted.withLock { $0?.isActive } == true })
+                usleep(100_000)
+                #expect(recorder.received.withLock { $0.isEmpty })
+                accepted.withLock { $0 }?.read()
+                #expect(eventually { recorder.received.withLock { $0 } == Array("first".utf8) })
+            }
         }
 
         /// A handler that holds `read()` back stops the socket: what arrives after stays in the
         /// kernel (the peer's 32 MiB send blocks), nothing more reaches the pipeline; once it lets
         /// reads through, every byte arrives, in order.
         @Test func aHandlerThatHoldsReadsBackStopsTheSocketAndLosesNothing() throws {
-            let group = try makeGroup()
-            defer { try? group.syncShutdownGracefully() }
-            let gate = ReadGate(holdAfter: 64 * 1024)
-            let server = try RingPortServerBootstrap(group: group)
-                .childChannelInitializer { channel in
-                    channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(gate) }
-                }
-                .bind(host: "127.0.0.1", port: 0).wait()
-            defer { try? server.close().wait() }
-            let client = try BlockingClient(
-                connectingTo: SocketAddress(host: "127.0.0.1", port: UInt16(server.localAddress!.port!)))
-            defer { client.close() }
-            let stream = SeededGenerator(state: 77).bytesArray(count: 32 << 20)
-            let sent = LockedBox(0)
-            let sender = PeerThread { [client] in
-                var offset = 0
-                while offset < stream.count {
-                    let count = stream[offset...].withUnsafeBytes {
-                        send(client.descriptor, $0.baseAddress, min($0.count, 1 << 16), 0)
+            try withGroupLeavingNoDescriptors { group in
+                let gate = ReadGate(holdAfter: 64 * 1024)
+                let server = try RingPortServerBootstrap(group: group)
+                    .childChannelInitializer { channel in
+                        channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(gate) }
                     }
-                    guard count > 0 else { return }
-                    offset += count
-                    sent.withLock { $0 = offset }
+                    .bind(host: "127.0.0.1", port: 0).wait()
+                defer { try? server.close().wait() }
+                let client = try BlockingClient(
+                    connectingTo: SocketAddress(host: "127.0.0.1", port: UInt16(server.localAddress!.port!)))
+                defer { client.close() }
+                let stream = SeededGenerator(state: 77).bytesArray(count: 32 << 20)
+                let sent = LockedBox(0)
+                let sender = PeerThread { [client] in
+                    var offset = 0
+                    while offset < stream.count {
+                        let count = stream[offset...].withUnsafeBytes {
+                            send(client.descriptor, $0.baseAddress, min($0.count, 1 << 16), 0)
+                        }
+                        guard count > 0 else { return }
+                        offset += count
+                        sent.withLock { $0 = offset }
+                    }
                 }
+                #expect(eventually { gate.isHolding })
+                usleep(200_000)
+                let heldAt = gate.received.withLock { $0.count }
+                let sentAt = sent.withLock { $0 }
+                usleep(200_000)
+                #expect(
+                    gate.received.withLock { $0.count } == heldAt, "bytes reached the pipeline while reads were held")
+                // The peer got as far as the socket buffers let it (a few MiB), not much further: the
+                // channel stopped receiving rather than buffering what arrived.
+                let sentHeld = sent.withLock { $0 }
+                #expect(sentHeld == sentAt, "the peer's send went on while reads were held")
+                gate.release()
+                #expect(
+                    eventually { gate.received.withLock { $0.count } == stream.count },
+                    "\(gate.received.withLock { $0.count }) of \(stream.count) bytes arrived")
+                #expect(gate.received.withLock { $0 } == stream)
+                sender.join()
             }
-            #expect(eventually { gate.isHolding })
-            usleep(200_000)
-            let heldAt = gate.received.withLock { $0.count }
-            let sentAt = sent.withLock { $0 }
-            usleep(200_000)
-            #expect(gate.received.withLock { $0.count } == heldAt, "bytes reached the pipeline while reads were held")
-            // The peer got as far as the socket buffers let it (a few MiB), not much further: the
-            // channel stopped receiving rather than buffering what arrived.
-            let sentHeld = sent.withLock { $0 }
-            #expect(sentHeld == sentAt, "the peer's send went on while reads were held")
-            gate.release()
-            #expect(
-                eventually { gate.received.withLock { $0.count } == stream.count },
-                "\(gate.received.withLock { $0.count }) of \(stream.count) bytes arrived")
-            #expect(gate.received.withLock { $0 } == stream)
-            sender.join()
         }
 
         /// `close(mode: .input)`: `inputClosed` fires, nothing more is read, and the channel stays
         /// open for writing (the shut-down input's end of stream does not close it).
         @Test func closingTheInputKeepsTheChannelWritable() throws {
-            let group = try makeGroup()
-            defer { try? group.syncShutdownGracefully() }
-            let recorder = RecordingHandler()
-            let accepted = LockedBox<Channel?>(nil)
-            let server = try RingPortServerBootstrap(group: group)
-                .childChannelInitializer { channel in
-                    accepted.withLock { $0 = channel }
-                    return channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandler(recorder)
+            try withGroupLeavingNoDescriptors { group in
+                let recorder = RecordingHandler()
+                let accepted = LockedBox<Channel?>(nil)
+                let server = try RingPortServerBootstrap(group: group)
+                    .childChannelInitializer { channel in
+                        accepted.withLock { $0 = channel }
+                        return channel.eventLoop.makeCompletedFuture {
+                            try channel.pipeline.syncOperations.addHandler(recorder)
+                        }
                     }
-                }
-                .bind(host: "127.0.0.1", port: 0).wait()
-            defer { try? server.close().wait() }
-            let client = try BlockingClient(
-                connectingTo: SocketAddress(host: "127.0.0.1", port: UInt16(server.localAddress!.port!)))
-            defer { client.close() }
-            try client.send(Array("first".utf8))
-            #expect(eventually { recorder.received.withLock { $0 } == Array("first".utf8) })
-            let channel = try #require(accepted.withLock { $0 })
-            try channel.close(mode: .input).wait()
-            #expect(recorder.events.withLock { $0.contains("inputClosed") })
-            try? client.send(Array("ignored".utf8))
-            usleep(100_000)
-            #expect(channel.isActive)
-            #expect(recorder.received.withLock { $0 } == Array("first".utf8))
-            try channel.writeAndFlush(ByteBuffer(string: "still here")).wait()
-            #expect(try client.receive(count: 10) == Array("still here".utf8))
+                    .bind(host: "127.0.0.1", port: 0).wait()
+                defer { try? server.close().wait() }
+                let client = try BlockingClient(
+                    connectingTo: SocketAddress(host: "127.0.0.1", port: UInt16(server.localAddress!.port!)))
+                defer { client.close() }
+                try client.send(Array("first".utf8))
+                #expect(eventually { recorder.received.withLock { $0 } == Array("first".utf8) })
+                let channel = try #require(accepted.withLock { $0 })
+                try channel.close(mode: .input).wait()
+                #expect(recorder.events.withLock { $0.contains("inputClosed") })
+                try? client.send(Array("ignored".utf8))
+                usleep(100_000)
+                #expect(channel.isActive)
+                #expect(recorder.received.withLock { $0 } == Array("first".utf8))
+                try channel.writeAndFlush(ByteBuffer(string: "still here")).wait()
+                #expect(try client.receive(count: 10) == Array("still here".utf8))
+            }
         }
 
         /// With `allowRemoteHalfClosure`, the peer's FIN arrives as `inputClosed` and the channel
         /// can still answer; the peer reads the answer and then EOF after `close(mode: .output)`.
         @Test func halfClosure() throws {
-            let group = try makeGroup()
-            defer { try? group.syncShutdownGracefully() }
-            let recorder = RecordingHandler()
-            let accepted = LockedBox<Channel?>(nil)
-            let server = try RingPortServerBootstrap(group: group)
-                .childChannelOption(.allowRemoteHalfClosure, value: true)
-                .childChannelInitializer { channel in
-                    accepted.withLock { $0 = channel }
-                    return channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandler(recorder)
+            try withGroupLeavingNoDescriptors { group in
+                let recorder = RecordingHandler()
+                let accepted = LockedBox<Channel?>(nil)
+                let server = try RingPortServerBootstrap(group: group)
+                    .childChannelOption(.allowRemoteHalfClosure, value: true)
+                    .childChannelInitializer { channel in
+                        accepted.withLock { $0 = channel }
+                        return channel.eventLoop.makeCompletedFuture {
+                            try channel.pipeline.syncOperations.addHandler(recorder)
+                        }
                     }
-                }
-                .bind(host: "127.0.0.1", port: 0).wait()
-            defer { try? server.close().wait() }
-            let client = try BlockingClient(
-                connectingTo: SocketAddress(host: "127.0.0.1", port: UInt16(server.localAddress!.port!)))
-            defer { client.close() }
-            try client.send(Array("question".utf8))
-            shutdown(client.descriptor, Int32(SHUT_WR))
-            #expect(eventually { recorder.events.withLock { $0.contains("inputClosed") } })
-            let channel = try #require(accepted.withLock { $0 })
-            #expect(channel.isActive)
-            try channel.writeAndFlush(ByteBuffer(string: "answer")).wait()
-            try channel.close(mode: .output).wait()
-            #expect(try client.receive(count: 6) == Array("answer".utf8))
-            var rest = [UInt8](repeating: 0, count: 16)
-            #expect(client.receiveSome(into: &rest) == 0)
-            #expect(recorder.received.withLock { $0 } == Array("question".utf8))
+                    .bind(host: "127.0.0.1", port: 0).wait()
+                defer { try? server.close().wait() }
+                let client = try BlockingClient(
+                    connectingTo: SocketAddress(host: "127.0.0.1", port: UInt16(server.localAddress!.port!)))
+                defer { client.close() }
+                try client.send(Array("question".utf8))
+                shutdown(client.descriptor, Int32(SHUT_WR))
+                #expect(eventually { recorder.events.withLock { $0.contains("inputClosed") } })
+                let channel = try #require(accepted.withLock { $0 })
+                #expect(channel.isActive)
+                try channel.writeAndFlush(ByteBuffer(string: "answer")).wait()
+                try channel.close(mode: .output).wait()
+                #expect(try client.receive(count: 6) == Array("answer".utf8))
+                var rest = [UInt8](repeating: 0, count: 16)
+                #expect(client.receiveSome(into: &rest) == 0)
+                #expect(recorder.received.withLock { $0 } == Array("question".utf8))
+            }
         }
     }
 }

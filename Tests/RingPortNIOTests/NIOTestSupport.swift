@@ -180,3 +180,22 @@ func expectEchoedByteExact(
     }
     for (client, _, _) in clients { try client.close().wait() }
 }
+
+/// Runs `body` with a new group (``makeGroup()``), shuts the group down, and expects every
+/// descriptor opened meanwhile to be closed again.
+func withGroupLeavingNoDescriptors(
+    sourceLocation: SourceLocation = #_sourceLocation, _ body: (RingPortEventLoopGroup) throws -> Void
+) throws {
+    let descriptorsBefore = DescriptorSnapshot()
+    let group = try makeGroup()
+    do {
+        try body(group)
+    } catch {
+        try? group.syncShutdownGracefully()
+        throw error
+    }
+    try group.syncShutdownGracefully()
+    #expect(
+        eventually { descriptorsBefore.allClosedAgain }, "still open: \(descriptorsBefore.openedSince)",
+        sourceLocation: sourceLocation)
+}
