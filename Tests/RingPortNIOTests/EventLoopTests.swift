@@ -15,38 +15,39 @@ extension RingPortNIOTests {
         /// Tasks from four threads at once: each runs on the loop, none overlaps another, and
         /// each thread's tasks run in the order it gave them.
         @Test func tasksRunOnTheLoopOneAtATimeInOrder() throws {
-            let group = try makeGroup()
-            defer { try? group.syncShutdownGracefully() }
-            let loop = group.next()
-            #expect(!loop.inEventLoop)
-            let running = Atomic<Int>(0)
-            let overlaps = Atomic<Int>(0)
-            let order = LockedBox<[[Int]]>(Array(repeating: [], count: 4))
-            let notOnLoop = Atomic<Int>(0)
-            DispatchQueue.concurrentPerform(iterations: 4) { thread in
-                for index in 0..<500 {
-                    loop.execute {
-                        if running.wrappingAdd(1, ordering: .relaxed).newValue != 1 {
-                            overlaps.add(1, ordering: .relaxed)
+            try withGroupLeavingNoDescriptors { group in
+                let loop = group.next()
+                #expect(!loop.inEventLoop)
+                let running = Atomic<Int>(0)
+                let overlaps = Atomic<Int>(0)
+                let order = LockedBox<[[Int]]>(Array(repeating: [], count: 4))
+                let notOnLoop = Atomic<Int>(0)
+                DispatchQueue.concurrentPerform(iterations: 4) { thread in
+                    for index in 0..<500 {
+                        loop.execute {
+                            if running.wrappingAdd(1, ordering: .relaxed).newValue != 1 {
+                                overlaps.add(1, ordering: .relaxed)
+                            }
+                            if !loop.inEventLoop { notOnLoop.add(1, ordering: .relaxed) }
+                            order.withLock { $0[thread].append(index) }
+                            running.subtract(1, ordering: .relaxed)
                         }
-                        if !loop.inEventLoop { notOnLoop.add(1, ordering: .relaxed) }
-                        order.withLock { $0[thread].append(index) }
-                        running.subtract(1, ordering: .relaxed)
                     }
                 }
+                let total = try loop.submit { order.withLock { $0.map(\.count).reduce(0, +) } }.wait()
+                #expect(total == 2000)
+                let overlapCount = overlaps.load(ordering: .relaxed)
+                #expect(overlapCount == 0)
+                let offLoopCount = notOnLoop.load(ordering: .relaxed)
+                #expect(offLoopCount == 0)
+                #expect(order.withLock { $0 }.allSatisfy { $0 == Array(0..<500) })
             }
-            let total = try loop.submit { order.withLock { $0.map(\.count).reduce(0, +) } }.wait()
-            #expect(total == 2000)
-            let overlapCount = overlaps.load(ordering: .relaxed)
-            #expect(overlapCount == 0)
-            let offLoopCount = notOnLoop.load(ordering: .relaxed)
-            #expect(offLoopCount == 0)
-            #expect(order.withLock { $0 }.allSatisfy { $0 == Array(0..<500) })
         }
 
         /// A task scheduled 50 ms ahead runs no sooner; one cancelled before its time never
         /// runs and its future fails with `cancelled`; a shutdown fails one still waiting.
         @Test func scheduledTasksRunAtTheirTimeUnlessCancelled() throws {
+            let descriptorsBefore = DescriptorSnapshot()
             let group = try makeGroup()
             let loop = group.next()
             let start = NIODeadline.now()
@@ -74,17 +75,20 @@ extension RingPortNIOTests {
             let ranAfterShutdown = ran.load(ordering: .relaxed)
             #expect(!ranAfterShutdown)
             #expect(group.port.statistics.operationsInFlight == 0)
+            #expect(
+                eventually { descriptorsBefore.allClosedAgain }, "still open: \(descriptorsBefore.openedSince)")
         }
 
         /// A promise made on the loop completes its callbacks on the loop.
         @Test func futuresCompleteOnTheirLoop() throws {
-            let group = try makeGroup()
-            defer { try? group.syncShutdownGracefully() }
-            let loop = group.next()
-            let promise = loop.makePromise(of: Int.self)
-            let onLoop = promise.futureResult.map { _ in loop.inEventLoop }
-            DispatchQueue.global().async { promise.succeed(1) }
-            #expect(try onLoop.wait())
+            try withGroupLeavingNoDescriptors { group in
+                let loop = group.next()
+                let promise = loop.makePromise(of: Int.self)
+                let onLoop = promise.futureResult.map { _ in loop.inEventLoop }
+                DispatchQueue.global().async { promise.succeed(1) }
+                let ranOnLoop = try onLoop.wait()
+                #expect(ranOnLoop)
+            }
         }
 
         /// syncShutdownGracefully() from a loop's own work would wait for itself: the process
