@@ -83,6 +83,8 @@ public final class AsyncPort: Sendable {
     let gatherContexts: ContextPool
     /// Contexts of capacity 0 (accepts, connects, single sends).
     let bareContexts = ContextPool(bufferSize: 0)
+    /// The byte buffers moving between the workers' caches.
+    let bufferDepot = ByteBufferDepot()
     /// Trims the pools and returns free memory to the system after bursts of connections.
     let memorySweep: IdleMemorySweep
     private let workers: WorkerPool
@@ -111,9 +113,10 @@ public final class AsyncPort: Sendable {
         usesProvidedBuffers = port.supportsMultishotReceive && port.features.multishotReceive
         receiveContexts = ContextPool(bufferSize: usesProvidedBuffers ? 0 : configuration.receiveBufferSize)
         gatherContexts = ContextPool(bufferSize: AsyncPort.gatheredBuffers * MemoryLayout<iovec>.stride)
-        memorySweep = IdleMemorySweep(pools: [receiveContexts, gatherContexts, bareContexts])
+        memorySweep = IdleMemorySweep(pools: [receiveContexts, gatherContexts, bareContexts], depot: bufferDepot)
+        let depot = bufferDepot
         workers = WorkerPool(port: port, name: "ringport-async") { completion in
-            AsyncPort.handle(completion, executor: executor)
+            AsyncPort.handle(completion, executor: executor, depot: depot)
         }
         do {
             try workers.start()
@@ -167,7 +170,7 @@ public final class AsyncPort: Sendable {
 
     /// The workers' handler: hands `completion` to the stream or slot waiting for it (which
     /// resumes the waiting task), then runs the jobs that resumption put on this thread.
-    private static func handle(_ completion: Completion, executor: PortTaskExecutor) {
+    private static func handle(_ completion: Completion, executor: PortTaskExecutor, depot: ByteBufferDepot) {
         let local = executor.attachCurrentThread()
         if completion.operation == .user && completion.userValue == PortTaskExecutor.wakeUpValue {
             executor.runSharedJobs()
@@ -177,10 +180,10 @@ public final class AsyncPort: Sendable {
             switch target {
             case .inbound:
                 let stream = unsafeDowncast(attachment, to: InboundStream.self)
-                withBufferCache(of: local) { stream.complete(completion, buffers: &$0) }
+                withBufferCache(of: local, depot: depot) { stream.complete(completion, buffers: &$0) }
             case .outbound:
                 let stream = unsafeDowncast(attachment, to: OutboundStream.self)
-                withBufferCache(of: local) { stream.complete(completion, buffers: &$0) }
+                withBufferCache(of: local, depot: depot) { stream.complete(completion, buffers: &$0) }
             case .operationSlot:
                 unsafeDowncast(attachment, to: OperationSlot.self).complete(completion)
             }
@@ -192,13 +195,16 @@ public final class AsyncPort: Sendable {
     }
 
     /// Calls `body` with the worker thread's buffer cache (or, on a thread without one, a
-    /// cache of the moment).
+    /// cache of the moment), which exchanges buffers with `depot`.
     @inline(__always)
-    private static func withBufferCache(of local: WorkerJobs?, _ body: (inout ByteBufferCache) -> Void) {
+    private static func withBufferCache(
+        of local: WorkerJobs?, depot: ByteBufferDepot, _ body: (inout ByteBufferCache) -> Void
+    ) {
         if let local {
+            if local.buffers.depot !== depot { local.buffers.depot = depot }
             body(&local.buffers)
         } else {
-            var cache = ByteBufferCache()
+            var cache = ByteBufferCache(depot: depot)
             body(&cache)
         }
     }

@@ -10,18 +10,32 @@ import struct NIOCore.ByteBufferAllocator
 /// it wrote) is still correct to reuse: clearing it copies on write, at the cost of an
 /// allocation.
 ///
+/// A thread whose cache is full hands ``exchangeCount`` of its buffers to the port's
+/// ``ByteBufferDepot``, and one whose cache is empty takes as many from there: the receives
+/// and the sends of a connection often complete on different threads.
+///
 /// Memory: at most ``maximumCount`` buffers of at most ``maximumCapacity`` bytes each, per
 /// worker thread (512 KiB); bigger buffers are freed when they come back.
 struct ByteBufferCache {
     static let maximumCount = 32
     static let maximumCapacity = 16384
+    /// Buffers moved to or from the depot at once.
+    static let exchangeCount = 16
 
     private var buffers: [ByteBuffer] = []
+    /// The port's depot (set by the port when the thread handles its first completion: a worker
+    /// thread serves one port).
+    var depot: ByteBufferDepot?
     private static let allocator = ByteBufferAllocator()
 
+    init(depot: ByteBufferDepot? = nil) {
+        self.depot = depot
+    }
+
     /// An empty buffer with room for at least `capacity` bytes: a recycled one when there is
-    /// one, a new one otherwise.
+    /// one here or in `depot`, a new one otherwise.
     mutating func take(capacity: Int) -> ByteBuffer {
+        if buffers.isEmpty, let depot { depot.withdraw(upTo: Self.exchangeCount, into: &buffers) }
         guard var buffer = buffers.popLast() else {
             return Self.allocator.buffer(capacity: capacity)
         }
@@ -29,10 +43,14 @@ struct ByteBufferCache {
         return buffer
     }
 
-    /// Keeps `buffer` for a later ``take(capacity:)``, unless the cache is full or the buffer
-    /// is too big to keep.
+    /// Keeps `buffer` for a later ``take(capacity:)`` unless it is too big to keep; a full cache
+    /// first hands part of itself to the depot (without one, the buffer is dropped).
     mutating func recycle(_ buffer: consuming ByteBuffer) {
-        guard buffers.count < Self.maximumCount, buffer.capacity <= Self.maximumCapacity else { return }
+        guard buffer.capacity <= Self.maximumCapacity else { return }
+        if buffers.count == Self.maximumCount {
+            guard let depot else { return }
+            depot.deposit(lastOf: &buffers, count: Self.exchangeCount)
+        }
         if buffers.capacity == 0 { buffers.reserveCapacity(Self.maximumCount) }
         buffers.append(buffer)
     }

@@ -4,11 +4,11 @@ import Synchronization
 /// Gives back what a burst of connections left behind, as the server's sweep does.
 ///
 /// Once a second (a task on Swift's global executor, which keeps nothing in flight on the
-/// port) it frees the pooled contexts that stayed idle since the previous sweep, and when
-/// connections closed in numbers since then (or many contexts were freed) it asks the C
-/// allocator to return free pages to the system (`malloc_trim`): the memory of closed
-/// connections — their objects, their tasks' frames, their contexts — is freed to the
-/// allocator's arenas, which keep it otherwise.
+/// port) it frees the pooled contexts and the depot's byte buffers that stayed idle since the
+/// previous sweep, and when connections closed in numbers since then (or many contexts were
+/// freed) it asks the C allocator to return free pages to the system (`malloc_trim`): the
+/// memory of closed connections — their objects, their tasks' frames, their contexts — is
+/// freed to the allocator's arenas, which keep it otherwise.
 ///
 /// Thread-safety: ``connectionOpened()`` and ``connectionClosed()`` from any thread; the sweep
 /// itself runs on its own task.
@@ -18,14 +18,16 @@ final class IdleMemorySweep: Sendable {
     /// The most connections open since the last time memory was returned.
     private let highMark = Atomic<Int>(0)
     private let pools: [ContextPool]
+    private let depot: ByteBufferDepot
     private let task = LockedValue<Task<Void, Never>?>(nil)
 
     /// Closed connections (or freed contexts) since the last return that make the next sweep
     /// return memory to the system.
     static let returnThreshold = 256
 
-    init(pools: [ContextPool]) {
+    init(pools: [ContextPool], depot: ByteBufferDepot) {
         self.pools = pools
+        self.depot = depot
     }
 
     /// Starts sweeping once a second until ``stop()``.
@@ -59,6 +61,7 @@ final class IdleMemorySweep: Sendable {
     func sweep() {
         var freed = 0
         for pool in pools { freed += pool.trimIdle() }
+        freed += depot.trimIdle()
         let open = openConnections.load(ordering: .relaxed)
         let closed = highMark.load(ordering: .relaxed) - open
         guard closed >= IdleMemorySweep.returnThreshold || freed >= IdleMemorySweep.returnThreshold else { return }
