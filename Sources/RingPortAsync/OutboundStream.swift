@@ -1,4 +1,3 @@
-import DequeModule
 import Glibc
 import RingPort
 import Synchronization
@@ -11,9 +10,10 @@ import struct NIOCore.ByteBuffer
 /// ## Sends
 /// A write queues its buffer and, when no send is in flight, posts one at once: from the
 /// buffer's own storage (no copy), or for several queued buffers one gathered `sendmsg` of up
-/// to ``CompletionPort/gatheringCapacity(of:)`` of them. The queue holds each buffer (and so
-/// its storage) until the kernel sent its last byte; then it goes to the worker's
-/// ``ByteBufferCache``.
+/// to ``CompletionPort/gatheringCapacity(of:)`` of them. The queue (a ``SendQueue``: the first
+/// buffer inline, so that a connection writing one at a time allocates no queue storage) holds
+/// each buffer (and so its storage) until the kernel sent its last byte; then it goes to the
+/// worker's ``ByteBufferCache``.
 ///
 /// ## Backpressure
 /// A write returns as soon as its buffer is queued, unless `watermarks.high` bytes are queued
@@ -48,7 +48,7 @@ final class OutboundStream: @unchecked Sendable {
     @exclusivity(unchecked) private var lockedState = State()
 
     private struct State: ~Copyable {
-        var queue = Deque<ByteBuffer>()
+        var queue = SendQueue()
         var queuedBytes = 0
         /// How many buffers at the queue's front the send in flight covers (0: none in flight).
         var sending = 0

@@ -1,0 +1,59 @@
+import DequeModule
+
+import struct NIOCore.ByteBuffer
+
+/// The byte buffers an ``OutboundStream`` has queued and not sent yet, in order.
+///
+/// The first buffer is stored inline and the rest in a deque that is allocated only when a
+/// second buffer is queued: a connection that writes one buffer at a time (an echo, a
+/// request-response protocol) never allocates one, and an idle connection holds none.
+///
+/// A random-access collection of its buffers (index 0 is the oldest), so that a gathered send
+/// can read the first few without copying them out.
+struct SendQueue: RandomAccessCollection {
+    private var head: ByteBuffer?
+    private var tail = Deque<ByteBuffer>()
+
+    var startIndex: Int { 0 }
+    var endIndex: Int { head == nil ? 0 : 1 + tail.count }
+    var isEmpty: Bool { head == nil }
+
+    subscript(position: Int) -> ByteBuffer {
+        // Borrowed, not copied: reading a queued buffer's bytes costs no retain.
+        _read {
+            if position == 0, let head {
+                yield head
+            } else {
+                yield tail[position - 1]
+            }
+        }
+    }
+
+    /// Queues `buffer` last.
+    mutating func append(_ buffer: ByteBuffer) {
+        if head == nil {
+            head = buffer
+        } else {
+            tail.append(buffer)
+        }
+    }
+
+    /// Queues `buffer` first (the unsent rest of a partly sent buffer).
+    mutating func prepend(_ buffer: ByteBuffer) {
+        if let previous = head.take() { tail.prepend(previous) }
+        head = buffer
+    }
+
+    /// Removes and returns the oldest buffer.
+    mutating func popFirst() -> ByteBuffer? {
+        guard let first = head.take() else { return nil }
+        head = tail.popFirst()
+        return first
+    }
+
+    /// Drops every buffer, and the deque's storage.
+    mutating func removeAll() {
+        head = nil
+        tail = Deque()
+    }
+}
