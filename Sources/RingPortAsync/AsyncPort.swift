@@ -171,12 +171,29 @@ public final class AsyncPort: Sendable {
     /// The workers' handler: hands `completion` to the stream or slot waiting for it (which
     /// resumes the waiting task), then runs the jobs that resumption put on this thread.
     private static func handle(_ completion: Completion, executor: PortTaskExecutor, depot: ByteBufferDepot) {
-        let local = executor.attachCurrentThread()
+        // The thread's run list, borrowed from its slot (no retain per completion).
+        guard let local = executor.attachCurrentThread() else {
+            dispatch(completion, executor: executor, local: nil, depot: depot)
+            return
+        }
+        local._withUnsafeGuaranteedRef { local in
+            dispatch(completion, executor: executor, local: local, depot: depot)
+            executor.runLocalJobs(local)
+        }
+    }
+
+    /// Hands `completion` to its stream or slot (see ``handle(_:executor:depot:)``).
+    @inline(__always)
+    private static func dispatch(
+        _ completion: Completion, executor: PortTaskExecutor, local: WorkerJobs?, depot: ByteBufferDepot
+    ) {
         if completion.operation == .user && completion.userValue == PortTaskExecutor.wakeUpValue {
             executor.runSharedJobs()
-        } else if let context = completion.context, let attachment = context.attachment,
-            let target = CompletionTarget(rawValue: context.userValue)
+        } else if let attachment = completion.context?.attachment,
+            let target = CompletionTarget(rawValue: completion.context?.userValue ?? 0)
         {
+            // Read through the completion, which holds the context for this call: binding the
+            // context to a name of its own would cost a retain and a release per completion.
             switch target {
             case .inbound:
                 let stream = unsafeDowncast(attachment, to: InboundStream.self)
@@ -191,7 +208,6 @@ public final class AsyncPort: Sendable {
             // Not one of the layer's operations (nobody waits for it): do not leak what it carries.
             completion.discardCarriedResources()
         }
-        if let local { executor.runLocalJobs(local) }
     }
 
     /// Calls `body` with the worker thread's buffer cache (or, on a thread without one, a

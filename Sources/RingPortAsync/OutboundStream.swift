@@ -348,38 +348,43 @@ final class OutboundStream: @unchecked Sendable {
     /// Posts the send the state prepared: a single one with ``context``, a gathered one with a
     /// context taken from ``gatherContexts`` until its completion.
     private func post(_ post: Post) {
-        let sendContext: IOContext
         switch post {
-        case .one:
-            sendContext = context
-        case .gathered:
-            sendContext = gatherContexts.take()
+        case .one(let bytes):
+            // ``context`` is used through `self` (no reference of its own to count).
+            context.attachment = self
+            do throws(RingPortError) {
+                try port.write(handle, from: bytes, context: context)
+            } catch {
+                context.attachment = nil
+                failToPost(error)
+            }
+        case .gathered(let count):
+            let sendContext = gatherContexts.take()
             sendContext.userValue = AsyncPort.CompletionTarget.outbound.rawValue
-        }
-        sendContext.attachment = self
-        do throws(RingPortError) {
-            switch post {
-            case .one(let bytes):
-                try port.write(handle, from: bytes, context: sendContext)
-            case .gathered(let count):
+            sendContext.attachment = self
+            do throws(RingPortError) {
                 try withState { state throws(RingPortError) in
                     try port.write(
                         handle, gathering: state.queue.prefix(count).lazy.map { $0.withUnsafeReadableBytes { $0 } },
                         context: sendContext)
                 }
+            } catch {
+                sendContext.attachment = nil
+                gatherContexts.recycle(sendContext)
+                failToPost(error)
             }
-        } catch {
-            // Not posted: the context is the stream's again.
-            sendContext.attachment = nil
-            if sendContext !== context { gatherContexts.recycle(sendContext) }
-            let closed = error.code == .handleClosed || error.code == .portClosed
-            var action = Action()
-            withState { state in
-                fail(
-                    &state, closed ? RingPortError(.handleClosed, operation: "write on a closed connection") : error,
-                    &action)
-            }
-            perform(&action)
         }
+    }
+
+    /// A send could not be posted (its context is free again): fails the stream.
+    private func failToPost(_ error: RingPortError) {
+        let closed = error.code == .handleClosed || error.code == .portClosed
+        var action = Action()
+        withState { state in
+            fail(
+                &state, closed ? RingPortError(.handleClosed, operation: "write on a closed connection") : error,
+                &action)
+        }
+        perform(&action)
     }
 }

@@ -52,9 +52,14 @@ public final class PortTaskExecutor: TaskExecutor, Sendable {
     /// runs on that thread right after the handler; elsewhere it goes to the shared queue.
     public func enqueue(_ job: consuming ExecutorJob) {
         let job = UnownedJob(job)
-        if let local = WorkerJobs.current, local.executor == ObjectIdentifier(self) {
-            local.jobs.append(job)
-            return
+        if let local = WorkerJobs.current {
+            // The thread's slot holds its instance for the thread's life: borrowed, not retained.
+            let queuedHere = local._withUnsafeGuaranteedRef { local in
+                guard local.executor == ObjectIdentifier(self) else { return false }
+                local.jobs.append(job)
+                return true
+            }
+            if queuedHere { return }
         }
         enqueueShared(CollectionOfOne(job))
     }
@@ -97,10 +102,11 @@ public final class PortTaskExecutor: TaskExecutor, Sendable {
     // MARK: Worker side
 
     /// Marks the calling worker thread as this executor's (so that jobs resumed from its
-    /// handler stay on it) and returns its run list.
-    func attachCurrentThread() -> WorkerJobs? {
+    /// handler stay on it) and returns its run list, unretained: the thread's slot holds it
+    /// until the thread exits.
+    func attachCurrentThread() -> Unmanaged<WorkerJobs>? {
         let local = WorkerJobs.forCurrentThread()
-        local?.executor = ObjectIdentifier(self)
+        local?._withUnsafeGuaranteedRef { $0.executor = ObjectIdentifier(self) }
         return local
     }
 
@@ -177,20 +183,21 @@ final class WorkerJobs {
         return result == 0 ? key : nil
     }()
 
-    /// The calling thread's instance, if it has one.
-    static var current: WorkerJobs? {
+    /// The calling thread's instance, if it has one (held by the thread's slot: valid on this
+    /// thread until it exits).
+    static var current: Unmanaged<WorkerJobs>? {
         guard let key, let pointer = pthread_getspecific(key) else { return nil }
-        return Unmanaged<WorkerJobs>.fromOpaque(pointer).takeUnretainedValue()
+        return Unmanaged<WorkerJobs>.fromOpaque(pointer)
     }
 
     /// The calling thread's instance, created on first use (retained by the slot), or nil
     /// without a thread-specific slot.
-    static func forCurrentThread() -> WorkerJobs? {
+    static func forCurrentThread() -> Unmanaged<WorkerJobs>? {
         if let current { return current }
         guard let key else { return nil }
-        let jobs = WorkerJobs()
-        guard pthread_setspecific(key, Unmanaged.passRetained(jobs).toOpaque()) == 0 else {
-            Unmanaged.passUnretained(jobs).release()
+        let jobs = Unmanaged.passRetained(WorkerJobs())
+        guard pthread_setspecific(key, jobs.toOpaque()) == 0 else {
+            jobs.release()
             return nil
         }
         return jobs

@@ -13,16 +13,18 @@ import struct NIOCore.ByteBuffer
 struct SendQueue: RandomAccessCollection {
     private var head: ByteBuffer?
     private var tail = Deque<ByteBuffer>()
+    /// Kept apart, so that counting does not touch (and copy) the head buffer.
+    private(set) var count = 0
 
     var startIndex: Int { 0 }
-    var endIndex: Int { head == nil ? 0 : 1 + tail.count }
-    var isEmpty: Bool { head == nil }
+    var endIndex: Int { count }
+    var isEmpty: Bool { count == 0 }
 
     subscript(position: Int) -> ByteBuffer {
         // Borrowed, not copied: reading a queued buffer's bytes costs no retain.
         _read {
-            if position == 0, let head {
-                yield head
+            if position == 0 {
+                yield head!
             } else {
                 yield tail[position - 1]
             }
@@ -31,7 +33,8 @@ struct SendQueue: RandomAccessCollection {
 
     /// Queues `buffer` last.
     mutating func append(_ buffer: ByteBuffer) {
-        if head == nil {
+        count += 1
+        if count == 1 {
             head = buffer
         } else {
             tail.append(buffer)
@@ -40,6 +43,7 @@ struct SendQueue: RandomAccessCollection {
 
     /// Queues `buffer` first (the unsent rest of a partly sent buffer).
     mutating func prepend(_ buffer: ByteBuffer) {
+        count += 1
         if let previous = head.take() { tail.prepend(previous) }
         head = buffer
     }
@@ -47,7 +51,8 @@ struct SendQueue: RandomAccessCollection {
     /// Removes and returns the oldest buffer.
     mutating func popFirst() -> ByteBuffer? {
         guard let first = head.take() else { return nil }
-        head = tail.popFirst()
+        count -= 1
+        if count > 0 { head = tail.popFirst() }
         return first
     }
 
@@ -55,5 +60,6 @@ struct SendQueue: RandomAccessCollection {
     mutating func removeAll() {
         head = nil
         tail = Deque()
+        count = 0
     }
 }

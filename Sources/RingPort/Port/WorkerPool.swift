@@ -123,20 +123,30 @@ public final class WorkerPool: Sendable {
     private func run() {
         let worker = port.makeWorker(stopSignal: stopSignal)
         defer { worker.detach() }
-        var batch: [Completion] = []
+        // The handler is taken out of the enum once: matching it per completion would copy the
+        // closure (a retain and a release per completion).
+        switch handler {
+        case .single(let handle):
+            repeatUntilStopped { () throws(RingPortError) in
+                if let completion = try worker.dequeue(timeout: nil) { handle(completion) }
+            }
+        case .batch(let maximumCount, let handle):
+            var batch: [Completion] = []
+            repeatUntilStopped { () throws(RingPortError) in
+                if try worker.dequeue(into: &batch, maximumCount: maximumCount) > 0 {
+                    handle(&batch)
+                    batch.removeAll(keepingCapacity: true)
+                }
+            }
+        }
+    }
+
+    /// Runs `step` until the pool stops or the port closes; logs other errors and goes on.
+    @inline(__always)
+    private func repeatUntilStopped(_ step: () throws(RingPortError) -> Void) {
         while !stopSignal.isRequested {
             do {
-                switch handler {
-                case .single(let handle):
-                    if let completion = try worker.dequeue(timeout: nil) {
-                        handle(completion)
-                    }
-                case .batch(let maximumCount, let handle):
-                    if try worker.dequeue(into: &batch, maximumCount: maximumCount) > 0 {
-                        handle(&batch)
-                        batch.removeAll(keepingCapacity: true)
-                    }
-                }
+                try step()
             } catch {
                 if error.code == .portClosed { return }
                 logger.error("worker: \(error)")
