@@ -38,21 +38,11 @@ extension RingPortNIOTests {
         /// An accepted channel sees registered → active → read… → readComplete → inactive →
         /// unregistered, in that order, and its close future completes.
         @Test func eventsArriveInOrder() throws {
-            try withGroupLeavingNoDescriptors { group in
-                let recorder = RecordingHandler()
-                let server = try RingPortServerBootstrap(group: group)
-                    .childChannelInitializer { channel in
-                        channel.eventLoop.makeCompletedFuture {
-                            try channel.pipeline.syncOperations.addHandler(recorder)
-                        }
-                    }
-                    .bind(host: "127.0.0.1", port: 0).wait()
-                defer { try? server.close().wait() }
-                let client = try BlockingClient(
-                    connectingTo: SocketAddress(host: "127.0.0.1", port: UInt16(server.localAddress!.port!)))
-                try client.send(Array("hello".utf8))
+            try withRecordingServer { fixture in
+                let recorder = fixture.recorder
+                try fixture.client.send(Array("hello".utf8))
                 #expect(eventually { recorder.received.withLock { $0.count } == 5 })
-                client.close()
+                fixture.closeClient()
                 #expect(eventually { recorder.events.withLock { $0.last } == "unregistered" })
                 let events = recorder.events.withLock { $0 }
                 #expect(Array(events.prefix(3)) == ["registered", "active", "read"])
@@ -88,69 +78,39 @@ extension RingPortNIOTests {
         /// A peer that does not read: the server's writes pile up, writability turns off above
         /// the high watermark; closing then fails the writes still queued, and nothing leaks.
         @Test func aPeerThatDoesNotReadTurnsWritabilityOffAndCloseFailsQueuedWrites() throws {
-            let descriptorsBefore = DescriptorSnapshot()
-            let group = try makeGroup()
-            let accepted = LockedBox<Channel?>(nil)
-            let recorder = RecordingHandler()
-            let server = try RingPortServerBootstrap(group: group)
-                .childChannelOption(.writeBufferWaterMark, value: .init(low: 32 * 1024, high: 64 * 1024))
-                .childChannelInitializer { channel in
-                    accepted.withLock { $0 = channel }
-                    return channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandler(recorder)
-                    }
+            try withRecordingServer(configure: {
+                $0.childChannelOption(.writeBufferWaterMark, value: .init(low: 32 * 1024, high: 64 * 1024))
+            }) { fixture in
+                let recorder = fixture.recorder
+                let channel = try fixture.acceptedChannel()
+                // 16 MiB, far more than the socket buffers hold.
+                let chunk = ByteBuffer(repeating: 7, count: 64 * 1024)
+                let writes = try channel.eventLoop.submit { () -> [EventLoopFuture<Void>] in
+                    let futures = (0..<256).map { _ in channel.write(chunk) }
+                    channel.flush()
+                    return futures
+                }.wait()
+                #expect(eventually { recorder.events.withLock { $0.contains("notWritable") } })
+                #expect(!channel.isWritable)
+                try channel.close().wait()
+                var failed = 0
+                for write in writes {
+                    do { try write.wait() } catch { failed += 1 }
                 }
-                .bind(host: "127.0.0.1", port: 0).wait()
-            let client = try BlockingClient(
-                connectingTo: SocketAddress(host: "127.0.0.1", port: UInt16(server.localAddress!.port!)))
-            #expect(eventually { accepted.withLock { $0?.isActive } == true })
-            let channel = try #require(accepted.withLock { $0 })
-            // 16 MiB, far more than the socket buffers hold.
-            let chunk = ByteBuffer(repeating: 7, count: 64 * 1024)
-            let writes = try channel.eventLoop.submit { () -> [EventLoopFuture<Void>] in
-                let futures = (0..<256).map { _ in channel.write(chunk) }
-                channel.flush()
-                return futures
-            }.wait()
-            #expect(eventually { recorder.events.withLock { $0.contains("notWritable") } })
-            #expect(!channel.isWritable)
-            try channel.close().wait()
-            var failed = 0
-            for write in writes {
-                do { try write.wait() } catch { failed += 1 }
+                #expect(failed > 0)
             }
-            #expect(failed > 0)
-            client.close()
-            try server.close().wait()
-            try group.syncShutdownGracefully()
-            #expect(
-                eventually { descriptorsBefore.allClosedAgain }, "still open: \(descriptorsBefore.openedSince)")
         }
 
         /// With `autoRead` off nothing is received until the handler asks for a read, and then
         /// one arrival is.
         @Test func withoutAutoReadNothingIsReceivedUntilARead() throws {
-            try withGroupLeavingNoDescriptors { group in
-                let accepted = LockedBox<Channel?>(nil)
-                let recorder = RecordingHandler()
-                let server = try RingPortServerBootstrap(group: group)
-                    .childChannelOption(.autoRead, value: false)
-                    .childChannelInitializer { channel in
-                        accepted.withLock { $0 = channel }
-                        return channel.eventLoop.makeCompletedFuture {
-                            try channel.pipeline.syncOperations.addHandler(recorder)
-                        }
-                    }
-                    .bind(host: "127.0.0.1", port: 0).wait()
-                defer { try? server.close().wait() }
-                let client = try BlockingClient(
-                    connectingTo: SocketAddress(host: "127.0.0.1", port: UInt16(server.localAddress!.port!)))
-                defer { client.close() }
-                try client.send(Array("first".utf8))
-                #expect(eventually { accepted.withLock { $0?.isActive } == true })
+            try withRecordingServer(configure: { $0.childChannelOption(.autoRead, value: false) }) { fixture in
+                let recorder = fixture.recorder
+                try fixture.client.send(Array("first".utf8))
+                let channel = try fixture.acceptedChannel()
                 usleep(100_000)
                 #expect(recorder.received.withLock { $0.isEmpty })
-                accepted.withLock { $0 }?.read()
+                channel.read()
                 #expect(eventually { recorder.received.withLock { $0 } == Array("first".utf8) })
             }
         }
@@ -206,24 +166,11 @@ extension RingPortNIOTests {
         /// `close(mode: .input)`: `inputClosed` fires, nothing more is read, and the channel stays
         /// open for writing (the shut-down input's end of stream does not close it).
         @Test func closingTheInputKeepsTheChannelWritable() throws {
-            try withGroupLeavingNoDescriptors { group in
-                let recorder = RecordingHandler()
-                let accepted = LockedBox<Channel?>(nil)
-                let server = try RingPortServerBootstrap(group: group)
-                    .childChannelInitializer { channel in
-                        accepted.withLock { $0 = channel }
-                        return channel.eventLoop.makeCompletedFuture {
-                            try channel.pipeline.syncOperations.addHandler(recorder)
-                        }
-                    }
-                    .bind(host: "127.0.0.1", port: 0).wait()
-                defer { try? server.close().wait() }
-                let client = try BlockingClient(
-                    connectingTo: SocketAddress(host: "127.0.0.1", port: UInt16(server.localAddress!.port!)))
-                defer { client.close() }
+            try withRecordingServer { fixture in
+                let (recorder, client) = (fixture.recorder, fixture.client)
                 try client.send(Array("first".utf8))
                 #expect(eventually { recorder.received.withLock { $0 } == Array("first".utf8) })
-                let channel = try #require(accepted.withLock { $0 })
+                let channel = try fixture.acceptedChannel()
                 try channel.close(mode: .input).wait()
                 #expect(recorder.events.withLock { $0.contains("inputClosed") })
                 try? client.send(Array("ignored".utf8))
@@ -238,26 +185,13 @@ extension RingPortNIOTests {
         /// With `allowRemoteHalfClosure`, the peer's FIN arrives as `inputClosed` and the channel
         /// can still answer; the peer reads the answer and then EOF after `close(mode: .output)`.
         @Test func halfClosure() throws {
-            try withGroupLeavingNoDescriptors { group in
-                let recorder = RecordingHandler()
-                let accepted = LockedBox<Channel?>(nil)
-                let server = try RingPortServerBootstrap(group: group)
-                    .childChannelOption(.allowRemoteHalfClosure, value: true)
-                    .childChannelInitializer { channel in
-                        accepted.withLock { $0 = channel }
-                        return channel.eventLoop.makeCompletedFuture {
-                            try channel.pipeline.syncOperations.addHandler(recorder)
-                        }
-                    }
-                    .bind(host: "127.0.0.1", port: 0).wait()
-                defer { try? server.close().wait() }
-                let client = try BlockingClient(
-                    connectingTo: SocketAddress(host: "127.0.0.1", port: UInt16(server.localAddress!.port!)))
-                defer { client.close() }
+            try withRecordingServer(configure: { $0.childChannelOption(.allowRemoteHalfClosure, value: true) }) {
+                fixture in
+                let (recorder, client) = (fixture.recorder, fixture.client)
                 try client.send(Array("question".utf8))
                 shutdown(client.descriptor, Int32(SHUT_WR))
                 #expect(eventually { recorder.events.withLock { $0.contains("inputClosed") } })
-                let channel = try #require(accepted.withLock { $0 })
+                let channel = try fixture.acceptedChannel()
                 #expect(channel.isActive)
                 try channel.writeAndFlush(ByteBuffer(string: "answer")).wait()
                 try channel.close(mode: .output).wait()

@@ -181,8 +181,8 @@ func expectEchoedByteExact(
     for (client, _, _) in clients { try client.close().wait() }
 }
 
-/// Runs `body` with a new group (``makeGroup()``), shuts the group down, and expects every
-/// descriptor opened meanwhile to be closed again.
+/// Runs `body` with a new group (``makeGroup()``), shuts the group down, and expects no
+/// operation left in flight and every descriptor opened meanwhile closed again.
 func withGroupLeavingNoDescriptors(
     sourceLocation: SourceLocation = #_sourceLocation, _ body: (RingPortEventLoopGroup) throws -> Void
 ) throws {
@@ -195,7 +195,73 @@ func withGroupLeavingNoDescriptors(
         throw error
     }
     try group.syncShutdownGracefully()
+    #expect(group.port.statistics.operationsInFlight == 0, sourceLocation: sourceLocation)
     #expect(
         eventually { descriptorsBefore.allClosedAgain }, "still open: \(descriptorsBefore.openedSince)",
         sourceLocation: sourceLocation)
+}
+
+/// A server whose accepted channel gets a ``RecordingHandler``, and a blocking client connected
+/// to it: what most channel tests start from.
+final class RecordingServer: @unchecked Sendable {
+    // @unchecked: `clientClosed` is touched only by the test's own thread.
+    let recorder = RecordingHandler()
+    /// The accepted channel, once the server accepted the client.
+    let accepted = LockedBox<Channel?>(nil)
+    let client: BlockingClient
+    let server: Channel
+    private var clientClosed = false
+
+    init(
+        group: RingPortEventLoopGroup, configure: (RingPortServerBootstrap) -> RingPortServerBootstrap
+    ) throws {
+        let recorder = recorder
+        let accepted = accepted
+        server = try configure(RingPortServerBootstrap(group: group))
+            .childChannelInitializer { channel in
+                accepted.withLock { $0 = channel }
+                return channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(recorder)
+                }
+            }
+            .bind(host: "127.0.0.1", port: 0).wait()
+        do {
+            client = try BlockingClient(
+                connectingTo: SocketAddress(host: "127.0.0.1", port: UInt16(server.localAddress!.port!)))
+        } catch {
+            try? server.close().wait()
+            throw error
+        }
+    }
+
+    /// The accepted channel, waiting until it is active.
+    func acceptedChannel(sourceLocation: SourceLocation = #_sourceLocation) throws -> Channel {
+        #expect(eventually { accepted.withLock { $0?.isActive } == true }, sourceLocation: sourceLocation)
+        return try #require(accepted.withLock { $0 }, sourceLocation: sourceLocation)
+    }
+
+    /// Closes the client's socket (once).
+    func closeClient() {
+        guard !clientClosed else { return }
+        clientClosed = true
+        client.close()
+    }
+}
+
+/// Runs `body` with a ``RecordingServer`` on a new group (the bootstrap set up by `configure`),
+/// then closes client, server and group, and expects every descriptor opened meanwhile to be
+/// closed again (``withGroupLeavingNoDescriptors(sourceLocation:_:)``).
+func withRecordingServer(
+    sourceLocation: SourceLocation = #_sourceLocation,
+    configure: (RingPortServerBootstrap) -> RingPortServerBootstrap = { $0 },
+    _ body: (RecordingServer) throws -> Void
+) throws {
+    try withGroupLeavingNoDescriptors(sourceLocation: sourceLocation) { group in
+        let fixture = try RecordingServer(group: group, configure: configure)
+        defer {
+            fixture.closeClient()
+            try? fixture.server.close().wait()
+        }
+        try body(fixture)
+    }
 }
