@@ -30,9 +30,9 @@ import struct NIOCore.ByteBuffer
 /// the port while a receive is armed and carries this stream as its attachment until the
 /// receive's last completion (which cuts that link).
 @usableFromInline
-final class InboundStream: @unchecked Sendable {
-    // @unchecked: `lockedState` is touched only inside `withState` (under `mutex`); the rest is
-    // immutable, or atomic.
+final class InboundStream: MutexGuardedObject, @unchecked Sendable {
+    // @unchecked: `lockedState` is touched only inside `withState` (under the object's mutex,
+    // ``MutexGuardedObject``); the rest is immutable, or atomic.
     let context: IOContext
     /// Where ``context`` goes back when the stream goes (nothing can post with it then).
     private let contextPool: ContextPool
@@ -40,8 +40,6 @@ final class InboundStream: @unchecked Sendable {
     private let port: CompletionPort
     private let usesProvidedBuffers: Bool
     let watermarks: Watermarks
-    /// Guards `lockedState`: a pthread mutex, which ThreadSanitizer understands (`PThreadMutex`).
-    private let mutex = PThreadMutex()
     @exclusivity(unchecked) private var lockedState = State()
     /// Whether a buffer is waiting or the stream has ended, published after every change under
     /// the mutex: ``next()`` looks here first and takes the mutex twice only when the answer may
@@ -178,7 +176,7 @@ final class InboundStream: @unchecked Sendable {
     private func withState<Result, Failure: Error>(
         _ body: (inout State) throws(Failure) -> Result
     ) throws(Failure) -> Result {
-        try mutex.withLock { () throws(Failure) -> Result in try body(&lockedState) }
+        try withMutex { () throws(Failure) -> Result in try body(&lockedState) }
     }
 
     // MARK: Worker side

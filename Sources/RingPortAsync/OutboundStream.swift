@@ -31,9 +31,9 @@ import struct NIOCore.ByteBuffer
 /// one mutex. ``context`` (no buffer: a single send goes from the byte buffer) belongs to the port
 /// while a send is in flight and carries this stream as its attachment until the completion.
 @usableFromInline
-final class OutboundStream: @unchecked Sendable {
-    // @unchecked: `lockedState` is touched only inside `withState` (under `mutex`); the rest is
-    // immutable, or atomic.
+final class OutboundStream: MutexGuardedObject, @unchecked Sendable {
+    // @unchecked: `lockedState` is touched only inside `withState` (under the object's mutex,
+    // ``MutexGuardedObject``); the rest is immutable, or atomic.
     let context: IOContext
     /// Where ``context`` goes back when the stream goes (nothing can post with it then).
     private let contextPool: ContextPool
@@ -43,8 +43,6 @@ final class OutboundStream: @unchecked Sendable {
     private let handle: IOHandle
     private let port: CompletionPort
     let watermarks: Watermarks
-    /// Guards `lockedState`: a pthread mutex, which ThreadSanitizer understands (`PThreadMutex`).
-    private let mutex = PThreadMutex()
     @exclusivity(unchecked) private var lockedState = State()
 
     private struct State: ~Copyable {
@@ -255,7 +253,7 @@ final class OutboundStream: @unchecked Sendable {
     private func withState<Result, Failure: Error>(
         _ body: (inout State) throws(Failure) -> Result
     ) throws(Failure) -> Result {
-        try mutex.withLock { () throws(Failure) -> Result in try body(&lockedState) }
+        try withMutex { () throws(Failure) -> Result in try body(&lockedState) }
     }
 
     // MARK: Worker side

@@ -18,13 +18,7 @@ package struct PThreadMutex: ~Copyable, @unchecked Sendable {
 
     package init() {
         mutex = .allocate(capacity: 1)
-        var attributes = pthread_mutexattr_t()
-        pthread_mutexattr_init(&attributes)
-        #if DEBUG
-        pthread_mutexattr_settype(&attributes, Int32(PTHREAD_MUTEX_ERRORCHECK))
-        #endif
-        precondition(pthread_mutex_init(mutex, &attributes) == 0, "pthread_mutex_init failed")
-        pthread_mutexattr_destroy(&attributes)
+        Self.initialize(at: mutex)
     }
 
     deinit {
@@ -34,13 +28,38 @@ package struct PThreadMutex: ~Copyable, @unchecked Sendable {
 
     @inline(__always)
     package func lock() {
-        let result = pthread_mutex_lock(mutex)
-        assert(result == 0, "pthread_mutex_lock: \(result)")
+        Self.lock(at: mutex)
     }
 
     @inline(__always)
     package func unlock() {
-        let result = pthread_mutex_unlock(mutex)
+        Self.unlock(at: mutex)
+    }
+
+    /// Initialises a pthread mutex in memory its owner provides (say, inside an object, which
+    /// saves the allocation and the pointer of an instance): error-checking in debug builds,
+    /// the default kind otherwise. The owner destroys it (`pthread_mutex_destroy`).
+    package static func initialize(at address: UnsafeMutablePointer<pthread_mutex_t>) {
+        var attributes = pthread_mutexattr_t()
+        pthread_mutexattr_init(&attributes)
+        #if DEBUG
+        pthread_mutexattr_settype(&attributes, Int32(PTHREAD_MUTEX_ERRORCHECK))
+        #endif
+        precondition(pthread_mutex_init(address, &attributes) == 0, "pthread_mutex_init failed")
+        pthread_mutexattr_destroy(&attributes)
+    }
+
+    /// Locks the mutex at `address` (see ``initialize(at:)``).
+    @inline(__always)
+    package static func lock(at address: UnsafeMutablePointer<pthread_mutex_t>) {
+        let result = pthread_mutex_lock(address)
+        assert(result == 0, "pthread_mutex_lock: \(result)")
+    }
+
+    /// Unlocks the mutex at `address`.
+    @inline(__always)
+    package static func unlock(at address: UnsafeMutablePointer<pthread_mutex_t>) {
+        let result = pthread_mutex_unlock(address)
         assert(result == 0, "pthread_mutex_unlock: \(result)")
     }
 
