@@ -203,8 +203,8 @@ func withGroupLeavingNoDescriptors(
 
 /// A server whose accepted channel gets a ``RecordingHandler``, and a blocking client connected
 /// to it: what most channel tests start from.
-final class RecordingServer: @unchecked Sendable {
-    // @unchecked: `clientClosed` is touched only by the test's own thread.
+/// Used by the test's own thread only.
+final class RecordingServer {
     let recorder = RecordingHandler()
     /// The accepted channel, once the server accepted the client.
     let accepted = LockedBox<Channel?>(nil)
