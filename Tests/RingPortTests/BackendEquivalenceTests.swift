@@ -81,6 +81,34 @@ extension RingPortTests {
             }
         }
 
+        /// A handle tracks every operation in flight on it, however many: of five receives
+        /// waiting on one socket, one completes with the peer's byte, and closing the handle
+        /// completes the other four as cancelled; none is left in flight.
+        @Test(arguments: backends)
+        func closingAHandleCompletesEveryOneOfManyWaitingReceives(backend: CompletionPort.Backend) throws {
+            try withConnection(on: backend) { port, worker, client, handle in
+                let receives = (0..<5).map { _ in IOContext(capacity: 16) }
+                for receive in receives { try port.read(handle, into: receive) }
+                #expect(try worker.dequeue(timeout: .milliseconds(20)) == nil)
+                var byte: UInt8 = 42
+                #expect(send(client, &byte, 1, 0) == 1)
+                let first = try #require(try worker.dequeue(timeout: .seconds(5)))
+                #expect(first.result == 1 && !first.isCancelled)
+                port.close(handle)
+                var cancelled: [ObjectIdentifier] = []
+                for _ in 0..<4 {
+                    let completion = try #require(try worker.dequeue(timeout: .seconds(5)))
+                    #expect(completion.isCancelled)
+                    cancelled.append(ObjectIdentifier(try #require(completion.context)))
+                }
+                let all = Set(receives.map(ObjectIdentifier.init))
+                let firstContext = ObjectIdentifier(try #require(first.context))
+                #expect(Set(cancelled + [firstContext]) == all)
+                #expect(receives.allSatisfy { !$0.isInFlight })
+                #expect(port.statistics.operationsInFlight == 0)
+            }
+        }
+
         /// Sends past what the socket buffers hold wait until the peer reads, then complete in
         /// order, every byte delivered once.
         @Test(arguments: backends)

@@ -337,10 +337,7 @@ final class Ring: @unchecked Sendable {
             contextReference._withUnsafeGuaranteedRef { context in
                 context.operation = operation
                 context.userData = userData.rawValue
-                handleReference?._withUnsafeGuaranteedRef { handle in
-                    context.indexInHandle = handle.inflightContexts.count
-                    handle.inflightContexts.append(contextReference)
-                }
+                handleReference?._withUnsafeGuaranteedRef { $0.inflightContexts.append(contextReference) }
             }
         }
         counters.submittedOperations &+= 1
@@ -651,7 +648,7 @@ final class Ring: @unchecked Sendable {
         if isFinal, let context = record.context {
             context._withUnsafeGuaranteedRef { context in
                 if let handle = record.handle {
-                    handle._withUnsafeGuaranteedRef { removeInflight(context, from: $0) }
+                    handle._withUnsafeGuaranteedRef { $0.inflightContexts.remove(context) }
                 }
                 context.endKernelFlight()
             }
@@ -717,16 +714,6 @@ final class Ring: @unchecked Sendable {
         guard bufferRing.outstanding == 0 else { return nil }
         defer { selfWhileBuffersAreHeld = nil }
         return selfWhileBuffersAreHeld
-    }
-
-    private func removeInflight(_ context: IOContext, from handle: IOHandle) {
-        let position = context.indexInHandle
-        let last = handle.inflightContexts.removeLast()
-        if last.toOpaque() != Unmanaged.passUnretained(context).toOpaque() {
-            handle.inflightContexts[position] = last
-            last._withUnsafeGuaranteedRef { $0.indexInHandle = position }
-        }
-        context.indexInHandle = -1
     }
 
     // MARK: Dispatching
@@ -800,8 +787,8 @@ final class Ring: @unchecked Sendable {
     /// Cancels every operation in flight on `handle`; returns how many there were.
     @discardableResult
     func cancelOperationsLocked(of handle: IOHandle) throws(RingPortError) -> Int {
-        for context in handle.inflightContexts {
-            try cancelLocked(userData: context._withUnsafeGuaranteedRef { $0.userData })
+        try handle.inflightContexts.forEach { context throws(RingPortError) in
+            try cancelLocked(userData: context.userData)
         }
         return handle.inflightContexts.count
     }

@@ -41,6 +41,9 @@ public final class IOHandle: @unchecked Sendable {
 
     /// The file descriptor. Valid until the handle is closed; never use it to key state.
     public let descriptor: Int32
+    /// Set by ``CompletionPort/close(_:)`` (declared here, next to the descriptor, where it
+    /// fits in the same word).
+    private let closed = Atomic<Bool>(false)
     /// The peer's address, when the association was given one (e.g. from an accept).
     public let peerAddress: SocketAddress?
     /// The handle's identity.
@@ -60,23 +63,19 @@ public final class IOHandle: @unchecked Sendable {
     }
     @exclusivity(unchecked) private var unretainedOwnerStorage: Unmanaged<AnyObject>?
 
-    private let closed = Atomic<Bool>(false)
-
     // Guarded by the owning ring's lock.
     /// The worker handling a completion of this handle, if any.
     @exclusivity(unchecked) var handlingWorker: ObjectIdentifier?
     /// Completions reaped while another thread handled this handle, in completion order.
     @exclusivity(unchecked) var deferredCompletions = Deque<Completion>()
-    /// Contexts whose operations the kernel owns (unretained: each one's in-flight record
-    /// holds it).
-    @exclusivity(unchecked) var inflightContexts = ContiguousArray<Unmanaged<IOContext>>()
+    /// Contexts whose operations the kernel owns.
+    @exclusivity(unchecked) var inflightContexts = InflightContexts()
 
     init(descriptor: Int32, peerAddress: SocketAddress?, userState: (any Sendable)?, id: ID) {
         self.descriptor = descriptor
         self.peerAddress = peerAddress
         self.userState = userState
         self.id = id
-        inflightContexts.reserveCapacity(2)
     }
 
     /// Whether ``CompletionPort/close(_:)`` was called. Operations posted afterwards fail
