@@ -76,6 +76,9 @@ public final class AsyncPort: Sendable {
     let logger: Logger
     /// Whether connections receive into the port's provided buffers (multishot receives).
     let usesProvidedBuffers: Bool
+    /// Every connection's receive and send watermarks (kept here, not in each connection).
+    let inboundWatermarks: Watermarks
+    let outboundWatermarks: Watermarks
     /// The contexts of the connections' receives: without a buffer when they receive into
     /// provided buffers, with one of ``Configuration/receiveBufferSize`` bytes otherwise.
     let receiveContexts: ContextPool
@@ -105,6 +108,8 @@ public final class AsyncPort: Sendable {
                 .invalidArgument, operation: "AsyncPort buffer sizes and watermarks must be at least 1 byte")
         }
         self.configuration = configuration
+        inboundWatermarks = Watermarks(high: configuration.inboundHighWatermark)
+        outboundWatermarks = Watermarks(high: configuration.outboundHighWatermark)
         logger = configuration.logger
         let port = try CompletionPort(configuration: configuration.port)
         let executor = PortTaskExecutor(port: port)

@@ -34,12 +34,13 @@ final class InboundStream: MutexGuardedObject, @unchecked Sendable {
     // @unchecked: `lockedState` is touched only inside `withState` (under the object's mutex,
     // ``MutexGuardedObject``); the rest is immutable, or atomic.
     let context: IOContext
-    /// Where ``context`` goes back when the stream goes (nothing can post with it then).
-    private let contextPool: ContextPool
-    private let handle: IOHandle
-    private let port: CompletionPort
-    private let usesProvidedBuffers: Bool
-    let watermarks: Watermarks
+    let handle: IOHandle
+    /// The port, its pools and its settings (one reference for all of them, for the stream's
+    /// size: ``context`` goes back to `asyncPort.receiveContexts` when the stream goes).
+    let asyncPort: AsyncPort
+    var watermarks: Watermarks {
+        asyncPort.inboundWatermarks
+    }
     @exclusivity(unchecked) private var lockedState = State()
     /// Whether a buffer is waiting or the stream has ended, published after every change under
     /// the mutex: ``next()`` looks here first and takes the mutex twice only when the answer may
@@ -68,8 +69,9 @@ final class InboundStream: MutexGuardedObject, @unchecked Sendable {
     enum End: Sendable {
         /// The peer closed its side (a receive of 0 bytes).
         case finished
-        /// The receive failed, or the connection was closed.
-        case failed(RingPortError)
+        /// The receive failed, or the connection was closed. Boxed: inline, the error (about
+        /// 100 bytes) would make every connection's stream that much larger.
+        indirect case failed(RingPortError)
     }
 
     /// What to do after a transition, outside the mutex.
@@ -80,22 +82,17 @@ final class InboundStream: MutexGuardedObject, @unchecked Sendable {
         var resume: (UnsafeContinuation<ByteBuffer?, any Error>, Result<ByteBuffer?, any Error>)?
     }
 
-    init(
-        handle: IOHandle, context: IOContext, contextPool: ContextPool, port: CompletionPort, usesProvidedBuffers: Bool,
-        highWatermark: Int
-    ) {
+    /// A stream for `handle`'s receives, with a context of `asyncPort.receiveContexts`.
+    init(handle: IOHandle, on asyncPort: AsyncPort) {
         self.handle = handle
-        self.context = context
-        self.contextPool = contextPool
-        self.port = port
-        self.usesProvidedBuffers = usesProvidedBuffers
-        watermarks = Watermarks(high: highWatermark)
+        self.asyncPort = asyncPort
+        context = asyncPort.receiveContexts.take()
         context.userValue = AsyncPort.CompletionTarget.inbound.rawValue
     }
 
     deinit {
         // A receive in flight holds the stream (the context's attachment), so none is.
-        if !context.isInFlight { contextPool.recycle(context) }
+        if !context.isInFlight { asyncPort.receiveContexts.recycle(context) }
     }
 
     /// Bytes received and not yet taken by the consumer.
@@ -240,7 +237,7 @@ final class InboundStream: MutexGuardedObject, @unchecked Sendable {
                     action.post = watermarks.high - state.bufferedBytes
                 }
             case .armed:
-                if state.bufferedBytes >= watermarks.high && usesProvidedBuffers {
+                if state.bufferedBytes >= watermarks.high && asyncPort.usesProvidedBuffers {
                     state.receive = .stopping
                     action.cancel = true
                 }
@@ -262,7 +259,7 @@ final class InboundStream: MutexGuardedObject, @unchecked Sendable {
         if action.cancel {
             // An error means the ring takes no submissions any more; the port then cancels the
             // receive itself when it closes.
-            _ = try? port.cancel(context)
+            _ = try? asyncPort.port.cancel(context)
         }
         if let room = action.post { post(room: room) }
     }
@@ -273,10 +270,10 @@ final class InboundStream: MutexGuardedObject, @unchecked Sendable {
     private func post(room: Int) {
         context.attachment = self
         do throws(RingPortError) {
-            if usesProvidedBuffers {
-                try port.receiveMultishot(handle, context: context, limit: room)
+            if asyncPort.usesProvidedBuffers {
+                try asyncPort.port.receiveMultishot(handle, context: context, limit: room)
             } else {
-                try port.read(handle, into: context)
+                try asyncPort.port.read(handle, into: context)
             }
         } catch {
             context.attachment = nil

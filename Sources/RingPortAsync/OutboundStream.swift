@@ -35,14 +35,18 @@ final class OutboundStream: MutexGuardedObject, @unchecked Sendable {
     // @unchecked: `lockedState` is touched only inside `withState` (under the object's mutex,
     // ``MutexGuardedObject``); the rest is immutable, or atomic.
     let context: IOContext
-    /// Where ``context`` goes back when the stream goes (nothing can post with it then).
-    private let contextPool: ContextPool
-    /// Where a gathered send takes its context from (its buffer holds the I/O vector) for the
-    /// time of the send, so that an idle connection holds none.
-    private let gatherContexts: ContextPool
-    private let handle: IOHandle
+    let handle: IOHandle
+    /// The port and its pools (one reference for all of them, for the stream's size):
+    /// ``context`` goes back to `asyncPort.bareContexts` when the stream goes; a gathered send
+    /// takes its context (whose buffer holds the I/O vector) from `asyncPort.gatherContexts`
+    /// for the time of the send, so that an idle connection holds none.
+    let asyncPort: AsyncPort
+    /// `asyncPort.port`, kept here too: a send posted through `asyncPort` costs a retain and a
+    /// release of the port per message, one through the stream's own property none.
     private let port: CompletionPort
-    let watermarks: Watermarks
+    var watermarks: Watermarks {
+        asyncPort.outboundWatermarks
+    }
     @exclusivity(unchecked) private var lockedState = State()
 
     private struct State: ~Copyable {
@@ -52,7 +56,21 @@ final class OutboundStream: MutexGuardedObject, @unchecked Sendable {
         var sending = 0
         var waiter: Waiter?
         var finish = Finish.open
-        var error: RingPortError?
+        /// The error that failed the stream.
+        var error: RingPortError? {
+            get {
+                guard case .error(let error) = boxedError else { return nil }
+                return error
+            }
+            set { boxedError = newValue.map(BoxedError.error) }
+        }
+        private var boxedError: BoxedError?
+    }
+
+    /// An error behind a pointer: inline, the error (about 100 bytes) would make every
+    /// connection's stream that much larger, for what most connections never have.
+    private indirect enum BoxedError {
+        case error(RingPortError)
     }
 
     private enum Waiter {
@@ -89,22 +107,18 @@ final class OutboundStream: MutexGuardedObject, @unchecked Sendable {
         case gathered(count: Int)
     }
 
-    init(
-        handle: IOHandle, context: IOContext, contextPool: ContextPool, gatherContexts: ContextPool,
-        port: CompletionPort, highWatermark: Int
-    ) {
+    /// A stream for `handle`'s sends, with a context of `asyncPort.bareContexts`.
+    init(handle: IOHandle, on asyncPort: AsyncPort) {
         self.handle = handle
-        self.context = context
-        self.contextPool = contextPool
-        self.gatherContexts = gatherContexts
-        self.port = port
-        watermarks = Watermarks(high: highWatermark)
+        self.asyncPort = asyncPort
+        port = asyncPort.port
+        context = asyncPort.bareContexts.take()
         context.userValue = AsyncPort.CompletionTarget.outbound.rawValue
     }
 
     deinit {
         // A send in flight holds the stream (the context's attachment), so none is.
-        if !context.isInFlight { contextPool.recycle(context) }
+        if !context.isInFlight { asyncPort.bareContexts.recycle(context) }
     }
 
     /// Bytes written and not yet sent.
@@ -263,7 +277,7 @@ final class OutboundStream: MutexGuardedObject, @unchecked Sendable {
         if let sendContext = completion.context, sendContext !== context {
             // A gathered send's context goes back to its pool.
             sendContext.attachment = nil
-            gatherContexts.recycle(sendContext)
+            asyncPort.gatherContexts.recycle(sendContext)
         } else {
             context.attachment = nil
         }
@@ -357,7 +371,7 @@ final class OutboundStream: MutexGuardedObject, @unchecked Sendable {
                 failToPost(error)
             }
         case .gathered(let count):
-            let sendContext = gatherContexts.take()
+            let sendContext = asyncPort.gatherContexts.take()
             sendContext.userValue = AsyncPort.CompletionTarget.outbound.rawValue
             sendContext.attachment = self
             do throws(RingPortError) {
@@ -368,7 +382,7 @@ final class OutboundStream: MutexGuardedObject, @unchecked Sendable {
                 }
             } catch {
                 sendContext.attachment = nil
-                gatherContexts.recycle(sendContext)
+                asyncPort.gatherContexts.recycle(sendContext)
                 failToPost(error)
             }
         }

@@ -52,33 +52,33 @@ import struct NIOCore.ByteBuffer
 /// closes it too. Prefer ``executeThenClose(_:)``, which closes when its body returns.
 public final class TCPConnection: Sendable {
     /// The peer's address, when known.
-    public let peerAddress: SocketAddress?
+    public var peerAddress: SocketAddress? {
+        handle.peerAddress
+    }
     /// The port the connection lives on.
-    public let asyncPort: AsyncPort
-    let handle: IOHandle
+    public var asyncPort: AsyncPort {
+        inboundStream.asyncPort
+    }
+    var handle: IOHandle {
+        inboundStream.handle
+    }
+    // The connection stores only its two streams (its handle and port are the inbound
+    // stream's): every idle connection holds one of these objects.
     @usableFromInline let inboundStream: InboundStream
     @usableFromInline let outboundStream: OutboundStream
 
     /// Wraps a connected socket (the connection owns it from now on, also when this throws:
     /// then it is closed).
     init(descriptor: Int32, peerAddress: SocketAddress?, on asyncPort: AsyncPort) throws(RingPortError) {
+        let handle: IOHandle
         do {
             handle = try asyncPort.port.associate(descriptor: descriptor, peerAddress: peerAddress)
         } catch {
             SystemCall.close(descriptor)
             throw error
         }
-        self.peerAddress = peerAddress
-        self.asyncPort = asyncPort
-        let configuration = asyncPort.configuration
-        inboundStream = InboundStream(
-            handle: handle, context: asyncPort.receiveContexts.take(), contextPool: asyncPort.receiveContexts,
-            port: asyncPort.port, usesProvidedBuffers: asyncPort.usesProvidedBuffers,
-            highWatermark: configuration.inboundHighWatermark)
-        outboundStream = OutboundStream(
-            handle: handle, context: asyncPort.bareContexts.take(), contextPool: asyncPort.bareContexts,
-            gatherContexts: asyncPort.gatherContexts, port: asyncPort.port,
-            highWatermark: configuration.outboundHighWatermark)
+        inboundStream = InboundStream(handle: handle, on: asyncPort)
+        outboundStream = OutboundStream(handle: handle, on: asyncPort)
         asyncPort.memorySweep.connectionOpened()
     }
 

@@ -35,6 +35,7 @@ extension RingPortAsyncTests {
                         }
                         let connection = try await TCPConnection.connect(to: address, on: io)
                         defer { connection.close() }
+                        #expect(connection.peerAddress == address)
                         let expected = stream
                         async let written: Void = {
                             for message in messages { try await connection.write(message) }
@@ -81,6 +82,8 @@ extension RingPortAsyncTests {
             let address = listener.localAddress
             let client = try await onThread { try BlockingClient(connectingTo: address) }
             let connection = try #require(try await listener.accept())
+            #expect(connection.peerAddress == (try TCPSocket.localAddress(of: client.descriptor)))
+            #expect(connection.asyncPort === io)
             try client.send(Array("goodbye".utf8))
             client.close()
 
