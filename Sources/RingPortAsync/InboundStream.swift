@@ -51,10 +51,11 @@ final class InboundStream: MutexGuardedObject, @unchecked Sendable {
     private struct State: ~Copyable {
         var buffered = Deque<ByteBuffer>()
         var bufferedBytes = 0
-        var receive = Receive.idle
         /// Why no more bytes will come, once that is known (the buffered ones still will).
         var end: End?
         var waiter: UnsafeContinuation<ByteBuffer?, any Error>?
+        /// Last, with ``mayHaveResult`` after it: the two single bytes share a word.
+        var receive = Receive.idle
     }
 
     private enum Receive {

@@ -27,6 +27,10 @@ extension RingPortTests {
             #expect(completion.error == nil)
             #expect(completion.handle === handle)
             #expect(completion.handle?.userState as? String == "per-handle state")
+            handle.userState = 42
+            #expect(handle.userState as? Int == 42)
+            handle.userState = nil
+            #expect(handle.userState == nil)
             #expect(completion.context === context)
             #expect(context.userValue == 0xC0FFEE)
             #expect(!context.isInFlight)

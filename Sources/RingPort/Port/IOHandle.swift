@@ -49,7 +49,22 @@ public final class IOHandle: @unchecked Sendable {
     /// The handle's identity.
     public let id: ID
     /// The application's per-handle state. See the thread-safety rules above.
-    @exclusivity(unchecked) public var userState: (any Sendable)?
+    ///
+    /// Stored boxed (one pointer; setting a value allocates its box): inline, the existential
+    /// would add 24 bytes to every handle, also to the many that never carry one (the
+    /// package's own servers keep their state elsewhere).
+    public var userState: (any Sendable)? {
+        get {
+            guard case .value(let value) = userStateBox else { return nil }
+            return value
+        }
+        set { userStateBox = newValue.map(UserStateBox.value) }
+    }
+    @exclusivity(unchecked) private var userStateBox: UserStateBox?
+
+    private indirect enum UserStateBox {
+        case value(any Sendable)
+    }
 
     /// The object that handles this handle's completions, unretained, for the package's own
     /// layers (`TCPServer`'s connection): reached without the dynamic cast and the reference
@@ -74,7 +89,7 @@ public final class IOHandle: @unchecked Sendable {
     init(descriptor: Int32, peerAddress: SocketAddress?, userState: (any Sendable)?, id: ID) {
         self.descriptor = descriptor
         self.peerAddress = peerAddress
-        self.userState = userState
+        userStateBox = userState.map(UserStateBox.value)
         self.id = id
     }
 
