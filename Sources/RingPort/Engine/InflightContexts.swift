@@ -44,17 +44,17 @@ struct InflightContexts {
         } else {
             overflow.append(context)
         }
-        context._withUnsafeGuaranteedRef { $0.indexInHandle = position }
+        context._withUnsafeGuaranteedRef { $0.indexInHandle = Int32(position) }
     }
 
     /// Removes `context` (which is in the set): the last one takes its position.
     mutating func remove(_ context: IOContext) {
-        let position = context.indexInHandle
+        let position = Int(context.indexInHandle)
         let lastPosition = count - 1
         let last = self[lastPosition]
         if position != lastPosition {
             self[position] = last
-            last._withUnsafeGuaranteedRef { $0.indexInHandle = position }
+            last._withUnsafeGuaranteedRef { $0.indexInHandle = Int32(position) }
         }
         switch lastPosition {
         case 0: first = nil

@@ -32,11 +32,27 @@ public final class IOContext: @unchecked Sendable {
     // cost 12–14% of the server's CPU per message (measured with -enforce-exclusivity=unchecked
     // against the default build; docs/ARCHITECTURE.md).
 
+    // The stored properties are declared in an order that packs the small ones two to a word
+    // (capacity and state, operation and indexInHandle): a context is 88 bytes, and every
+    // connection holds one or two.
+
     /// The buffer's size in bytes.
-    public let capacity: Int
+    public var capacity: Int { Int(storedCapacity) }
+    /// One operation moves at most `UInt32.max` bytes (an SQE's length), so no buffer is larger.
+    private let storedCapacity: UInt32
+
+    /// Who owns the context: ``applicationOwned``, ``completedOwned`` (reaped, waiting to be
+    /// dequeued), or `kernelOwnedBase + ring` (the kernel holds it on that ring).
+    private let state = Atomic<UInt32>(IOContext.applicationOwned)
+    static let applicationOwned: UInt32 = 0
+    static let completedOwned: UInt32 = 1
+    static let kernelOwnedBase: UInt32 = 2
 
     /// The tag of the operation last posted with this context.
     @exclusivity(unchecked) public internal(set) var operation: IOOperation = .nop
+    /// The context's position in its handle's ``InflightContexts`` while the kernel owns it
+    /// (guarded by the owning ring's lock), else -1.
+    @exclusivity(unchecked) var indexInHandle: Int32 = -1
 
     /// A value of the application's choosing, carried unchanged through the operation.
     @exclusivity(unchecked) public var userValue: UInt64 = 0
@@ -65,23 +81,16 @@ public final class IOContext: @unchecked Sendable {
     /// datagrams never pay for a message header.
     @exclusivity(unchecked) private var scratchStorage: UnsafeMutablePointer<Scratch>?
 
-    /// Who owns the context: ``applicationOwned``, ``completedOwned`` (reaped, waiting to be
-    /// dequeued), or `kernelOwnedBase + ring` (the kernel holds it on that ring).
-    private let state = Atomic<Int>(IOContext.applicationOwned)
-    static let applicationOwned = 0
-    static let completedOwned = 1
-    static let kernelOwnedBase = 2
-
     // In-flight bookkeeping, guarded by the owning ring's lock while the kernel owns the context.
     @exclusivity(unchecked) var userData: UInt64 = 0
-    @exclusivity(unchecked) var indexInHandle: Int = -1
 
     /// Creates a context with a buffer of `capacity` bytes.
     ///
     /// Prefer ``ContextPool/take()`` in servers: it reuses contexts.
     public init(capacity: Int) {
         precondition(capacity >= 0, "capacity must not be negative")
-        self.capacity = capacity
+        precondition(capacity <= UInt32.max, "capacity must not exceed UInt32.max (one operation's limit)")
+        storedCapacity = UInt32(capacity)
         if capacity > 0 {
             bytes = .allocate(byteCount: capacity, alignment: 64)
         } else {
@@ -183,7 +192,7 @@ public final class IOContext: @unchecked Sendable {
     /// already owned it.
     func beginFlight(onRing ring: Int) -> Bool {
         state.compareExchange(
-            expected: IOContext.applicationOwned, desired: IOContext.kernelOwnedBase + ring,
+            expected: IOContext.applicationOwned, desired: IOContext.kernelOwnedBase + UInt32(ring),
             ordering: .acquiringAndReleasing
         ).exchanged
     }
@@ -191,7 +200,7 @@ public final class IOContext: @unchecked Sendable {
     /// The ring whose io_uring instance owns the context, or nil when the kernel does not own it.
     var kernelRing: Int? {
         let value = state.load(ordering: .acquiring)
-        return value >= IOContext.kernelOwnedBase ? value - IOContext.kernelOwnedBase : nil
+        return value >= IOContext.kernelOwnedBase ? Int(value - IOContext.kernelOwnedBase) : nil
     }
 
     /// The kernel is done with the context; it waits in the port's ready queue.
