@@ -28,18 +28,17 @@ import struct NIOCore.ByteBuffer
 /// ## Threads and ownership
 /// ``write(_:)`` and ``finish()`` are called by writing tasks (one waits at a time),
 /// ``complete(_:buffers:)`` by the worker that dequeued a send completion; the state is behind
-/// one mutex. ``context`` (no buffer: a single send goes from the byte buffer) belongs to the port
-/// while a send is in flight and carries this stream as its attachment until the completion.
+/// one mutex. Each send takes a context from the port's pools for its time in flight (a bare one
+/// for a single buffer, which is sent from its own storage; one with a buffer for a gathered
+/// send's I/O vector), which carries this stream as its attachment until the completion: an
+/// idle connection holds no send context.
 @usableFromInline
 final class OutboundStream: MutexGuardedObject, @unchecked Sendable {
     // @unchecked: `lockedState` is touched only inside `withState` (under the object's mutex,
     // ``MutexGuardedObject``); the rest is immutable, or atomic.
-    let context: IOContext
     let handle: IOHandle
-    /// The port and its pools (one reference for all of them, for the stream's size):
-    /// ``context`` goes back to `asyncPort.bareContexts` when the stream goes; a gathered send
-    /// takes its context (whose buffer holds the I/O vector) from `asyncPort.gatherContexts`
-    /// for the time of the send, so that an idle connection holds none.
+    /// The port, its context pools and settings (one reference for all of them, for the
+    /// stream's size).
     let asyncPort: AsyncPort
     /// `asyncPort.port`, kept here too: a send posted through `asyncPort` costs a retain and a
     /// release of the port per message, one through the stream's own property none.
@@ -110,18 +109,11 @@ final class OutboundStream: MutexGuardedObject, @unchecked Sendable {
         case gathered(count: Int)
     }
 
-    /// A stream for `handle`'s sends, with a context of `asyncPort.bareContexts`.
+    /// A stream for `handle`'s sends.
     init(handle: IOHandle, on asyncPort: AsyncPort) {
         self.handle = handle
         self.asyncPort = asyncPort
         port = asyncPort.port
-        context = asyncPort.bareContexts.take()
-        context.userValue = AsyncPort.CompletionTarget.outbound.rawValue
-    }
-
-    deinit {
-        // A send in flight holds the stream (the context's attachment), so none is.
-        if !context.isInFlight { asyncPort.bareContexts.recycle(context) }
     }
 
     /// Bytes written and not yet sent.
@@ -277,12 +269,10 @@ final class OutboundStream: MutexGuardedObject, @unchecked Sendable {
 
     /// A send completion was dequeued (a worker thread, with its buffer cache).
     func complete(_ completion: Completion, buffers: inout ByteBufferCache) {
-        if let sendContext = completion.context, sendContext !== context {
-            // A gathered send's context goes back to its pool.
+        // The send's context goes back to its pool (a gathered send's has a buffer).
+        if let sendContext = completion.context {
             sendContext.attachment = nil
-            asyncPort.gatherContexts.recycle(sendContext)
-        } else {
-            context.attachment = nil
+            (sendContext.capacity == 0 ? asyncPort.bareContexts : asyncPort.gatherContexts).recycle(sendContext)
         }
         var action = Action()
         withState { state in
@@ -360,17 +350,20 @@ final class OutboundStream: MutexGuardedObject, @unchecked Sendable {
         if let (continuation, result) = action.resume { continuation.resume(with: result) }
     }
 
-    /// Posts the send the state prepared: a single one with ``context``, a gathered one with a
-    /// context taken from ``gatherContexts`` until its completion.
+    /// Posts the send the state prepared, with a context taken from the port's pools until its
+    /// completion: `asyncPort.bareContexts` for a single buffer, `asyncPort.gatherContexts` for
+    /// a gathered send.
     private func post(_ post: Post) {
         switch post {
         case .one(let bytes):
-            // ``context`` is used through `self` (no reference of its own to count).
-            context.attachment = self
+            let sendContext = asyncPort.bareContexts.take()
+            sendContext.userValue = AsyncPort.CompletionTarget.outbound.rawValue
+            sendContext.attachment = self
             do throws(RingPortError) {
-                try port.write(handle, from: bytes, context: context)
+                try port.write(handle, from: bytes, context: sendContext)
             } catch {
-                context.attachment = nil
+                sendContext.attachment = nil
+                asyncPort.bareContexts.recycle(sendContext)
                 failToPost(error)
             }
         case .gathered(let count):
