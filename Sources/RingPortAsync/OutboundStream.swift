@@ -43,6 +43,8 @@ final class OutboundStream: MutexGuardedObject, @unchecked Sendable {
     /// `asyncPort.port`, kept here too: a send posted through `asyncPort` costs a retain and a
     /// release of the port per message, one through the stream's own property none.
     private let port: CompletionPort
+    /// `asyncPort.bareContexts`, likewise kept here: a single send takes its context from it.
+    private let bareContexts: ContextPool
     var watermarks: Watermarks {
         asyncPort.outboundWatermarks
     }
@@ -114,6 +116,7 @@ final class OutboundStream: MutexGuardedObject, @unchecked Sendable {
         self.handle = handle
         self.asyncPort = asyncPort
         port = asyncPort.port
+        bareContexts = asyncPort.bareContexts
     }
 
     /// Bytes written and not yet sent.
@@ -272,7 +275,11 @@ final class OutboundStream: MutexGuardedObject, @unchecked Sendable {
         // The send's context goes back to its pool (a gathered send's has a buffer).
         if let sendContext = completion.context {
             sendContext.attachment = nil
-            (sendContext.capacity == 0 ? asyncPort.bareContexts : asyncPort.gatherContexts).recycle(sendContext)
+            if sendContext.capacity == 0 {
+                bareContexts.recycle(sendContext)
+            } else {
+                asyncPort.gatherContexts.recycle(sendContext)
+            }
         }
         var action = Action()
         withState { state in
@@ -356,14 +363,14 @@ final class OutboundStream: MutexGuardedObject, @unchecked Sendable {
     private func post(_ post: Post) {
         switch post {
         case .one(let bytes):
-            let sendContext = asyncPort.bareContexts.take()
+            let sendContext = bareContexts.take()
             sendContext.userValue = AsyncPort.CompletionTarget.outbound.rawValue
             sendContext.attachment = self
             do throws(RingPortError) {
                 try port.write(handle, from: bytes, context: sendContext)
             } catch {
                 sendContext.attachment = nil
-                asyncPort.bareContexts.recycle(sendContext)
+                bareContexts.recycle(sendContext)
                 failToPost(error)
             }
         case .gathered(let count):
