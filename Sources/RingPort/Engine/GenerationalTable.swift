@@ -9,8 +9,9 @@
 /// Thread-safety: none; the owner (a ``Ring``) guards it with its lock.
 struct GenerationalTable<Element> {
     private struct Entry {
-        var generation: UInt32
+        // The element first: a small generation then fits in what would be its tail padding.
         var element: Element?
+        var generation: UInt32
     }
 
     private var entries: [Entry] = []
@@ -34,7 +35,7 @@ struct GenerationalTable<Element> {
             return (slot, entries[Int(slot)].generation)
         }
         precondition(entries.count <= Int(Self.maximumSlot), "generational table is full")
-        entries.append(Entry(generation: 1, element: element))
+        entries.append(Entry(element: element, generation: 1))
         return (UInt32(entries.count - 1), 1)
     }
 

@@ -7,31 +7,81 @@
 /// `takeRetainedValue` when the last CQE is reaped): the record is a plain value, and moving
 /// it through the in-flight table costs no reference counting.
 struct OperationRecord {
-    var operation: IOOperation
+    // Declared largest first, the flags in one byte: 34 bytes, so that a table entry (the
+    // record and its slot's generation) is 40 bytes. Every connection keeps one or two records
+    // in the table, and the table keeps its capacity.
+
     /// Holds the context alive until the completion (a retained reference).
     var context: Unmanaged<IOContext>?
     /// Holds the handle alive until the completion (a retained reference).
     var handle: Unmanaged<IOHandle>?
+    var userValue: UInt64
     /// For user posts: the result and value to deliver. For zero-copy sends: the result of the
     /// first CQE, delivered with the notification CQE that ends the operation.
     var postedResult: Int32
-    var userValue: UInt64
-    /// A `SEND_ZC`: one completion is delivered, when the kernel no longer needs the buffer.
-    var isZeroCopy = false
-    /// A NOP stands in for the operation (``FaultInjection``); on kernels that cannot inject
-    /// its result, ``postedResult`` is the result to deliver.
-    var isInjected = false
     /// The ring's leadership epoch when it was posted (``RingLeadership/epoch``): requests
     /// posted under an earlier leader thread were submitted by it (see `Ring.migrateLocked()`).
     var epoch: UInt32 = 0
+    var operation: IOOperation
+    private var flags = Flags()
+
+    private struct Flags: OptionSet {
+        var rawValue: UInt8 = 0
+        static let zeroCopy = Flags(rawValue: 1 << 0)
+        static let injected = Flags(rawValue: 1 << 1)
+        static let canMigrate = Flags(rawValue: 1 << 2)
+        static let migrating = Flags(rawValue: 1 << 3)
+        static let cancelRequested = Flags(rawValue: 1 << 4)
+    }
+
+    init(
+        operation: IOOperation, context: Unmanaged<IOContext>?, handle: Unmanaged<IOHandle>?, postedResult: Int32,
+        userValue: UInt64, isZeroCopy: Bool, epoch: UInt32
+    ) {
+        self.operation = operation
+        self.context = context
+        self.handle = handle
+        self.postedResult = postedResult
+        self.userValue = userValue
+        self.epoch = epoch
+        self.isZeroCopy = isZeroCopy
+    }
+
+    /// A `SEND_ZC`: one completion is delivered, when the kernel no longer needs the buffer.
+    var isZeroCopy: Bool {
+        get { flags.contains(.zeroCopy) }
+        set { flags.update(.zeroCopy, to: newValue) }
+    }
+    /// A NOP stands in for the operation (``FaultInjection``); on kernels that cannot inject
+    /// its result, ``postedResult`` is the result to deliver.
+    var isInjected: Bool {
+        get { flags.contains(.injected) }
+        set { flags.update(.injected, to: newValue) }
+    }
     /// The request waits on the network and can be cancelled and submitted again unchanged (a
     /// receive, a send, an accept, an absolute timeout): its SQE is kept for that.
-    var canMigrate = false
+    var canMigrate: Bool {
+        get { flags.contains(.canMigrate) }
+        set { flags.update(.canMigrate, to: newValue) }
+    }
     /// Cancelled to be submitted again by the current leader; its `ECANCELED` is not delivered.
-    var isMigrating = false
+    var isMigrating: Bool {
+        get { flags.contains(.migrating) }
+        set { flags.update(.migrating, to: newValue) }
+    }
     /// The application (or a close) asked for its cancellation: its `ECANCELED` is delivered,
     /// never taken for a migration's.
-    var cancelRequested = false
+    var cancelRequested: Bool {
+        get { flags.contains(.cancelRequested) }
+        set { flags.update(.cancelRequested, to: newValue) }
+    }
+}
+
+extension OptionSet {
+    /// Inserts `member` when `isMember`, removes it otherwise.
+    fileprivate mutating func update(_ member: Element, to isMember: Bool) {
+        if isMember { insert(member) } else { remove(member) }
+    }
 }
 
 /// The 64-bit `user_data` of an SQE: an in-flight table slot and its generation.
