@@ -70,8 +70,8 @@ final class InboundStream: MutexGuardedObject, @unchecked Sendable {
     enum End: Sendable {
         /// The peer closed its side (a receive of 0 bytes).
         case finished
-        /// The receive failed, or the connection was closed. Boxed: inline, the error (about
-        /// 100 bytes) would make every connection's stream that much larger.
+        /// The receive failed, or the connection was closed. Boxed: inline, the error would
+        /// add 40 bytes to every connection's stream (measured: 248 -> 208 bytes).
         indirect case failed(RingPortError)
     }
 
