@@ -54,17 +54,10 @@ public final class IOHandle: @unchecked Sendable {
     /// would add 24 bytes to every handle, also to the many that never carry one (the
     /// package's own servers keep their state elsewhere).
     public var userState: (any Sendable)? {
-        get {
-            guard case .value(let value) = userStateBox else { return nil }
-            return value
-        }
-        set { userStateBox = newValue.map(UserStateBox.value) }
+        get { userStateBox?.value }
+        set { userStateBox = newValue.map(Boxed.value) }
     }
-    @exclusivity(unchecked) private var userStateBox: UserStateBox?
-
-    private indirect enum UserStateBox {
-        case value(any Sendable)
-    }
+    @exclusivity(unchecked) private var userStateBox: Boxed<any Sendable>?
 
     /// The object that handles this handle's completions, unretained, for the package's own
     /// layers (`TCPServer`'s connection): reached without the dynamic cast and the reference
@@ -89,7 +82,7 @@ public final class IOHandle: @unchecked Sendable {
     init(descriptor: Int32, peerAddress: SocketAddress?, userState: (any Sendable)?, id: ID) {
         self.descriptor = descriptor
         self.peerAddress = peerAddress
-        userStateBox = userState.map(UserStateBox.value)
+        userStateBox = userState.map(Boxed.value)
         self.id = id
     }
 
