@@ -167,9 +167,9 @@ public final class AsyncPort: Sendable {
     enum CompletionTarget: UInt64 {
         /// An ``OperationSlot`` (accept, connect).
         case operationSlot = 0x5250_4153_594E_4301
-        /// A connection's ``InboundStream``.
+        /// A connection's receiving side (``ConnectionStreams``).
         case inbound = 0x5250_4153_594E_4302
-        /// A connection's ``OutboundStream``.
+        /// A connection's sending side (``ConnectionStreams``).
         case outbound = 0x5250_4153_594E_4303
     }
 
@@ -201,11 +201,11 @@ public final class AsyncPort: Sendable {
             // context to a name of its own would cost a retain and a release per completion.
             switch target {
             case .inbound:
-                let stream = unsafeDowncast(attachment, to: InboundStream.self)
-                withBufferCache(of: local, depot: depot) { stream.complete(completion, buffers: &$0) }
+                let streams = unsafeDowncast(attachment, to: ConnectionStreams.self)
+                withBufferCache(of: local, depot: depot) { streams.receiveCompleted(completion, buffers: &$0) }
             case .outbound:
-                let stream = unsafeDowncast(attachment, to: OutboundStream.self)
-                withBufferCache(of: local, depot: depot) { stream.complete(completion, buffers: &$0) }
+                let streams = unsafeDowncast(attachment, to: ConnectionStreams.self)
+                withBufferCache(of: local, depot: depot) { streams.sendCompleted(completion, buffers: &$0) }
             case .operationSlot:
                 unsafeDowncast(attachment, to: OperationSlot.self).complete(completion)
             }

@@ -5,100 +5,74 @@ import Synchronization
 
 import struct NIOCore.ByteBuffer
 
-/// The receiving side of a ``TCPConnection``: one receive kept armed while the consumer keeps
-/// up, the byte buffers that arrived and wait for the consumer, and the consumer waiting for
-/// the next one.
+/// The receiving side of a ``TCPConnection`` (the inbound half of ``ConnectionStreams``): one
+/// receive kept armed while the consumer keeps up, the byte buffers that arrived and wait for
+/// the consumer, and the consumer waiting for the next one.
 ///
 /// ## Receives
 /// With provided buffers (``AsyncPort/usesProvidedBuffers``) the receive is one multishot
 /// receive: the kernel picks a buffer of the ring's pool for each arrival, the worker copies the
 /// bytes into a ``ByteBufferCache`` buffer and gives the provided buffer straight back, so an
 /// idle connection holds no receive buffer. Without them (the epoll backend, older kernels) it
-/// is one plain receive into ``context``'s buffer at a time, posted again after each
-/// completion.
+/// is one plain receive into ``ConnectionStreams/receiveContext``'s buffer at a time, posted
+/// again after each completion.
 ///
 /// ## Backpressure
-/// Buffers the consumer has not taken yet count against `watermarks.high`: at that many bytes
-/// the receive is stopped (a multishot one is cancelled; bytes it delivers meanwhile are kept)
-/// and the peer's sends fill the socket buffers. Once the consumer brought the count under
-/// `watermarks.low` the receive is armed again.
+/// Buffers the consumer has not taken yet count against `inboundWatermarks.high`: at that many
+/// bytes the receive is stopped (a multishot one is cancelled; bytes it delivers meanwhile are
+/// kept) and the peer's sends fill the socket buffers. Once the consumer brought the count
+/// under `inboundWatermarks.low` the receive is armed again.
 ///
 /// ## Threads and ownership
-/// ``next()`` is called by the consuming task (one at a time), ``complete(_:buffers:)`` by the
-/// worker that dequeued a receive completion; the state is behind one mutex, and what has to
-/// happen outside it (posting, resuming) is returned as an ``Action``. ``context`` belongs to
-/// the port while a receive is armed and carries this stream as its attachment until the
-/// receive's last completion (which cuts that link).
-@usableFromInline
-final class InboundStream: MutexGuardedObject, @unchecked Sendable {
-    // @unchecked: `lockedState` is touched only inside `withState` (under the object's mutex,
-    // ``MutexGuardedObject``); the rest is immutable, or atomic.
-    let context: IOContext
-    let handle: IOHandle
-    /// The port, its pools and its settings (one reference for all of them, for the stream's
-    /// size: ``context`` goes back to `asyncPort.receiveContexts` when the stream goes).
-    let asyncPort: AsyncPort
-    var watermarks: Watermarks {
-        asyncPort.inboundWatermarks
-    }
-    @exclusivity(unchecked) private var lockedState = State()
-    /// Whether a buffer is waiting or the stream has ended, published after every change under
-    /// the mutex: ``next()`` looks here first and takes the mutex twice only when the answer may
-    /// be there without waiting (a stale false only sends it to the waiting path, which looks
-    /// again under the mutex).
-    private let mayHaveResult = Atomic<Bool>(false)
-
-    private struct State: ~Copyable {
+/// ``ConnectionStreams/next()`` is called by the consuming task (one at a time),
+/// ``ConnectionStreams/receiveCompleted(_:buffers:)`` by the worker that dequeued a receive
+/// completion; the state is behind the object's mutex, and what has to happen outside it
+/// (posting, resuming) is returned as an action. The receive context belongs to the port while
+/// a receive is armed and carries the streams object as its attachment until the receive's last
+/// completion (which cuts that link).
+extension ConnectionStreams {
+    struct InboundState: ~Copyable {
         var buffered = Deque<ByteBuffer>()
         var bufferedBytes = 0
         /// Why no more bytes will come, once that is known (the buffered ones still will).
-        var end: End?
+        var end: InboundEnd?
         var waiter: UnsafeContinuation<ByteBuffer?, any Error>?
-        /// Last, with ``mayHaveResult`` after it: the two single bytes share a word.
+        /// Last: a single byte.
         var receive = Receive.idle
     }
 
-    private enum Receive {
+    enum Receive {
         /// No receive is posted.
         case idle
-        /// A receive is posted (the port owns ``context``).
+        /// A receive is posted (the port owns ``receiveContext``).
         case armed
         /// A multishot receive is posted and its cancellation asked for (backpressure).
         case stopping
     }
 
-    enum End: Sendable {
+    enum InboundEnd: Sendable {
         /// The peer closed its side (a receive of 0 bytes).
         case finished
         /// The receive failed, or the connection was closed. Boxed: inline, the error would
-        /// add 40 bytes to every connection's stream (measured: 248 -> 208 bytes).
+        /// add 40 bytes to every connection (measured: 248 -> 208 bytes of the stream object).
         indirect case failed(RingPortError)
     }
 
+    var inboundWatermarks: Watermarks {
+        asyncPort.inboundWatermarks
+    }
+
     /// What to do after a transition, outside the mutex.
-    private struct Action {
+    private struct InboundAction {
         /// Post the receive, for this many bytes (the room under the high watermark).
         var post: Int?
         var cancel = false
         var resume: (UnsafeContinuation<ByteBuffer?, any Error>, Result<ByteBuffer?, any Error>)?
     }
 
-    /// A stream for `handle`'s receives, with a context of `asyncPort.receiveContexts`.
-    init(handle: IOHandle, on asyncPort: AsyncPort) {
-        self.handle = handle
-        self.asyncPort = asyncPort
-        context = asyncPort.receiveContexts.take()
-        context.userValue = AsyncPort.CompletionTarget.inbound.rawValue
-    }
-
-    deinit {
-        // A receive in flight holds the stream (the context's attachment), so none is.
-        if !context.isInFlight { asyncPort.receiveContexts.recycle(context) }
-    }
-
     /// Bytes received and not yet taken by the consumer.
     var bufferedByteCount: Int {
-        withState { $0.bufferedBytes }
+        withInboundState { $0.bufferedBytes }
     }
 
     // MARK: Consumer
@@ -114,8 +88,8 @@ final class InboundStream: MutexGuardedObject, @unchecked Sendable {
     func next() async throws -> ByteBuffer? {
         // The common cases without suspending: a buffer is waiting, or the stream has ended.
         if mayHaveResult.load(ordering: .acquiring) {
-            var action = Action()
-            let ready: Result<ByteBuffer?, any Error>? = withState { state in
+            var action = InboundAction()
+            let ready: Result<ByteBuffer?, any Error>? = withInboundState { state in
                 if let buffer = takeBuffered(&state, &action) { return .success(buffer) }
                 if let end = state.end { return end.result }
                 return nil
@@ -126,8 +100,8 @@ final class InboundStream: MutexGuardedObject, @unchecked Sendable {
 
         return try await withTaskCancellationHandler {
             try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<ByteBuffer?, any Error>) in
-                var action = Action()
-                let immediate: Result<ByteBuffer?, any Error>? = withState { state in
+                var action = InboundAction()
+                let immediate: Result<ByteBuffer?, any Error>? = withInboundState { state in
                     if let buffer = takeBuffered(&state, &action) { return .success(buffer) }
                     if let end = state.end { return end.result }
                     guard state.waiter == nil else {
@@ -138,7 +112,7 @@ final class InboundStream: MutexGuardedObject, @unchecked Sendable {
                     state.waiter = continuation
                     if case .idle = state.receive {
                         state.receive = .armed
-                        action.post = watermarks.high - state.bufferedBytes
+                        action.post = inboundWatermarks.high - state.bufferedBytes
                     }
                     return nil
                 }
@@ -148,7 +122,7 @@ final class InboundStream: MutexGuardedObject, @unchecked Sendable {
         } onCancel: {
             // Resumes the waiting consumer (one at a time reads, so it is this task's wait);
             // the receive stays armed and what it delivers stays buffered.
-            let waiter = withState { state in
+            let waiter = withInboundState { state in
                 defer { state.waiter = nil }
                 return state.waiter
             }
@@ -158,31 +132,23 @@ final class InboundStream: MutexGuardedObject, @unchecked Sendable {
 
     /// Pops the first buffered buffer, and arms the receive again when that brought the count
     /// under the low watermark.
-    private func takeBuffered(_ state: inout State, _ action: inout Action) -> ByteBuffer? {
+    private func takeBuffered(_ state: inout InboundState, _ action: inout InboundAction) -> ByteBuffer? {
         guard let buffer = state.buffered.popFirst() else { return nil }
         state.bufferedBytes -= buffer.readableBytes
         if state.buffered.isEmpty && state.end == nil { mayHaveResult.store(false, ordering: .releasing) }
-        if case .idle = state.receive, state.end == nil, state.bufferedBytes < watermarks.low {
+        if case .idle = state.receive, state.end == nil, state.bufferedBytes < inboundWatermarks.low {
             state.receive = .armed
-            action.post = watermarks.high - state.bufferedBytes
+            action.post = inboundWatermarks.high - state.bufferedBytes
         }
         return buffer
-    }
-
-    /// Runs `body` with the state, under the mutex.
-    @inline(__always)
-    private func withState<Result, Failure: Error>(
-        _ body: (inout State) throws(Failure) -> Result
-    ) throws(Failure) -> Result {
-        try withMutex { () throws(Failure) -> Result in try body(&lockedState) }
     }
 
     // MARK: Worker side
 
     /// A receive completion was dequeued (a worker thread, with its buffer cache).
-    func complete(_ completion: Completion, buffers: inout ByteBufferCache) {
+    func receiveCompleted(_ completion: Completion, buffers: inout ByteBufferCache) {
         let last = !completion.hasMore
-        if last { context.attachment = nil }
+        if last { receiveContext.attachment = nil }
         var received: ByteBuffer?
         let count = completion.bytesTransferred
         if let provided = completion.receivedBuffer {
@@ -192,12 +158,12 @@ final class InboundStream: MutexGuardedObject, @unchecked Sendable {
             received = buffer
         } else if count > 0 {
             var buffer = buffers.take(capacity: count)
-            _ = context.withUnsafeBytes { buffer.writeBytes(UnsafeRawBufferPointer(rebasing: $0[0..<count])) }
+            _ = receiveContext.withUnsafeBytes { buffer.writeBytes(UnsafeRawBufferPointer(rebasing: $0[0..<count])) }
             received = buffer
         }
 
-        var action = Action()
-        withState { state in
+        var action = InboundAction()
+        withInboundState { state in
             let wasStopping: Bool
             if case .stopping = state.receive { wasStopping = true } else { wasStopping = false }
             if last { state.receive = .idle }
@@ -233,12 +199,12 @@ final class InboundStream: MutexGuardedObject, @unchecked Sendable {
             }
             switch state.receive {
             case .idle:
-                if state.end == nil && state.bufferedBytes < watermarks.high {
+                if state.end == nil && state.bufferedBytes < inboundWatermarks.high {
                     state.receive = .armed
-                    action.post = watermarks.high - state.bufferedBytes
+                    action.post = inboundWatermarks.high - state.bufferedBytes
                 }
             case .armed:
-                if state.bufferedBytes >= watermarks.high && asyncPort.usesProvidedBuffers {
+                if state.bufferedBytes >= inboundWatermarks.high && asyncPort.usesProvidedBuffers {
                     state.receive = .stopping
                     action.cancel = true
                 }
@@ -250,17 +216,17 @@ final class InboundStream: MutexGuardedObject, @unchecked Sendable {
     }
 
     /// Records why the stream ends (the first reason wins).
-    private func end(_ state: inout State, _ end: End) {
+    private func end(_ state: inout InboundState, _ end: InboundEnd) {
         if state.end == nil { state.end = end }
         mayHaveResult.store(true, ordering: .releasing)
     }
 
-    private func perform(_ action: Action) {
+    private func perform(_ action: InboundAction) {
         if let (continuation, result) = action.resume { continuation.resume(with: result) }
         if action.cancel {
             // An error means the ring takes no submissions any more; the port then cancels the
             // receive itself when it closes.
-            _ = try? asyncPort.port.cancel(context)
+            _ = try? asyncPort.port.cancel(receiveContext)
         }
         if let room = action.post { post(room: room) }
     }
@@ -269,19 +235,19 @@ final class InboundStream: MutexGuardedObject, @unchecked Sendable {
     /// bytes that fit under the high watermark where the kernel supports a limit, so that it
     /// ends by itself when the reader stops taking them.
     private func post(room: Int) {
-        context.attachment = self
+        receiveContext.attachment = self
         do throws(RingPortError) {
             if asyncPort.usesProvidedBuffers {
-                try asyncPort.port.receiveMultishot(handle, context: context, limit: room)
+                try asyncPort.port.receiveMultishot(handle, context: receiveContext, limit: room)
             } else {
-                try asyncPort.port.read(handle, into: context)
+                try asyncPort.port.read(handle, into: receiveContext)
             }
         } catch {
-            context.attachment = nil
+            receiveContext.attachment = nil
             let closed = error.code == .handleClosed || error.code == .portClosed
             let reason = closed ? RingPortError(.handleClosed, operation: "read on a closed connection") : error
-            var action = Action()
-            withState { state in
+            var action = InboundAction()
+            withInboundState { state in
                 state.receive = .idle
                 end(&state, .failed(reason))
                 if let waiter = state.waiter, state.buffered.isEmpty {
@@ -294,7 +260,7 @@ final class InboundStream: MutexGuardedObject, @unchecked Sendable {
     }
 }
 
-extension InboundStream.End {
+extension ConnectionStreams.InboundEnd {
     /// What the consumer gets once the buffers are taken: nil for a clean end, the error
     /// otherwise.
     var result: Result<ByteBuffer?, any Error> {

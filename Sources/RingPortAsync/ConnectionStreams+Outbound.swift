@@ -4,8 +4,9 @@ import Synchronization
 
 import struct NIOCore.ByteBuffer
 
-/// The sending side of a ``TCPConnection``: the byte buffers written and not yet sent, the one
-/// send in flight, the writer waiting for room, and the half-close.
+/// The sending side of a ``TCPConnection`` (the outbound half of ``ConnectionStreams``): the
+/// byte buffers written and not yet sent, the one send in flight, the writer waiting for room,
+/// and the half-close.
 ///
 /// ## Sends
 /// A write queues its buffer and, when no send is in flight, posts one at once: from the
@@ -16,49 +17,33 @@ import struct NIOCore.ByteBuffer
 /// worker's ``ByteBufferCache``.
 ///
 /// ## Backpressure
-/// A write returns as soon as its buffer is queued, unless `watermarks.high` bytes are queued
-/// already: then it waits, without queuing, until the sends brought the queue under
-/// `watermarks.low` (a peer that stops reading stops the writer). Cancelled while it waits, it
-/// throws `CancellationError` and has queued nothing.
+/// A write returns as soon as its buffer is queued, unless `outboundWatermarks.high` bytes are
+/// queued already: then it waits, without queuing, until the sends brought the queue under
+/// `outboundWatermarks.low` (a peer that stops reading stops the writer). Cancelled while it
+/// waits, it throws `CancellationError` and has queued nothing.
 ///
 /// ## Errors
-/// A failed send (the peer reset, the connection closed) fails the stream: the queued buffers
-/// are dropped, the waiting writer and every later write throw the error.
+/// A failed send (the peer reset, the connection closed) fails the outbound side: the queued
+/// buffers are dropped, the waiting writer and every later write throw the error.
 ///
 /// ## Threads and ownership
-/// ``write(_:)`` and ``finish()`` are called by writing tasks (one waits at a time),
-/// ``complete(_:buffers:)`` by the worker that dequeued a send completion; the state is behind
-/// one mutex. Each send takes a context from the port's pools for its time in flight (a bare one
-/// for a single buffer, which is sent from its own storage; one with a buffer for a gathered
-/// send's I/O vector), which carries this stream as its attachment until the completion: an
-/// idle connection holds no send context.
-@usableFromInline
-final class OutboundStream: MutexGuardedObject, @unchecked Sendable {
-    // @unchecked: `lockedState` is touched only inside `withState` (under the object's mutex,
-    // ``MutexGuardedObject``); the rest is immutable, or atomic.
-    let handle: IOHandle
-    /// The port, its context pools and settings (one reference for all of them, for the
-    /// stream's size).
-    let asyncPort: AsyncPort
-    /// `asyncPort.port`, kept here too: a send posted through `asyncPort` costs a retain and a
-    /// release of the port per message, one through the stream's own property none.
-    private let port: CompletionPort
-    /// `asyncPort.bareContexts`, likewise kept here: a single send takes its context from it.
-    private let bareContexts: ContextPool
-    var watermarks: Watermarks {
-        asyncPort.outboundWatermarks
-    }
-    @exclusivity(unchecked) private var lockedState = State()
-
-    private struct State: ~Copyable {
+/// ``ConnectionStreams/write(_:)`` and ``ConnectionStreams/finish()`` are called by writing
+/// tasks (one waits at a time), ``ConnectionStreams/sendCompleted(_:buffers:)`` by the worker
+/// that dequeued a send completion; the state is behind the object's mutex. Each send takes a
+/// context from the port's pools for its time in flight (a bare one for a single buffer, which
+/// is sent from its own storage; one with a buffer for a gathered send's I/O vector), which
+/// carries the streams object as its attachment until the completion: an idle connection holds
+/// no send context.
+extension ConnectionStreams {
+    struct OutboundState: ~Copyable {
         var queue = SendQueue()
         var queuedBytes = 0
         /// How many buffers at the queue's front the send in flight covers (0: none in flight).
         var sending = 0
         var waiter: Waiter?
-        /// The error that failed the stream. Boxed: inline, the error would add 40 bytes to
-        /// every connection's stream (measured: 193 -> 153 bytes), for what most connections
-        /// never have.
+        /// The error that failed the outbound side. Boxed: inline, the error would add 40 bytes
+        /// to every connection (measured: 193 -> 153 bytes of the stream object), for what most
+        /// connections never have.
         var error: RingPortError? {
             get { boxedError?.value }
             set { boxedError = newValue.map(Boxed.value) }
@@ -68,7 +53,11 @@ final class OutboundStream: MutexGuardedObject, @unchecked Sendable {
         var finish = Finish.open
     }
 
-    private enum Waiter {
+    var outboundWatermarks: Watermarks {
+        asyncPort.outboundWatermarks
+    }
+
+    enum Waiter {
         /// A write waiting for room, with the buffer it will queue. Boxed (allocated when a
         /// writer has to wait, which backpressure makes rare): inline, the buffer would add
         /// 24 bytes to every connection's stream.
@@ -83,7 +72,7 @@ final class OutboundStream: MutexGuardedObject, @unchecked Sendable {
         }
     }
 
-    private enum Finish {
+    enum Finish {
         case open
         /// The write side shuts down once the queue is sent.
         case requested
@@ -92,34 +81,26 @@ final class OutboundStream: MutexGuardedObject, @unchecked Sendable {
     }
 
     /// What to do after a transition, outside the mutex.
-    private struct Action: ~Copyable {
-        var post: Post?
+    private struct OutboundAction: ~Copyable {
+        var post: OutboundPost?
         var shutdown = false
         var resume: (UnsafeContinuation<Void, any Error>, Result<Void, any Error>)?
     }
 
     /// The memory of the send to post: one buffer, or several gathered.
-    private enum Post {
+    private enum OutboundPost {
         case one(UnsafeRawBufferPointer)
         case gathered(count: Int)
     }
 
-    /// A stream for `handle`'s sends.
-    init(handle: IOHandle, on asyncPort: AsyncPort) {
-        self.handle = handle
-        self.asyncPort = asyncPort
-        port = asyncPort.port
-        bareContexts = asyncPort.bareContexts
-    }
-
     /// Bytes written and not yet sent.
     var queuedByteCount: Int {
-        withState { $0.queuedBytes }
+        withOutboundState { $0.queuedBytes }
     }
 
     // MARK: Writers
 
-    /// Queues `buffer` for sending; waits first while `watermarks.high` bytes are queued.
+    /// Queues `buffer` for sending; waits first while `outboundWatermarks.high` bytes are queued.
     ///
     /// - Throws: the `RingPortError` that failed an earlier send (or `handleClosed`);
     ///   `RingPortError.Code.invalidArgument` after ``finish()``;
@@ -128,10 +109,10 @@ final class OutboundStream: MutexGuardedObject, @unchecked Sendable {
     @usableFromInline
     func write(_ buffer: ByteBuffer) async throws {
         guard buffer.readableBytes > 0 else { return }
-        var action = Action()
-        let queued: Bool = try withState { state throws(RingPortError) in
+        var action = OutboundAction()
+        let queued: Bool = try withOutboundState { state throws(RingPortError) in
             try checkWritable(state)
-            guard state.queuedBytes < watermarks.high else { return false }
+            guard state.queuedBytes < outboundWatermarks.high else { return false }
             enqueue(buffer, &state, &action)
             return true
         }
@@ -141,14 +122,14 @@ final class OutboundStream: MutexGuardedObject, @unchecked Sendable {
         }
         try await withTaskCancellationHandler {
             try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Void, any Error>) in
-                var action = Action()
-                let immediate: Result<Void, any Error>? = withState { state in
+                var action = OutboundAction()
+                let immediate: Result<Void, any Error>? = withOutboundState { state in
                     do throws(RingPortError) {
                         try checkWritable(state)
                     } catch {
                         return .failure(error)
                     }
-                    if state.queuedBytes < watermarks.low {
+                    if state.queuedBytes < outboundWatermarks.low {
                         enqueue(buffer, &state, &action)
                         return .success(())
                     }
@@ -165,7 +146,7 @@ final class OutboundStream: MutexGuardedObject, @unchecked Sendable {
                 perform(&action)
             }
         } onCancel: {
-            cancelWaiter()
+            cancelWriter()
         }
     }
 
@@ -176,8 +157,8 @@ final class OutboundStream: MutexGuardedObject, @unchecked Sendable {
     ///   `CancellationError` when cancelled while waiting (the shutdown still happens once the
     ///   queue is sent).
     func finish() async throws {
-        var action = Action()
-        let done: Result<Void, any Error>? = withState { state in
+        var action = OutboundAction()
+        let done: Result<Void, any Error>? = withOutboundState { state in
             if let error = state.error { return .failure(error) }
             if handle.isClosed {
                 return .failure(RingPortError(.handleClosed, operation: "finish on a closed connection"))
@@ -198,7 +179,7 @@ final class OutboundStream: MutexGuardedObject, @unchecked Sendable {
         if let done { return try done.get() }
         try await withTaskCancellationHandler {
             try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Void, any Error>) in
-                let immediate: Result<Void, any Error>? = withState { state in
+                let immediate: Result<Void, any Error>? = withOutboundState { state in
                     if let error = state.error { return .failure(error) }
                     if case .done = state.finish { return .success(()) }
                     guard state.waiter == nil else {
@@ -213,20 +194,20 @@ final class OutboundStream: MutexGuardedObject, @unchecked Sendable {
                 if let immediate { continuation.resume(with: immediate) }
             }
         } onCancel: {
-            cancelWaiter()
+            cancelWriter()
         }
     }
 
-    private func cancelWaiter() {
+    private func cancelWriter() {
         // One writer waits at a time, so the waiter is the cancelled task's.
-        let waiter = withState { state in
+        let waiter = withOutboundState { state in
             defer { state.waiter = nil }
             return state.waiter
         }
         waiter?.continuation.resume(throwing: CancellationError())
     }
 
-    private func checkWritable(_ state: borrowing State) throws(RingPortError) {
+    private func checkWritable(_ state: borrowing OutboundState) throws(RingPortError) {
         if let error = state.error { throw error }
         if handle.isClosed { throw RingPortError(.handleClosed, operation: "write on a closed connection") }
         if case .open = state.finish { return }
@@ -234,7 +215,7 @@ final class OutboundStream: MutexGuardedObject, @unchecked Sendable {
     }
 
     /// Appends `buffer` to the queue and posts a send if none is in flight.
-    private func enqueue(_ buffer: ByteBuffer, _ state: inout State, _ action: inout Action) {
+    private func enqueue(_ buffer: ByteBuffer, _ state: inout OutboundState, _ action: inout OutboundAction) {
         state.queuedBytes += buffer.readableBytes
         state.queue.append(buffer)
         if state.sending == 0 { prepareSend(&state, &action) }
@@ -243,7 +224,7 @@ final class OutboundStream: MutexGuardedObject, @unchecked Sendable {
     /// Takes up to a gathered send's worth of buffers off the queue's front for the next send.
     /// The buffers stay in the queue, unchanged, until the send completes, which keeps their
     /// memory valid for the kernel.
-    private func prepareSend(_ state: inout State, _ action: inout Action) {
+    private func prepareSend(_ state: inout OutboundState, _ action: inout OutboundAction) {
         let count = min(state.queue.count, AsyncPort.gatheredBuffers)
         state.sending = count
         if count == 1 {
@@ -253,18 +234,10 @@ final class OutboundStream: MutexGuardedObject, @unchecked Sendable {
         }
     }
 
-    /// Runs `body` with the state, under the mutex.
-    @inline(__always)
-    private func withState<Result, Failure: Error>(
-        _ body: (inout State) throws(Failure) -> Result
-    ) throws(Failure) -> Result {
-        try withMutex { () throws(Failure) -> Result in try body(&lockedState) }
-    }
-
     // MARK: Worker side
 
     /// A send completion was dequeued (a worker thread, with its buffer cache).
-    func complete(_ completion: Completion, buffers: inout ByteBufferCache) {
+    func sendCompleted(_ completion: Completion, buffers: inout ByteBufferCache) {
         // The send's context goes back to its pool (a gathered send's has a buffer).
         if let sendContext = completion.context {
             sendContext.attachment = nil
@@ -274,8 +247,8 @@ final class OutboundStream: MutexGuardedObject, @unchecked Sendable {
                 asyncPort.gatherContexts.recycle(sendContext)
             }
         }
-        var action = Action()
-        withState { state in
+        var action = OutboundAction()
+        withOutboundState { state in
             var sent = completion.bytesTransferred
             if let error = completion.error {
                 fail(
@@ -308,7 +281,7 @@ final class OutboundStream: MutexGuardedObject, @unchecked Sendable {
                 }
             }
             state.sending = 0
-            if case .write(let continuation, let buffer) = state.waiter, state.queuedBytes < watermarks.low {
+            if case .write(let continuation, let buffer) = state.waiter, state.queuedBytes < outboundWatermarks.low {
                 state.waiter = nil
                 state.queuedBytes += buffer.readableBytes
                 state.queue.append(buffer)
@@ -329,7 +302,7 @@ final class OutboundStream: MutexGuardedObject, @unchecked Sendable {
     }
 
     /// Fails the stream with `error`: drops the queue and fails the waiting writer.
-    private func fail(_ state: inout State, _ error: RingPortError, _ action: inout Action) {
+    private func fail(_ state: inout OutboundState, _ error: RingPortError, _ action: inout OutboundAction) {
         if state.error == nil { state.error = error }
         state.queue.removeAll()
         state.queuedBytes = 0
@@ -340,7 +313,7 @@ final class OutboundStream: MutexGuardedObject, @unchecked Sendable {
         }
     }
 
-    private func perform(_ action: inout Action) {
+    private func perform(_ action: inout OutboundAction) {
         if let post = action.post { self.post(post) }
         if action.shutdown && !handle.isClosed {
             // Not after close(): the descriptor number may be another socket's by then. A peer
@@ -353,7 +326,7 @@ final class OutboundStream: MutexGuardedObject, @unchecked Sendable {
     /// Posts the send the state prepared, with a context taken from the port's pools until its
     /// completion: `asyncPort.bareContexts` for a single buffer, `asyncPort.gatherContexts` for
     /// a gathered send.
-    private func post(_ post: Post) {
+    private func post(_ post: OutboundPost) {
         switch post {
         case .one(let bytes):
             let sendContext = bareContexts.take()
@@ -371,7 +344,7 @@ final class OutboundStream: MutexGuardedObject, @unchecked Sendable {
             sendContext.userValue = AsyncPort.CompletionTarget.outbound.rawValue
             sendContext.attachment = self
             do throws(RingPortError) {
-                try withState { state throws(RingPortError) in
+                try withOutboundState { state throws(RingPortError) in
                     try port.write(
                         handle, gathering: state.queue.prefix(count).lazy.map { $0.withUnsafeReadableBytes { $0 } },
                         context: sendContext)
@@ -387,8 +360,8 @@ final class OutboundStream: MutexGuardedObject, @unchecked Sendable {
     /// A send could not be posted (its context is free again): fails the stream.
     private func failToPost(_ error: RingPortError) {
         let closed = error.code == .handleClosed || error.code == .portClosed
-        var action = Action()
-        withState { state in
+        var action = OutboundAction()
+        withOutboundState { state in
             fail(
                 &state, closed ? RingPortError(.handleClosed, operation: "write on a closed connection") : error,
                 &action)

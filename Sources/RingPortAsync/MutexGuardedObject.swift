@@ -1,8 +1,8 @@
 import Glibc
 import RingPort
 
-/// The base of the async layer's per-connection state objects (``InboundStream``,
-/// ``OutboundStream``): a pthread mutex stored inside the object itself.
+/// The base of the async layer's per-connection state object (``ConnectionStreams``): a pthread
+/// mutex stored inside the object itself.
 ///
 /// A `PThreadMutex` is an allocation of its own, reached through a pointer: 56 bytes more per
 /// object and, with a thousand connections, a cache miss more per lock. Here the

@@ -2,7 +2,8 @@ import DequeModule
 
 import struct NIOCore.ByteBuffer
 
-/// The byte buffers an ``OutboundStream`` has queued and not sent yet, in order.
+/// The byte buffers a connection's sending side (``ConnectionStreams``) has queued and not sent
+/// yet, in order.
 ///
 /// The first buffer is stored inline and the rest in a deque that is allocated only when a
 /// second buffer is queued: a connection that writes one buffer at a time (an echo, a

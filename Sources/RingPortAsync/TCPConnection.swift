@@ -57,15 +57,15 @@ public final class TCPConnection: Sendable {
     }
     /// The port the connection lives on.
     public var asyncPort: AsyncPort {
-        inboundStream.asyncPort
+        streams.asyncPort
     }
     var handle: IOHandle {
-        inboundStream.handle
+        streams.handle
     }
-    // The connection stores only its two streams (its handle and port are the inbound
-    // stream's): every idle connection holds one of these objects.
-    @usableFromInline let inboundStream: InboundStream
-    @usableFromInline let outboundStream: OutboundStream
+    // The connection stores only its streams (its handle and port are theirs): every idle
+    // connection holds one of these objects. A separate object from the streams, which operations
+    // in flight hold: dropping the last reference to the connection closes it.
+    @usableFromInline let streams: ConnectionStreams
 
     /// Wraps a connected socket (the connection owns it from now on, also when this throws:
     /// then it is closed).
@@ -77,16 +77,15 @@ public final class TCPConnection: Sendable {
             SystemCall.close(descriptor)
             throw error
         }
-        inboundStream = InboundStream(handle: handle, on: asyncPort)
-        outboundStream = OutboundStream(handle: handle, on: asyncPort)
+        streams = ConnectionStreams(handle: handle, on: asyncPort)
         asyncPort.memorySweep.connectionOpened()
     }
 
     deinit {
         asyncPort.memorySweep.connectionClosed()
-        // Operations in flight end as cancelled; each stream gives its context back to its pool
-        // when it goes itself (an iterator or writer may outlive the connection, and an
-        // operation in flight keeps its stream until its completion).
+        // Operations in flight end as cancelled; the streams give their receive context back to
+        // its pool when they go themselves (an iterator or writer may outlive the connection,
+        // and an operation in flight keeps them until its completion).
         asyncPort.port.close(handle)
     }
 
@@ -159,7 +158,7 @@ public final class TCPConnection: Sendable {
     /// down. Iterate it from one task at a time.
     @inlinable
     public var inbound: Inbound {
-        Inbound(stream: inboundStream)
+        Inbound(streams: streams)
     }
 
     /// The next received bytes (at least one byte), waiting until some arrive; nil once the peer
@@ -167,7 +166,7 @@ public final class TCPConnection: Sendable {
     /// ``inbound``.
     @inlinable
     public func read() async throws -> ByteBuffer? {
-        try await inboundStream.next()
+        try await streams.next()
     }
 
     /// The received bytes of a ``TCPConnection``: an `AsyncSequence` of `ByteBuffer`s with
@@ -178,37 +177,37 @@ public final class TCPConnection: Sendable {
         /// `RingPortError` or `CancellationError`.
         public typealias Failure = any Error
 
-        @usableFromInline let stream: InboundStream
+        @usableFromInline let streams: ConnectionStreams
 
         @usableFromInline
-        init(stream: InboundStream) {
-            self.stream = stream
+        init(streams: ConnectionStreams) {
+            self.streams = streams
         }
 
         /// Bytes received and not read yet (at most about the inbound high watermark).
         public var bufferedByteCount: Int {
-            stream.bufferedByteCount
+            streams.bufferedByteCount
         }
 
         /// An iterator over the received bytes.
         @inlinable
         public func makeAsyncIterator() -> AsyncIterator {
-            AsyncIterator(stream: stream)
+            AsyncIterator(streams: streams)
         }
 
         /// The iterator of ``Inbound``; see ``TCPConnection/read()``.
         public struct AsyncIterator: AsyncIteratorProtocol {
-            @usableFromInline let stream: InboundStream
+            @usableFromInline let streams: ConnectionStreams
 
             @usableFromInline
-            init(stream: InboundStream) {
-                self.stream = stream
+            init(streams: ConnectionStreams) {
+                self.streams = streams
             }
 
             /// The next received bytes, or nil once the peer shut its side down.
             @inlinable
             public mutating func next() async throws -> ByteBuffer? {
-                try await stream.next()
+                try await streams.next()
             }
         }
     }
@@ -218,38 +217,38 @@ public final class TCPConnection: Sendable {
     /// The writer of the connection's outgoing bytes.
     @inlinable
     public var outbound: Outbound {
-        Outbound(stream: outboundStream)
+        Outbound(streams: streams)
     }
 
     /// Queues `buffer` for sending; see ``Outbound/write(_:)``.
     @inlinable
     public func write(_ buffer: ByteBuffer) async throws {
-        try await outboundStream.write(buffer)
+        try await streams.write(buffer)
     }
 
     /// Copies `bytes` into a new buffer and queues it for sending; see ``Outbound/write(_:)``.
     public func write(_ bytes: some Sequence<UInt8>) async throws {
-        try await outboundStream.write(ByteBuffer(bytes: bytes))
+        try await streams.write(ByteBuffer(bytes: bytes))
     }
 
     /// Sends what is queued, then shuts the write side down; see ``Outbound/finish()``.
     public func shutdownOutput() async throws {
-        try await outboundStream.finish()
+        try await streams.finish()
     }
 
     /// The writer of a ``TCPConnection``'s outgoing bytes, with backpressure. See
     /// ``TCPConnection/outbound``.
     public struct Outbound: Sendable {
-        @usableFromInline let stream: OutboundStream
+        @usableFromInline let streams: ConnectionStreams
 
         @usableFromInline
-        init(stream: OutboundStream) {
-            self.stream = stream
+        init(streams: ConnectionStreams) {
+            self.streams = streams
         }
 
         /// Bytes written and not sent yet.
         public var queuedByteCount: Int {
-            stream.queuedByteCount
+            streams.queuedByteCount
         }
 
         /// Queues `buffer` for sending and returns; waits first, without queuing, while the
@@ -263,12 +262,12 @@ public final class TCPConnection: Sendable {
         ///   cancelled while waiting (then nothing was queued).
         @inlinable
         public func write(_ buffer: ByteBuffer) async throws {
-            try await stream.write(buffer)
+            try await streams.write(buffer)
         }
 
         /// Queues every buffer of `buffers`, in order, as ``write(_:)`` does.
         public func write(contentsOf buffers: some Sequence<ByteBuffer>) async throws {
-            for buffer in buffers { try await stream.write(buffer) }
+            for buffer in buffers { try await streams.write(buffer) }
         }
 
         /// Sends what is queued, then shuts the write side down (`shutdown(SHUT_WR)`): the peer
@@ -278,7 +277,7 @@ public final class TCPConnection: Sendable {
         /// - Throws: the error that failed a send; `CancellationError` when cancelled while
         ///   waiting (the shutdown still happens once the queue is sent).
         public func finish() async throws {
-            try await stream.finish()
+            try await streams.finish()
         }
     }
 }
