@@ -112,7 +112,7 @@ public final class Connection: @unchecked Sendable {
         while !remaining.isEmpty {
             var copied = writeQueue.appendToLastChunk(remaining, capacity: capacity, sending: state.sendInFlight)
             if copied == 0 {
-                let chunk = resources.writeChunks.take()
+                let chunk = withWriteChunks { $0.take() }
                 copied = min(remaining.count, capacity)
                 chunk.unsafeBytes.copyMemory(from: remaining.baseAddress!, byteCount: copied)
                 writeQueue.appendCopied(chunk, filled: copied)
@@ -221,7 +221,7 @@ public final class Connection: @unchecked Sendable {
             apply(.receiveFinished(.endOfStream))
             return
         }
-        resources.counters.bytesReceived.add(count, ordering: .relaxed)
+        withCounters { $0.bytesReceived.add(count, ordering: .relaxed) }
         if resources.idleTimeoutCountsReceivedBytes { markProgress() }
         // Bytes that arrived are delivered until the descriptor closes, also while closing
         // gracefully: a request received before a shutdown still gets its answer.
@@ -264,7 +264,7 @@ public final class Connection: @unchecked Sendable {
             return
         }
         let sent = completion.bytesTransferred
-        resources.counters.bytesSent.add(sent, ordering: .relaxed)
+        withCounters { $0.bytesSent.add(sent, ordering: .relaxed) }
         markProgress()
         queuedBytes -= sent
         writeQueue.advanceFirst(by: sent)
@@ -339,9 +339,10 @@ public final class Connection: @unchecked Sendable {
     private func postReceive() {
         do {
             if resources.multishotReceive {
-                try resources.port.receiveMultishot(handle, context: receiveContext)
+                try withPort { port throws(RingPortError) in try port.receiveMultishot(handle, context: receiveContext)
+                }
             } else {
-                try resources.port.read(handle, into: receiveContext)
+                try withPort { port throws(RingPortError) in try port.read(handle, into: receiveContext) }
             }
             apply(.receivePosted)
         } catch {
@@ -354,19 +355,44 @@ public final class Connection: @unchecked Sendable {
         resources.bufferReleased(onRing: id.ring)
     }
 
+    // The connection's resources (the counters, the write chunk pool) keep these objects alive,
+    // so that the path of a message borrows them. Used as `resources.x.method()`, or passed to a
+    // helper as an argument, each use retained and released `x`: a pair of reference counts per
+    // use on the path of every message.
+
+    /// Calls `body` with the server's counters, borrowed.
+    @inline(__always)
+    private func withCounters(_ body: (ServerCounters) -> Void) {
+        Unmanaged.passUnretained(resources.counters)._withUnsafeGuaranteedRef(body)
+    }
+
+    /// Calls `body` with the port, borrowed.
+    @inline(__always)
+    private func withPort<Result>(
+        _ body: (CompletionPort) throws(RingPortError) -> Result
+    ) throws(RingPortError) -> Result {
+        try Unmanaged.passUnretained(resources.port).withBorrowedInstance(body)
+    }
+
+    /// Calls `body` with the pool of write chunks, borrowed.
+    @inline(__always)
+    private func withWriteChunks<Result>(_ body: (ContextPool) -> Result) -> Result {
+        Unmanaged.passUnretained(resources.writeChunks)._withUnsafeGuaranteedRef(body)
+    }
+
     /// Takes the first entry off the write queue (sent, or dropped at the end) and hands its
     /// memory on: a chunk back to the pool, a provided buffer back to the ring, the
     /// application's context back to the handler.
     private func finishFirstEntry() {
-        let (entry, context) = writeQueue.removeFirst()
+        let entry = writeQueue.removeFirst()
         switch entry.source {
         case .copied:
-            resources.writeChunks.recycle(context.unsafelyUnwrapped)
+            withWriteChunks { $0.recycle(entry.context.unsafelyUnwrapped.takeRetainedValue()) }
         case .provided:
             release(entry.buffer.unsafelyUnwrapped)
             resources.unpinBuffer(onRing: id.ring)
         case .owned:
-            resources.finishedWriting(context.unsafelyUnwrapped, on: self)
+            resources.finishedWriting(entry.context.unsafelyUnwrapped.takeRetainedValue(), on: self)
         }
     }
 
@@ -378,17 +404,21 @@ public final class Connection: @unchecked Sendable {
             switch head.source {
             case .copied:
                 try head.context.unsafelyUnwrapped.withBorrowedInstance { context throws(RingPortError) in
-                    try resources.port.write(handle, from: context, range: range)
+                    try withPort { port throws(RingPortError) in try port.write(handle, from: context, range: range) }
                 }
             case .provided:
-                try resources.port.write(
-                    handle, from: head.buffer.unsafelyUnwrapped, range: range, context: sendContext)
+                try withPort { port throws(RingPortError) in
+                    try port.write(handle, from: head.buffer.unsafelyUnwrapped, range: range, context: sendContext)
+                }
             case .owned:
                 try head.context.unsafelyUnwrapped.withBorrowedInstance { context throws(RingPortError) in
                     if range.count >= resources.zeroCopyThreshold && resources.zeroCopySend {
-                        try resources.port.writeZeroCopy(handle, from: context, range: range)
+                        try withPort { port throws(RingPortError) in
+                            try port.writeZeroCopy(handle, from: context, range: range)
+                        }
                     } else {
-                        try resources.port.write(handle, from: context, range: range)
+                        try withPort { port throws(RingPortError) in try port.write(handle, from: context, range: range)
+                        }
                     }
                 }
             }

@@ -88,9 +88,9 @@ struct WriteQueue {
         entries[0].start += count
     }
 
-    /// Removes the first entry and hands over its context (retained) or provided buffer.
-    mutating func removeFirst() -> (entry: Entry, context: IOContext?) {
-        let entry = entries.removeFirst()
-        return (entry, entry.context?.takeRetainedValue())
+    /// Removes the first entry and hands it over: the caller owns its context's reference (take
+    /// it with `takeRetainedValue()`) or its provided buffer.
+    mutating func removeFirst() -> Entry {
+        entries.removeFirst()
     }
 }

@@ -709,9 +709,14 @@ final class Ring: @unchecked Sendable {
     /// Gives buffer `id` back to the kernel. Returns the ring's reference to itself when that was
     /// the last buffer held, for the caller to release once it has let go of the lock.
     private func recycleBufferLocked(_ id: UInt16) -> Unmanaged<Ring>? {
-        guard let bufferRing else { return nil }
-        bufferRing.recycleLocked(id)
-        guard bufferRing.outstanding == 0 else { return nil }
+        guard bufferRing != nil else { return nil }
+        // Borrowed (the ring's `let` keeps it): bound to a name, it was retained and released
+        // around the call, once per received message.
+        let outstanding = Unmanaged.passUnretained(bufferRing.unsafelyUnwrapped).withBorrowedInstance { bufferRing in
+            bufferRing.recycleLocked(id)
+            return bufferRing.outstanding
+        }
+        guard outstanding == 0 else { return nil }
         defer { selfWhileBuffersAreHeld = nil }
         return selfWhileBuffersAreHeld
     }
