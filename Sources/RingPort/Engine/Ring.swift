@@ -701,9 +701,13 @@ final class Ring: @unchecked Sendable {
     /// While the application holds any buffer, the ring holds a reference to itself, so that a
     /// ``ReceivedBuffer`` (which does not retain it) can always reach it.
     private func handOutBufferLocked(_ id: UInt16) {
-        guard let bufferRing else { return }
-        bufferRing.handOutLocked(id)
-        if bufferRing.outstanding == 1 { selfWhileBuffersAreHeld = Unmanaged.passRetained(self) }
+        guard bufferRing != nil else { return }
+        // Borrowed, as in ``recycleBufferLocked(_:)``.
+        let outstanding = Unmanaged.passUnretained(bufferRing.unsafelyUnwrapped).withBorrowedInstance { bufferRing in
+            bufferRing.handOutLocked(id)
+            return bufferRing.outstanding
+        }
+        if outstanding == 1 { selfWhileBuffersAreHeld = Unmanaged.passRetained(self) }
     }
 
     /// Gives buffer `id` back to the kernel. Returns the ring's reference to itself when that was
