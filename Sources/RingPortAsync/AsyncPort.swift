@@ -194,25 +194,44 @@ public final class AsyncPort: Sendable {
     ) {
         if completion.operation == .user && completion.userValue == PortTaskExecutor.wakeUpValue {
             executor.runSharedJobs()
-        } else if let attachment = completion.context?.attachment,
+        } else if completion.context?.attachment != nil,
             let target = CompletionTarget(rawValue: completion.context?.userValue ?? 0)
         {
             // Read through the completion, which holds the context for this call: binding the
             // context to a name of its own would cost a retain and a release per completion.
             switch target {
             case .inbound:
-                let streams = unsafeDowncast(attachment, to: ConnectionStreams.self)
-                withBufferCache(of: local, depot: depot) { streams.receiveCompleted(completion, buffers: &$0) }
+                // Borrowed, like the send's below: the context's link keeps the streams, and
+                // the call that cuts it keeps them until it returns.
+                withStreams(of: completion) { streams in
+                    withBufferCache(of: local, depot: depot) { streams.receiveCompleted(completion, buffers: &$0) }
+                }
             case .outbound:
-                let streams = unsafeDowncast(attachment, to: ConnectionStreams.self)
-                withBufferCache(of: local, depot: depot) { streams.sendCompleted(completion, buffers: &$0) }
+                withStreams(of: completion) { streams in
+                    withBufferCache(of: local, depot: depot) { streams.sendCompleted(completion, buffers: &$0) }
+                }
             case .operationSlot:
-                unsafeDowncast(attachment, to: OperationSlot.self).complete(completion)
+                unsafeDowncast(
+                    completion.context.unsafelyUnwrapped.attachment.unsafelyUnwrapped, to: OperationSlot.self
+                )
+                .complete(completion)
             }
         } else {
             // Not one of the layer's operations (nobody waits for it): do not leak what it carries.
             completion.discardCarriedResources()
         }
+    }
+
+    /// Calls `body` with the connection streams `completion`'s context is linked to (its
+    /// `attachment`), borrowed: bound to a name, the attachment was retained and released on
+    /// every completion. The link keeps the streams alive; the streams' completion handlers cut
+    /// it only by moving it into a local that they keep to their end.
+    @inline(__always)
+    private static func withStreams(of completion: Completion, _ body: (ConnectionStreams) -> Void) {
+        Unmanaged.passUnretained(
+            unsafeDowncast(
+                completion.context.unsafelyUnwrapped.attachment.unsafelyUnwrapped, to: ConnectionStreams.self)
+        )._withUnsafeGuaranteedRef(body)
     }
 
     /// Calls `body` with the worker thread's buffer cache (or, on a thread without one, a

@@ -148,7 +148,10 @@ extension ConnectionStreams {
     /// A receive completion was dequeued (a worker thread, with its buffer cache).
     func receiveCompleted(_ completion: Completion, buffers: inout ByteBufferCache) {
         let last = !completion.hasMore
-        if last { receiveContext.attachment = nil }
+        // The last completion cuts the context's link to the streams; the link may be the last
+        // reference to them, and the caller borrows it: kept until this returns.
+        let link = last ? receiveContext.attachment.take() : nil
+        defer { withExtendedLifetime(link) {} }
         var received: ByteBuffer?
         let count = completion.bytesTransferred
         if let provided = completion.receivedBuffer {

@@ -238,9 +238,13 @@ extension ConnectionStreams {
 
     /// A send completion was dequeued (a worker thread, with its buffer cache).
     func sendCompleted(_ completion: Completion, buffers: inout ByteBufferCache) {
-        // The send's context goes back to its pool (a gathered send's has a buffer).
+        // The send's context goes back to its pool (a gathered send's has a buffer). Its link to
+        // the streams may be the last reference to them, and the caller borrows it: kept until
+        // this returns.
+        var link: AnyObject?
+        defer { withExtendedLifetime(link) {} }
         if let sendContext = completion.context {
-            sendContext.attachment = nil
+            link = sendContext.attachment.take()
             if sendContext.capacity == 0 {
                 bareContexts.recycle(sendContext)
             } else {
