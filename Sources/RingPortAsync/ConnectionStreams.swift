@@ -9,7 +9,7 @@ import Synchronization
 /// One object rather than one per side, for memory: every idle connection holds it, and one
 /// object has one header, one mutex and one copy of the handle and port references (malloc's
 /// chunks for the two sides, traced with 1,000 idle async connections: 128 + 176 bytes as two
-/// objects, 224 as one).
+/// objects, 224 as one; 208 once the small fields filled the padding).
 ///
 /// ## Threads and ownership
 /// The two sides' states are behind the object's one mutex (``MutexGuardedObject``), each
@@ -39,12 +39,13 @@ final class ConnectionStreams: MutexGuardedObject, @unchecked Sendable {
     /// The receive's context, the port's while a receive is armed.
     let receiveContext: IOContext
     @exclusivity(unchecked) var inboundState = InboundState()
-    @exclusivity(unchecked) var outboundState = OutboundState()
     /// Whether a received buffer is waiting or the inbound side has ended, published after
     /// every change under the mutex: ``next()`` looks here first and takes the mutex twice only
     /// when the answer may be there without waiting (a stale false only sends it to the waiting
-    /// path, which looks again under the mutex).
+    /// path, which looks again under the mutex). Right after the inbound state, in the padding
+    /// its last byte leaves.
     let mayHaveResult = Atomic<Bool>(false)
+    @exclusivity(unchecked) var outboundState = OutboundState()
 
     /// The streams of `handle`, with a receive context of `asyncPort.receiveContexts`.
     init(handle: IOHandle, on asyncPort: AsyncPort) {

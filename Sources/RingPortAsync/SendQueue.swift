@@ -14,12 +14,16 @@ import struct NIOCore.ByteBuffer
 struct SendQueue: RandomAccessCollection {
     private var head: ByteBuffer?
     private var tail = Deque<ByteBuffer>()
-    /// Kept apart, so that counting does not touch (and copy) the head buffer.
-    private(set) var count = 0
+    /// Kept apart, so that counting does not touch (and copy) the head buffer. Four bytes, last:
+    /// a connection's sending state keeps its single-byte fields in the four after it. The
+    /// queue holds far fewer buffers than that counts (the outbound high watermark bounds the
+    /// bytes queued, and every buffer takes memory of its own).
+    private var storedCount: UInt32 = 0
 
+    var count: Int { Int(storedCount) }
     var startIndex: Int { 0 }
     var endIndex: Int { count }
-    var isEmpty: Bool { count == 0 }
+    var isEmpty: Bool { storedCount == 0 }
 
     subscript(position: Int) -> ByteBuffer {
         // Borrowed, not copied: reading a queued buffer's bytes costs no retain.
@@ -34,8 +38,8 @@ struct SendQueue: RandomAccessCollection {
 
     /// Queues `buffer` last.
     mutating func append(_ buffer: ByteBuffer) {
-        count += 1
-        if count == 1 {
+        storedCount += 1
+        if storedCount == 1 {
             head = buffer
         } else {
             tail.append(buffer)
@@ -44,7 +48,7 @@ struct SendQueue: RandomAccessCollection {
 
     /// Queues `buffer` first (the unsent rest of a partly sent buffer).
     mutating func prepend(_ buffer: ByteBuffer) {
-        count += 1
+        storedCount += 1
         if let previous = head.take() { tail.prepend(previous) }
         head = buffer
     }
@@ -52,8 +56,8 @@ struct SendQueue: RandomAccessCollection {
     /// Removes and returns the oldest buffer.
     mutating func popFirst() -> ByteBuffer? {
         guard let first = head.take() else { return nil }
-        count -= 1
-        if count > 0 { head = tail.popFirst() }
+        storedCount -= 1
+        if storedCount > 0 { head = tail.popFirst() }
         return first
     }
 
@@ -61,6 +65,6 @@ struct SendQueue: RandomAccessCollection {
     mutating func removeAll() {
         head = nil
         tail = Deque()
-        count = 0
+        storedCount = 0
     }
 }
