@@ -229,7 +229,7 @@ extension ConnectionStreams {
         if action.cancel {
             // An error means the ring takes no submissions any more; the port then cancels the
             // receive itself when it closes.
-            _ = try? asyncPort.port.cancel(receiveContext)
+            _ = try? port.cancel(receiveContext)
         }
         if let room = action.post { post(room: room) }
     }
@@ -241,9 +241,9 @@ extension ConnectionStreams {
         receiveContext.attachment = self
         do throws(RingPortError) {
             if asyncPort.usesProvidedBuffers {
-                try asyncPort.port.receiveMultishot(handle, context: receiveContext, limit: room)
+                try port.receiveMultishot(handle, context: receiveContext, limit: room)
             } else {
-                try asyncPort.port.read(handle, into: receiveContext)
+                try port.read(handle, into: receiveContext)
             }
         } catch {
             receiveContext.attachment = nil

@@ -31,8 +31,8 @@ final class ConnectionStreams: MutexGuardedObject, @unchecked Sendable {
     let handle: IOHandle
     /// The port, its pools and its settings (one reference for all of them).
     let asyncPort: AsyncPort
-    /// `asyncPort.port`, kept here too: a send posted through `asyncPort` costs a retain and a
-    /// release of the port per message, one through this property none.
+    /// `asyncPort.port`, kept here too: an operation posted through `asyncPort` costs a retain
+    /// and a release of the port per message, one through this property none.
     let port: CompletionPort
     /// `asyncPort.bareContexts`, likewise kept here: a single send takes its context from it.
     let bareContexts: ContextPool
