@@ -701,9 +701,7 @@ final class Ring: @unchecked Sendable {
     /// While the application holds any buffer, the ring holds a reference to itself, so that a
     /// ``ReceivedBuffer`` (which does not retain it) can always reach it.
     private func handOutBufferLocked(_ id: UInt16) {
-        guard bufferRing != nil else { return }
-        // Borrowed, as in ``recycleBufferLocked(_:)``.
-        let outstanding = Unmanaged.passUnretained(bufferRing.unsafelyUnwrapped).withBorrowedInstance { bufferRing in
+        let outstanding = withBufferRing { bufferRing in
             bufferRing.handOutLocked(id)
             return bufferRing.outstanding
         }
@@ -713,16 +711,22 @@ final class Ring: @unchecked Sendable {
     /// Gives buffer `id` back to the kernel. Returns the ring's reference to itself when that was
     /// the last buffer held, for the caller to release once it has let go of the lock.
     private func recycleBufferLocked(_ id: UInt16) -> Unmanaged<Ring>? {
-        guard bufferRing != nil else { return nil }
-        // Borrowed (the ring's `let` keeps it): bound to a name, it was retained and released
-        // around the call, once per received message.
-        let outstanding = Unmanaged.passUnretained(bufferRing.unsafelyUnwrapped).withBorrowedInstance { bufferRing in
+        let outstanding = withBufferRing { bufferRing in
             bufferRing.recycleLocked(id)
             return bufferRing.outstanding
         }
         guard outstanding == 0 else { return nil }
         defer { selfWhileBuffersAreHeld = nil }
         return selfWhileBuffersAreHeld
+    }
+
+    /// Calls `body` with the provided buffer ring, borrowed (the ring's `let` keeps it); nil
+    /// without one. Bound to a name (`guard let bufferRing`), it was retained and released
+    /// around each use, twice per received message.
+    @inline(__always)
+    private func withBufferRing<Result>(_ body: (ProvidedBufferRing) -> Result) -> Result? {
+        guard bufferRing != nil else { return nil }
+        return Unmanaged.passUnretained(bufferRing.unsafelyUnwrapped)._withUnsafeGuaranteedRef(body)
     }
 
     // MARK: Dispatching
