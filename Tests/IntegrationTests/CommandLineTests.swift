@@ -362,10 +362,8 @@ extension IntegrationTests {
             let failures = logLines.all.filter { $0.contains("accept failed") }.count
             let recoveries = logLines.all.filter { $0.contains("accepting again") }.count
             #expect(failures >= 1 && failures <= recoveries + 1)
-            let summary = try #require(server.summary)
-            let acceptErrors = try #require(
-                summary.split(separator: ",").first { $0.contains("accept errors") }
-                    .flatMap { Int($0.split(separator: " ")[0]) })
+            let summary = try #require(ShutdownSummary(server.summary))
+            let acceptErrors = try #require(summary.values["accept errors"])
             #expect(acceptErrors > failures)
         }
 
@@ -416,11 +414,12 @@ extension IntegrationTests {
             if !process.isRunning {
                 server.waitUntilExit()
                 let log = server.lines.all + server.logLines.all
-                let summary = try #require(server.summary)
+                let summary = try #require(ShutdownSummary(server.summary))
                 #expect(process.terminationStatus == 0)
                 #expect(!log.contains { $0.contains("SIGTERM again") || $0.contains("at once") }, "\(log)")
-                #expect(summary.hasSuffix(" 0 lost"))
-                #expect(count("bytes in", in: summary) == count("bytes out", in: summary), "\(summary)")
+                #expect(summary.line.hasSuffix(" 0 lost"))
+                let bytesIn = try #require(summary.values["bytes in"])
+                #expect(bytesIn > 0 && summary.values["bytes out"] == bytesIn, "\(summary)")
                 return false
             }
             let start = ContinuousClock.now
@@ -430,12 +429,6 @@ extension IntegrationTests {
             #expect(process.terminationStatus == 0)
             #expect(server.summary?.hasSuffix(" 0 lost") == true)
             return true
-        }
-
-        /// The number before `label` in a summary line ("..., 42 bytes in, ...").
-        private func count(_ label: String, in summary: String) -> Int? {
-            summary.split(separator: ",").first { $0.hasSuffix(" " + label) }
-                .flatMap { Int($0.split(separator: " ")[0]) }
         }
 
         @Test func invalidOptionsExitNonZeroWithAMessage() throws {
