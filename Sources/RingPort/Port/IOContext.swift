@@ -30,7 +30,11 @@ public final class IOContext: @unchecked Sendable {
     // Stored properties marked @exclusivity(unchecked) skip Swift's dynamic exclusivity checks:
     // every access is already serialised as described, and on the echo benchmark the checks
     // cost 12–14% of the server's CPU per message (measured with -enforce-exclusivity=unchecked
-    // against the default build; docs/ARCHITECTURE.md).
+    // against the default build; docs/ARCHITECTURE.md). The attribute holds only for accesses
+    // compiled in this module: another module's direct access to a public stored property is
+    // checked again (a `swift_beginAccess` per access, counted with a uprobe in the async layer).
+    // So the public ones are inlinable accessors over `stored…` properties, whose bodies are
+    // compiled here.
 
     // The stored properties are declared in an order that packs the small ones two to a word
     // (capacity and state, operation and indexInHandle): a context is 88 bytes, and every
@@ -49,22 +53,42 @@ public final class IOContext: @unchecked Sendable {
     static let kernelOwnedBase: UInt32 = 2
 
     /// The tag of the operation last posted with this context.
-    @exclusivity(unchecked) public internal(set) var operation: IOOperation = .nop
+    @inlinable public internal(set) var operation: IOOperation {
+        get { storedOperation }
+        set { storedOperation = newValue }
+    }
+    @usableFromInline @exclusivity(unchecked) var storedOperation: IOOperation = .nop
     /// The context's position in its handle's ``InflightContexts`` while the kernel owns it
     /// (guarded by the owning ring's lock), else -1.
     @exclusivity(unchecked) var indexInHandle: Int32 = -1
 
     /// A value of the application's choosing, carried unchanged through the operation.
-    @exclusivity(unchecked) public var userValue: UInt64 = 0
+    @inlinable public var userValue: UInt64 {
+        get { storedUserValue }
+        set { storedUserValue = newValue }
+    }
+    @usableFromInline @exclusivity(unchecked) var storedUserValue: UInt64 = 0
 
     /// An object of the application's choosing, carried unchanged through the operation.
-    @exclusivity(unchecked) public var attachment: AnyObject?
+    @inlinable public var attachment: AnyObject? {
+        get { storedAttachment }
+        _modify { yield &storedAttachment }
+    }
+    @usableFromInline @exclusivity(unchecked) var storedAttachment: AnyObject?
 
     /// Bookkeeping for the application: e.g. how many bytes of the buffer are valid, or how far a
     /// write has progressed. RingPort never reads these.
-    @exclusivity(unchecked) public var count: Int = 0
+    @inlinable public var count: Int {
+        get { storedCount }
+        set { storedCount = newValue }
+    }
+    @usableFromInline @exclusivity(unchecked) var storedCount = 0
     /// See ``count``.
-    @exclusivity(unchecked) public var offset: Int = 0
+    @inlinable public var offset: Int {
+        get { storedOffset }
+        set { storedOffset = newValue }
+    }
+    @usableFromInline @exclusivity(unchecked) var storedOffset = 0
 
     /// The buffer. Allocated once, freed in `deinit`; a context of capacity 0 (bookkeeping only,
     /// e.g. for receives into provided buffers) allocates none and points nowhere.
