@@ -18,7 +18,7 @@ let server = Task(executorPreference: io.preferredExecutor) { [listener] in  // 
         for try await connection in listener.connections {  // ends when the listener is closed
             group.addTask {  // inbound: received ByteBuffers; outbound.write queues one (sent as is)
                 try? await connection.executeThenClose { inbound, outbound in
-                    for try await buffer in inbound { try await outbound.write(buffer) }
+                    for try await buffer in inbound { try await outbound.write(consume buffer) }
                 }
             }
         }

@@ -240,9 +240,13 @@ public final class AsyncPort: Sendable {
     private static func withBufferCache(
         of local: WorkerJobs?, depot: ByteBufferDepot, _ body: (inout ByteBufferCache) -> Void
     ) {
-        if let local {
-            if local.buffers.depot !== depot { local.buffers.depot = depot }
-            body(&local.buffers)
+        if local != nil {
+            // Borrowed: the caller holds the thread's run list (bound with `if let`, it was
+            // retained and released per completion).
+            Unmanaged.passUnretained(local.unsafelyUnwrapped)._withUnsafeGuaranteedRef { local in
+                if local.buffers.depot !== depot { local.buffers.depot = depot }
+                body(&local.buffers)
+            }
         } else {
             var cache = ByteBufferCache(depot: depot)
             body(&cache)

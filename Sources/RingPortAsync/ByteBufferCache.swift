@@ -52,6 +52,6 @@ struct ByteBufferCache {
             depot.deposit(lastOf: &buffers, count: Self.exchangeCount)
         }
         if buffers.capacity == 0 { buffers.reserveCapacity(Self.maximumCount) }
-        buffers.append(buffer)
+        buffers.append(consume buffer)
     }
 }

@@ -37,8 +37,14 @@ extension ConnectionStreams {
         /// Why no more bytes will come, once that is known (the buffered ones still will).
         var end: InboundEnd?
         var waiter: UnsafeContinuation<ByteBuffer?, any Error>?
-        /// Last: a single byte.
+        /// Last: single bytes.
         var receive = Receive.idle
+        /// A consumer's cancellation handler ran while no consumer was waiting: it ran before
+        /// the wait began (the task was cancelled already, or was cancelled meanwhile), or after
+        /// the wait ended. The next wait asks the task itself (a hint, not the answer: the
+        /// consumer may be another task by then), so that a wait that is not cancelled does not
+        /// pay `Task.isCancelled` (a retain and a release of the task).
+        var cancellationSeen = false
     }
 
     enum Receive {
@@ -94,7 +100,7 @@ extension ConnectionStreams {
                 if let end = state.end { return end.result }
                 return nil
             }
-            perform(action)
+            perform(&action)
             if let ready { return try ready.get() }
         }
 
@@ -108,7 +114,10 @@ extension ConnectionStreams {
                         return .failure(
                             RingPortError(.contextInFlight, operation: "read: another task is already reading"))
                     }
-                    if Task.isCancelled { return .failure(CancellationError()) }
+                    if state.cancellationSeen {
+                        state.cancellationSeen = false
+                        if Task.isCancelled { return .failure(CancellationError()) }
+                    }
                     state.waiter = continuation
                     if case .idle = state.receive {
                         state.receive = .armed
@@ -117,13 +126,14 @@ extension ConnectionStreams {
                     return nil
                 }
                 if let immediate { continuation.resume(with: immediate) }
-                perform(action)
+                perform(&action)
             }
         } onCancel: {
             // Resumes the waiting consumer (one at a time reads, so it is this task's wait);
             // the receive stays armed and what it delivers stays buffered.
             let waiter = withInboundState { state in
                 defer { state.waiter = nil }
+                if state.waiter == nil { state.cancellationSeen = true }
                 return state.waiter
             }
             waiter?.resume(throwing: CancellationError())
@@ -170,13 +180,15 @@ extension ConnectionStreams {
             let wasStopping: Bool
             if case .stopping = state.receive { wasStopping = true } else { wasStopping = false }
             if last { state.receive = .idle }
-            if let received {
+            // `received` moves on (taken, not copied: a copy would retain its storage).
+            if received != nil {
                 if let waiter = state.waiter {
                     state.waiter = nil
-                    action.resume = (waiter, .success(received))
+                    action.resume = (waiter, .success(received.take()))
                 } else {
-                    state.bufferedBytes += received.readableBytes
-                    state.buffered.append(received)
+                    let buffer = received.take().unsafelyUnwrapped
+                    state.bufferedBytes += buffer.readableBytes
+                    state.buffered.append(buffer)
                     mayHaveResult.store(true, ordering: .releasing)
                 }
             } else if let error = completion.error {
@@ -215,7 +227,7 @@ extension ConnectionStreams {
                 break
             }
         }
-        perform(action)
+        perform(&action)
     }
 
     /// Records why the stream ends (the first reason wins).
@@ -224,8 +236,8 @@ extension ConnectionStreams {
         mayHaveResult.store(true, ordering: .releasing)
     }
 
-    private func perform(_ action: InboundAction) {
-        if let (continuation, result) = action.resume { continuation.resume(with: result) }
+    private func perform(_ action: inout InboundAction) {
+        if let (continuation, result) = action.resume.take() { continuation.resume(with: result) }
         if action.cancel {
             // An error means the ring takes no submissions any more; the port then cancels the
             // receive itself when it closes.
@@ -258,7 +270,7 @@ extension ConnectionStreams {
                     action.resume = (waiter, .failure(reason))
                 }
             }
-            perform(action)
+            perform(&action)
         }
     }
 }

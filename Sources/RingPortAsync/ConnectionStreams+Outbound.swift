@@ -108,17 +108,19 @@ extension ConnectionStreams {
     ///   `RingPortError.Code.invalidArgument` after ``finish()``;
     ///   `RingPortError.Code.contextInFlight` when another writer is waiting already;
     ///   `CancellationError` when cancelled while waiting (nothing was queued).
+    ///
+    /// Consumes `buffer`: the caller's last copy moves into the queue without a retain.
     @usableFromInline
-    func write(_ buffer: ByteBuffer) async throws {
+    func write(_ buffer: consuming ByteBuffer) async throws {
         guard buffer.readableBytes > 0 else { return }
         var action = OutboundAction()
-        let queued: Bool = try withOutboundState { state throws(RingPortError) in
+        var unqueued: ByteBuffer? = consume buffer
+        try withOutboundState { state throws(RingPortError) in
             try checkWritable(state)
-            guard state.queuedBytes < outboundWatermarks.high else { return false }
-            enqueue(buffer, &state, &action)
-            return true
+            guard state.queuedBytes < outboundWatermarks.high else { return }
+            enqueue(unqueued.take().unsafelyUnwrapped, &state, &action)
         }
-        if queued {
+        guard let buffer = unqueued else {
             perform(&action)
             return
         }
@@ -217,7 +219,9 @@ extension ConnectionStreams {
     }
 
     /// Appends `buffer` to the queue and posts a send if none is in flight.
-    private func enqueue(_ buffer: ByteBuffer, _ state: inout OutboundState, _ action: inout OutboundAction) {
+    private func enqueue(
+        _ buffer: consuming ByteBuffer, _ state: inout OutboundState, _ action: inout OutboundAction
+    ) {
         state.queuedBytes += buffer.readableBytes
         state.queue.append(buffer)
         if state.sending == 0 { prepareSend(&state, &action) }
@@ -230,7 +234,7 @@ extension ConnectionStreams {
         let count = min(state.queue.count, AsyncPort.gatheredBuffers)
         state.sending = UInt8(count)
         if count == 1 {
-            action.post = .one(state.queue[0].withUnsafeReadableBytes { $0 })
+            action.post = .one(state.queue.firstReadableBytes)
         } else {
             action.post = .gathered(count: count)
         }
@@ -243,14 +247,16 @@ extension ConnectionStreams {
         // The send's context goes back to its pool (a gathered send's has a buffer). Its link to
         // the streams may be the last reference to them, and the caller borrows it: kept until
         // this returns.
+        // Read through the completion, which holds the context for this call: bound to a name of
+        // its own, the context was retained and released.
         var link: AnyObject?
         defer { withExtendedLifetime(link) {} }
-        if let sendContext = completion.context {
-            link = sendContext.attachment.take()
-            if sendContext.capacity == 0 {
-                bareContexts.recycle(sendContext)
+        if completion.context != nil {
+            link = completion.context.unsafelyUnwrapped.attachment.take()
+            if completion.context.unsafelyUnwrapped.capacity == 0 {
+                bareContexts.recycle(completion.context.unsafelyUnwrapped)
             } else {
-                asyncPort.gatherContexts.recycle(sendContext)
+                asyncPort.gatherContexts.recycle(completion.context.unsafelyUnwrapped)
             }
         }
         var action = OutboundAction()
@@ -279,7 +285,7 @@ extension ConnectionStreams {
                 let count = first.readableBytes
                 if count <= sent {
                     sent -= count
-                    buffers.recycle(first)
+                    buffers.recycle(consume first)
                 } else {
                     first.moveReaderIndex(forwardBy: sent)
                     state.queue.prepend(first)

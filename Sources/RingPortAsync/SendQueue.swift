@@ -36,8 +36,15 @@ struct SendQueue: RandomAccessCollection {
         }
     }
 
+    /// The readable bytes of the oldest buffer (the queue must not be empty), valid while that
+    /// buffer stays queued unchanged. Read in place: through the subscript, the buffer's storage
+    /// was retained and released.
+    var firstReadableBytes: UnsafeRawBufferPointer {
+        head.unsafelyUnwrapped.withUnsafeReadableBytes { $0 }
+    }
+
     /// Queues `buffer` last.
-    mutating func append(_ buffer: ByteBuffer) {
+    mutating func append(_ buffer: consuming ByteBuffer) {
         storedCount += 1
         if storedCount == 1 {
             head = buffer
@@ -47,7 +54,7 @@ struct SendQueue: RandomAccessCollection {
     }
 
     /// Queues `buffer` first (the unsent rest of a partly sent buffer).
-    mutating func prepend(_ buffer: ByteBuffer) {
+    mutating func prepend(_ buffer: consuming ByteBuffer) {
         storedCount += 1
         if let previous = head.take() { tail.prepend(previous) }
         head = buffer

@@ -222,7 +222,7 @@ public final class TCPConnection: Sendable {
 
     /// Queues `buffer` for sending; see ``Outbound/write(_:)``.
     @inlinable
-    public func write(_ buffer: ByteBuffer) async throws {
+    public func write(_ buffer: consuming ByteBuffer) async throws {
         try await streams.write(buffer)
     }
 
@@ -261,7 +261,7 @@ public final class TCPConnection: Sendable {
         ///   `RingPortError.Code.invalidArgument` after ``finish()``, `CancellationError` when
         ///   cancelled while waiting (then nothing was queued).
         @inlinable
-        public func write(_ buffer: ByteBuffer) async throws {
+        public func write(_ buffer: consuming ByteBuffer) async throws {
             try await streams.write(buffer)
         }
 

@@ -115,7 +115,7 @@ struct AsyncEchoCommand: AsyncParsableCommand {
                     do {
                         // Each received buffer goes back as it is: sent from its own storage.
                         try await connection.executeThenClose { inbound, outbound in
-                            for try await buffer in inbound { try await outbound.write(buffer) }
+                            for try await buffer in inbound { try await outbound.write(consume buffer) }
                         }
                     } catch {
                         // Reset, or closed by the shutdown: the connection ends.

@@ -139,6 +139,36 @@ extension RingPortAsyncTests {
             await expectCleanShutdown(io, descriptorsBefore: descriptorsBefore)
         }
 
+        /// A read by a task that is cancelled before it reads throws CancellationError without
+        /// waiting, and leaves nothing behind: the next read, by a task that is not cancelled,
+        /// waits for the peer's bytes and gets them.
+        @Test(.timeLimit(.minutes(1))) func aReadByAnAlreadyCancelledTaskThrowsAndTheNextReadWaits()
+            async throws
+        {
+            let descriptorsBefore = DescriptorSnapshot()
+            let io = try makeAsyncPort()
+            let (connection, client) = try await connectedPair(on: io)
+
+            let started = AsyncStream<Void>.makeStream()
+            let cancelled = Task(executorPreference: io.preferredExecutor) { () async throws -> ByteBuffer? in
+                // Wait until cancelled, without reading.
+                for await _ in started.stream {}
+                return try await connection.read()
+            }
+            cancelled.cancel()
+            started.continuation.finish()
+            await #expect(throws: CancellationError.self) { _ = try await cancelled.value }
+
+            let reading = Task(executorPreference: io.preferredExecutor) { try await connection.read() }
+            try await Task.sleep(for: .milliseconds(50))
+            try client.send(Array("after".utf8))
+            #expect(try await reading.value?.readableBytesView.elementsEqual("after".utf8) == true)
+
+            client.close()
+            connection.close()
+            await expectCleanShutdown(io, descriptorsBefore: descriptorsBefore)
+        }
+
         /// Cancelling reads while the peer's bytes are arriving: whichever wins each race — the
         /// cancellation (the bytes stay buffered for the next read) or the bytes — no byte is lost
         /// or reordered.
