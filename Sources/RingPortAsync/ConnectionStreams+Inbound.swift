@@ -84,14 +84,17 @@ extension ConnectionStreams {
     // MARK: Consumer
 
     /// The next buffer of received bytes, waiting for one if none is buffered; nil once the
-    /// peer closed its side and every buffer was taken.
+    /// peer closed its side and every buffer was taken. Runs on the caller's isolation
+    /// (`nonisolated(nonsending)`, like ``write(_:)``): entering a plain nonisolated function
+    /// switches to the generic executor, which for a task with an executor preference means a
+    /// status-record lock in the runtime (`getPreferredTaskExecutor`) on every call.
     ///
     /// - Throws: `RingPortError` when the receive failed or the connection was closed (after
     ///   the buffers that arrived before); `RingPortError.Code.contextInFlight` when another
     ///   task is waiting already; `CancellationError` when the task is cancelled while it waits
     ///   (bytes that arrive later stay buffered for the next call).
     @usableFromInline
-    func next() async throws -> ByteBuffer? {
+    nonisolated(nonsending) func next() async throws -> ByteBuffer? {
         // The common cases without suspending: a buffer is waiting, or the stream has ended.
         if mayHaveResult.load(ordering: .acquiring) {
             var action = InboundAction()

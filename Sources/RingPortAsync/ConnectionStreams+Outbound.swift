@@ -111,7 +111,7 @@ extension ConnectionStreams {
     ///
     /// Consumes `buffer`: the caller's last copy moves into the queue without a retain.
     @usableFromInline
-    func write(_ buffer: consuming ByteBuffer) async throws {
+    nonisolated(nonsending) func write(_ buffer: consuming ByteBuffer) async throws {
         guard buffer.readableBytes > 0 else { return }
         var action = OutboundAction()
         var unqueued: ByteBuffer? = consume buffer

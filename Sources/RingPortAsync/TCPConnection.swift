@@ -165,7 +165,7 @@ public final class TCPConnection: Sendable {
     /// shut its side down and every byte was read. The same as the next element of
     /// ``inbound``.
     @inlinable
-    public func read() async throws -> ByteBuffer? {
+    nonisolated(nonsending) public func read() async throws -> ByteBuffer? {
         try await streams.next()
     }
 
@@ -209,6 +209,13 @@ public final class TCPConnection: Sendable {
             public mutating func next() async throws -> ByteBuffer? {
                 try await streams.next()
             }
+
+            /// The next received bytes, or nil once the peer shut its side down; what a
+            /// `for try await` loop calls, on the loop's own isolation.
+            @inlinable
+            public mutating func next(isolation actor: isolated (any Actor)?) async throws(any Error) -> ByteBuffer? {
+                try await streams.next()
+            }
         }
     }
 
@@ -222,7 +229,7 @@ public final class TCPConnection: Sendable {
 
     /// Queues `buffer` for sending; see ``Outbound/write(_:)``.
     @inlinable
-    public func write(_ buffer: consuming ByteBuffer) async throws {
+    nonisolated(nonsending) public func write(_ buffer: consuming ByteBuffer) async throws {
         try await streams.write(buffer)
     }
 
@@ -261,7 +268,7 @@ public final class TCPConnection: Sendable {
         ///   `RingPortError.Code.invalidArgument` after ``finish()``, `CancellationError` when
         ///   cancelled while waiting (then nothing was queued).
         @inlinable
-        public func write(_ buffer: consuming ByteBuffer) async throws {
+        nonisolated(nonsending) public func write(_ buffer: consuming ByteBuffer) async throws {
             try await streams.write(buffer)
         }
 
