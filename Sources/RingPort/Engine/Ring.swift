@@ -739,15 +739,18 @@ final class Ring: @unchecked Sendable {
     ) -> Int {
         var taken = 0
         while taken < budget, let completion = ready.popFirst() {
-            if let handle = completion.handle {
-                if let owner = handle.handlingWorker {
+            // The handle is read through the completion, which holds it: bound to a name of its
+            // own, it was retained and released once more per completion.
+            if completion.handle != nil {
+                if let owner = completion.handle.unsafelyUnwrapped.handlingWorker {
                     if owner != worker {
+                        let handle = completion.handle.unsafelyUnwrapped
                         handle.deferredCompletions.append(consume completion)
                         continue
                     }
                 } else {
-                    handle.handlingWorker = worker
-                    held.append(handle)
+                    completion.handle.unsafelyUnwrapped.handlingWorker = worker
+                    held.append(completion.handle.unsafelyUnwrapped)
                 }
             }
             if !completion.hasMore { completion.context?.endFlight() }
