@@ -52,7 +52,11 @@ struct WriteQueue {
 
     /// Appends bytes copied into `chunk` (which the queue now owns), `end` of them filled.
     mutating func appendCopied(_ chunk: consuming IOContext, filled end: Int) {
-        entries.append(Entry(source: .copied, context: Unmanaged.passRetained(chunk), buffer: nil, start: 0, end: end))
+        // The caller's reference becomes the entry's: retained and released back to back, a pair
+        // the optimiser removes (released after the append, it was a retain and a release per
+        // chunk).
+        let context = Unmanaged.passRetained(consume chunk)
+        entries.append(Entry(source: .copied, context: context, buffer: nil, start: 0, end: end))
     }
 
     /// Appends a provided buffer to send back whole.
