@@ -246,9 +246,8 @@ extension ConnectionStreams {
     func sendCompleted(_ completion: Completion, buffers: inout ByteBufferCache) {
         // The send's context goes back to its pool (a gathered send's has a buffer). Its link to
         // the streams may be the last reference to them, and the caller borrows it: kept until
-        // this returns.
-        // Read through the completion, which holds the context for this call: bound to a name of
-        // its own, the context was retained and released.
+        // this returns. The context is read through the completion, which holds it for this
+        // call: bound to a name of its own, it was retained and released.
         var link: AnyObject?
         defer { withExtendedLifetime(link) {} }
         if completion.context != nil {

@@ -261,7 +261,9 @@ public final class TCPConnection: Sendable {
         /// Queues `buffer` for sending and returns; waits first, without queuing, while the
         /// outbound high watermark's worth of bytes is queued (the peer does not read). The
         /// bytes are sent from the buffer's storage, which the connection keeps until they are
-        /// sent: the caller's copy may be changed meanwhile (it copies on write).
+        /// sent: the caller's copy may be changed meanwhile (it copies on write). Consumes
+        /// `buffer`: pass the last copy (`write(consume buffer)`) and it moves into the queue
+        /// without a retain of its storage. Runs on the caller's isolation.
         ///
         /// - Throws: the `RingPortError` that failed an earlier send (e.g. `ECONNRESET`,
         ///   `EPIPE`), `RingPortError.Code.handleClosed` once the connection is closed,
