@@ -20,20 +20,7 @@ struct AsyncEchoCommand: AsyncParsableCommand {
             """
     )
 
-    @Option(help: "The address to listen on (numeric IPv4 or IPv6, or localhost).")
-    var host = "127.0.0.1"
-
-    @Option(help: "The TCP port to listen on (0: let the kernel choose; the chosen port is printed).")
-    var port: UInt16 = 8888
-
-    @Option(help: "What performs the I/O: auto (io_uring, or epoll where io_uring is refused), io_uring, or epoll.")
-    var backend: CompletionPort.Backend = .automatic
-
-    @Option(help: "Worker threads (default: CPU count × 2 + 2).")
-    var workers: Int?
-
-    @Option(help: "io_uring instances; each connection lives on one (default: one per two CPUs).")
-    var rings: Int?
+    @OptionGroup var listen: ListenOptions
 
     @Option(help: "Bytes of each connection's own receive buffer, where it cannot receive into provided buffers.")
     var bufferSize = 16384
@@ -41,31 +28,18 @@ struct AsyncEchoCommand: AsyncParsableCommand {
     @Option(help: "Where tasks run: workers (the port's worker threads) or global (Swift's global executor).")
     var resume: ResumeOption = .workers
 
-    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
-    var logLevel: Logger.Level = .info
-
     enum ResumeOption: String, ExpressibleByArgument, CaseIterable {
         case workers, global
     }
 
     func validate() throws {
-        if let workers, workers < 1 { throw ValidationError("--workers must be at least 1") }
-        if let rings, rings < 1 { throw ValidationError("--rings must be at least 1") }
         if bufferSize < 1 { throw ValidationError("--buffer-size must be at least 1") }
     }
 
     func run() async throws {
-        let level = logLevel
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
+        bootstrapLogging(level: listen.logLevel)
         var configuration = AsyncPort.Configuration()
-        configuration.port.backend = backend
-        if let workers { configuration.port.workerCount = workers }
-        if let rings { configuration.port.ringCount = rings }
-        configuration.port.logger = Logger(label: "ringport.port")
+        listen.configure(&configuration.port)
         configuration.receiveBufferSize = bufferSize
         configuration.resumption = resume == .workers ? .portWorkers : .globalExecutor
         configuration.logger = Logger(label: "ringport.async-echo")
@@ -73,7 +47,7 @@ struct AsyncEchoCommand: AsyncParsableCommand {
         let runner = await ServiceRunner()
         let service: AsyncEchoService
         do {
-            let address = try SocketAddress(host: host, port: port)
+            let address = try listen.address()
             let io = try AsyncPort(configuration: configuration)
             service = AsyncEchoService(io: io, listener: try TCPListener.bind(to: address, on: io))
         } catch {

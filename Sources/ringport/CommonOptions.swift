@@ -3,8 +3,9 @@ import Logging
 import RingPort
 import RingPortServer
 
-/// Options every server command shares: where to listen, the port's shape, the limits, logging.
-struct ServerOptions: ParsableArguments {
+/// Options every command that serves on a completion port shares (`echo`, `http` and
+/// `async-echo`): where to listen, what performs the I/O, the port's threads and rings, logging.
+struct ListenOptions: ParsableArguments {
     @Option(help: "The address to listen on (numeric IPv4 or IPv6, or localhost).")
     var host = "127.0.0.1"
 
@@ -19,6 +20,46 @@ struct ServerOptions: ParsableArguments {
 
     @Option(help: "io_uring instances; each connection lives on one (default: one per two CPUs).")
     var rings: Int?
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: Logger.Level = .info
+
+    func validate() throws {
+        if let workers, workers < 1 { throw ValidationError("--workers must be at least 1") }
+        if let rings, rings < 1 { throw ValidationError("--rings must be at least 1") }
+    }
+
+    /// The address to listen on; a host that is no address is a usage error.
+    func address() throws -> SocketAddress {
+        do {
+            return try SocketAddress(host: host, port: port)
+        } catch {
+            throw ValidationError(error.description)
+        }
+    }
+
+    /// Sets the port's backend, workers and rings (where given) and its logger.
+    func configure(_ configuration: inout CompletionPort.Configuration) {
+        configuration.backend = backend
+        if let workers { configuration.workerCount = workers }
+        if let rings { configuration.ringCount = rings }
+        configuration.logger = Logger(label: "ringport.port")
+    }
+}
+
+/// Sets up logging to standard error at `level`. Call once per process.
+func bootstrapLogging(level: Logger.Level) {
+    LoggingSystem.bootstrap { label in
+        var handler = StreamLogHandler.standardError(label: label)
+        handler.logLevel = level
+        return handler
+    }
+}
+
+/// Options every server command of the completion port's TCP server shares: where to listen and
+/// the port's shape (``ListenOptions``), the ring, the limits.
+struct ServerOptions: ParsableArguments {
+    @OptionGroup var listen: ListenOptions
 
     @Option(help: "Submission queue entries per ring (1...32768).")
     var ringEntries: UInt32 = 256
@@ -59,48 +100,24 @@ struct ServerOptions: ParsableArguments {
     @Option(help: "Seconds a shutdown waits for connections to finish before closing them.")
     var gracePeriod: Double = 10
 
-    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
-    var logLevel: Logger.Level = .info
-
     enum AcceptOption: String, ExpressibleByArgument, CaseIterable {
         case auto, multishot, pool
     }
 
     func validate() throws {
-        if let workers, workers < 1 { throw ValidationError("--workers must be at least 1") }
-        if let rings, rings < 1 { throw ValidationError("--rings must be at least 1") }
         if bufferCount < 0 || (bufferCount > 0 && bufferCount & (bufferCount - 1) != 0) {
             throw ValidationError("--buffer-count must be 0 or a power of two")
         }
         if idleTimeout < 0 || gracePeriod < 0 { throw ValidationError("timeouts must not be negative") }
     }
 
-    /// Sets up logging to standard error at the chosen level. Call once.
-    func bootstrapLogging() {
-        let level = logLevel
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
-    }
-
     /// The server configuration these options describe.
     func serverConfiguration(label: String) throws -> TCPServer.Configuration {
-        let address: SocketAddress
-        do {
-            address = try SocketAddress(host: host, port: port)
-        } catch {
-            throw ValidationError(error.description)
-        }
-        var configuration = TCPServer.Configuration(address: address)
-        configuration.port.backend = backend
-        if let workers { configuration.port.workerCount = workers }
-        if let rings { configuration.port.ringCount = rings }
+        var configuration = TCPServer.Configuration(address: try listen.address())
+        listen.configure(&configuration.port)
         configuration.port.ringEntries = ringEntries
         configuration.port.completionQueueEntries = completionEntries
         configuration.port.providedBuffers = bufferCount > 0 ? .init(count: bufferCount, size: bufferSize) : nil
-        configuration.port.logger = Logger(label: "ringport.port")
         configuration.receiveBufferSize = bufferSize
         configuration.maximumConnections = maxConnections
         configuration.idleTimeout = idleTimeout > 0 ? .milliseconds(Int64(idleTimeout * 1000)) : nil

@@ -9,7 +9,7 @@ func runServer(
     options: ServerOptions, label: String, handler: some ConnectionHandler,
     configure: (inout TCPServer.Configuration) -> Void = { _ in }
 ) async throws {
-    options.bootstrapLogging()
+    bootstrapLogging(level: options.listen.logLevel)
     var configuration = try options.serverConfiguration(label: label)
     configure(&configuration)
 

@@ -61,12 +61,7 @@ struct NIOServerOptions: ParsableArguments {
         prepare: @escaping @Sendable (any EventLoop) -> Void = { _ in },
         initializer: @escaping @Sendable (Channel) -> EventLoopFuture<Void>
     ) async throws {
-        let level = logLevel
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
+        bootstrapLogging(level: logLevel)
         let runner = await ServiceRunner()
         let group: any EventLoopGroup
         let shape: String
