@@ -339,7 +339,8 @@ public final class Connection: @unchecked Sendable {
     private func postReceive() {
         do {
             if resources.multishotReceive {
-                try withPort { port throws(RingPortError) in try port.receiveMultishot(handle, context: receiveContext)
+                try withPort { port throws(RingPortError) in
+                    try port.receiveMultishot(handle, context: receiveContext)
                 }
             } else {
                 try withPort { port throws(RingPortError) in try port.read(handle, into: receiveContext) }
@@ -417,7 +418,8 @@ public final class Connection: @unchecked Sendable {
                             try port.writeZeroCopy(handle, from: context, range: range)
                         }
                     } else {
-                        try withPort { port throws(RingPortError) in try port.write(handle, from: context, range: range)
+                        try withPort { port throws(RingPortError) in
+                            try port.write(handle, from: context, range: range)
                         }
                     }
                 }
