@@ -171,8 +171,8 @@ final class Ring: @unchecked Sendable {
 
     /// `worker` leads the ring from now on (see ``RingLeadership/take(by:)``); a takeover from a
     /// stuck leader is counted.
-    func takeLeadershipLocked(by worker: ObjectIdentifier) {
-        if leadership.take(by: worker) {
+    func takeLeadershipLocked(by worker: ObjectIdentifier, comesBack: Bool) {
+        if leadership.take(by: worker, comesBack: comesBack) {
             counters.leaderTakeovers &+= 1
             logger.notice(
                 """

@@ -14,6 +14,11 @@ import Glibc
 ///   leader stalled when the leader's progress count did not move for a whole threshold while
 ///   work waited *and* the leader was blocked meanwhile. The caller then takes the ring over
 ///   (``take(by:)`` counts it).
+/// - **The leader takes what it reaped.** While a leader that always comes back to `dequeue` (a
+///   ``WorkerPool``'s) handles completions, standbys leave the ready ones to it
+///   (``leavesReadyCompletionsToLeader(_:)``): a sentry waking for its watch that took them would
+///   run handlers beside the leader and fight it for the ring's lock. They take them once the
+///   leader waits in the kernel, leaves, or is taken over.
 /// - **Blocked, not busy.** A leader that makes no progress may be blocked in a handler (asleep in
 ///   a system call, on a lock, on disk) — what the standbys are for — or runnable: busy with a
 ///   long batch, or preempted because the cores are shared (with the load client, say). Taking
@@ -52,6 +57,9 @@ final class RingLeadership {
     let stallThreshold: UInt64
 
     @exclusivity(unchecked) private var leader: ObjectIdentifier?
+    /// Whether the leader is a worker that comes back to `dequeue` until it is stopped (a
+    /// ``WorkerPool``'s), so that what is ready is certain to be taken by it.
+    @exclusivity(unchecked) private var leaderComesBack = false
     @exclusivity(unchecked) private var leaderThread = pthread_t()
     /// The leader thread's kernel ID, and its scheduler statistics (opened by the sentry).
     @exclusivity(unchecked) private var leaderThreadID: Int32 = 0
@@ -131,9 +139,11 @@ final class RingLeadership {
         return false
     }
 
-    /// `worker`, on the calling thread, leads from now on. Returns true when it took the ring
-    /// over from another leader (stuck in a handler; it becomes a standby when it returns).
-    func take(by worker: ObjectIdentifier) -> Bool {
+    /// `worker`, on the calling thread, leads from now on; `comesBack` says whether it always
+    /// comes back to `dequeue` (a pool's worker). Returns true when it took the ring over from
+    /// another leader (stuck in a handler; it becomes a standby when it returns).
+    func take(by worker: ObjectIdentifier, comesBack: Bool) -> Bool {
+        leaderComesBack = comesBack
         var tookOver = false
         if leader != worker {
             if leader != nil {
@@ -155,6 +165,14 @@ final class RingLeadership {
             }
         }
         return tookOver
+    }
+
+    /// Whether `worker`, not the leader, should leave the ready completions alone: the leader
+    /// handles completions and comes back for the rest. (A worker that may never come back, one
+    /// an application drives itself, does not keep them from the others.)
+    @inline(__always)
+    func leavesReadyCompletionsToLeader(_ worker: ObjectIdentifier) -> Bool {
+        state == .running && leaderComesBack && leader != worker
     }
 
     /// The leader returned with completions or from the kernel: it is running and made progress.

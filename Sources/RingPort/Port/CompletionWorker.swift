@@ -31,6 +31,9 @@ public final class CompletionWorker {
     let ring: Ring
     private let stopSignal: StopSignal?
     private var identity: ObjectIdentifier { ObjectIdentifier(self) }
+    /// Whether this worker dequeues again and again until it is stopped: a ``WorkerPool``'s
+    /// (the only workers with a stop signal), not one an application drives itself.
+    private var comesBackToDequeue: Bool { stopSignal != nil }
 
     /// Handles whose completions this worker has been given and not yet released.
     @exclusivity(unchecked) private var held: [IOHandle] = []
@@ -123,10 +126,14 @@ public final class CompletionWorker {
         var polled = false
         while true {
             if stopSignal?.isRequested == true { return 0 }
-            taken = ring.takeReadyLocked(budget: budget, worker: me, held: &held, deliver: deliver)
-            if taken > 0 {
-                ring.leadership.ran(me)
-                return taken
+            // A standby leaves what is ready to a running leader that comes back for it (a sentry
+            // taking it at each watch ran handlers beside the leader, fighting it for the lock).
+            if !ring.leadership.leavesReadyCompletionsToLeader(me) {
+                taken = ring.takeReadyLocked(budget: budget, worker: me, held: &held, deliver: deliver)
+                if taken > 0 {
+                    ring.leadership.ran(me)
+                    return taken
+                }
             }
             if ring.isClosed {
                 throw RingPortError(.portClosed, operation: "dequeue")
@@ -147,7 +154,7 @@ public final class CompletionWorker {
             let expired = now >= deadline
             if expired && polled { return 0 }
             if ring.leadership.isVacant || ring.leadership.isLeader(me) {
-                ring.takeLeadershipLocked(by: me)
+                ring.takeLeadershipLocked(by: me, comesBack: comesBackToDequeue)
                 try ring.waitInKernelLocked(
                     now: now, deadline: deadline, wait: !expired,
                     maximumWait: port.hasUncoveredRings ? CompletionPort.uncoveredRingPollInterval : nil)
@@ -156,7 +163,7 @@ public final class CompletionWorker {
                 return 0
             } else if ring.leadership.park(now: now, deadline: deadline, hasWork: { ring.hasWorkLocked }) {
                 // This worker, the sentry, found the leader stuck in a handler: it leads now.
-                ring.takeLeadershipLocked(by: me)
+                ring.takeLeadershipLocked(by: me, comesBack: comesBackToDequeue)
             }
         }
     }
