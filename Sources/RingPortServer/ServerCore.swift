@@ -103,6 +103,12 @@ final class ServerCore: Sendable {
 
     // MARK: Completions (worker threads)
 
+    /// Handles a worker's batch (``TCPServer/Configuration/completionBatch``), in order.
+    func handle(_ batch: [Completion]) {
+        // By index: each completion is read in place, not copied out of the array.
+        for index in batch.indices { handle(batch[index]) }
+    }
+
     func handle(_ completion: Completion) {
         switch completion.operation {
         case .accept:

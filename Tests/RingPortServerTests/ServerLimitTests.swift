@@ -21,6 +21,15 @@ extension RingPortServerTests {
             }
         }
 
+        @Test func aCompletionBatchBelowOneIsRejected() throws {
+            var configuration = try testServerConfiguration()
+            configuration.completionBatch = 0
+            let error = #expect(throws: RingPortError.self) {
+                _ = try TCPServer(configuration: configuration, handler: EchoHandler())
+            }
+            #expect(error?.code == .invalidArgument)
+        }
+
         @Test func connectionsBeyondTheLimitAreRefusedWhileOthersAreServed() throws {
             try withServer(configure: { $0.maximumConnections = 10 }) { server in
                 let held = try (0..<10).map { _ in try BlockingClient(connectingTo: server.localAddress) }

@@ -42,12 +42,18 @@ package func settledOperationsInFlight(_ server: TCPServer) -> Int {
 
 /// The two receive paths and accept strategies a server can run with.
 package enum ServerMode: String, CaseIterable, CustomTestStringConvertible {
-    case multishot, plain
+    /// `batched`: multishot, with workers taking up to 16 completions at a time.
+    case multishot, plain, batched
 
     package func apply(_ configuration: inout TCPServer.Configuration) {
-        if self == .plain {
+        switch self {
+        case .multishot:
+            break
+        case .plain:
             configuration.port.providedBuffers = nil
             configuration.acceptStrategy = .pool(depth: 8)
+        case .batched:
+            configuration.completionBatch = 16
         }
     }
 
