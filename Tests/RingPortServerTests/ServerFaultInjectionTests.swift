@@ -12,7 +12,7 @@ extension RingPortServerTests {
     @Suite struct ServerFaultInjectionTests {
         /// Faults a connection survives: no buffer (`ENOBUFS`), cancellations nobody asked for,
         /// accepts failing with `EMFILE` or cancelled. Every byte must still be echoed.
-        @Test(arguments: ServerMode.allCases, InjectionPath.allCases)
+        @Test(arguments: ServerMode.allCasesAndBatched, InjectionPath.allCases)
         func recoverableFaultsLoseNoByte(mode: ServerMode, path: InjectionPath) throws {
             let injection = path.injection([
                 .init(.accept, error: .canceled, probability: 1, limit: 2),

@@ -45,6 +45,11 @@ package enum ServerMode: String, CaseIterable, CustomTestStringConvertible {
     /// `batched`: multishot, with workers taking up to 16 completions at a time.
     case multishot, plain, batched
 
+    /// The two ways of receiving; tests that check what batches change add ``batched``.
+    package static let allCases: [ServerMode] = [.multishot, .plain]
+    /// ``allCases`` and ``batched``.
+    package static let allCasesAndBatched: [ServerMode] = allCases + [.batched]
+
     package func apply(_ configuration: inout TCPServer.Configuration) {
         switch self {
         case .multishot:
