@@ -7,7 +7,7 @@ import Testing
 
 extension RingPortServerTests {
     @Suite struct EchoServerTests {
-        @Test(arguments: ServerMode.allCasesAndBatched)
+        @Test(arguments: ServerMode.allCases)
         func echoesRandomPayloadsExactlyToManyConcurrentClients(mode: ServerMode) throws {
             try withServer(configure: mode.apply) { server in
                 EchoLoad(connections: 128, messagesPerConnection: 3, maximumMessageSize: 256 * 1024, seed: 42)
@@ -17,7 +17,7 @@ extension RingPortServerTests {
             }
         }
 
-        @Test(arguments: ServerMode.allCasesAndBatched)
+        @Test(arguments: ServerMode.allCases)
         func peerCloseAndPeerResetFreeEverything(mode: ServerMode) throws {
             var descriptorsWithIdleServer = DescriptorSnapshot()
             try withServer(configure: mode.apply) { server in
@@ -67,7 +67,7 @@ extension RingPortServerTests {
             }
         }
 
-        @Test(arguments: ServerMode.allCasesAndBatched)
+        @Test(arguments: ServerMode.allCases)
         func tinyRingsUnderHeavyLoadLoseNothing(mode: ServerMode) throws {
             try withServer(configure: {
                 $0.port.ringEntries = 4

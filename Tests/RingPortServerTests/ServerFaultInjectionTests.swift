@@ -12,7 +12,7 @@ extension RingPortServerTests {
     @Suite struct ServerFaultInjectionTests {
         /// Faults a connection survives: no buffer (`ENOBUFS`), cancellations nobody asked for,
         /// accepts failing with `EMFILE` or cancelled. Every byte must still be echoed.
-        @Test(arguments: ServerMode.allCasesAndBatched, InjectionPath.allCases)
+        @Test(arguments: ServerMode.allCases, InjectionPath.allCases)
         func recoverableFaultsLoseNoByte(mode: ServerMode, path: InjectionPath) throws {
             let injection = path.injection([
                 .init(.accept, error: .canceled, probability: 1, limit: 2),
@@ -44,7 +44,7 @@ extension RingPortServerTests {
 
         /// Faults that end a connection (reset, broken pipe, end of stream) end only the
         /// connection hit: the others are served, nothing leaks, and no client sees a wrong byte.
-        @Test(arguments: ServerMode.allCases, InjectionPath.allCases)
+        @Test(arguments: ServerMode.receiveModes, InjectionPath.allCases)
         func fatalFaultsEndOnlyTheConnectionHit(mode: ServerMode, path: InjectionPath) throws {
             let injection = path.injection([
                 .init(.read, error: .connectionReset, probability: 0.04),

@@ -40,15 +40,14 @@ package func settledOperationsInFlight(_ server: TCPServer) -> Int {
     return last
 }
 
-/// The two receive paths and accept strategies a server can run with.
+/// The ways a server can run: its two receive paths and accept strategies, and the first of them
+/// with batched completions.
 package enum ServerMode: String, CaseIterable, CustomTestStringConvertible {
     /// `batched`: multishot, with workers taking up to 16 completions at a time.
     case multishot, plain, batched
 
-    /// The two ways of receiving; tests that check what batches change add ``batched``.
-    package static let allCases: [ServerMode] = [.multishot, .plain]
-    /// ``allCases`` and ``batched``.
-    package static let allCasesAndBatched: [ServerMode] = allCases + [.batched]
+    /// The two ways of receiving, for tests where batches change nothing.
+    package static let receiveModes: [ServerMode] = [.multishot, .plain]
 
     package func apply(_ configuration: inout TCPServer.Configuration) {
         switch self {
