@@ -3,8 +3,9 @@ import Logging
 import RingPort
 import RingPortServer
 
-/// Options every command that serves on a completion port shares (`echo`, `http` and
-/// `async-echo`): where to listen, what performs the I/O, the port's threads and rings, logging.
+/// Options every command that serves on a completion port shares (`echo`, `http`, `async-echo`,
+/// and `nio-echo` and `nio-http`, whose `--transport posix` uses only the address and the log
+/// level): where to listen, what performs the I/O, the port's threads and rings, logging.
 struct ListenOptions: ParsableArguments {
     @Option(help: "The address to listen on (numeric IPv4 or IPv6, or localhost).")
     var host = "127.0.0.1"

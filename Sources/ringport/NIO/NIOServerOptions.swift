@@ -15,14 +15,11 @@ enum NIOTransport: String, ExpressibleByArgument, CaseIterable {
     case posix
 }
 
-/// What `ringport nio-echo` and `ringport nio-http` share: where to listen, the transport and its
-/// shape, and the life cycle (serve until SIGINT or SIGTERM, then close every connection).
+/// What `ringport nio-echo` and `ringport nio-http` share: where to listen and the completion
+/// port's shape (``ListenOptions``, used by `--transport ringport`), the transport, and the life
+/// cycle (serve until SIGINT or SIGTERM, then close every connection).
 struct NIOServerOptions: ParsableArguments {
-    @Option(help: "The address to listen on (numeric IPv4 or IPv6, or localhost).")
-    var host = "127.0.0.1"
-
-    @Option(help: "The TCP port to listen on (0: let the kernel choose; the chosen port is printed).")
-    var port = 8888
+    @OptionGroup var listen: ListenOptions
 
     @Option(help: "Where the pipeline runs: ringport (RingPortNIO on the completion port) or posix (NIOPosix).")
     var transport: NIOTransport = .ringport
@@ -30,23 +27,8 @@ struct NIOServerOptions: ParsableArguments {
     @Option(help: "--transport posix: event loop threads.")
     var threads = 1
 
-    @Option(help: "--transport ringport: auto (io_uring, or epoll where io_uring is refused), io_uring, or epoll.")
-    var backend: CompletionPort.Backend = .automatic
-
-    @Option(help: "--transport ringport: worker threads (default: CPU count × 2 + 2).")
-    var workers: Int?
-
-    @Option(help: "--transport ringport: io_uring instances, one event loop each (default: one per two CPUs).")
-    var rings: Int?
-
-    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
-    var logLevel: Logger.Level = .info
-
     func validate() throws {
-        guard (0...65535).contains(port) else { throw ValidationError("--port must be 0...65535") }
         if threads < 1 { throw ValidationError("--threads must be at least 1") }
-        if let workers, workers < 1 { throw ValidationError("--workers must be at least 1") }
-        if let rings, rings < 1 { throw ValidationError("--rings must be at least 1") }
     }
 
     /// Binds a server whose connections get `initializer` on the chosen transport (with
@@ -61,7 +43,7 @@ struct NIOServerOptions: ParsableArguments {
         prepare: @escaping @Sendable (any EventLoop) -> Void = { _ in },
         initializer: @escaping @Sendable (Channel) -> EventLoopFuture<Void>
     ) async throws {
-        bootstrapLogging(level: logLevel)
+        bootstrapLogging(level: listen.logLevel)
         let runner = await ServiceRunner()
         let group: any EventLoopGroup
         let shape: String
@@ -69,10 +51,7 @@ struct NIOServerOptions: ParsableArguments {
             switch transport {
             case .ringport:
                 var configuration = RingPortEventLoopGroup.Configuration()
-                configuration.port.backend = backend
-                if let workers { configuration.port.workerCount = workers }
-                if let rings { configuration.port.ringCount = rings }
-                configuration.port.logger = Logger(label: "ringport.port")
+                listen.configure(&configuration.port)
                 let ringGroup = try RingPortEventLoopGroup(configuration: configuration)
                 group = ringGroup
                 let rings = ringGroup.port.ringCount
@@ -97,6 +76,7 @@ struct NIOServerOptions: ParsableArguments {
             StandardError.write("error: \(name): \(error)")
             throw ExitCode.failure
         }
+        let (host, port) = (listen.host, Int(listen.port))
         let address = server.localAddress.map { "\($0.ipAddress ?? host):\($0.port ?? port)" } ?? "\(host):\(port)"
         print("ringport \(name) listening on \(address) (\(shape))")
         fflush(nil)
@@ -133,7 +113,7 @@ struct NIOServerOptions: ParsableArguments {
                 .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
                 .childChannelOption(.allowRemoteHalfClosure, value: halfClosure)
                 .childChannelInitializer(initializer)
-                .bind(host: host, port: port)
+                .bind(host: listen.host, port: Int(listen.port))
         }
         return ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: Int32(SOMAXCONN))
@@ -141,7 +121,7 @@ struct NIOServerOptions: ParsableArguments {
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(.allowRemoteHalfClosure, value: halfClosure)
             .childChannelInitializer(initializer)
-            .bind(host: host, port: port)
+            .bind(host: listen.host, port: Int(listen.port))
     }
 }
 
