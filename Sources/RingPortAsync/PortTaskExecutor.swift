@@ -1,6 +1,7 @@
 import DequeModule
 import Glibc
 import RingPort
+import Synchronization
 
 /// A task executor whose jobs run on an ``AsyncPort``'s worker threads.
 ///
@@ -35,6 +36,7 @@ public final class PortTaskExecutor: TaskExecutor, Sendable {
 
     private let port: CompletionPort
     private let shared = LockedValue(SharedQueue())
+    private let stopped = Atomic<Bool>(false)
 
     private struct SharedQueue {
         var jobs = Deque<UnownedJob>()
@@ -44,8 +46,21 @@ public final class PortTaskExecutor: TaskExecutor, Sendable {
         var stopped = false
     }
 
-    init(port: CompletionPort) {
+    /// Whether the workers run Swift's global executor
+    /// (``AsyncPort/Resumption/portWorkersAsGlobalExecutor``).
+    let runsGlobalExecutor: Bool
+
+    init(port: CompletionPort, runsGlobalExecutor: Bool = false) {
         self.port = port
+        self.runsGlobalExecutor = runsGlobalExecutor
+    }
+
+    /// The task executor the workers run jobs on. Their own, except where they run the global
+    /// executor: then the global one, which is what a task without a preference asks for, so
+    /// that its switches to the generic executor switch nothing (on this executor each would be
+    /// a hop through the global queue and back).
+    private var jobExecutor: UnownedTaskExecutor {
+        runsGlobalExecutor ? globalConcurrentExecutor.asUnownedTaskExecutor() : asUnownedTaskExecutor()
     }
 
     /// Queues a job. On one of this executor's workers, while it handles a completion, the job
@@ -95,6 +110,9 @@ public final class PortTaskExecutor: TaskExecutor, Sendable {
 
     private enum SharedAction { case none, wakeUp, runElsewhere }
 
+    /// Whether the workers are gone (jobs go to the global executor).
+    var isStopped: Bool { stopped.load(ordering: .acquiring) }
+
     private static func runElsewhere(_ job: UnownedJob) {
         globalConcurrentExecutor.enqueue(ExecutorJob(job))
     }
@@ -117,7 +135,7 @@ public final class PortTaskExecutor: TaskExecutor, Sendable {
             defer { queue.jobs.removeAll(keepingCapacity: true) }
             return Array(queue.jobs)
         }
-        let executor = asUnownedTaskExecutor()
+        let executor = jobExecutor
         for job in jobs {
             job.runSynchronously(on: executor)
         }
@@ -127,7 +145,7 @@ public final class PortTaskExecutor: TaskExecutor, Sendable {
     /// rest to the shared queue.
     func runLocalJobs(_ local: WorkerJobs) {
         guard !local.jobs.isEmpty else { return }
-        let executor = asUnownedTaskExecutor()
+        let executor = jobExecutor
         var budget = PortTaskExecutor.inlineJobLimit
         while let job = local.jobs.popFirst() {
             job.runSynchronously(on: executor)
@@ -141,9 +159,10 @@ public final class PortTaskExecutor: TaskExecutor, Sendable {
         }
     }
 
-    /// The workers have stopped: sends what is queued, and every later job, to the global
-    /// executor.
+    /// The port shuts down: sends what is queued, and every later job that is not resumed on a
+    /// worker by its completion handler, to the global executor. The workers stop after this.
     func stop() {
+        stopped.store(true, ordering: .releasing)
         let stranded = shared.withLock { queue in
             queue.stopped = true
             defer { queue.jobs.removeAll() }

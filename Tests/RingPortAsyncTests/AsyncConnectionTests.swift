@@ -12,8 +12,9 @@ extension RingPortAsyncTests {
     @Suite struct AsyncConnectionTests {
         /// Async clients (one writer and one reader task each) against the async echo server:
         /// every byte of many random-size messages comes back in order, with tasks resumed on the
-        /// port's workers and on the global executor.
-        @Test(.timeLimit(.minutes(1)), arguments: [AsyncPort.Resumption.portWorkers, .globalExecutor])
+        /// port's workers, on the global executor, and on the port's workers running the global
+        /// executor.
+        @Test(.timeLimit(.minutes(1)), arguments: AsyncPort.Resumption.allCases)
         func echoesManyRandomMessagesFromManyClientsByteExact(resumption: AsyncPort.Resumption) async throws {
             let descriptorsBefore = DescriptorSnapshot()
             let io = try makeAsyncPort(resumption)
@@ -103,7 +104,7 @@ extension RingPortAsyncTests {
 
         /// A pending read whose task is cancelled throws CancellationError at once; the receive
         /// stays armed, the connection usable, and a later read gets the next bytes.
-        @Test(.timeLimit(.minutes(1)), arguments: [AsyncPort.Resumption.portWorkers, .globalExecutor])
+        @Test(.timeLimit(.minutes(1)), arguments: AsyncPort.Resumption.allCases)
         func cancellingAPendingReadThrowsCancellationAndKeepsTheConnectionUsable(
             resumption: AsyncPort.Resumption
         ) async throws {
@@ -115,7 +116,7 @@ extension RingPortAsyncTests {
             let reading = Task(executorPreference: io.preferredExecutor) { try await connection.read() }
             // The read is with the kernel (not cancelled before it was posted). On the port's
             // workers, starting the task posted a wake-up first.
-            let posts: UInt64 = resumption == .portWorkers ? 2 : 1
+            let posts: UInt64 = resumption == .globalExecutor ? 1 : 2
             #expect(
                 await eventuallyAsync {
                     let statistics = io.statistics

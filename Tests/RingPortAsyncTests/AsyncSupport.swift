@@ -5,11 +5,14 @@ import RingPortAsync
 import RingPortTestSupport
 import Testing
 
-extension AsyncPort.Resumption: CustomTestStringConvertible {
+extension AsyncPort.Resumption: CaseIterable, CustomTestStringConvertible {
+    public static let allCases: [AsyncPort.Resumption] = [.portWorkers, .globalExecutor, .portWorkersAsGlobalExecutor]
+
     public var testDescription: String {
         switch self {
         case .portWorkers: "port workers"
         case .globalExecutor: "global executor"
+        case .portWorkersAsGlobalExecutor: "port workers as the global executor"
         }
     }
 }
