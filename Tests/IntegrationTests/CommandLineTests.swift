@@ -148,6 +148,27 @@ extension IntegrationTests {
             #expect(summary.hasSuffix(" 0 lost"))
         }
 
+        /// `ringport async-echo` wherever its tasks run (the port's workers, Swift's global
+        /// executor, the port's workers running the global executor): 100 clients × 3 random
+        /// messages ≤ 64 KiB echoed byte-exact, and a clean stop on SIGTERM with nothing lost.
+        @Test(arguments: [
+            ("workers", "tasks on the port's workers)"), ("global", "tasks on the global executor)"),
+            ("global-on-workers", "tasks on the port's workers, which run the global executor)"),
+        ])
+        func asyncEchoServesWhereverItsTasksRun(resume: String, banner: String) throws {
+            let server = try RunningRingport(["async-echo", "--port", "0", "--resume", resume])
+            defer { if server.process.isRunning { server.process.terminate() } }
+            #expect(server.banner.hasSuffix(banner), "\(server.banner)")
+            EchoLoad(connections: 100, messagesPerConnection: 3, maximumMessageSize: 64 * 1024, seed: 16)
+                .expectCleanRun(against: server.address)
+            server.terminate()
+            #expect(server.process.terminationReason == .exit)
+            #expect(server.process.terminationStatus == 0)
+            let summary = try #require(server.summary)
+            #expect(summary.hasSuffix(" 0 lost"), "\(summary)")
+            #expect(!server.lines.all.contains { $0.contains("not dequeued") }, "\(server.lines.all)")
+        }
+
         /// `ringport nio-echo` and `ringport nio-http` on either transport: 100 clients × 3 random
         /// messages ≤ 64 KiB echoed byte-exact through the SwiftNIO echo pipeline, and three
         /// pipelined keep-alive requests answered by NIOHTTP1's pipeline with the same headers as
