@@ -126,6 +126,17 @@ struct RunningRingport {
         guard eventually({ lines.all.contains { $0.hasPrefix("stopped:") } }) else { return nil }
         return lines.all.first { $0.hasPrefix("stopped:") }
     }
+
+    /// Stops the server with SIGTERM, expects it to exit with status 0 and a summary that lost
+    /// nothing, and returns the summary.
+    func expectCleanStop(sourceLocation: SourceLocation = #_sourceLocation) throws -> String {
+        terminate()
+        #expect(process.terminationReason == .exit, sourceLocation: sourceLocation)
+        #expect(process.terminationStatus == 0, sourceLocation: sourceLocation)
+        let summary = try #require(summary, sourceLocation: sourceLocation)
+        #expect(summary.hasSuffix(" 0 lost"), "\(summary)", sourceLocation: sourceLocation)
+        return summary
+    }
 }
 
 extension IntegrationTests {
@@ -140,12 +151,8 @@ extension IntegrationTests {
             EchoLoad(connections: 200, messagesPerConnection: 3, maximumMessageSize: 64 * 1024, seed: 99)
                 .expectCleanRun(against: server.address)
 
-            server.terminate()
-            #expect(server.process.terminationReason == .exit)
-            #expect(server.process.terminationStatus == 0)
-            let summary = try #require(server.summary)
+            let summary = try server.expectCleanStop()
             #expect(summary.contains("200 connections served"))
-            #expect(summary.hasSuffix(" 0 lost"))
         }
 
         /// `ringport async-echo` wherever its tasks run (the port's workers, Swift's global
@@ -161,12 +168,8 @@ extension IntegrationTests {
             #expect(server.banner.hasSuffix(banner), "\(server.banner)")
             EchoLoad(connections: 100, messagesPerConnection: 3, maximumMessageSize: 64 * 1024, seed: 16)
                 .expectCleanRun(against: server.address)
-            server.terminate()
-            #expect(server.process.terminationReason == .exit)
-            #expect(server.process.terminationStatus == 0)
-            let summary = try #require(server.summary)
-            #expect(summary.hasSuffix(" 0 lost"), "\(summary)")
-            #expect(!server.lines.all.contains { $0.contains("not dequeued") }, "\(server.lines.all)")
+            _ = try server.expectCleanStop()
+            #expect(!server.logLines.all.contains { $0.contains("not dequeued") }, "\(server.logLines.all)")
         }
 
         /// `ringport nio-echo` and `ringport nio-http` on either transport: 100 clients × 3 random
