@@ -103,21 +103,21 @@ stress: test-deps
 
 # The test suite under ThreadSanitizer, then under AddressSanitizer (with LeakSanitizer), each in
 # a build directory of its own. Only the Swift Testing runner runs (the XCTest runner has no tests).
-# The suppression files (Tests/Sanitizers) say what each suppresses and why. The AddressSanitizer
-# build leaves out the TLS trait (NIOSSL and BoringSSL, about 2 more minutes per build): the TLS
-# tests run in make test and under ThreadSanitizer.
+# The suppression files (Tests/Sanitizers) say what each suppresses and why. Both builds leave out
+# the TLS trait (NIOSSL and BoringSSL, about 2 more minutes per build): the TLS tests run in make
+# test, and the channels they run on are the same as the plain ones, which run here.
 # The suites that start ringport processes (the IntegrationTests target: about 80 s of the 280 s
 # a sanitized run takes) run on the first backend only: on the others they run the same process
 # code over an engine that the in-process suites already cover under each sanitizer.
 SANITIZE_PROCESS_SUITES = IntegrationTests
 sanitize: test-deps
-	$(SWIFT) build --build-tests --sanitize=thread --scratch-path .build-tsan
+	$(SWIFT) build --build-tests --sanitize=thread --scratch-path .build-tsan --disable-default-traits
 	@set -e; first=1; for backend in $(BACKENDS); do \
 		skip=$$([ $$first = 1 ] || echo "--skip $(SANITIZE_PROCESS_SUITES)"); first=0; \
 		echo "== the tests under ThreadSanitizer on the $$backend backend $$skip"; \
 		RINGPORT_BACKEND=$$backend TSAN_OPTIONS=suppressions=$(CURDIR)/Tests/Sanitizers/tsan-suppressions.txt \
 			$(SWIFT) test --skip-build --no-parallel --sanitize=thread --scratch-path .build-tsan --disable-xctest \
-				$$skip; \
+				--disable-default-traits $$skip; \
 	done
 	$(SWIFT) build --build-tests --sanitize=address --scratch-path .build-asan --disable-default-traits
 	@set -e; first=1; for backend in $(BACKENDS); do \
