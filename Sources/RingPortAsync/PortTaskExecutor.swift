@@ -46,21 +46,23 @@ public final class PortTaskExecutor: TaskExecutor, Sendable {
         var stopped = false
     }
 
-    /// Whether the workers run Swift's global executor
-    /// (``AsyncPort/Resumption/portWorkersAsGlobalExecutor``).
-    let runsGlobalExecutor: Bool
+    /// Where the workers run Swift's global executor
+    /// (``AsyncPort/Resumption/portWorkersAsGlobalExecutor``): the global executor, which the
+    /// workers run jobs on instead of this one (see `jobExecutor`).
+    private let globalExecutor: UnownedTaskExecutor?
 
     init(port: CompletionPort, runsGlobalExecutor: Bool = false) {
         self.port = port
-        self.runsGlobalExecutor = runsGlobalExecutor
+        globalExecutor = runsGlobalExecutor ? globalConcurrentExecutor.asUnownedTaskExecutor() : nil
     }
 
     /// The task executor the workers run jobs on. Their own, except where they run the global
     /// executor: then the global one, which is what a task without a preference asks for, so
     /// that its switches to the generic executor switch nothing (on this executor each would be
-    /// a hop through the global queue and back).
+    /// a hop through the global queue and back). A task that prefers this executor explicitly
+    /// still runs right there, at the cost of that hop at each switch.
     private var jobExecutor: UnownedTaskExecutor {
-        runsGlobalExecutor ? globalConcurrentExecutor.asUnownedTaskExecutor() : asUnownedTaskExecutor()
+        globalExecutor ?? asUnownedTaskExecutor()
     }
 
     /// Queues a job. On one of this executor's workers, while it handles a completion, the job
