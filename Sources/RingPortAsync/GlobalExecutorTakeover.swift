@@ -14,16 +14,20 @@ import Synchronization
 /// Process-wide, one executor at a time. Delayed jobs (`Task.sleep`) are not routed: the runtime
 /// runs them on its own threads, and the tasks come back to the workers at their next resumption.
 ///
-/// Thread-safety: ``install(_:)`` and ``uninstall(_:)`` take a lock; the hook itself reads one
-/// atomic word per job. Ownership: the installed executor is retained by the installation and
-/// never released, so that a job that read the word just before an uninstall still reaches a
-/// live object (one executor per installation, a few hundred bytes).
+/// Thread-safety: ``install(_:)`` and ``uninstall(_:)`` take a lock; the hook counts itself in
+/// and out (two atomic operations per job) and reads one atomic word. Ownership: the installation
+/// retains the executor (and with it the port); ``uninstall(_:)`` releases it once no hook call
+/// that could have read its address is still running.
 enum GlobalExecutorTakeover {
     private typealias Original = @convention(thin) (UnownedJob) -> Void
     private typealias Hook = @convention(thin) (UnownedJob, Original) -> Void
 
     /// The installed executor's address (0: none).
     private static let installed = Atomic<UInt>(0)
+    /// Hook calls running now. With `installed`, a Dekker pair (both sequentially consistent): a
+    /// call that read an address is counted before ``uninstall(_:)`` looks, so the executor is
+    /// released only after every such call returned.
+    private static let hookCallsInFlight = Atomic<Int>(0)
     /// Serialises installing and uninstalling.
     private static let installation = LockedValue(())
 
@@ -58,7 +62,9 @@ enum GlobalExecutorTakeover {
             let address = UInt(bitPattern: Unmanaged.passRetained(executor).toOpaque())
             installed.store(address, ordering: .releasing)
             hookVariable.pointee = { job, original in
-                let address = GlobalExecutorTakeover.installed.load(ordering: .acquiring)
+                GlobalExecutorTakeover.hookCallsInFlight.add(1, ordering: .sequentiallyConsistent)
+                defer { GlobalExecutorTakeover.hookCallsInFlight.subtract(1, ordering: .releasing) }
+                let address = GlobalExecutorTakeover.installed.load(ordering: .sequentiallyConsistent)
                 guard address != 0 else { return original(job) }
                 let executor = Unmanaged<PortTaskExecutor>.fromOpaque(UnsafeRawPointer(bitPattern: address)!)
                 executor._withUnsafeGuaranteedRef { executor in
@@ -74,19 +80,20 @@ enum GlobalExecutorTakeover {
         }
     }
 
-    /// Stops routing jobs to `executor` (the port shuts down; call after `executor.stop()`).
-    /// Does nothing when `executor` is not the installed one.
+    /// Stops routing jobs to `executor` (the port shuts down; call after `executor.stop()`), and
+    /// releases it once the hook calls that may still use it have returned (they only queue a
+    /// job: microseconds). Does nothing when `executor` is not the installed one. Not from a job
+    /// or a completion handler (the port's own shutdown calls it from a thread of its own).
     static func uninstall(_ executor: PortTaskExecutor) {
         installation.withLock { _ in
             let address = UInt(bitPattern: Unmanaged.passUnretained(executor).toOpaque())
             guard installed.load(ordering: .acquiring) == address else { return }
-            installed.store(0, ordering: .releasing)
             hookVariable?.pointee = nil
+            installed.store(0, ordering: .sequentiallyConsistent)
+            while hookCallsInFlight.load(ordering: .sequentiallyConsistent) != 0 {
+                sched_yield()
+            }
+            Unmanaged<PortTaskExecutor>.fromOpaque(UnsafeRawPointer(bitPattern: address)!).release()
         }
-    }
-
-    /// Whether `executor` runs the global executor's jobs now.
-    static func isInstalled(_ executor: PortTaskExecutor) -> Bool {
-        installed.load(ordering: .acquiring) == UInt(bitPattern: Unmanaged.passUnretained(executor).toOpaque())
     }
 }
