@@ -47,5 +47,18 @@ extension RingPortAsyncTests {
             #expect(again.hasPrefix("ringport-async-"), "a plain task ran on \(again)")
             await next.shutdown()
         }
+
+        /// Giving the global executor back lets go of the port: nothing keeps its rings (and
+        /// their provided buffers) once the application drops it.
+        @Test(.timeLimit(.minutes(1))) func theShutdownLetsGoOfThePort() async throws {
+            weak var port: CompletionPort?
+            do {
+                let io = try makeAsyncPort(.portWorkersAsGlobalExecutor)
+                port = io.port
+                #expect(await Task.detached { currentThreadName() }.value.hasPrefix("ringport-async-"))
+                await io.shutdown()
+            }
+            #expect(await eventuallyAsync { port == nil }, "the port outlived its AsyncPort")
+        }
     }
 }
