@@ -17,9 +17,7 @@ import SystemPackage
 /// ``Configuration/resumption``) runs on the port's worker threads and is resumed on the worker
 /// that handled its completion, without a thread hop. Any other task is resumed on its own
 /// executor (the global concurrent one for plain tasks): the worker resumes the continuation
-/// and the task continues on another thread. With
-/// ``Resumption/portWorkersAsGlobalExecutor`` the port's workers run Swift's global concurrent
-/// executor itself, so plain tasks run there with no preference at all.
+/// and the task continues on another thread.
 ///
 /// ## Thread-safety and lifetime
 /// All members may be called from any thread or task. Call ``shutdown()`` once the port's work
@@ -66,20 +64,6 @@ public final class AsyncPort: Sendable {
         /// On Swift's global concurrent executor: a completion resumes its task there, which
         /// costs a thread hop per completion.
         case globalExecutor
-        /// On the port's worker threads, which run Swift's global concurrent executor while the
-        /// port runs: every job enqueued on the global executor, from any task of the process,
-        /// goes to the port's workers, and a completion resumes its task on the thread that
-        /// dequeued it, as with ``portWorkers``, without the task needing an executor preference
-        /// (``AsyncPort/preferredExecutor`` is nil). That saves the runtime's lookup of the
-        /// preference under the task's status lock at every executor switch and every enqueue.
-        ///
-        /// Process-wide: one port at a time (creating a second one while the first runs throws
-        /// `RingPortError.Code.invalidArgument`), and only where no other library has taken the
-        /// global executor over (SwiftNIO's `NIOSingletons` can). After ``AsyncPort/shutdown()``
-        /// the global executor is Swift's own again. Delayed jobs (`Task.sleep`) still wait on
-        /// the runtime's own threads. Blocking in any task now blocks a port worker: keep
-        /// blocking work off every task, not only the port's.
-        case portWorkersAsGlobalExecutor
     }
 
     /// The completion port. Use it for operations of your own; the async layer's handles and
@@ -115,9 +99,7 @@ public final class AsyncPort: Sendable {
     /// Creates the port and starts its workers.
     ///
     /// - Throws: `RingPortError` when io_uring is unavailable (see `CompletionPort.init(configuration:)`),
-    ///   a size is out of range, a worker thread cannot start, or (`.invalidArgument`)
-    ///   ``Resumption/portWorkersAsGlobalExecutor`` is asked for while another port runs the
-    ///   global executor.
+    ///   a size is out of range, or a worker thread cannot start.
     public init(configuration: Configuration = .init()) throws(RingPortError) {
         guard configuration.receiveBufferSize >= 1, configuration.inboundHighWatermark >= 1,
             configuration.outboundHighWatermark >= 1
@@ -130,8 +112,7 @@ public final class AsyncPort: Sendable {
         outboundWatermarks = Watermarks(high: configuration.outboundHighWatermark)
         logger = configuration.logger
         let port = try CompletionPort(configuration: configuration.port)
-        let executor = PortTaskExecutor(
-            port: port, runsGlobalExecutor: configuration.resumption == .portWorkersAsGlobalExecutor)
+        let executor = PortTaskExecutor(port: port)
         self.port = port
         self.executor = executor
         usesProvidedBuffers = port.supportsMultishotReceive && port.features.multishotReceive
@@ -143,13 +124,8 @@ public final class AsyncPort: Sendable {
             AsyncPort.handle(completion, executor: executor, depot: depot)
         }
         do {
-            if configuration.resumption == .portWorkersAsGlobalExecutor {
-                try GlobalExecutorTakeover.install(executor)
-            }
             try workers.start()
         } catch {
-            GlobalExecutorTakeover.uninstall(executor)
-            executor.stop()
             port.close()
             throw error
         }
@@ -157,9 +133,8 @@ public final class AsyncPort: Sendable {
     }
 
     /// The executor that ``Configuration/resumption`` chooses: ``executor`` for
-    /// ``Resumption/portWorkers``, nil (no preference) for ``Resumption/globalExecutor`` and for
-    /// ``Resumption/portWorkersAsGlobalExecutor`` (whose global executor is the port's workers).
-    /// Pass it to `Task(executorPreference:)` or `withTaskExecutorPreference(_:operation:)`.
+    /// ``Resumption/portWorkers``, nil (no preference) for ``Resumption/globalExecutor``. Pass
+    /// it to `Task(executorPreference:)` or `withTaskExecutorPreference(_:operation:)`.
     public var preferredExecutor: (any TaskExecutor)? {
         configuration.resumption == .portWorkers ? executor : nil
     }
@@ -283,8 +258,7 @@ public final class AsyncPort: Sendable {
     /// Shuts the port down: closes every handle (listeners end their sequences, pending reads,
     /// writes, accepts and connects throw `RingPortError.Code.handleClosed`), waits until
     /// their completions were handled (up to 10 s), stops the workers, and closes the port.
-    /// Tasks that prefer ``executor`` keep running on the global executor afterwards (Swift's
-    /// own again, with ``Resumption/portWorkersAsGlobalExecutor``).
+    /// Tasks that prefer ``executor`` keep running on the global executor afterwards.
     /// Idempotent; later calls return at once.
     ///
     /// May be called from any task, including one running on ``executor``: the waiting happens
@@ -325,11 +299,8 @@ public final class AsyncPort: Sendable {
             )
         }
         memorySweep.stop()
-        // The executor first, while the workers still dequeue: a wake-up it posted before
-        // stopping is still handled, and no job posts one after.
-        executor.stop()
-        GlobalExecutorTakeover.uninstall(executor)
         workers.shutdown()
+        executor.stop()
         port.close()
         state.store(AsyncPort.stopped, ordering: .releasing)
     }

@@ -1,7 +1,6 @@
 import DequeModule
 import Glibc
 import RingPort
-import Synchronization
 
 /// A task executor whose jobs run on an ``AsyncPort``'s worker threads.
 ///
@@ -36,7 +35,6 @@ public final class PortTaskExecutor: TaskExecutor, Sendable {
 
     private let port: CompletionPort
     private let shared = LockedValue(SharedQueue())
-    private let stopped = Atomic<Bool>(false)
 
     private struct SharedQueue {
         var jobs = Deque<UnownedJob>()
@@ -46,23 +44,8 @@ public final class PortTaskExecutor: TaskExecutor, Sendable {
         var stopped = false
     }
 
-    /// Where the workers run Swift's global executor
-    /// (``AsyncPort/Resumption/portWorkersAsGlobalExecutor``): the global executor, which the
-    /// workers run jobs on instead of this one (see `jobExecutor`).
-    private let globalExecutor: UnownedTaskExecutor?
-
-    init(port: CompletionPort, runsGlobalExecutor: Bool = false) {
+    init(port: CompletionPort) {
         self.port = port
-        globalExecutor = runsGlobalExecutor ? globalConcurrentExecutor.asUnownedTaskExecutor() : nil
-    }
-
-    /// The task executor the workers run jobs on. Their own, except where they run the global
-    /// executor: then the global one, which is what a task without a preference asks for, so
-    /// that its switches to the generic executor switch nothing (on this executor each would be
-    /// a hop through the global queue and back). A task that prefers this executor explicitly
-    /// still runs right there, at the cost of that hop at each switch.
-    private var jobExecutor: UnownedTaskExecutor {
-        globalExecutor ?? asUnownedTaskExecutor()
     }
 
     /// Queues a job. On one of this executor's workers, while it handles a completion, the job
@@ -112,9 +95,6 @@ public final class PortTaskExecutor: TaskExecutor, Sendable {
 
     private enum SharedAction { case none, wakeUp, runElsewhere }
 
-    /// Whether the workers are gone (jobs go to the global executor).
-    var isStopped: Bool { stopped.load(ordering: .acquiring) }
-
     private static func runElsewhere(_ job: UnownedJob) {
         globalConcurrentExecutor.enqueue(ExecutorJob(job))
     }
@@ -137,7 +117,7 @@ public final class PortTaskExecutor: TaskExecutor, Sendable {
             defer { queue.jobs.removeAll(keepingCapacity: true) }
             return Array(queue.jobs)
         }
-        let executor = jobExecutor
+        let executor = asUnownedTaskExecutor()
         for job in jobs {
             job.runSynchronously(on: executor)
         }
@@ -147,7 +127,7 @@ public final class PortTaskExecutor: TaskExecutor, Sendable {
     /// rest to the shared queue.
     func runLocalJobs(_ local: WorkerJobs) {
         guard !local.jobs.isEmpty else { return }
-        let executor = jobExecutor
+        let executor = asUnownedTaskExecutor()
         var budget = PortTaskExecutor.inlineJobLimit
         while let job = local.jobs.popFirst() {
             job.runSynchronously(on: executor)
@@ -161,10 +141,9 @@ public final class PortTaskExecutor: TaskExecutor, Sendable {
         }
     }
 
-    /// The port shuts down: sends what is queued, and every later job that is not resumed on a
-    /// worker by its completion handler, to the global executor. The workers stop after this.
+    /// The workers have stopped: sends what is queued, and every later job, to the global
+    /// executor.
     func stop() {
-        stopped.store(true, ordering: .releasing)
         let stranded = shared.withLock { queue in
             queue.stopped = true
             defer { queue.jobs.removeAll() }

@@ -15,9 +15,7 @@ struct AsyncEchoCommand: AsyncParsableCommand {
         discussion: """
             One task per connection writes back every buffer its inbound sequence delivers. --resume workers runs \
             the tasks on the completion port's worker threads (a completion resumes its task on \
-            the thread that dequeued it); --resume global runs them on Swift's global executor; \
-            --resume global-on-workers makes the port's workers run Swift's global executor, so the \
-            tasks run there without an executor preference. \
+            the thread that dequeued it); --resume global runs them on Swift's global executor. \
             Runs until SIGINT or SIGTERM, then closes every connection.
             """
     )
@@ -27,33 +25,11 @@ struct AsyncEchoCommand: AsyncParsableCommand {
     @Option(help: "Bytes of each connection's own receive buffer, where it cannot receive into provided buffers.")
     var bufferSize = 16384
 
-    @Option(
-        help: """
-            Where tasks run: workers (the port's worker threads), global (Swift's global executor), or \
-            global-on-workers (the port's workers run Swift's global executor).
-            """)
+    @Option(help: "Where tasks run: workers (the port's worker threads) or global (Swift's global executor).")
     var resume: ResumeOption = .workers
 
     enum ResumeOption: String, ExpressibleByArgument, CaseIterable {
         case workers, global
-        case globalOnWorkers = "global-on-workers"
-
-        var resumption: AsyncPort.Resumption {
-            switch self {
-            case .workers: .portWorkers
-            case .global: .globalExecutor
-            case .globalOnWorkers: .portWorkersAsGlobalExecutor
-            }
-        }
-
-        /// For the line that says where the server listens.
-        var whereTasksRun: String {
-            switch self {
-            case .workers: "the port's workers"
-            case .global: "the global executor"
-            case .globalOnWorkers: "the port's workers, which run the global executor"
-            }
-        }
     }
 
     func validate() throws {
@@ -65,7 +41,7 @@ struct AsyncEchoCommand: AsyncParsableCommand {
         var configuration = AsyncPort.Configuration()
         listen.configure(&configuration.port)
         configuration.receiveBufferSize = bufferSize
-        configuration.resumption = resume.resumption
+        configuration.resumption = resume == .workers ? .portWorkers : .globalExecutor
         configuration.logger = Logger(label: "ringport.async-echo")
 
         let runner = await ServiceRunner()
@@ -83,7 +59,7 @@ struct AsyncEchoCommand: AsyncParsableCommand {
             """
             ringport async-echo listening on \(service.listener.localAddress) (\(service.io.port.backend), \
             \(configuration.port.workerCount) workers, \(rings) \(rings == 1 ? "ring" : "rings"), tasks on \
-            \(resume.whereTasksRun))
+            \(resume == .workers ? "the port's workers" : "the global executor"))
             """
         )
         fflush(nil)

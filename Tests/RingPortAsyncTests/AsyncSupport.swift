@@ -5,14 +5,11 @@ import RingPortAsync
 import RingPortTestSupport
 import Testing
 
-extension AsyncPort.Resumption: CaseIterable, CustomTestStringConvertible {
-    public static let allCases: [AsyncPort.Resumption] = [.portWorkers, .globalExecutor, .portWorkersAsGlobalExecutor]
-
+extension AsyncPort.Resumption: CustomTestStringConvertible {
     public var testDescription: String {
         switch self {
         case .portWorkers: "port workers"
         case .globalExecutor: "global executor"
-        case .portWorkersAsGlobalExecutor: "port workers as the global executor"
         }
     }
 }
