@@ -110,23 +110,22 @@ stress: test-deps
 # a sanitized run takes) run on the first backend only: on the others they run the same process
 # code over an engine that the in-process suites already cover under each sanitizer.
 SANITIZE_PROCESS_SUITES = IntegrationTests
+# $(call sanitized-tests,Name,sanitizer,build directory,environment): the tests built under one
+# sanitizer, run on each backend (the process suites on the first one only).
+define sanitized-tests
+	@set -e; first=1; for backend in $(BACKENDS); do \
+		skip=$$([ $$first = 1 ] || echo "--skip $(SANITIZE_PROCESS_SUITES)"); first=0; \
+		echo "== the tests under $(1) on the $$backend backend $$skip"; \
+		RINGPORT_BACKEND=$$backend $(4) \
+			$(SWIFT) test --skip-build --no-parallel --sanitize=$(2) --scratch-path $(3) --disable-xctest \
+				--disable-default-traits $$skip; \
+	done
+endef
 sanitize: test-deps
 	$(SWIFT) build --build-tests --sanitize=thread --scratch-path .build-tsan --disable-default-traits
-	@set -e; first=1; for backend in $(BACKENDS); do \
-		skip=$$([ $$first = 1 ] || echo "--skip $(SANITIZE_PROCESS_SUITES)"); first=0; \
-		echo "== the tests under ThreadSanitizer on the $$backend backend $$skip"; \
-		RINGPORT_BACKEND=$$backend TSAN_OPTIONS=suppressions=$(CURDIR)/Tests/Sanitizers/tsan-suppressions.txt \
-			$(SWIFT) test --skip-build --no-parallel --sanitize=thread --scratch-path .build-tsan --disable-xctest \
-				--disable-default-traits $$skip; \
-	done
+	$(call sanitized-tests,ThreadSanitizer,thread,.build-tsan,TSAN_OPTIONS=suppressions=$(CURDIR)/Tests/Sanitizers/tsan-suppressions.txt)
 	$(SWIFT) build --build-tests --sanitize=address --scratch-path .build-asan --disable-default-traits
-	@set -e; first=1; for backend in $(BACKENDS); do \
-		skip=$$([ $$first = 1 ] || echo "--skip $(SANITIZE_PROCESS_SUITES)"); first=0; \
-		echo "== the tests under AddressSanitizer on the $$backend backend $$skip"; \
-		RINGPORT_BACKEND=$$backend LSAN_OPTIONS=suppressions=$(CURDIR)/Tests/Sanitizers/lsan-suppressions.txt \
-			$(SWIFT) test --skip-build --no-parallel --sanitize=address --scratch-path .build-asan --disable-xctest \
-				--disable-default-traits $$skip; \
-	done
+	$(call sanitized-tests,AddressSanitizer,address,.build-asan,LSAN_OPTIONS=suppressions=$(CURDIR)/Tests/Sanitizers/lsan-suppressions.txt)
 
 # libFuzzer on the HTTP request parser (Fuzz/run.sh): builds into .build-fuzz/, runs each
 # target FUZZ_SECONDS seconds with a working corpus under $TMPDIR; fails on a crash or a
