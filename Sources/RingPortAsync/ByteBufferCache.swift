@@ -39,7 +39,16 @@ struct ByteBufferCache {
         guard var buffer = buffers.popLast() else {
             return Self.allocator.buffer(capacity: capacity)
         }
-        buffer.clear(minimumCapacity: capacity)
+        if buffer.capacity >= capacity {
+            // Emptied by its indices alone: `clear(minimumCapacity:)` reads the storage's
+            // capacity, a class property, which costs a dynamic exclusivity check (and a
+            // thread-local lookup) per call. A buffer the application still shares is copied
+            // on its first write, as `clear` would have done.
+            buffer.moveReaderIndex(to: 0)
+            buffer.moveWriterIndex(to: 0)
+        } else {
+            buffer.clear(minimumCapacity: capacity)
+        }
         return buffer
     }
 

@@ -52,6 +52,27 @@ extension RingPortAsyncTests {
             withExtendedLifetime((recycling, inUse)) {}
         }
 
+        @Test func aTakenBufferIsEmptyWithRoomAndACopyTheApplicationKeptStaysUnchanged() {
+            var cache = ByteBufferCache()
+            var sent = ByteBufferAllocator().buffer(capacity: 128)
+            sent.writeString("sent and kept")
+            let kept = sent
+            sent.moveReaderIndex(forwardBy: 5)
+            cache.recycle(sent)
+
+            var taken = cache.take(capacity: 64)
+            #expect(taken.readableBytes == 0 && taken.writableBytes >= 64)
+            #expect(storageAddress(of: taken) == storageAddress(of: kept), "the recycled buffer was taken")
+            taken.writeString("new bytes")
+            #expect(String(buffer: taken) == "new bytes")
+            #expect(String(buffer: kept) == "sent and kept", "writing copied the shared storage first")
+
+            // A recycled buffer smaller than asked for grows to the capacity asked for.
+            cache.recycle(ByteBufferAllocator().buffer(capacity: 16))
+            let grown = cache.take(capacity: 1000)
+            #expect(grown.readableBytes == 0 && grown.capacity >= 1000)
+        }
+
         @Test func theDepotKeepsAtMostItsLimitAndTrimsWhatStayedIdle() {
             let depot = ByteBufferDepot()
             var cache = ByteBufferCache(depot: depot)
