@@ -298,6 +298,34 @@ extension RingPortAsyncTests {
                 "still open: \(descriptorsBefore.openedSince)")
         }
 
+        /// A task still running on a worker when the shutdown begins, with a completion of its
+        /// connection waiting behind it (the worker handles the connection until the task
+        /// returns): the shutdown waits for that completion instead of dropping it, and with it
+        /// the receive context's link to the connection, which kept the connection and the port
+        /// alive for good.
+        @Test(.timeLimit(.minutes(1))) func shutdownWaitsForACompletionDeferredBehindABusyTask() async throws {
+            weak var released: AsyncPort?
+            try await {
+                let io = try makeAsyncPort()
+                released = io
+                let (connection, client) = try await connectedPair(on: io)
+                let busy = Task(executorPreference: io.executor) {
+                    // Resumed on the worker that handled the receive, which handles the
+                    // connection until this returns: the end of stream it causes waits.
+                    let bytes = try await connection.read()
+                    client.close()
+                    usleep(100_000)
+                    return bytes
+                }
+                try client.send(Array("x".utf8))
+                try await Task.sleep(for: .milliseconds(30))
+                connection.close()
+                await io.shutdown()
+                #expect(try await busy.value.map { String(buffer: $0) } == "x")
+            }()
+            #expect(await eventuallyAsync { released == nil }, "the port was kept by its connection")
+        }
+
         /// An inbound sequence kept after its connection went throws handleClosed; its receive
         /// context stays its own until it goes too, so the next connection never shares it.
         @Test(.timeLimit(.minutes(1))) func anInboundSequenceThatOutlivesItsConnectionThrowsHandleClosed() async throws

@@ -39,6 +39,39 @@ extension RingPortTests {
             port.close()
         }
 
+        /// A completion of a handle that another worker is handling waits for that worker, and
+        /// counts as waiting meanwhile: a port that looked idle with it was shut down under it,
+        /// and the completion was dropped.
+        @Test func aCompletionDeferredBehindTheHandlingWorkerCountsAsWaiting() throws {
+            let port = try makeSingleRingPort()
+            let (left, right) = try makeSocketPair()
+            defer { close(right) }
+            let handle = try port.associate(descriptor: left)
+            let handling = port.makeWorker()
+            let other = port.makeWorker()
+
+            try port.post(bytesTransferred: 1, handle: handle, context: nil, value: 1)
+            let first = try #require(try handling.dequeue(timeout: .seconds(5)))
+            #expect(first.userValue == 1)
+            // `handling` holds the handle until its next dequeue: `other` reaps the second
+            // completion and leaves it to `handling`.
+            try port.post(bytesTransferred: 2, handle: handle, context: nil, value: 2)
+            var reaped = false
+            for _ in 0..<250 where !reaped {
+                #expect(try other.dequeue(timeout: .milliseconds(20)) == nil)
+                reaped = port.statistics.operationsInFlight == 0
+            }
+            #expect(reaped)
+            #expect(port.statistics.completionsWaiting == 1)
+
+            let second = try #require(try handling.dequeue(timeout: .seconds(5)))
+            #expect(second.userValue == 2)
+            #expect(port.statistics.completionsWaiting == 0)
+            handling.detach()
+            other.detach()
+            port.close()
+        }
+
         @Test func nopRoundTripsThroughTheKernel() throws {
             let port = try makeSingleRingPort()
             let worker = port.makeWorker()

@@ -84,6 +84,9 @@ final class Ring: @unchecked Sendable {
     @exclusivity(unchecked) private var migratedEpoch: UInt32 = 0
     @exclusivity(unchecked) private var handles = GenerationalTable<IOHandle>()
     @exclusivity(unchecked) private var ready = Deque<Completion>()
+    /// Completions waiting in their handles' `deferredCompletions` (another worker is handling
+    /// the handle): still waiting to be dequeued, so counted in `completionsWaiting`.
+    @exclusivity(unchecked) private var deferredCount = 0
     /// SQEs prepared by non-leader threads while the submission queue was full, in order.
     @exclusivity(unchecked) private var overflow = Deque<io_uring_sqe>()
     /// Set by ``CompletionPort/close()``: no post, association or dequeue from then on.
@@ -261,7 +264,7 @@ final class Ring: @unchecked Sendable {
         statistics.submissionQueueFullEvents += counters.submissionQueueFullEvents
         statistics.leaderTakeovers += counters.leaderTakeovers
         statistics.operationsInFlight += operations.count
-        statistics.completionsWaiting += ready.count
+        statistics.completionsWaiting += ready.count + deferredCount
         statistics.droppedCompletions += droppedCompletionsLocked
         statistics.openHandles += handles.count
         statistics.buffersOutstanding += bufferRing?.outstanding ?? 0
@@ -746,6 +749,7 @@ final class Ring: @unchecked Sendable {
                     if owner != worker {
                         let handle = completion.handle.unsafelyUnwrapped
                         handle.deferredCompletions.append(consume completion)
+                        deferredCount += 1
                         continue
                     }
                 } else {
@@ -769,6 +773,7 @@ final class Ring: @unchecked Sendable {
         if budget > 0, !handle.deferredCompletions.isEmpty {
             held.append(handle)
             while budget > 0, let completion = handle.deferredCompletions.popFirst() {
+                deferredCount -= 1
                 if !completion.hasMore { completion.context?.endFlight() }
                 deliver(completion)
                 budget -= 1
@@ -778,6 +783,7 @@ final class Ring: @unchecked Sendable {
         handle.handlingWorker = nil
         if !handle.deferredCompletions.isEmpty {
             while let completion = handle.deferredCompletions.popLast() {
+                deferredCount -= 1
                 ready.prepend(completion)
             }
             notifyLeaderLocked()
@@ -905,7 +911,10 @@ final class Ring: @unchecked Sendable {
         while let completion = ready.popFirst() { drop(completion) }
         for slot in handles.liveSlots {
             let handle = handles.remove(slot: slot)
-            while let completion = handle.deferredCompletions.popFirst() { drop(completion) }
+            while let completion = handle.deferredCompletions.popFirst() {
+                deferredCount -= 1
+                drop(completion)
+            }
             if handle.markClosed() { SystemCall.close(handle.descriptor) }
         }
         if dropped > 0 {
