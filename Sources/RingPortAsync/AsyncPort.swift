@@ -290,11 +290,13 @@ public final class AsyncPort: Sendable {
             _ = waitUntil(MonotonicInstant.now.advanced(by: .seconds(10))) { port.isIdle }
         }
         let statistics = port.statistics
-        if statistics.operationsInFlight > 0 {
+        if statistics.operationsInFlight > 0 || statistics.completionsWaiting > 0 {
+            // A completion waits when the worker handling its connection has not come back (a
+            // task or handler still busy on it).
             logger.error(
                 """
-                shutdown: \(statistics.operationsInFlight) operations still in flight after 10 s; the port \
-                cancels them
+                shutdown: after 10 s, \(statistics.operationsInFlight) operations still in flight and \
+                \(statistics.completionsWaiting) completions not handled; the port cancels and drops them
                 """
             )
         }
