@@ -3,10 +3,17 @@ import NIOCore
 import RingPort
 import SystemPackage
 
-/// A listening TCP socket as a SwiftNIO `Channel` on the completion port: each `read()` posts
-/// one accept (`IORING_OP_ACCEPT`); each accepted connection becomes a ``SocketChannel`` on the
-/// next loop of the child group and is fired as `channelRead` (the server bootstrap's acceptor
-/// registers it).
+/// A listening TCP socket as a SwiftNIO `Channel` on the completion port: a `read()` arms the
+/// accept, and each accepted connection becomes a ``SocketChannel`` on the next loop of the child
+/// group and is fired as `channelRead` (the server bootstrap's acceptor registers it).
+///
+/// ## Accepts
+/// Where the kernel has it (``IOURingFeatures/multishotAccept``), the accept is one multishot
+/// accept that stays armed while reads keep coming (with `autoRead`, every `channelReadComplete`
+/// asks for the next): one submission for a burst of connections, as the completion-port server
+/// does. Once the pipeline stops asking, it is cancelled; connections the kernel accepted before
+/// the cancellation took effect are still fired. Elsewhere (the epoll backend, older kernels),
+/// each `read()` posts one single accept (`IORING_OP_ACCEPT`).
 ///
 /// Errors of an accept (`EMFILE`, `ENFILE`, `ENOMEM`, …) are fired as `errorCaught` and the
 /// next accept waits 100 ms; the listener stays open. `ECONNABORTED` (a connection reset before
@@ -19,7 +26,12 @@ final class ServerSocketChannel: BaseChannel, Channel, ChannelCore, @unchecked S
     /// The loops the accepted connections go to.
     let childGroup: RingPortEventLoopGroup
     private let acceptContext = IOContext(capacity: 0)
+    /// Whether the accept is one multishot accept (fixed when the channel is made).
+    private let acceptsMultishot: Bool
+    /// An accept is posted (until its last completion).
     @exclusivity(unchecked) private var accepting = false
+    /// The posted multishot accept is being cancelled: the pipeline stopped asking for reads.
+    @exclusivity(unchecked) private var acceptCancelRequested = false
     @exclusivity(unchecked) private var readPending = false
     @exclusivity(unchecked) private var backlog: Int32 = 128
 
@@ -27,6 +39,7 @@ final class ServerSocketChannel: BaseChannel, Channel, ChannelCore, @unchecked S
         family: Int32, loop: RingPortEventLoop, group: RingPortEventLoopGroup, childGroup: RingPortEventLoopGroup
     ) throws {
         self.childGroup = childGroup
+        acceptsMultishot = loop.port.features.multishotAccept
         try super.init(descriptor: NIOSocketCalls.makeSocket(family: family), loop: loop, group: group)
         acceptContext.userValue = CompletionTarget.serverSocketChannel.rawValue
         acceptContext.attachment = self
@@ -137,8 +150,13 @@ final class ServerSocketChannel: BaseChannel, Channel, ChannelCore, @unchecked S
 
     private func postAccept() {
         accepting = true
+        acceptCancelRequested = false
         do {
-            try loop.port.accept(on: handle, context: acceptContext)
+            if acceptsMultishot {
+                try loop.port.acceptMultishot(on: handle, context: acceptContext)
+            } else {
+                try loop.port.accept(on: handle, context: acceptContext)
+            }
         } catch {
             accepting = false
             channelPipeline.syncOperations.fireErrorCaught(NIOSocketCalls.ioError(error))
@@ -146,12 +164,13 @@ final class ServerSocketChannel: BaseChannel, Channel, ChannelCore, @unchecked S
         }
     }
 
-    /// An accept's completion.
+    /// An accept's completion (of a multishot accept: one of them).
     func complete(_ completion: Completion) {
-        accepting = false
+        if !completion.hasMore { accepting = false }
         guard lifecycle.isOpen else {
             if let descriptor = completion.acceptedDescriptor { _ = SystemCall.close(descriptor) }
-            acceptContext.attachment = nil
+            // The link to the channel goes with the accept's last completion.
+            if !accepting { acceptContext.attachment = nil }
             return
         }
         let pipeline = channelPipeline.syncOperations
@@ -166,17 +185,30 @@ final class ServerSocketChannel: BaseChannel, Channel, ChannelCore, @unchecked S
             }
             pipeline.fireChannelReadComplete()
             if autoRead && lifecycle.isActive { pipeline.read() }
+            stopAcceptingUnlessAsked()
         } else if let error = completion.error {
             if completion.isCancelled || error == .connectionAbort {
-                if readPending { postAccept() }
+                if readPending && !accepting { postAccept() }
                 return
             }
             pipeline.fireErrorCaught(IOError(errnoCode: error.rawValue, reason: "accept"))
-            // Out of descriptors or memory: try again later rather than spin.
+            // Out of descriptors or memory (which ends a multishot accept): try again later
+            // rather than spin.
+            stopAcceptingUnlessAsked()
             loop.scheduleTask(in: .milliseconds(100)) { [self] in
                 if readPending && !accepting && lifecycle.isActive { postAccept() }
             }
         }
+    }
+
+    /// Cancels an armed multishot accept once the pipeline no longer asks for reads (it is
+    /// posted again at the next `read()`, after its last completion).
+    private func stopAcceptingUnlessAsked() {
+        guard accepting, acceptsMultishot, !readPending, !acceptCancelRequested, lifecycle.isActive else { return }
+        acceptCancelRequested = true
+        // An error here means the ring no longer takes submissions (the port is closing): the
+        // accept is cancelled with everything else.
+        _ = try? loop.port.cancel(acceptContext)
     }
 
     private func close(promise: EventLoopPromise<Void>?) {
