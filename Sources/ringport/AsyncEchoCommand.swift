@@ -30,6 +30,21 @@ struct AsyncEchoCommand: AsyncParsableCommand {
 
     enum ResumeOption: String, ExpressibleByArgument, CaseIterable {
         case workers, global
+
+        var resumption: AsyncPort.Resumption {
+            switch self {
+            case .workers: .portWorkers
+            case .global: .globalExecutor
+            }
+        }
+
+        /// For the line that says where the server listens.
+        var whereTasksRun: String {
+            switch self {
+            case .workers: "the port's workers"
+            case .global: "the global executor"
+            }
+        }
     }
 
     func validate() throws {
@@ -41,7 +56,7 @@ struct AsyncEchoCommand: AsyncParsableCommand {
         var configuration = AsyncPort.Configuration()
         listen.configure(&configuration.port)
         configuration.receiveBufferSize = bufferSize
-        configuration.resumption = resume == .workers ? .portWorkers : .globalExecutor
+        configuration.resumption = resume.resumption
         configuration.logger = Logger(label: "ringport.async-echo")
 
         let runner = await ServiceRunner()
@@ -59,7 +74,7 @@ struct AsyncEchoCommand: AsyncParsableCommand {
             """
             ringport async-echo listening on \(service.listener.localAddress) (\(service.io.port.backend), \
             \(configuration.port.workerCount) workers, \(rings) \(rings == 1 ? "ring" : "rings"), tasks on \
-            \(resume == .workers ? "the port's workers" : "the global executor"))
+            \(resume.whereTasksRun))
             """
         )
         fflush(nil)

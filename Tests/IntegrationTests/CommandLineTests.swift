@@ -126,6 +126,17 @@ struct RunningRingport {
         guard eventually({ lines.all.contains { $0.hasPrefix("stopped:") } }) else { return nil }
         return lines.all.first { $0.hasPrefix("stopped:") }
     }
+
+    /// Stops the server with SIGTERM, expects it to exit with status 0 and a summary that lost
+    /// nothing, and returns the summary.
+    func expectCleanStop(sourceLocation: SourceLocation = #_sourceLocation) throws -> String {
+        terminate()
+        #expect(process.terminationReason == .exit, sourceLocation: sourceLocation)
+        #expect(process.terminationStatus == 0, sourceLocation: sourceLocation)
+        let summary = try #require(summary, sourceLocation: sourceLocation)
+        #expect(summary.hasSuffix(" 0 lost"), "\(summary)", sourceLocation: sourceLocation)
+        return summary
+    }
 }
 
 extension IntegrationTests {
@@ -140,12 +151,22 @@ extension IntegrationTests {
             EchoLoad(connections: 200, messagesPerConnection: 3, maximumMessageSize: 64 * 1024, seed: 99)
                 .expectCleanRun(against: server.address)
 
-            server.terminate()
-            #expect(server.process.terminationReason == .exit)
-            #expect(server.process.terminationStatus == 0)
-            let summary = try #require(server.summary)
+            let summary = try server.expectCleanStop()
             #expect(summary.contains("200 connections served"))
-            #expect(summary.hasSuffix(" 0 lost"))
+        }
+
+        /// `ringport async-echo` wherever its tasks run (the port's workers, Swift's global
+        /// executor): 100 clients × 3 random messages ≤ 64 KiB echoed byte-exact, and a clean stop
+        /// on SIGTERM with nothing lost and no completion left undequeued.
+        @Test(arguments: [("workers", "tasks on the port's workers)"), ("global", "tasks on the global executor)")])
+        func asyncEchoServesWhereverItsTasksRun(resume: String, banner: String) throws {
+            let server = try RunningRingport(["async-echo", "--port", "0", "--resume", resume])
+            defer { if server.process.isRunning { server.process.terminate() } }
+            #expect(server.banner.hasSuffix(banner), "\(server.banner)")
+            EchoLoad(connections: 100, messagesPerConnection: 3, maximumMessageSize: 64 * 1024, seed: 16)
+                .expectCleanRun(against: server.address)
+            _ = try server.expectCleanStop()
+            #expect(!server.logLines.all.contains { $0.contains("not dequeued") }, "\(server.logLines.all)")
         }
 
         /// `ringport nio-echo` and `ringport nio-http` on either transport: 100 clients × 3 random
@@ -299,11 +320,8 @@ extension IntegrationTests {
                 #expect(responses.allSatisfy { $0.body == "Hello, World!" })
             }
 
-            server.terminate()
-            #expect(server.process.terminationStatus == 0)
-            let summary = try #require(server.summary)
+            let summary = try server.expectCleanStop()
             #expect(summary.hasPrefix("stopped: epoll backend"), "\(summary)")
-            #expect(summary.hasSuffix(" 0 lost"))
             let warnings = server.logLines.all.filter { $0.contains("serves with the epoll backend") }
             #expect(warnings.count == 1, "\(server.logLines.all)")
             #expect(warnings.first?.contains("seccomp") == true)
