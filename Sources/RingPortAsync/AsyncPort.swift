@@ -49,6 +49,10 @@ public final class AsyncPort: Sendable {
         /// Bytes a connection queues for sending: at this many a write waits until the sends
         /// brought the queue below half of it (a peer that does not read stops the writer).
         public var outboundHighWatermark = 65536
+        /// How long ``AsyncPort/shutdown()`` waits for the completions of the handles it closed
+        /// before it stops the workers. A task that keeps a worker busy longer (blocking it)
+        /// delays the stop until it returns; what is left then is handled on the stopping thread.
+        public var shutdownTimeout = Duration.seconds(10)
         /// Where the async layer logs (accept failures it retries).
         public var logger = Logger(label: "ringport.async")
 
@@ -257,7 +261,9 @@ public final class AsyncPort: Sendable {
 
     /// Shuts the port down: closes every handle (listeners end their sequences, pending reads,
     /// writes, accepts and connects throw `RingPortError.Code.handleClosed`), waits until
-    /// their completions were handled (up to 10 s), stops the workers, and closes the port.
+    /// their completions were handled (up to ``Configuration/shutdownTimeout``), stops the
+    /// workers, handles on its own thread what they left (a worker kept busy past the timeout
+    /// held its connections' completions until it stopped), and closes the port.
     /// Tasks that prefer ``executor`` keep running on the global executor afterwards.
     /// Idempotent; later calls return at once.
     ///
@@ -287,22 +293,35 @@ public final class AsyncPort: Sendable {
         // the first sweep.
         for _ in 0..<2 {
             port.closeAllHandles()
-            _ = waitUntil(MonotonicInstant.now.advanced(by: .seconds(10))) { port.isIdle }
+            _ = waitUntil(MonotonicInstant.now.advanced(by: configuration.shutdownTimeout)) { port.isIdle }
         }
         let statistics = port.statistics
         if statistics.operationsInFlight > 0 || statistics.completionsWaiting > 0 {
             // A completion waits when the worker handling its connection has not come back (a
             // task or handler still busy on it).
-            logger.error(
+            logger.warning(
                 """
-                shutdown: after 10 s, \(statistics.operationsInFlight) operations still in flight and \
-                \(statistics.completionsWaiting) completions not handled; the port cancels and drops them
+                shutdown: after \(configuration.shutdownTimeout), \(statistics.operationsInFlight) operations \
+                still in flight and \(statistics.completionsWaiting) completions not handled; they are handled \
+                once the workers stopped
                 """
             )
         }
         memorySweep.stop()
         workers.shutdown()
+        // From here on the tasks' jobs run on the global executor, also those resumed below.
         executor.stop()
+        // What a busy worker held until it stopped, and the cancellations of what the workers
+        // submitted: handled here, so that no task waits on a completion the close would drop.
+        if !workers.handleRemaining(for: .seconds(1)) {
+            let statistics = port.statistics
+            logger.error(
+                """
+                shutdown: \(statistics.operationsInFlight) operations still in flight and \
+                \(statistics.completionsWaiting) completions waiting after the workers stopped; the port drops them
+                """
+            )
+        }
         port.close()
         state.store(AsyncPort.stopped, ordering: .releasing)
     }

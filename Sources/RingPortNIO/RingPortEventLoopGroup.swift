@@ -176,6 +176,9 @@ public final class RingPortEventLoopGroup: EventLoopGroup, Sendable {
         port.closeAllHandles()
         _ = waitUntil(MonotonicInstant.now.advanced(by: .seconds(10))) { port.isIdle }
         workers.shutdown()
+        // What a handler still busy after the wait held until its worker stopped: handled here,
+        // on this thread, so that every channel sees its last completions.
+        workers.handleRemaining(for: .seconds(1))
         for loop in loops { loop.finishShutdown() }
         port.close()
     }

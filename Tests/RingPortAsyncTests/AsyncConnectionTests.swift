@@ -326,6 +326,55 @@ extension RingPortAsyncTests {
             #expect(await eventuallyAsync { released == nil }, "the port was kept by its connection")
         }
 
+        /// A task that keeps its worker busy past the shutdown's timeout, with a completion of
+        /// its connection waiting behind it: once the workers stopped, the shutdown hands that
+        /// completion over on its own thread instead of dropping it at the close. The task's
+        /// next read is answered (before, it waited forever) and the port is freed.
+        @Test(.timeLimit(.minutes(1))) func shutdownHandlesWhatABusyWorkerHeldPastTheTimeout() async throws {
+            weak var released: AsyncPort?
+            try await {
+                var configuration = AsyncPort.Configuration()
+                configuration.port.ringCount = 1
+                configuration.shutdownTimeout = .milliseconds(100)
+                let io = try AsyncPort(configuration: configuration)
+                released = io
+                let (connection, client) = try await connectedPair(on: io)
+                // What the task's reads returned: the first, then the second (nil until it is
+                // answered). Polled, not awaited, so that an unanswered read fails the test
+                // instead of hanging it.
+                let reads = LockedBox<(first: String?, second: Result<ByteBuffer?, any Error>?)>((nil, nil))
+                Task(executorPreference: io.executor) {
+                    // Resumed on the worker that handled the receive, which handles the
+                    // connection until this returns: the end of stream it causes waits.
+                    let first = try await connection.read().map { String(buffer: $0) }
+                    reads.withLock { $0.first = first }
+                    client.close()
+                    usleep(600_000)  // past both of the shutdown's waits
+                    let second: Result<ByteBuffer?, any Error>
+                    do {
+                        second = .success(try await connection.read())
+                    } catch {
+                        second = .failure(error)
+                    }
+                    reads.withLock { $0.second = second }
+                }
+                try client.send(Array("x".utf8))
+                try await Task.sleep(for: .milliseconds(30))
+                await io.shutdown()
+                #expect(
+                    await eventuallyAsync { reads.withLock { $0.second != nil } }, "the second read was not answered")
+                let (first, second) = reads.withLock { $0 }
+                #expect(first == "x")
+                switch second {
+                case .success(let bytes): #expect(bytes == nil, "the end of stream")
+                case .failure(let error): #expect((error as? RingPortError)?.code == .handleClosed)
+                case nil: break
+                }
+                #expect(connection.isClosed)
+            }()
+            #expect(await eventuallyAsync { released == nil }, "the port was kept by its connection")
+        }
+
         /// An inbound sequence kept after its connection went throws handleClosed; its receive
         /// context stays its own until it goes too, so the next connection never shares it.
         @Test(.timeLimit(.minutes(1))) func anInboundSequenceThatOutlivesItsConnectionThrowsHandleClosed() async throws

@@ -120,6 +120,45 @@ public final class WorkerPool: Sendable {
         running.forEach { $0.join() }
     }
 
+    /// After ``shutdown()``: handles on the calling thread what the workers left, until the port
+    /// has nothing in flight and nothing waiting (returns true) or `timeout` passed (false).
+    ///
+    /// For a shutdown whose wait for the port to go idle timed out (a handler still busy, or a
+    /// completion still to come): the completions still waiting (those of the handles a busy
+    /// worker held until it stopped) and those of the operations still in flight reach the
+    /// handler here, as they would have on a worker, instead of being dropped by the port's
+    /// close — whoever waits on one is answered. The handler runs on the calling thread.
+    @discardableResult
+    public func handleRemaining(for timeout: Duration) -> Bool {
+        precondition(stopSignal.isRequested, "handleRemaining(for:) is for after shutdown()")
+        let deadline = MonotonicInstant.now.advanced(by: timeout)
+        // Attaching to a ring makes it covered; the worker polls the others (as workers do for
+        // rings nobody is attached to).
+        let worker = port.makeWorker()
+        defer { worker.detach() }
+        var batch: [Completion] = []
+        while !port.isIdle {
+            let now = MonotonicInstant.now
+            guard now < deadline else { return false }
+            let wait = min(now.duration(to: deadline), .milliseconds(10))
+            do throws(RingPortError) {
+                switch handler {
+                case .single(let handle):
+                    if let completion = try worker.dequeue(timeout: wait) { handle(completion) }
+                case .batch(let maximumCount, let handle):
+                    if try worker.dequeue(into: &batch, maximumCount: maximumCount, timeout: wait) > 0 {
+                        handle(&batch)
+                        batch.removeAll(keepingCapacity: true)
+                    }
+                }
+            } catch {
+                logger.error("handling what the workers left: \(error)")
+                return false
+            }
+        }
+        return true
+    }
+
     private func run() {
         let worker = port.makeWorker(stopSignal: stopSignal)
         defer { worker.detach() }
