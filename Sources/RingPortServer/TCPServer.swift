@@ -63,6 +63,11 @@ public final class TCPServer: Sendable {
         /// The grace period of the graceful shutdown that ``TCPServer/run()`` performs when its
         /// service group shuts down gracefully (see ``TCPServer/shutdown(gracePeriod:)``).
         public var gracefulShutdownPeriod: Duration = .seconds(10)
+        /// How long a shutdown waits, once the grace period is over and the rest was closed, for
+        /// the last completions before it stops the workers. A handler that keeps its worker busy
+        /// longer delays the stop until it returns; what its worker held is then handled on the
+        /// stopping thread.
+        public var shutdownTimeout: Duration = .seconds(10)
         /// A label for logs and metrics (the `server` dimension).
         public var label = "server"
         /// Where the server logs.

@@ -3,6 +3,7 @@ import Glibc
 import RingPort
 import RingPortServer
 import RingPortTestSupport
+import Synchronization
 import Testing
 
 extension RingPortServerTests {
@@ -111,5 +112,46 @@ extension RingPortServerTests {
             }
             #expect(descriptorsBefore.allClosedAgain, "still open: \(descriptorsBefore.openedSince)")
         }
+
+        /// A handler that keeps its worker busy past the shutdown's grace period and timeout: the
+        /// connection's close, posted behind it, is handled once the workers stopped (before,
+        /// the port's close dropped it and the connection stayed open, with its objects).
+        @Test func shutdownClosesAConnectionWhoseHandlerIsBusyPastTheTimeout() throws {
+            let descriptorsBefore = DescriptorSnapshot()
+            var configuration = try testServerConfiguration()
+            configuration.shutdownTimeout = .milliseconds(100)
+            let handler = BlockingOnceHandler(blockingFor: 600_000)
+            let server = try TCPServer(configuration: configuration, handler: handler)
+            try server.start()
+            let client = try BlockingClient(connectingTo: server.localAddress)
+            try client.send([1, 2, 3])
+            #expect(eventually { handler.blocked.load(ordering: .acquiring) })
+            server.shutdown(gracePeriod: .milliseconds(100))
+            #expect(server.statistics.open == 0)
+            #expect(server.statistics.closed == 1)
+            // The answer, if it went out before the forced close dropped what was queued; then
+            // the end of stream.
+            let answer = try client.receive(count: 3)
+            #expect(answer == [1, 2, 3] || answer.isEmpty)
+            if !answer.isEmpty { #expect(try client.receive(count: 1) == []) }
+            client.close()
+            #expect(descriptorsBefore.allClosedAgain, "still open: \(descriptorsBefore.openedSince)")
+        }
+    }
+}
+
+/// Echoes, but blocks its worker (a sleep, as in a blocking system call) when the first bytes
+/// of the server arrive.
+final class BlockingOnceHandler: ConnectionHandler {
+    let blocked = Atomic<Bool>(false)
+    let microseconds: UInt32
+
+    init(blockingFor microseconds: UInt32) {
+        self.microseconds = microseconds
+    }
+
+    func connection(_ connection: Connection, received bytes: ReceivedBytes) {
+        if !blocked.exchange(true, ordering: .acquiringAndReleasing) { usleep(microseconds) }
+        connection.write(bytes)
     }
 }
