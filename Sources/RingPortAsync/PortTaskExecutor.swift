@@ -1,6 +1,7 @@
 import DequeModule
 import Glibc
 import RingPort
+import Synchronization
 
 /// A task executor whose jobs run on an ``AsyncPort``'s worker threads.
 ///
@@ -35,6 +36,9 @@ public final class PortTaskExecutor: TaskExecutor, Sendable {
 
     private let port: CompletionPort
     private let shared = LockedValue(SharedQueue())
+    /// Set by ``stop()``, on the stopping thread, after the workers exited; read by that thread
+    /// when it handles what they left (``attachCurrentThread()``).
+    private let isStopped = Atomic<Bool>(false)
 
     private struct SharedQueue {
         var jobs = Deque<UnownedJob>()
@@ -103,8 +107,10 @@ public final class PortTaskExecutor: TaskExecutor, Sendable {
 
     /// Marks the calling worker thread as this executor's (so that jobs resumed from its
     /// handler stay on it) and returns its run list, unretained: the thread's slot holds it
-    /// until the thread exits.
+    /// until the thread exits. nil after ``stop()``: the thread that handles what the workers
+    /// left does not become one of them (the jobs it resumes go to the global executor).
     func attachCurrentThread() -> Unmanaged<WorkerJobs>? {
+        guard !isStopped.load(ordering: .relaxed) else { return nil }
         let local = WorkerJobs.forCurrentThread()
         local?._withUnsafeGuaranteedRef { $0.executor = ObjectIdentifier(self) }
         return local
@@ -144,6 +150,7 @@ public final class PortTaskExecutor: TaskExecutor, Sendable {
     /// The workers have stopped: sends what is queued, and every later job, to the global
     /// executor.
     func stop() {
+        isStopped.store(true, ordering: .relaxed)
         let stranded = shared.withLock { queue in
             queue.stopped = true
             defer { queue.jobs.removeAll() }

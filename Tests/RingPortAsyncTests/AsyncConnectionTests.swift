@@ -342,7 +342,8 @@ extension RingPortAsyncTests {
                 // What the task's reads returned: the first, then the second (nil until it is
                 // answered). Polled, not awaited, so that an unanswered read fails the test
                 // instead of hanging it.
-                let reads = LockedBox<(first: String?, second: Result<ByteBuffer?, any Error>?)>((nil, nil))
+                let reads = LockedBox<(first: String?, second: Result<ByteBuffer?, any Error>?, thread: String)>(
+                    (nil, nil, ""))
                 Task(executorPreference: io.executor) {
                     // Resumed on the worker that handled the receive, which handles the
                     // connection until this returns: the end of stream it causes waits.
@@ -356,15 +357,20 @@ extension RingPortAsyncTests {
                     } catch {
                         second = .failure(error)
                     }
-                    reads.withLock { $0.second = second }
+                    let thread = currentThreadName()
+                    reads.withLock {
+                        $0.second = second; $0.thread = thread
+                    }
                 }
                 try client.send(Array("x".utf8))
                 try await Task.sleep(for: .milliseconds(30))
                 await io.shutdown()
                 #expect(
                     await eventuallyAsync { reads.withLock { $0.second != nil } }, "the second read was not answered")
-                let (first, second) = reads.withLock { $0 }
+                let (first, second, thread) = reads.withLock { $0 }
                 #expect(first == "x")
+                // Resumed on the global executor: neither a worker nor the stopping thread.
+                #expect(!thread.hasPrefix("ringport-"), "\(thread)")
                 switch second {
                 case .success(let bytes): #expect(bytes == nil, "the end of stream")
                 case .failure(let error): #expect((error as? RingPortError)?.code == .handleClosed)
