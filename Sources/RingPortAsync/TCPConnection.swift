@@ -206,14 +206,24 @@ public final class TCPConnection: Sendable {
 
             /// The next received bytes, or nil once the peer shut its side down.
             @inlinable
-            public mutating func next() async throws -> ByteBuffer? {
+            nonisolated(nonsending) public mutating func next() async throws -> ByteBuffer? {
                 try await streams.next()
             }
 
             /// The next received bytes, or nil once the peer shut its side down; what a
             /// `for try await` loop calls, on the loop's own isolation.
+            ///
+            /// `nonisolated(nonsending)` with a plain `actor` parameter rather than an `isolated`
+            /// one: both run on the loop's isolation, but an `isolated` parameter that is nil (a
+            /// loop in a nonisolated task) switched to the generic executor on every call, a
+            /// `swift_task_switch` that looks the task's executor preference up under its status
+            /// lock — one of five per echoed message in `ringport async-echo`, four without it.
             @inlinable
-            public mutating func next(isolation actor: isolated (any Actor)?) async throws(any Error) -> ByteBuffer? {
+            nonisolated(nonsending) public mutating func next(
+                isolation actor: (any Actor)?
+            ) async throws(any Error)
+                -> ByteBuffer?
+            {
                 try await streams.next()
             }
         }

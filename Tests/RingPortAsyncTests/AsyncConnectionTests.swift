@@ -425,6 +425,29 @@ extension RingPortAsyncTests {
             await expectCleanShutdown(io, descriptorsBefore: descriptorsBefore)
         }
 
+        /// A `for try await` loop over `inbound` in an actor stays on the actor. The iterator's
+        /// `next(isolation:)` is `nonisolated(nonsending)`: its caller does not switch back to
+        /// its executor when it returns, so this holds only if the iterator itself resumes on
+        /// the caller's isolation after waiting for bytes (here every element is waited for).
+        /// The actor runs on a thread of its own; the check is the thread's name per element.
+        @Test(.timeLimit(.minutes(1))) func aLoopInAnActorStaysOnTheActor() async throws {
+            let descriptorsBefore = DescriptorSnapshot()
+            let io = try makeAsyncPort()
+            let (connection, client) = try await connectedPair(on: io)
+            let reader = InboundReader()
+            let reading = Task { try await reader.read(connection.inbound) }
+            for index in 0..<5 {
+                try await Task.sleep(for: .milliseconds(10))  // the loop waits in between
+                try client.send([UInt8(index)])
+            }
+            client.close()
+            let (bytes, threads) = try await reading.value
+            #expect(bytes == [0, 1, 2, 3, 4])
+            #expect(Set(threads) == ["test-actor"], "\(threads)")
+            connection.close()
+            await expectCleanShutdown(io, descriptorsBefore: descriptorsBefore)
+        }
+
         /// A task that prefers the port's executor runs on the port's worker threads, also after
         /// it was resumed by a completion.
         @Test(.timeLimit(.minutes(1))) func tasksPreferringTheExecutorRunOnTheWorkers() async throws {

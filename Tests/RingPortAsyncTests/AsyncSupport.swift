@@ -98,3 +98,51 @@ struct PeerClient: Sendable {
     func setResetOnClose() { client.setResetOnClose() }
     func close() { client.close() }
 }
+
+/// An actor on a serial executor of its own thread ("test-actor"), to tell from the thread's
+/// name whether code runs on the actor.
+actor InboundReader {
+    private static let thread = ThreadExecutor(name: "test-actor")
+    nonisolated var unownedExecutor: UnownedSerialExecutor { Self.thread.asUnownedSerialExecutor() }
+
+    /// Reads `inbound` to its end with `for try await`; returns the bytes and, per element,
+    /// the thread the loop's body ran on.
+    func read(_ inbound: TCPConnection.Inbound) async throws -> ([UInt8], [String]) {
+        var bytes: [UInt8] = []
+        var threads: [String] = []
+        for try await buffer in inbound {
+            threads.append(currentThreadName())
+            bytes += buffer.readableBytesView
+        }
+        return (bytes, threads)
+    }
+}
+
+/// A serial executor that runs its jobs, in order, on one thread of its own.
+final class ThreadExecutor: SerialExecutor, @unchecked Sendable {
+    // @unchecked: `jobs` is only touched with `condition` locked.
+    private let condition = NSCondition()
+    private var jobs: [UnownedJob] = []
+
+    /// Starts the thread, which lives as long as the process (the executor is a static's).
+    init(name: String) {
+        _ = try! PThread(name: name, detached: true) { [unowned self] in
+            while true {
+                condition.lock()
+                while jobs.isEmpty { condition.wait() }
+                let batch = jobs
+                jobs.removeAll()
+                condition.unlock()
+                for job in batch { job.runSynchronously(on: asUnownedSerialExecutor()) }
+            }
+        }
+    }
+
+    func enqueue(_ job: consuming ExecutorJob) {
+        let job = UnownedJob(job)
+        condition.lock()
+        jobs.append(job)
+        condition.signal()
+        condition.unlock()
+    }
+}
