@@ -253,7 +253,7 @@ extension ConnectionStreams {
         if completion.context != nil {
             link = completion.context.unsafelyUnwrapped.attachment.take()
             if completion.context.unsafelyUnwrapped.capacity == 0 {
-                bareContexts.recycle(completion.context.unsafelyUnwrapped)
+                recycleBareContext(completion.context.unsafelyUnwrapped)
             } else {
                 asyncPort.gatherContexts.recycle(completion.context.unsafelyUnwrapped)
             }
@@ -340,14 +340,14 @@ extension ConnectionStreams {
     private func post(_ post: OutboundPost) {
         switch post {
         case .one(let bytes):
-            let sendContext = bareContexts.take()
+            let sendContext = takeBareContext()
             sendContext.userValue = AsyncPort.CompletionTarget.outbound.rawValue
             sendContext.attachment = self
             do throws(RingPortError) {
                 try port.write(handle, from: bytes, context: sendContext)
             } catch {
                 sendContext.attachment = nil
-                bareContexts.recycle(sendContext)
+                recycleBareContext(sendContext)
                 failToPost(error)
             }
         case .gathered(let count):
@@ -364,6 +364,29 @@ extension ConnectionStreams {
                 sendContext.attachment = nil
                 asyncPort.gatherContexts.recycle(sendContext)
                 failToPost(error)
+            }
+        }
+    }
+
+    /// A bare context for a single send: from the calling worker's cache (no lock), else from
+    /// the port's pool (a thread that is not a worker, or an empty cache).
+    private func takeBareContext() -> IOContext {
+        guard let local = WorkerJobs.current else { return bareContexts.take() }
+        // The thread's slot holds its instance for the thread's life, and the streams hold the
+        // pool: both borrowed, not retained (passed as an argument, the pool was).
+        return local._withUnsafeGuaranteedRef { local in
+            Unmanaged.passUnretained(bareContexts)._withUnsafeGuaranteedRef { local.bareContexts.take(from: $0) }
+        }
+    }
+
+    /// Gives a single send's context back: to the calling worker's cache (which hands a batch
+    /// back to the port's pool when full), else to the pool.
+    private func recycleBareContext(_ context: consuming IOContext) {
+        guard let local = WorkerJobs.current else { return bareContexts.recycle(context) }
+        var context: IOContext? = consume context
+        local._withUnsafeGuaranteedRef { local in
+            Unmanaged.passUnretained(bareContexts)._withUnsafeGuaranteedRef {
+                local.bareContexts.recycle(context.take().unsafelyUnwrapped, to: $0)
             }
         }
     }

@@ -161,8 +161,8 @@ public final class PortTaskExecutor: TaskExecutor, Sendable {
 }
 
 /// What one worker thread keeps for itself: the jobs resumed while it handled a completion,
-/// run by the same thread before it dequeues again, and the byte buffers it recycles
-/// (``ByteBufferCache``).
+/// run by the same thread before it dequeues again, the byte buffers it recycles
+/// (``ByteBufferCache``), and the contexts of single sends (`ContextCache`).
 ///
 /// Thread-confined: created for a thread on first use, reached only through that thread's
 /// thread-specific slot, and released by the slot's destructor when the thread exits. Not
@@ -174,6 +174,9 @@ final class WorkerJobs {
     @exclusivity(unchecked) var executor: ObjectIdentifier?
     @exclusivity(unchecked) var jobs = Deque<UnownedJob>()
     @exclusivity(unchecked) var buffers = ByteBufferCache()
+    /// The bare contexts (capacity 0) of single sends, between a send's completion and the next
+    /// send from this thread: no pool lock for either.
+    @exclusivity(unchecked) var bareContexts = ContextCache(limit: 16)
 
     private init() {
         jobs.reserveCapacity(16)

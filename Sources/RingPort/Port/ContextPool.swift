@@ -39,15 +39,38 @@ public final class ContextPool: Sendable {
         return context ?? IOContext(capacity: bufferSize)
     }
 
+    /// Moves up to `count` idle contexts to the end of `contexts` under one pass through the
+    /// lock, or one new context when none is idle. The caller owns them.
+    func take(_ count: Int, appendingTo contexts: inout [IOContext]) {
+        let before = contexts.count
+        idle.withLock { idle in
+            // Popped and appended one at a time: moved, where a slice copy retained each.
+            while contexts.count - before < count, let context = idle.contexts.popLast() {
+                contexts.append(consume context)
+            }
+            if idle.contexts.count < idle.lowWater { idle.lowWater = idle.contexts.count }
+        }
+        if contexts.count == before { contexts.append(IOContext(capacity: bufferSize)) }
+    }
+
+    /// Moves the contexts of `contexts` from index `start` on back into the idle list under one
+    /// pass through the lock (those beyond ``maximumIdle`` are freed, outside it). They were
+    /// reset by ``resetForReuse(_:)``.
+    func recycle(_ contexts: inout [IOContext], from start: Int) {
+        idle.withLock { idle in
+            // Moved one at a time (no reference counting); those without room stay in
+            // `contexts`, to be freed outside the lock.
+            while contexts.count > start, idle.contexts.count < maximumIdle {
+                idle.contexts.append(contexts.removeLast())
+            }
+        }
+        contexts.removeSubrange(start...)
+    }
+
     /// Gives a context back: it must not be in flight and must come from this pool (or have
     /// ``bufferSize`` bytes). Its bookkeeping fields are reset.
     public func recycle(_ context: consuming IOContext) {
-        precondition(!context.isInFlight, "an in-flight IOContext cannot be recycled")
-        precondition(context.capacity == bufferSize, "IOContext of another size recycled")
-        context.userValue = 0
-        context.attachment = nil
-        context.count = 0
-        context.offset = 0
+        resetForReuse(context)
         // The caller's reference moves into the idle list (no retain); beyond the limit it is
         // dropped here, outside the lock.
         var kept: IOContext? = consume context
@@ -56,6 +79,17 @@ public final class ContextPool: Sendable {
                 idle.contexts.append(consume context)
             }
         }
+    }
+
+    /// Checks that `context` may be reused as one of this pool's and resets its bookkeeping
+    /// fields (what ``recycle(_:)`` and ``ContextCache/recycle(_:to:)`` do before keeping it).
+    func resetForReuse(_ context: borrowing IOContext) {
+        precondition(!context.isInFlight, "an in-flight IOContext cannot be recycled")
+        precondition(context.capacity == bufferSize, "IOContext of another size recycled")
+        context.userValue = 0
+        context.attachment = nil
+        context.count = 0
+        context.offset = 0
     }
 
     /// Frees the contexts that stayed idle since the previous call (the fewest idle at any
@@ -78,4 +112,46 @@ public final class ContextPool: Sendable {
     public var idleCount: Int {
         idle.withLock { $0.contexts.count }
     }
+}
+
+/// A few idle contexts of a ``ContextPool`` kept by one thread, so that threads that take and
+/// recycle contexts (workers posting sends and handling their completions, not necessarily the
+/// same thread for both) pass through the pool's lock once per batch instead of once per context.
+///
+/// An empty cache takes half its ``limit`` from the pool at once; a full one gives half back.
+/// Thread-confined: one thread owns it (in a thread-specific slot, say) and never shares it,
+/// hence not `Sendable`. The pool's ``ContextPool/trimIdle()`` does not see the cache's contexts:
+/// they are freed with it.
+public struct ContextCache {
+    /// The most idle contexts the cache keeps.
+    public let limit: Int
+    private var idle: [IOContext] = []
+
+    /// An empty cache that keeps at most `limit` contexts (at least 2).
+    public init(limit: Int = 16) {
+        precondition(limit >= 2, "a cache moves half its limit at a time")
+        self.limit = limit
+    }
+
+    /// A context of `pool`'s: one the cache kept, else one of a batch taken from the pool. The
+    /// caller owns it.
+    public mutating func take(from pool: ContextPool) -> IOContext {
+        if idle.isEmpty {
+            if idle.capacity == 0 { idle.reserveCapacity(limit) }
+            pool.take(limit / 2, appendingTo: &idle)
+        }
+        return idle.removeLast()
+    }
+
+    /// Gives a context of `pool`'s back: it must not be in flight; its bookkeeping fields are
+    /// reset. A full cache first gives half of what it keeps back to the pool.
+    public mutating func recycle(_ context: consuming IOContext, to pool: ContextPool) {
+        pool.resetForReuse(context)
+        if idle.count >= limit { pool.recycle(&idle, from: limit / 2) }
+        if idle.capacity == 0 { idle.reserveCapacity(limit) }
+        idle.append(context)
+    }
+
+    /// The number of contexts the cache keeps now.
+    public var count: Int { idle.count }
 }
