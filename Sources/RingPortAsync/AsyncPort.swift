@@ -291,9 +291,10 @@ public final class AsyncPort: Sendable {
     private func stopWorkersAndPort() {
         // Twice: a connect that started just before the shutdown may associate a handle after
         // the first sweep.
+        let deadline = MonotonicInstant.now.advanced(by: configuration.shutdownTimeout)
         for _ in 0..<2 {
             port.closeAllHandles()
-            _ = waitUntil(MonotonicInstant.now.advanced(by: configuration.shutdownTimeout)) { port.isIdle }
+            _ = waitUntil(deadline) { port.isIdle }
         }
         let statistics = port.statistics
         if statistics.operationsInFlight > 0 || statistics.completionsWaiting > 0 {

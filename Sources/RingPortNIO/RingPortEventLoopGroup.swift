@@ -127,7 +127,8 @@ public final class RingPortEventLoopGroup: EventLoopGroup, Sendable {
 
     /// Shuts the group down: closes every channel on every loop, waits until their operations
     /// completed (up to 10 s), fails scheduled tasks with `EventLoopError.shutdown`, stops the
-    /// workers and closes the port; then calls `callback` on `queue` (with
+    /// workers, handles what they left on the stopping thread (as the loops' runner), and closes
+    /// the port; then calls `callback` on `queue` (with
     /// `EventLoopError.shutdown` if the group was shut down before). Must not be called from one
     /// of the group's loops' work when waiting for it (`syncShutdownGracefully`).
     public func shutdownGracefully(queue: DispatchQueue, _ callback: @escaping @Sendable (Error?) -> Void) {
@@ -178,7 +179,15 @@ public final class RingPortEventLoopGroup: EventLoopGroup, Sendable {
         workers.shutdown()
         // What a handler still busy after the wait held until its worker stopped: handled here,
         // on this thread, so that every channel sees its last completions.
-        workers.handleRemaining(for: .seconds(1))
+        if !workers.handleRemaining(for: .seconds(1)) {
+            let statistics = port.statistics
+            port.configuration.logger.error(
+                """
+                event loop group shutdown: \(statistics.operationsInFlight) operations still in flight and \
+                \(statistics.completionsWaiting) completions waiting after the workers stopped; the port drops them
+                """
+            )
+        }
         for loop in loops { loop.finishShutdown() }
         port.close()
     }

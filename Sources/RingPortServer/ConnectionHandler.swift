@@ -4,7 +4,10 @@ import SystemPackage
 /// What a ``TCPServer`` does with its connections: the application's side of the server.
 ///
 /// ## Threads
-/// Every callback runs on one of the completion port's worker threads. The callbacks of one
+/// Every callback runs on one of the completion port's worker threads — except, at the end of
+/// a shutdown, the last ones of a connection whose callback kept its worker busy past the
+/// shutdown's timeout: those run on the thread that called
+/// ``TCPServer/shutdown(gracePeriod:)``, after the workers stopped. The callbacks of one
 /// connection never run at the same time, and run in order (opened, then received as bytes
 /// arrive, then closed); callbacks of different connections run concurrently on different
 /// rings. A callback should return quickly: while it runs, the other connections of its ring
@@ -14,7 +17,8 @@ import SystemPackage
 /// Call the connection's methods (``Connection/write(_:)-(UnsafeRawBufferPointer)``,
 /// ``Connection/close()``, ...), read and write ``Connection/userState``, and post operations
 /// on the connection's port. Do not block for long and do not call
-/// ``TCPServer/shutdown(gracePeriod:)`` from a callback.
+/// ``TCPServer/shutdown(gracePeriod:)`` from a callback (nor hold, while calling it, a lock
+/// that a callback takes).
 public protocol ConnectionHandler: Sendable {
     /// A connection was accepted. The first bytes follow in ``connection(_:received:)``.
     func connectionOpened(_ connection: Connection)

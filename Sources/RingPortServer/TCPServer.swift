@@ -214,7 +214,9 @@ public final class TCPServer: Sendable {
 
     /// Stops the server gracefully: stops accepting; asks every connection to finish (answer what
     /// it received, send what is queued, then close); after `gracePeriod` (or
-    /// ``forceShutdown()``) closes the rest; waits for every completion; stops the workers and
+    /// ``forceShutdown()``) closes the rest; waits for every completion (up to
+    /// ``Configuration/shutdownTimeout``); stops the workers; handles on the calling thread what
+    /// a worker busy past that timeout left (its connection's last callbacks run there); and
     /// closes the port. Idempotent; returns at once if another call is shutting down.
     public func shutdown(gracePeriod: Duration = .seconds(10)) {
         let wasRunning = core.transition(from: .running, to: .draining)

@@ -350,7 +350,7 @@ extension RingPortAsyncTests {
                     let first = try await connection.read().map { String(buffer: $0) }
                     reads.withLock { $0.first = first }
                     client.close()
-                    usleep(600_000)  // past both of the shutdown's waits
+                    usleep(600_000)  // past the shutdown's timeout
                     let second: Result<ByteBuffer?, any Error>
                     do {
                         second = .success(try await connection.read())
@@ -363,7 +363,9 @@ extension RingPortAsyncTests {
                     }
                 }
                 try client.send(Array("x".utf8))
-                try await Task.sleep(for: .milliseconds(30))
+                // The task is in its sleep once its first read returned (before the shutdown
+                // closes the connection).
+                #expect(await eventuallyAsync { reads.withLock { $0.first != nil } })
                 await io.shutdown()
                 #expect(
                     await eventuallyAsync { reads.withLock { $0.second != nil } }, "the second read was not answered")

@@ -10,7 +10,8 @@ import Logging
 /// leads (waits in the kernel and runs handlers) and the rest stand by for when a handler blocks.
 ///
 /// ## The handler
-/// Runs on a worker thread. It may post operations, close handles, and post user completions.
+/// Runs on a worker thread (in ``handleRemaining(for:)``, on the thread that calls it, after the
+/// workers stopped). It may post operations, close handles, and post user completions.
 /// It should return quickly: while it runs, the other completions of its ring wait (for up to
 /// the port's stall threshold, after which a standby takes the ring over). Completions of one
 /// handle are never handled concurrently.
@@ -108,29 +109,35 @@ public final class WorkerPool: Sendable {
     }
 
     /// Stops the workers: each finishes the completion it is handling and exits; completions not
-    /// dequeued yet stay in the port. Waits until every thread has exited. Idempotent.
+    /// dequeued yet stay in the port. Waits until every thread has exited, also when another
+    /// call is stopping them. Idempotent.
     public func shutdown() {
-        let running = threads.withLock { threads -> [PThread] in
-            // Under the lock, so that a concurrent start() either finished or sees the request.
+        // Under the lock, so that a concurrent start() either finished or sees the request, and
+        // a concurrent shutdown() returns only once the threads are gone (the workers never
+        // take this lock).
+        threads.withLock { threads in
             stopSignal.request()
-            defer { threads = [] }
-            return threads ?? []
+            port.wakeAllWorkers()
+            threads?.forEach { $0.join() }
+            threads = []
         }
-        port.wakeAllWorkers()
-        running.forEach { $0.join() }
     }
 
-    /// After ``shutdown()``: handles on the calling thread what the workers left, until the port
-    /// has nothing in flight and nothing waiting (returns true) or `timeout` passed (false).
+    /// After ``shutdown()`` returned: handles on the calling thread what the workers left, until
+    /// the port has nothing in flight and nothing waiting (returns true) or `timeout` passed
+    /// (false; also when the port closed meanwhile).
     ///
     /// For a shutdown whose wait for the port to go idle timed out (a handler still busy, or a
     /// completion still to come): the completions still waiting (those of the handles a busy
     /// worker held until it stopped) and those of the operations still in flight reach the
     /// handler here, as they would have on a worker, instead of being dropped by the port's
-    /// close — whoever waits on one is answered. The handler runs on the calling thread.
+    /// close — whoever waits on one is answered. The handler runs on the calling thread; the
+    /// timeout is checked between its calls (or batches), so a handler that blocks here delays
+    /// the return by as long.
     @discardableResult
     public func handleRemaining(for timeout: Duration) -> Bool {
-        precondition(stopSignal.isRequested, "handleRemaining(for:) is for after shutdown()")
+        precondition(
+            threads.withLock { $0?.isEmpty == true }, "handleRemaining(for:) is for after shutdown() returned")
         let deadline = MonotonicInstant.now.advanced(by: timeout)
         // Attaching to a ring makes it covered; the worker polls the others (as workers do for
         // rings nobody is attached to).
@@ -152,8 +159,10 @@ public final class WorkerPool: Sendable {
                     }
                 }
             } catch {
+                if error.code == .portClosed { return false }
                 logger.error("handling what the workers left: \(error)")
-                return false
+                // As a worker does: do not spin on a ring that keeps failing.
+                usleep(10_000)
             }
         }
         return true
