@@ -227,10 +227,7 @@ public final class TCPServer: Sendable {
         workers.shutdown()
         // What a handler still busy after the drain held until its worker stopped: handled
         // here, so that its connection closes instead of being dropped with the port.
-        if !workers.handleRemaining(for: .seconds(1)) {
-            configuration.logger.error(
-                "\(configuration.label): completions still due after the workers stopped; dropped")
-        }
+        workers.handleRemaining(for: .seconds(1))
         core.port.close()
         core.finish()
         stopped.signal()

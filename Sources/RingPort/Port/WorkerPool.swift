@@ -124,8 +124,9 @@ public final class WorkerPool: Sendable {
     }
 
     /// After ``shutdown()`` returned: handles on the calling thread what the workers left, until
-    /// the port has nothing in flight and nothing waiting (returns true) or `timeout` passed
-    /// (false; also when the port closed meanwhile).
+    /// the port has nothing in flight and nothing waiting or `timeout` passed. Returns whether
+    /// the port went idle; when it did not (the timeout passed, or the port closed meanwhile),
+    /// logs what is left, which the port's close drops.
     ///
     /// For a shutdown whose wait for the port to go idle timed out (a handler still busy, or a
     /// completion still to come): the completions still waiting (those of the handles a busy
@@ -142,28 +143,20 @@ public final class WorkerPool: Sendable {
         // Attaching to a ring makes it covered; the worker polls the others (as workers do for
         // rings nobody is attached to).
         let worker = port.makeWorker()
-        defer { worker.detach() }
-        var batch: [Completion] = []
-        while !port.isIdle {
-            let now = MonotonicInstant.now
-            guard now < deadline else { return false }
-            let wait = min(now.duration(to: deadline), .milliseconds(10))
-            do throws(RingPortError) {
-                switch handler {
-                case .single(let handle):
-                    if let completion = try worker.dequeue(timeout: wait) { handle(completion) }
-                case .batch(let maximumCount, let handle):
-                    if try worker.dequeue(into: &batch, maximumCount: maximumCount, timeout: wait) > 0 {
-                        handle(&batch)
-                        batch.removeAll(keepingCapacity: true)
-                    }
-                }
-            } catch {
-                if error.code == .portClosed { return false }
-                logger.error("handling what the workers left: \(error)")
-                // As a worker does: do not spin on a ring that keeps failing.
-                usleep(10_000)
-            }
+        serve(
+            worker, while: { !port.isIdle && MonotonicInstant.now < deadline },
+            waitingAtMost: { min(MonotonicInstant.now.duration(to: deadline), .milliseconds(10)) })
+        worker.detach()
+        guard port.isIdle else {
+            let statistics = port.statistics
+            logger.error(
+                """
+                \(name): \(statistics.operationsInFlight) operations still in flight and \
+                \(statistics.completionsWaiting) completions waiting after the workers stopped; the port's close \
+                drops them
+                """
+            )
+            return false
         }
         return true
     }
@@ -171,17 +164,27 @@ public final class WorkerPool: Sendable {
     private func run() {
         let worker = port.makeWorker(stopSignal: stopSignal)
         defer { worker.detach() }
+        serve(worker, while: { !stopSignal.isRequested }, waitingAtMost: { nil })
+    }
+
+    /// Dequeues with `worker` and hands what comes to the handler while `proceed()` holds, each
+    /// wait bounded by `wait()` (nil: as long as it takes); returns then, or when the port
+    /// closed. Logs other errors and goes on.
+    @inline(__always)
+    private func serve(
+        _ worker: CompletionWorker, while proceed: () -> Bool, waitingAtMost wait: () -> Duration?
+    ) {
         // The handler is taken out of the enum once: matching it per completion would copy the
         // closure (a retain and a release per completion).
         switch handler {
         case .single(let handle):
-            repeatUntilStopped { () throws(RingPortError) in
-                if let completion = try worker.dequeue(timeout: nil) { handle(completion) }
+            repeatWhile(proceed) { () throws(RingPortError) in
+                if let completion = try worker.dequeue(timeout: wait()) { handle(completion) }
             }
         case .batch(let maximumCount, let handle):
             var batch: [Completion] = []
-            repeatUntilStopped { () throws(RingPortError) in
-                if try worker.dequeue(into: &batch, maximumCount: maximumCount) > 0 {
+            repeatWhile(proceed) { () throws(RingPortError) in
+                if try worker.dequeue(into: &batch, maximumCount: maximumCount, timeout: wait()) > 0 {
                     handle(&batch)
                     batch.removeAll(keepingCapacity: true)
                 }
@@ -189,10 +192,10 @@ public final class WorkerPool: Sendable {
         }
     }
 
-    /// Runs `step` until the pool stops or the port closes; logs other errors and goes on.
+    /// Runs `step` while `proceed()` holds, until the port closes; logs other errors and goes on.
     @inline(__always)
-    private func repeatUntilStopped(_ step: () throws(RingPortError) -> Void) {
-        while !stopSignal.isRequested {
+    private func repeatWhile(_ proceed: () -> Bool, _ step: () throws(RingPortError) -> Void) {
+        while proceed() {
             do {
                 try step()
             } catch {
