@@ -112,7 +112,9 @@ public final class Connection: @unchecked Sendable {
         while !remaining.isEmpty {
             var copied = writeQueue.appendToLastChunk(remaining, capacity: capacity, sending: state.sendInFlight)
             if copied == 0 {
-                let chunk = withWriteChunks { $0.take() }
+                let chunk = withWriteChunks {
+                    WorkerWriteChunks.take(from: $0, port: Unmanaged.passUnretained(resources.port))
+                }
                 copied = min(remaining.count, capacity)
                 chunk.unsafeBytes.copyMemory(from: remaining.baseAddress!, byteCount: copied)
                 writeQueue.appendCopied(chunk, filled: copied)
@@ -388,7 +390,11 @@ public final class Connection: @unchecked Sendable {
         let entry = writeQueue.removeFirst()
         switch entry.source {
         case .copied:
-            withWriteChunks { $0.recycle(entry.context.unsafelyUnwrapped.takeRetainedValue()) }
+            withWriteChunks {
+                WorkerWriteChunks.recycle(
+                    entry.context.unsafelyUnwrapped.takeRetainedValue(), to: $0,
+                    port: Unmanaged.passUnretained(resources.port))
+            }
         case .provided:
             release(entry.buffer.unsafelyUnwrapped)
             resources.unpinBuffer(onRing: id.ring)

@@ -99,6 +99,45 @@ extension RingPortTests {
             port.close()
         }
 
+        /// A buffer that a pool worker's handler releases goes back to the kernel with the
+        /// worker's next pass through the ring's lock: it still counts as outstanding right after
+        /// the release, and is back once the worker dequeues again. With two buffers, 50 messages
+        /// in turn all come through: none stays behind.
+        @Test func aBufferReleasedOnAPoolWorkerGoesBackWithItsNextDequeue() throws {
+            var configuration = CompletionPort.Configuration()
+            configuration.backend = .ioURing
+            configuration.ringCount = 1
+            configuration.providedBuffers = .init(count: 2, size: 64)
+            let port = try CompletionPort(configuration: configuration)
+            let (left, right) = try makeSocketPair()
+            defer { close(right) }
+            let handle = try port.associate(descriptor: left)
+            let received = LockedBox<[UInt8]>([])
+            let outstandingAfterRelease = LockedBox<[Int]>([])
+            let workers = WorkerPool(port: port, threadCount: 1) { completion in
+                guard let buffer = completion.receivedBuffer else { return }
+                received.withLock { $0 += buffer.bytes }
+                buffer.release()
+                outstandingAfterRelease.withLock { $0.append(port.statistics.buffersOutstanding) }
+            }
+            try workers.start()
+            try port.receiveMultishot(handle, context: IOContext(capacity: 0))
+            var sent: [UInt8] = []
+            for index in 0..<50 {
+                let message = [UInt8](repeating: UInt8(index), count: 32)
+                #expect(write(right, message, message.count) == message.count)
+                sent += message
+                #expect(eventually { received.withLock { $0.count } == sent.count })
+            }
+            #expect(received.withLock { $0 } == sent)
+            #expect(eventually { port.statistics.buffersOutstanding == 0 })
+            #expect(outstandingAfterRelease.withLock { $0 }.allSatisfy { $0 == 1 })
+            port.close(handle)
+            #expect(eventually { port.statistics.operationsInFlight == 0 })
+            workers.shutdown()
+            port.close()
+        }
+
         @Test func exhaustedBuffersEndTheReceiveWithENOBUFSAndItResumes() throws {
             let (port, worker, handle, context, right) = try startMultishotReceive(buffers: 2, size: 16)
 

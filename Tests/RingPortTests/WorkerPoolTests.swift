@@ -75,13 +75,14 @@ extension RingPortTests {
             defer { close(peer) }
             let handle = try port.associate(descriptor: descriptor)
             let started = Atomic<Bool>(false)
-            let handled = LockedBox<[(value: UInt64, thread: pthread_t)]>([])
+            let handled = LockedBox<[(value: UInt64, thread: pthread_t, onWorker: Bool)]>([])
             let handle1: @Sendable (Completion) -> Void = { completion in
                 if completion.userValue == 1 {
                     started.store(true, ordering: .releasing)
                     usleep(300_000)
                 }
-                handled.withLock { $0.append((completion.userValue, pthread_self())) }
+                let onWorker = WorkerPool.callingThreadServes(port)
+                handled.withLock { $0.append((completion.userValue, pthread_self(), onWorker)) }
             }
             let pool =
                 batches
@@ -100,6 +101,9 @@ extension RingPortTests {
             let values = handled.withLock { $0.map(\.value) }
             #expect(values == [1, 2])
             #expect(handled.withLock { $0.last.map { pthread_equal($0.thread, pthread_self()) != 0 } } == true)
+            // The calling thread handled it, and does not count as a worker (no per-worker state).
+            #expect(handled.withLock { $0.map(\.onWorker) } == [true, false])
+            #expect(!WorkerPool.callingThreadServes(port))
             #expect(port.statistics.completionsWaiting == 0 && port.statistics.operationsInFlight == 0)
             port.close(handle)
             port.close()

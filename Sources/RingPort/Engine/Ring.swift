@@ -696,8 +696,25 @@ final class Ring: @unchecked Sendable {
 
     /// Gives a provided buffer back to the kernel.
     func recycleBuffer(_ id: UInt16) {
+        // On a pool worker's thread, the worker returns it with the next pass through the lock.
+        if let worker = CompletionWorker.poolWorkerOfCallingThread,
+            worker._withUnsafeGuaranteedRef({ $0.deferReturn(ofBuffer: id, in: self) })
+        {
+            return
+        }
         // The ring's own reference goes after the lock is released: it may be the last.
         lock.withLock { recycleBufferLocked(id) }?.release()
+    }
+
+    /// Gives the buffers `ids` back to the kernel. Returns the ring's reference to itself when
+    /// they were the last held, for the caller to release (after the lock, unless it keeps the
+    /// ring alive otherwise).
+    func recycleBuffersLocked(_ ids: UnsafeBufferPointer<UInt16>) -> Unmanaged<Ring>? {
+        var selfReference: Unmanaged<Ring>?
+        for id in ids {
+            if let reference = recycleBufferLocked(id) { selfReference = reference }
+        }
+        return selfReference
     }
 
     /// The kernel filled provided buffer `id`: the application owns it until it recycles it.

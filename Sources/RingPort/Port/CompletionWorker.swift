@@ -1,3 +1,4 @@
+import Glibc
 import Synchronization
 
 /// A thread's seat at a completion port: what a worker thread calls "get queued completion
@@ -39,6 +40,14 @@ public final class CompletionWorker {
     @exclusivity(unchecked) private var held: [IOHandle] = []
     @exclusivity(unchecked) private var releasing: [IOHandle] = []
     @exclusivity(unchecked) private var isDetached = false
+    /// Provided buffers of the home ring that handlers on this worker's thread released, given
+    /// back to the kernel the next time the worker holds the ring's lock (``deferReturn(ofBuffer:in:)``):
+    /// their IDs, `releasedBufferCount` of them, in storage of its own (an array's append and
+    /// removal were calls into the standard library per buffer).
+    private let releasedBuffers = UnsafeMutablePointer<UInt16>.allocate(
+        capacity: CompletionWorker.releasedBufferCapacity)
+    @exclusivity(unchecked) private var releasedBufferCount = 0
+    private static let releasedBufferCapacity = 64
 
     init(port: CompletionPort, ring: Ring, stopSignal: StopSignal?) {
         self.port = port
@@ -50,6 +59,7 @@ public final class CompletionWorker {
 
     deinit {
         detach()
+        releasedBuffers.deallocate()
     }
 
     /// Waits for one completion and returns it, or nil when `timeout` passed first (or the
@@ -83,6 +93,7 @@ public final class CompletionWorker {
     public func release() {
         var budget = 0
         ring.lock.withLock {
+            returnReleasedBuffersLocked()
             _ = releaseHeldLocked(budget: &budget) { _ in }
         }
     }
@@ -116,6 +127,7 @@ public final class CompletionWorker {
         // a local binding would retain them on every call.
         ring.lock.lock()
         defer { ring.lock.unlock() }
+        returnReleasedBuffersLocked()
         var taken = releaseHeldLocked(budget: &budget, deliver: deliver)
         if taken > 0 {
             ring.leadership.ran(me)
@@ -166,6 +178,59 @@ public final class CompletionWorker {
                 ring.takeLeadershipLocked(by: me, comesBack: comesBackToDequeue)
             }
         }
+    }
+
+    // MARK: Provided buffers released on the worker's thread
+
+    /// Takes over the return of provided buffer `id` of `ring`, released by a handler on this
+    /// worker's thread, when `ring` is the worker's home ring: the buffer goes back to the kernel
+    /// when the worker next takes the ring's lock (to dequeue, at the latest before it enters the
+    /// kernel again, or to release or detach), with the others released meanwhile, instead of
+    /// one pass through the lock per buffer. Returns false for another ring's buffer, or when
+    /// 64 wait already (a handler that releases many).
+    @inline(__always)
+    func deferReturn(ofBuffer id: UInt16, in ring: Ring) -> Bool {
+        guard ring === self.ring, releasedBufferCount < CompletionWorker.releasedBufferCapacity else { return false }
+        releasedBuffers[releasedBufferCount] = id
+        releasedBufferCount += 1
+        return true
+    }
+
+    /// Gives the buffers of ``deferReturn(ofBuffer:in:)`` back. Called with the home ring's lock
+    /// held. The ring's reference to itself, which it may drop with its last buffer, is released
+    /// here: the worker's `ring` keeps it alive.
+    @inline(__always)
+    private func returnReleasedBuffersLocked() {
+        guard releasedBufferCount > 0 else { return }
+        let ids = UnsafeBufferPointer(start: releasedBuffers, count: releasedBufferCount)
+        releasedBufferCount = 0
+        ring.recycleBuffersLocked(ids)?.release()
+    }
+
+    // MARK: The calling thread's pool worker
+
+    /// The thread-specific slot naming the ``WorkerPool`` worker that runs on the thread,
+    /// unretained: the pool's thread keeps its worker while the slot names it. nil when the
+    /// process ran out of keys: then no thread has one (buffers are returned under the lock at
+    /// once, and per-worker caches are not kept).
+    private static let poolWorkerKey: pthread_key_t? = {
+        var key = pthread_key_t()
+        return pthread_key_create(&key, nil) == 0 ? key : nil
+    }()
+
+    /// Names `worker` (nil: none) as the calling thread's pool worker. The pool's threads set it
+    /// around their dequeue loop.
+    static func setPoolWorkerOfCallingThread(_ worker: CompletionWorker?) {
+        guard let key = poolWorkerKey else { return }
+        pthread_setspecific(key, worker.map { Unmanaged.passUnretained($0).toOpaque() })
+    }
+
+    /// The worker of a ``WorkerPool`` that runs on the calling thread, if any; valid on this
+    /// thread while it runs the pool's loop (its handlers).
+    @inline(__always)
+    static var poolWorkerOfCallingThread: Unmanaged<CompletionWorker>? {
+        guard let key = poolWorkerKey, let pointer = pthread_getspecific(key) else { return nil }
+        return Unmanaged.fromOpaque(pointer)
     }
 
     /// Releases every held handle. Completions of those handles that were deferred while they

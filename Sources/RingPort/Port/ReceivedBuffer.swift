@@ -7,7 +7,8 @@
 /// its ring, so hold buffers briefly.
 ///
 /// Thread-safety: a value type that may be passed between threads with its ownership;
-/// ``release()`` may be called from any thread (it takes the ring's lock).
+/// ``release()`` may be called from any thread (it takes the ring's lock; on a ``WorkerPool``'s
+/// thread, the worker gives the buffer back with its next pass through that lock instead).
 public struct ReceivedBuffer: Sendable {
     /// The ring the buffer belongs to, not retained: a ring keeps itself alive while any of its
     /// buffers is held by the application (`Ring.handOutBufferLocked(_:)`), so the value carries
@@ -32,6 +33,11 @@ public struct ReceivedBuffer: Sendable {
     }
 
     /// Gives the buffer back to the kernel. Call once.
+    ///
+    /// Called from a handler on a ``WorkerPool``'s worker for a buffer of the worker's ring, the
+    /// buffer goes back when the worker next takes the ring's lock: when the handler returns
+    /// and the worker dequeues again, before it next waits in the kernel (one pass through the
+    /// lock for every buffer released meanwhile, and none per buffer). Elsewhere, at once.
     public func release() {
         ring._withUnsafeGuaranteedRef { $0.recycleBuffer(id) }
     }

@@ -163,8 +163,21 @@ public final class WorkerPool: Sendable {
 
     private func run() {
         let worker = port.makeWorker(stopSignal: stopSignal)
-        defer { worker.detach() }
+        CompletionWorker.setPoolWorkerOfCallingThread(worker)
+        defer {
+            CompletionWorker.setPoolWorkerOfCallingThread(nil)
+            worker.detach()
+        }
         serve(worker, while: { !stopSignal.isRequested }, waitingAtMost: { nil })
+    }
+
+    /// Whether the calling thread is a worker of a pool on `port`, between its first dequeue and
+    /// its exit: what keeps per-worker state (the server's ``ContextCache`` of write chunks) off
+    /// other threads, such as the one that handles what the workers left after they stopped
+    /// (``handleRemaining(for:)``), where it would outlive the pool.
+    package static func callingThreadServes(_ port: CompletionPort) -> Bool {
+        guard let worker = CompletionWorker.poolWorkerOfCallingThread else { return false }
+        return worker._withUnsafeGuaranteedRef { $0.port === port }
     }
 
     /// Dequeues with `worker` and hands what comes to the handler while `proceed()` holds, each
