@@ -39,32 +39,38 @@ public final class ContextPool: Sendable {
         return context ?? IOContext(capacity: bufferSize)
     }
 
-    /// Moves up to `count` idle contexts to the end of `contexts` under one pass through the
-    /// lock, or one new context when none is idle. The caller owns them.
-    func take(_ count: Int, appendingTo contexts: inout [IOContext]) {
-        let before = contexts.count
+    /// Moves up to `count` idle contexts into the uninitialized memory at `storage` under one
+    /// pass through the lock, or one new context when none is idle; returns how many. The
+    /// caller owns them.
+    func take(_ count: Int, into storage: UnsafeMutablePointer<IOContext>) -> Int {
+        var taken = 0
         idle.withLock { idle in
-            // Popped and appended one at a time: moved, where a slice copy retained each.
-            while contexts.count - before < count, let context = idle.contexts.popLast() {
-                contexts.append(consume context)
+            // Moved one at a time: no reference counting.
+            while taken < count, let context = idle.contexts.popLast() {
+                (storage + taken).initialize(to: consume context)
+                taken += 1
             }
             if idle.contexts.count < idle.lowWater { idle.lowWater = idle.contexts.count }
         }
-        if contexts.count == before { contexts.append(IOContext(capacity: bufferSize)) }
+        if taken == 0 {
+            storage.initialize(to: IOContext(capacity: bufferSize))
+            taken = 1
+        }
+        return taken
     }
 
-    /// Moves the contexts of `contexts` from index `start` on back into the idle list under one
-    /// pass through the lock (those beyond ``maximumIdle`` are freed, outside it). They were
-    /// reset by ``resetForReuse(_:)``.
-    func recycle(_ contexts: inout [IOContext], from start: Int) {
-        idle.withLock { idle in
-            // Moved one at a time (no reference counting); those without room stay in
-            // `contexts`, to be freed outside the lock.
-            while contexts.count > start, idle.contexts.count < maximumIdle {
-                idle.contexts.append(contexts.removeLast())
+    /// Moves the `count` contexts at `storage` back into the idle list under one pass through
+    /// the lock, leaving the memory uninitialized (those beyond ``maximumIdle`` are freed,
+    /// outside it). They were reset by ``resetForReuse(_:)``.
+    func recycle(moving storage: UnsafeMutablePointer<IOContext>, count: Int) {
+        let kept = idle.withLock { idle in
+            let kept = min(count, max(0, maximumIdle - idle.contexts.count))
+            for index in 0..<kept {
+                idle.contexts.append((storage + index).move())
             }
+            return kept
         }
-        contexts.removeSubrange(start...)
+        (storage + kept).deinitialize(count: count - kept)
     }
 
     /// Gives a context back: it must not be in flight and must come from this pool (or have
@@ -120,38 +126,50 @@ public final class ContextPool: Sendable {
 ///
 /// An empty cache takes half its ``limit`` from the pool at once; a full one gives half back.
 /// Thread-confined: one thread owns it (in a thread-specific slot, say) and never shares it,
-/// hence not `Sendable`. The pool's ``ContextPool/trimIdle()`` does not see the cache's contexts:
-/// they are freed with it.
-public struct ContextCache {
+/// hence not `Sendable`; noncopyable, since it owns the storage of its contexts. The pool's
+/// ``ContextPool/trimIdle()`` does not see the cache's contexts: they are freed with it.
+public struct ContextCache: ~Copyable {
     /// The most idle contexts the cache keeps.
     public let limit: Int
-    private var idle: [IOContext] = []
+    /// The idle contexts, `count` of them, in storage of their own: taking and recycling move a
+    /// reference in or out, without an array's uniqueness checks and calls into the standard
+    /// library.
+    private let idle: UnsafeMutablePointer<IOContext>
+    private var idleCount = 0
 
     /// An empty cache that keeps at most `limit` contexts (at least 2).
     public init(limit: Int = 16) {
         precondition(limit >= 2, "a cache moves half its limit at a time")
         self.limit = limit
+        idle = .allocate(capacity: limit)
+    }
+
+    deinit {
+        idle.deinitialize(count: idleCount)
+        idle.deallocate()
     }
 
     /// A context of `pool`'s: one the cache kept, else one of a batch taken from the pool. The
     /// caller owns it.
     public mutating func take(from pool: ContextPool) -> IOContext {
-        if idle.isEmpty {
-            if idle.capacity == 0 { idle.reserveCapacity(limit) }
-            pool.take(limit / 2, appendingTo: &idle)
-        }
-        return idle.removeLast()
+        if idleCount == 0 { idleCount = pool.take(limit / 2, into: idle) }
+        idleCount -= 1
+        return (idle + idleCount).move()
     }
 
     /// Gives a context of `pool`'s back: it must not be in flight; its bookkeeping fields are
     /// reset. A full cache first gives half of what it keeps back to the pool.
     public mutating func recycle(_ context: consuming IOContext, to pool: ContextPool) {
         pool.resetForReuse(context)
-        if idle.count >= limit { pool.recycle(&idle, from: limit / 2) }
-        if idle.capacity == 0 { idle.reserveCapacity(limit) }
-        idle.append(context)
+        if idleCount >= limit {
+            let kept = limit / 2
+            pool.recycle(moving: idle + kept, count: idleCount - kept)
+            idleCount = kept
+        }
+        (idle + idleCount).initialize(to: context)
+        idleCount += 1
     }
 
     /// The number of contexts the cache keeps now.
-    public var count: Int { idle.count }
+    public var count: Int { idleCount }
 }
