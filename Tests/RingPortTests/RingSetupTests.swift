@@ -144,6 +144,25 @@ extension RingPortTests {
             fallback.close()
         }
 
+        /// A buffer ring the kernel refuses to register (its group ID is taken) throws a typed
+        /// error with the cause, and its memory is freed once: before, the failure path freed it
+        /// and the `deinit` that a throwing class initializer still runs freed it again (a double
+        /// free on every kernel without incremental buffer consumption, which the probe tries).
+        @Test func aRefusedBufferRingThrowsAndIsFreedOnce() throws {
+            let ring = try IOURing(entries: 8, completionEntries: 16)
+            defer { ring.close() }
+            let first = try ProvidedBufferRing(ring: ring, groupID: 5, count: 2, bufferSize: 64)
+            for _ in 0..<3 {
+                let error = #expect(throws: RingPortError.self) {
+                    _ = try ProvidedBufferRing(ring: ring, groupID: 5, count: 2, bufferSize: 64)
+                }
+                #expect(error?.code == .systemCallFailed)
+                #expect(error?.errno == .fileExists)
+                #expect(error.map { "\($0)".contains("io_uring_register_buf_ring(group: 5") } == true)
+            }
+            withExtendedLifetime(first) {}
+        }
+
         @Test func impossibleSizesAreRejected() {
             for entries: UInt32 in [0, 40_000] {
                 var configuration = CompletionPort.Configuration()

@@ -29,7 +29,9 @@ final class ProvidedBufferRing {
     private let mask: Int32
     /// Buffers handed to the application and not recycled yet (guarded by the ring's lock).
     @exclusivity(unchecked) private(set) var outstanding = 0
-    @exclusivity(unchecked) private var isHeldByApplication: [Bool]
+    /// Per buffer, whether the application holds it (guarded by the ring's lock): plain memory,
+    /// where an array's every write checked its storage's uniqueness in the standard library.
+    private let isHeldByApplication: UnsafeMutablePointer<Bool>
 
     /// Maps, initialises and registers a ring of `count` buffers of `bufferSize` bytes.
     ///
@@ -56,7 +58,8 @@ final class ProvidedBufferRing {
         }
         entries = mapped
         buffers = .allocate(byteCount: count * bufferSize, alignment: pageSize)
-        isHeldByApplication = [Bool](repeating: false, count: count)
+        isHeldByApplication = .allocate(capacity: count)
+        isHeldByApplication.initialize(repeating: false, count: count)
 
         let bufferRing = entries.assumingMemoryBound(to: io_uring_buf_ring.self)
         io_uring_buf_ring_init(bufferRing)
@@ -67,8 +70,8 @@ final class ProvidedBufferRing {
         registration.pad = registrationFlags  // `flags` in kernels after 6.1
         let result = ring.registerBufferRing(&registration)
         guard result == 0 else {
-            munmap(entries, entriesByteCount)
-            buffers.deallocate()
+            // Every stored property is set: a class initializer that throws from here on still
+            // runs `deinit`, which unmaps and frees (doing it here too freed everything twice).
             throw RingPortError(
                 .systemCallFailed, operation: "io_uring_register_buf_ring(group: \(groupID), entries: \(count))",
                 errno: Errno(rawValue: -result))
@@ -83,6 +86,7 @@ final class ProvidedBufferRing {
     deinit {
         munmap(entries, entriesByteCount)
         buffers.deallocate()
+        isHeldByApplication.deallocate()
     }
 
     /// The memory of buffer `id`.
