@@ -59,6 +59,16 @@ extension RingPortTests {
             waiter.thread.join()
         }
 
+        /// A file that opens but does not read as scheduler statistics gives nil, and its
+        /// descriptor is closed once: the failure path closed it, and then the `deinit` that a
+        /// failable class initializer still runs closed the number again (in debug builds, the
+        /// second close's EBADF traps).
+        @Test func anUnreadableFileIsClosedOnce() throws {
+            for _ in 0..<3 {
+                #expect(ThreadSchedule(threadID: ThreadSchedule.currentThreadID, statisticsPath: "/dev/null") == nil)
+            }
+        }
+
         @Test func aThreadThatIsGoneCannotBeRead() throws {
             let finished = try startThread {}
             finished.thread.join()

@@ -28,15 +28,21 @@ final class ThreadSchedule {
 
     /// Opens the schedstat file of thread `threadID`; nil when it cannot be read (no `/proc`,
     /// or a kernel without `CONFIG_SCHED_INFO`).
-    init?(threadID: Int32) {
-        let descriptor = open("/proc/self/task/\(threadID)/schedstat", O_RDONLY | O_CLOEXEC)
+    convenience init?(threadID: Int32) {
+        self.init(threadID: threadID, statisticsPath: "/proc/self/task/\(threadID)/schedstat")
+    }
+
+    /// Opens `statisticsPath` as thread `threadID`'s schedstat file (a test seam); nil when it
+    /// cannot be opened or read.
+    init?(threadID: Int32, statisticsPath: String) {
+        let descriptor = open(statisticsPath, O_RDONLY | O_CLOEXEC)
         guard descriptor >= 0 else { return nil }
         self.threadID = threadID
         self.descriptor = descriptor
-        guard read() != nil else {
-            SystemCall.close(descriptor)
-            return nil
-        }
+        // Every stored property is set: returning nil from here on still runs `deinit`, which
+        // closes the file (closing it here too closed the number twice, by then perhaps another
+        // thread's new socket).
+        guard read() != nil else { return nil }
     }
 
     deinit {
