@@ -150,8 +150,9 @@ extension RingPortTests {
         /// free on every kernel without incremental buffer consumption, which the probe tries).
         @Test func aRefusedBufferRingThrowsAndIsFreedOnce() throws {
             let ring = try IOURing(entries: 8, completionEntries: 16)
-            defer { ring.close() }
             let first = try ProvidedBufferRing(ring: ring, groupID: 5, count: 2, bufferSize: 64)
+            // The buffers outlive the ring that uses them.
+            defer { withExtendedLifetime(first) { ring.close() } }
             for _ in 0..<3 {
                 let error = #expect(throws: RingPortError.self) {
                     _ = try ProvidedBufferRing(ring: ring, groupID: 5, count: 2, bufferSize: 64)
@@ -160,7 +161,6 @@ extension RingPortTests {
                 #expect(error?.errno == .fileExists)
                 #expect(error.map { "\($0)".contains("io_uring_register_buf_ring(group: 5") } == true)
             }
-            withExtendedLifetime(first) {}
         }
 
         @Test func impossibleSizesAreRejected() {
