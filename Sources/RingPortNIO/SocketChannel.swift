@@ -320,6 +320,9 @@ final class SocketChannel: BaseChannel, Channel, ChannelCore, @unchecked Sendabl
             return
         }
         if let error = completion.error {
+            // No bytes; a provided buffer named anyway (taken by the kernel for a receive that
+            // then failed) goes straight back.
+            completion.receivedBuffer?.release()
             if error == .noBufferSpace {
                 // The ring's provided buffers are all out: they come back as the loops copy
                 // them; try again a moment later rather than spin.
@@ -335,6 +338,7 @@ final class SocketChannel: BaseChannel, Channel, ChannelCore, @unchecked Sendabl
         }
         let count = completion.bytesTransferred
         guard count > 0 else {
+            completion.receivedBuffer?.release()
             if readPending && parked.isEmpty {
                 inputEnded()
             } else {

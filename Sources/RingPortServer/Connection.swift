@@ -199,8 +199,11 @@ public final class Connection: @unchecked Sendable {
 
     /// A receive completed: hands the bytes (if any) to `deliver`, which calls the handler.
     func receiveCompleted(_ completion: Completion, deliver: (ReceivedBytes) -> Void) {
-        // An error or the end of stream comes with the receive's last completion.
+        // An error or the end of stream comes with the receive's last completion. It carries no
+        // bytes; a provided buffer it names anyway (one the kernel had already taken for a
+        // receive that then ended without data) goes straight back, or it would stay out for good.
         if let error = completion.error {
+            if let buffer = completion.receivedBuffer { release(buffer) }
             if completion.isCancelled {
                 // Paused for backpressure, or closing: nothing to do here. A cancellation the
                 // connection did not ask for (the kernel cancels a request whose submitting
@@ -220,6 +223,7 @@ public final class Connection: @unchecked Sendable {
         }
         let count = completion.bytesTransferred
         if count == 0 {
+            if let buffer = completion.receivedBuffer { release(buffer) }
             apply(.receiveFinished(.endOfStream))
             return
         }
@@ -354,7 +358,13 @@ public final class Connection: @unchecked Sendable {
     }
 
     private func release(_ buffer: ReceivedBuffer) {
-        buffer.release()
+        // While connections wait for buffers, the buffer goes back at once, not with the
+        // worker's next dequeue: the connection woken below must find it in the ring.
+        if resources.hasConnectionsWaitingForBuffers {
+            buffer.releaseNow()
+        } else {
+            buffer.release()
+        }
         resources.bufferReleased(onRing: id.ring)
     }
 

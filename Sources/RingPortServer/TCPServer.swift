@@ -58,7 +58,8 @@ public final class TCPServer: Sendable {
         /// The price: the connections of a batch wait until the calls before theirs return, and
         /// a standby that takes the ring over from a worker blocked in a handler cannot reach
         /// them. Set it only for handlers that never block (`EchoHandler`, say); with 1, a
-        /// blocking handler delays its own connection only.
+        /// blocking handler delays its own connection only (and keeps the provided buffers its
+        /// worker released before it blocked out of its ring until it returns).
         public var completionBatch = 1
         /// The grace period of the graceful shutdown that ``TCPServer/run()`` performs when its
         /// service group shuts down gracefully (see ``TCPServer/shutdown(gracePeriod:)``).

@@ -57,7 +57,7 @@ extension RingPortServerTests {
                 #expect(
                     eventually { descriptorsWithIdleServer.allClosedAgain },
                     "still open: \(descriptorsWithIdleServer.openedSince)")
-                #expect(server.portStatistics.buffersOutstanding == 0)
+                #expect(eventually { server.portStatistics.buffersOutstanding == 0 })
                 #expect(server.portStatistics.staleCompletions == 0)
 
                 // Still serving.

@@ -17,7 +17,7 @@ extension RingPortServerTests {
                 .expectCleanRun(against: server.localAddress)
                 #expect(eventually { server.statistics.open == 0 })
                 #expect(server.statistics.accepted == 1000)
-                #expect(server.portStatistics.buffersOutstanding == 0)
+                #expect(eventually { server.portStatistics.buffersOutstanding == 0 })
             }
         }
 

@@ -454,6 +454,11 @@ final class Ring: @unchecked Sendable {
     /// none.
     private func makeRoomLocked() -> UnsafeMutablePointer<io_uring_sqe>? {
         guard leadership.callerIsRunningLeader, queues.isOpen else { return nil }
+        // The buffers this thread's handlers released go back first: the receives submitted now
+        // may need them.
+        if let worker = CompletionWorker.poolWorkerOfCallingThread {
+            worker._withUnsafeGuaranteedRef { $0.returnReleasedBuffersLocked(ofHomeRing: self) }
+        }
         _ = queues.enter(toSubmit: queues.flushSubmissions(), waitFor: 0, timeout: nil)
         counters.kernelEnters &+= 1
         return queues.nextSubmissionEntry()
@@ -694,7 +699,14 @@ final class Ring: @unchecked Sendable {
         bufferRing!.bytes(of: id, count: count)
     }
 
-    /// Gives a provided buffer back to the kernel.
+    /// Gives a provided buffer back to the kernel at once, under the lock, on any thread.
+    func recycleBufferNow(_ id: UInt16) {
+        // The ring's own reference goes after the lock is released: it may be the last.
+        lock.withLock { recycleBufferLocked(id) }?.release()
+    }
+
+    /// Gives a provided buffer back to the kernel: on a pool worker's thread, for its own ring,
+    /// with the worker's next pass through the lock; elsewhere at once.
     func recycleBuffer(_ id: UInt16) {
         // On a pool worker's thread, the worker returns it with the next pass through the lock.
         if let worker = CompletionWorker.poolWorkerOfCallingThread,
@@ -702,8 +714,7 @@ final class Ring: @unchecked Sendable {
         {
             return
         }
-        // The ring's own reference goes after the lock is released: it may be the last.
-        lock.withLock { recycleBufferLocked(id) }?.release()
+        recycleBufferNow(id)
     }
 
     /// Gives the buffers `ids` back to the kernel. Returns the ring's reference to itself when

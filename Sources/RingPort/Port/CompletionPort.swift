@@ -158,7 +158,8 @@ public final class CompletionPort: Sendable {
         public var leaderTakeovers: UInt64 = 0
         /// Handles associated and not closed.
         public var openHandles = 0
-        /// Provided buffers the application holds (received, not released).
+        /// Provided buffers the application holds (received, not released), and those released
+        /// on a pool worker that the worker has not given back yet (it does at its next dequeue).
         public var buffersOutstanding = 0
 
         /// All zero.

@@ -184,16 +184,24 @@ public final class CompletionWorker {
 
     /// Takes over the return of provided buffer `id` of `ring`, released by a handler on this
     /// worker's thread, when `ring` is the worker's home ring: the buffer goes back to the kernel
-    /// when the worker next takes the ring's lock (to dequeue, at the latest before it enters the
-    /// kernel again, or to release or detach), with the others released meanwhile, instead of
-    /// one pass through the lock per buffer. Returns false for another ring's buffer, or when
-    /// 64 wait already (a handler that releases many).
+    /// when the worker next takes the ring's lock (to dequeue, or to release or detach), or
+    /// before the ring enters the kernel from this thread (at the latest), with the others
+    /// released meanwhile, instead of one pass through the lock per buffer. Returns false for
+    /// another ring's buffer, or when 64 wait already (a handler that releases many).
     @inline(__always)
     func deferReturn(ofBuffer id: UInt16, in ring: Ring) -> Bool {
         guard ring === self.ring, releasedBufferCount < CompletionWorker.releasedBufferCapacity else { return false }
         releasedBuffers[releasedBufferCount] = id
         releasedBufferCount += 1
         return true
+    }
+
+    /// Gives the buffers of ``deferReturn(ofBuffer:in:)`` back if `ring` is the worker's home
+    /// ring, whose lock the caller holds: the ring, before it enters the kernel in the middle of
+    /// a handler (a full submission queue).
+    func returnReleasedBuffersLocked(ofHomeRing ring: Ring) {
+        guard ring === self.ring else { return }
+        returnReleasedBuffersLocked()
     }
 
     /// Gives the buffers of ``deferReturn(ofBuffer:in:)`` back. Called with the home ring's lock

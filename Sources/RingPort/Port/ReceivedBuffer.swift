@@ -3,7 +3,8 @@
 /// The application owns the buffer from the moment it dequeues the completion until it calls
 /// ``release()``, which gives it back to the ring's pool for the kernel to fill again. Keep it as
 /// long as its bytes are needed (e.g. until a write of them completes) and release it exactly
-/// once; releasing twice traps. Until released, the buffer is unavailable to every connection of
+/// once; releasing twice traps (released on a pool worker, when the worker gives its buffers
+/// back; from two threads, not reliably). Until released, the buffer is unavailable to every connection of
 /// its ring, so hold buffers briefly.
 ///
 /// Thread-safety: a value type that may be passed between threads with its ownership;
@@ -40,5 +41,12 @@ public struct ReceivedBuffer: Sendable {
     /// lock for every buffer released meanwhile, and none per buffer). Elsewhere, at once.
     public func release() {
         ring._withUnsafeGuaranteedRef { $0.recycleBuffer(id) }
+    }
+
+    /// Gives the buffer back to the kernel at once, also on a pool worker: for a caller that
+    /// wakes a receive waiting for a buffer right after (the server's connections that found
+    /// their ring out of buffers).
+    package func releaseNow() {
+        ring._withUnsafeGuaranteedRef { $0.recycleBufferNow(id) }
     }
 }

@@ -171,10 +171,11 @@ public final class WorkerPool: Sendable {
         serve(worker, while: { !stopSignal.isRequested }, waitingAtMost: { nil })
     }
 
-    /// Whether the calling thread is a worker of a pool on `port`, between its first dequeue and
-    /// its exit: what keeps per-worker state (the server's ``ContextCache`` of write chunks) off
-    /// other threads, such as the one that handles what the workers left after they stopped
-    /// (``handleRemaining(for:)``), where it would outlive the pool.
+    /// Whether the calling thread is a worker of a pool on `port` (from the start of its loop
+    /// until the loop ends, before the worker detaches): what keeps per-worker state (the
+    /// server's ``ContextCache`` of write chunks) off other threads, such as the one that handles
+    /// what the workers left after they stopped (``handleRemaining(for:)``), where it would
+    /// outlive the pool.
     package static func callingThreadServes(_ port: CompletionPort) -> Bool {
         guard let worker = CompletionWorker.poolWorkerOfCallingThread else { return false }
         return worker._withUnsafeGuaranteedRef { $0.port === port }
