@@ -358,14 +358,7 @@ public final class Connection: @unchecked Sendable {
     }
 
     private func release(_ buffer: ReceivedBuffer) {
-        // While connections wait for buffers, the buffer goes back at once, not with the
-        // worker's next dequeue: the connection woken below must find it in the ring.
-        if resources.hasConnectionsWaitingForBuffers {
-            buffer.releaseNow()
-        } else {
-            buffer.release()
-        }
-        resources.bufferReleased(onRing: id.ring)
+        resources.release(buffer, onRing: id.ring)
     }
 
     // The connection's resources (the counters, the write chunk pool) keep these objects alive,

@@ -95,27 +95,22 @@ final class ServerResources: Sendable {
         SystemInfo.returnFreeMemoryToSystem()
     }
 
-    /// Whether any connection waits for provided buffers (a hint: read without a lock).
-    var hasConnectionsWaitingForBuffers: Bool {
-        starvedCount.load(ordering: .relaxed) > 0
-    }
-
     /// Remembers a connection that found its ring out of provided buffers.
     func waitForBuffers(_ connection: Connection) {
         starved[connection.id.ring].withLock { $0.append(connection) }
         starvedCount.add(1, ordering: .releasing)
     }
 
-    /// A provided buffer of `ring` was released: wake one connection waiting for it. The wake-up
-    /// is a completion posted on the connection's handle, so it runs serialised with the rest.
-    /// While any connection waits, connections release their buffers at once
-    /// (`ReceivedBuffer.releaseNow()`), so the woken one finds it in the ring; otherwise a buffer
-    /// released on a worker goes back with the worker's next dequeue, or before the ring enters
-    /// the kernel from that thread.
-    func bufferReleased(onRing ring: Int) {
-        guard starvedCount.load(ordering: .relaxed) > 0,
-            let connection = starved[ring].withLock({ $0.popLast() })
-        else { return }
+    /// Gives a connection's provided `buffer` of `ring` back and wakes one connection waiting
+    /// for a buffer of that ring. The wake-up is a completion posted on the connection's handle,
+    /// so it runs serialised with the rest. While any connection waits, the buffer goes back at
+    /// once (`ReceivedBuffer.releaseNow()`), so the woken one finds it in the ring; otherwise a
+    /// buffer released on a worker goes back with the worker's next dequeue, or before the ring
+    /// enters the kernel from that thread.
+    func release(_ buffer: ReceivedBuffer, onRing ring: Int) {
+        guard starvedCount.load(ordering: .relaxed) > 0 else { return buffer.release() }
+        buffer.releaseNow()
+        guard let connection = starved[ring].withLock({ $0.popLast() }) else { return }
         starvedCount.subtract(1, ordering: .relaxed)
         try? port.post(handle: connection.handle, value: ServerCore.ConnectionCommand.buffersAvailable.rawValue)
     }
