@@ -76,6 +76,22 @@ public final class CompletionWorker {
         return consume result
     }
 
+    /// Waits for one completion and hands it to `handle` once the ring's lock is released, or
+    /// returns false when `timeout` passed first (or the worker's pool is stopping): the
+    /// ``WorkerPool``'s loop. The same as ``dequeue(timeout:)`` without an optional completion in
+    /// between, whose copy and destroy go through the type's metadata (`Completion` is too large
+    /// for the compiler to handle inline).
+    func dequeue(timeout: Duration?, handle: (consuming Completion) -> Void) throws(RingPortError) -> Bool {
+        try withUnsafeTemporaryAllocation(of: Completion.self, capacity: 1) { slot throws(RingPortError) in
+            let taken = try dequeue(budget: 1, deadline: Self.deadline(after: timeout)) {
+                slot.initializeElement(at: 0, to: $0)
+            }
+            guard taken > 0 else { return false }
+            handle(slot.moveElement(from: 0))
+            return true
+        }
+    }
+
     /// Waits until at least one completion is ready and appends up to `maximumCount` of them to
     /// `completions` (reusing its storage), or returns 0 when `timeout` passed first.
     ///

@@ -8,33 +8,34 @@ public struct IOOperation: RawRepresentable, Hashable, Sendable, CustomStringCon
 
     /// The tag with this number. RingPort posts only the tags declared here; another number is
     /// a tag no operation carries.
+    @inlinable
     public init(rawValue: UInt8) {
         self.rawValue = rawValue
     }
 
     /// A receive into the context's buffer (`OP_READ`; io_uring `RECV`), or a positioned read of a
     /// file (`ReadFile`; io_uring `READ`).
-    public static let read = IOOperation(rawValue: 1)
+    @inlinable public static var read: IOOperation { IOOperation(rawValue: 1) }
     /// A send from the context's buffer (`OP_WRITE`; io_uring `SEND`), or a positioned write to a
     /// file (`WriteFile`; io_uring `WRITE`).
-    public static let write = IOOperation(rawValue: 2)
+    @inlinable public static var write: IOOperation { IOOperation(rawValue: 2) }
     /// An accept on a listening socket (`OP_ACCEPT`; io_uring `ACCEPT`).
-    public static let accept = IOOperation(rawValue: 3)
+    @inlinable public static var accept: IOOperation { IOOperation(rawValue: 3) }
     /// An outbound connect (io_uring `CONNECT`).
-    public static let connect = IOOperation(rawValue: 4)
+    @inlinable public static var connect: IOOperation { IOOperation(rawValue: 4) }
     /// An asynchronous close of a handle's descriptor (io_uring `CLOSE`).
-    public static let close = IOOperation(rawValue: 5)
+    @inlinable public static var close: IOOperation { IOOperation(rawValue: 5) }
     /// A timer (io_uring `TIMEOUT`).
-    public static let timeout = IOOperation(rawValue: 6)
+    @inlinable public static var timeout: IOOperation { IOOperation(rawValue: 6) }
     /// A completion posted by the application (`PostQueuedCompletionStatus`).
-    public static let user = IOOperation(rawValue: 7)
+    @inlinable public static var user: IOOperation { IOOperation(rawValue: 7) }
     /// A no-op round trip through the kernel (io_uring `NOP`).
-    public static let nop = IOOperation(rawValue: 8)
+    @inlinable public static var nop: IOOperation { IOOperation(rawValue: 8) }
     /// A datagram received into the context's buffer with its sender's address (`WSARecvFrom`;
     /// io_uring `RECVMSG`).
-    public static let receiveMessage = IOOperation(rawValue: 9)
+    @inlinable public static var receiveMessage: IOOperation { IOOperation(rawValue: 9) }
     /// A datagram sent from the context's buffer to an address (`WSASendTo`; io_uring `SENDMSG`).
-    public static let sendMessage = IOOperation(rawValue: 10)
+    @inlinable public static var sendMessage: IOOperation { IOOperation(rawValue: 10) }
 
     /// The tag's name, e.g. `read`, or `operation(N)` for a number without one.
     public var description: String {

@@ -193,7 +193,7 @@ public final class WorkerPool: Sendable {
         switch handler {
         case .single(let handle):
             repeatWhile(proceed) { () throws(RingPortError) in
-                if let completion = try worker.dequeue(timeout: wait()) { handle(completion) }
+                _ = try worker.dequeue(timeout: wait()) { handle($0) }
             }
         case .batch(let maximumCount, let handle):
             var batch: [Completion] = []
