@@ -326,10 +326,11 @@ extension ConnectionStreams {
 
     private func perform(_ action: inout OutboundAction) {
         if let post = action.post { self.post(post) }
-        if action.shutdown && !handle.isClosed {
-            // Not after close(): the descriptor number may be another socket's by then. A peer
-            // that is gone already makes it fail (ENOTCONN): nothing is left to tell it.
-            try? TCPSocket.shutdownWriting(handle.descriptor)
+        if action.shutdown {
+            // Through the port, which checks the handle against a concurrent close under the
+            // ring's lock (after the close, the descriptor's number may be another socket's). A
+            // closed handle or a peer that is gone already (ENOTCONN) leaves nobody to tell.
+            try? port.shutdownWriting(handle)
         }
         if let (continuation, result) = action.resume { continuation.resume(with: result) }
     }

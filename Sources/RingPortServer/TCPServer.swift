@@ -190,8 +190,20 @@ public final class TCPServer: Sendable {
     }
 
     /// Starts the workers, the accepts and the idle sweep. (As a service, ``run()`` does this.)
+    ///
+    /// - Throws: `RingPortError` when the server cannot start (a worker thread or the first
+    ///   accept refused): the server is shut down, its port closed, before the error is thrown;
+    ///   ``RingPortError/Code/invalidArgument`` when it was started or shut down before.
     public func start() throws(RingPortError) {
-        guard try startIfIdle() else {
+        let started: Bool
+        do {
+            started = try startIfIdle()
+        } catch {
+            // Half started (some threads, no accept): nothing of it may outlive the error.
+            shutdown(gracePeriod: .zero)
+            throw error
+        }
+        guard started else {
             throw RingPortError(.invalidArgument, operation: "TCPServer.start: a server starts once")
         }
     }

@@ -292,6 +292,55 @@ extension RingPortTests {
             #expect(port.statistics.openHandles == 0)
         }
 
+        /// `shutdownWriting(_:)` ends the peer's stream while the handle is open, and after
+        /// `close(_:)` refuses without touching the descriptor's old number, here forced to be
+        /// another live socket's (the check and the shutdown happen under the ring's lock, which
+        /// the close holds).
+        @Test func shutdownWritingEndsThePeersStreamAndNeverReachesAReusedNumber() throws {
+            let descriptorsBefore = DescriptorSnapshot()
+            let port = try makeSingleRingPort()
+            let worker = port.makeWorker()
+
+            let (client, accepted) = try makeLoopbackTCPPair()
+            let handle = try port.associate(descriptor: accepted)
+            try port.shutdownWriting(handle)
+            var byte: UInt8 = 0
+            #expect(recv(client, &byte, 1, 0) == 0, "the peer reads an end of stream")
+
+            let (otherClient, otherAccepted) = try makeLoopbackTCPPair()
+            let closedHandle = try port.associate(descriptor: otherAccepted)
+            port.close(closedHandle)
+            // The close goes through the ring: dequeue until the descriptor is gone.
+            let closed = eventually {
+                _ = try? worker.dequeue(timeout: .milliseconds(5))
+                return fcntl(otherAccepted, F_GETFD) == -1
+            }
+            try #require(closed, "the closed handle's descriptor is closed")
+            // Another socket takes the old number.
+            let (reusingClient, reusingAccepted) = try makeLoopbackTCPPair()
+            try #require(dup2(reusingAccepted, otherAccepted) == otherAccepted)
+            Glibc.close(reusingAccepted)
+
+            do {
+                try port.shutdownWriting(closedHandle)
+                Issue.record("shutting down a closed handle must throw")
+            } catch {
+                #expect(error.code == .handleClosed)
+            }
+            // The socket now under that number still sends.
+            var message: [UInt8] = Array("still open".utf8)
+            #expect(send(otherAccepted, &message, message.count, Int32(MSG_NOSIGNAL)) == message.count)
+            var received = [UInt8](repeating: 0, count: message.count)
+            #expect(recv(reusingClient, &received, received.count, Int32(MSG_WAITALL)) == message.count)
+            #expect(received == message)
+
+            port.close(handle)
+            worker.detach()
+            port.close()
+            for descriptor in [client, otherClient, reusingClient, otherAccepted] { Glibc.close(descriptor) }
+            #expect(descriptorsBefore.allClosedAgain, "still open: \(descriptorsBefore.openedSince)")
+        }
+
         @Test func portCloseCancelsEverythingAndClosesOpenHandles() throws {
             let descriptorsBefore = DescriptorSnapshot()
             let port = try makeSingleRingPort()

@@ -72,7 +72,8 @@ public enum TCPSocket {
 
     /// Shuts down the sending side of a connected socket (`shutdown(SHUT_WR)`): the peer reads
     /// an end of stream once the bytes sent before have arrived; receiving goes on. Call it after
-    /// the last send completed.
+    /// the last send completed. For a descriptor associated with a port, whose handle another
+    /// thread may close, use ``CompletionPort/shutdownWriting(_:)``.
     ///
     /// - Throws: ``RingPortError/Code/systemCallFailed`` with `ENOTCONN` when the connection is
     ///   gone already.

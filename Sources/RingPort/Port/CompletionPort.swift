@@ -344,6 +344,29 @@ public final class CompletionPort: Sendable {
         ring.lock.withLock { ring.closeLocked(handle) }
     }
 
+    /// Shuts down the sending side of a socket handle (`shutdown(SHUT_WR)`): the peer reads an
+    /// end of stream once the bytes sent before have arrived; receiving goes on. Call it after the
+    /// last send completed. May be called from any thread, also while another closes the handle.
+    ///
+    /// Checked against ``close(_:)`` under the handle's ring's lock, which the close holds from
+    /// marking the handle closed until its descriptor is closed (or queued for closing): the
+    /// call never reaches the descriptor's number after the close, when it may be another
+    /// socket's. `TCPSocket.shutdownWriting(handle.descriptor)` on a thread that does not own
+    /// every close of the handle can.
+    ///
+    /// - Throws: ``RingPortError/Code/handleClosed`` after ``close(_:)``;
+    ///   ``RingPortError/Code/systemCallFailed`` with `ENOTCONN` when the connection is gone
+    ///   already, `ENOTSOCK` for a descriptor that is not a socket.
+    public func shutdownWriting(_ handle: IOHandle) throws(RingPortError) {
+        let ring = rings[handle.id.ring]
+        try ring.lock.withLock { () throws(RingPortError) in
+            guard !handle.isClosed else {
+                throw RingPortError(.handleClosed, operation: "shutdown(SHUT_WR) on handle \(handle.id)")
+            }
+            try TCPSocket.shutdownWriting(handle.descriptor)
+        }
+    }
+
     /// Closes every handle still open, as ``close(_:)`` does one by one. Servers call this to
     /// shut down: each handle's operations complete as cancelled and are handled as usual.
     public func closeAllHandles() {

@@ -146,7 +146,9 @@ public struct IOURingFeatures: Hashable, Sendable, CustomStringConvertible {
         }
         let client = try TCPSocket.connect(to: address)
         defer { SystemCall.close(client) }
-        let first = waitForCompletion(ring)
+        // Only the accept's completion carries a descriptor to close: a result of another is
+        // no number of ours.
+        let first = waitForCompletion(ring).flatMap { $0.user_data == 1 ? $0 : nil }
         if let first, first.res >= 0 { SystemCall.close(first.res) }
         let supported = first.map { $0.res >= 0 && $0.flags & IORING_CQE_F_MORE != 0 } ?? false
         if supported { try cancelAndDrain(ring, userData: 1) }
