@@ -180,7 +180,7 @@ public final class AsyncPort: Sendable {
     /// The workers' handler: hands `completion` to the stream or slot waiting for it (which
     /// resumes the waiting task), then runs the jobs that resumption put on this thread.
     private static func handle(_ completion: Completion, executor: PortTaskExecutor, depot: ByteBufferDepot) {
-        // The thread's run list, borrowed from its slot (no retain per completion).
+        // The thread's run list, borrowed from its worker (no retain per completion).
         guard let local = executor.attachCurrentThread() else {
             dispatch(completion, executor: executor, local: nil, depot: depot)
             return

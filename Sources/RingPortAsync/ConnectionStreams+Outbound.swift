@@ -373,7 +373,7 @@ extension ConnectionStreams {
     /// the port's pool (a thread that is not a worker, or an empty cache).
     private func takeBareContext() -> IOContext {
         guard let local = WorkerJobs.current else { return bareContexts.take() }
-        // The thread's slot holds its instance for the thread's life, and the streams hold the
+        // The thread's worker keeps its instance while the thread runs, and the streams hold the
         // pool: both borrowed, not retained (passed as an argument, the pool was).
         return local._withUnsafeGuaranteedRef { local in
             Unmanaged.passUnretained(bareContexts)._withUnsafeGuaranteedRef { local.bareContexts.take(from: $0) }

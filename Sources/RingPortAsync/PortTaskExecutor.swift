@@ -57,7 +57,7 @@ public final class PortTaskExecutor: TaskExecutor, Sendable {
     public func enqueue(_ job: consuming ExecutorJob) {
         let job = UnownedJob(job)
         if let local = WorkerJobs.current {
-            // The thread's slot holds its instance for the thread's life: borrowed, not retained.
+            // The thread's worker keeps its instance while the thread runs: borrowed, not retained.
             let queuedHere = local._withUnsafeGuaranteedRef { local in
                 guard local.executor == ObjectIdentifier(self) else { return false }
                 local.jobs.append(job)
@@ -106,9 +106,10 @@ public final class PortTaskExecutor: TaskExecutor, Sendable {
     // MARK: Worker side
 
     /// Marks the calling worker thread as this executor's (so that jobs resumed from its
-    /// handler stay on it) and returns its run list, unretained: the thread's slot holds it
-    /// until the thread exits. nil after ``stop()``: the thread that handles what the workers
-    /// left does not become one of them (the jobs it resumes go to the global executor).
+    /// handler stay on it) and returns its run list, unretained: the thread's pool worker keeps
+    /// it until the worker's loop ends. nil on a thread that is no pool worker, such as the one
+    /// that handles what the workers left after ``stop()`` (the jobs it resumes go to the global
+    /// executor), and after ``stop()`` in any case.
     func attachCurrentThread() -> Unmanaged<WorkerJobs>? {
         guard !isStopped.load(ordering: .relaxed) else { return nil }
         let local = WorkerJobs.forCurrentThread()
@@ -164,9 +165,9 @@ public final class PortTaskExecutor: TaskExecutor, Sendable {
 /// run by the same thread before it dequeues again, the byte buffers it recycles
 /// (``ByteBufferCache``), and the contexts of single sends (`ContextCache`).
 ///
-/// Thread-confined: created for a thread on first use, reached only through that thread's
-/// thread-specific slot, and released by the slot's destructor when the thread exits. Not
-/// `Sendable`, and never handed to another thread.
+/// Thread-confined: created for a worker of a port's pool on first use, kept by that worker
+/// (`CompletionWorker.ownerState(_:orMake:)`), and freed with it when its thread's loop ends.
+/// Other threads have none. Not `Sendable`, and never handed to another thread.
 final class WorkerJobs {
     /// The executor whose worker this thread is (nil: not a worker of any).
     // @exclusivity(unchecked): thread-confined (see above), so the dynamic exclusivity checks
@@ -182,34 +183,18 @@ final class WorkerJobs {
         jobs.reserveCapacity(16)
     }
 
-    /// The thread-specific slot; its destructor releases the thread's instance. nil when the
-    /// process ran out of keys: then no thread has a run list and every job takes the shared
-    /// queue (slower, still correct).
-    private static let key: pthread_key_t? = {
-        var key = pthread_key_t()
-        let result = pthread_key_create(&key) { pointer in
-            if let pointer { Unmanaged<WorkerJobs>.fromOpaque(pointer).release() }
-        }
-        return result == 0 ? key : nil
-    }()
-
-    /// The calling thread's instance, if it has one (held by the thread's slot: valid on this
-    /// thread until it exits).
+    /// The calling thread's instance, if it is a pool worker that has one (kept by the worker:
+    /// valid on this thread while it runs the pool's loop).
+    @inline(__always)
     static var current: Unmanaged<WorkerJobs>? {
-        guard let key, let pointer = pthread_getspecific(key) else { return nil }
-        return Unmanaged<WorkerJobs>.fromOpaque(pointer)
+        guard let worker = CompletionWorker.poolWorkerOfCallingThread else { return nil }
+        return worker._withUnsafeGuaranteedRef { $0.ownerState(WorkerJobs.self) }
     }
 
-    /// The calling thread's instance, created on first use (retained by the slot), or nil
-    /// without a thread-specific slot.
+    /// The calling thread's instance, created on first use, when the thread is a pool's worker;
+    /// nil on any other thread.
     static func forCurrentThread() -> Unmanaged<WorkerJobs>? {
-        if let current { return current }
-        guard let key else { return nil }
-        let jobs = Unmanaged.passRetained(WorkerJobs())
-        guard pthread_setspecific(key, jobs.toOpaque()) == 0 else {
-            jobs.release()
-            return nil
-        }
-        return jobs
+        guard let worker = CompletionWorker.poolWorkerOfCallingThread else { return nil }
+        return worker._withUnsafeGuaranteedRef { $0.ownerState(WorkerJobs.self) { WorkerJobs() } }
     }
 }

@@ -16,6 +16,23 @@ func cpusAllowedByProc() throws -> Int {
     }
 }
 
+/// Whether the calling thread runs a worker of a pool on `port`.
+func callingThreadServes(_ port: CompletionPort) -> Bool {
+    CompletionWorker.poolWorkerOfCallingThread?._withUnsafeGuaranteedRef { $0.serves(port) } ?? false
+}
+
+/// State a pool's owner keeps for a worker, counting its instances and frees.
+final class CountedWorkerState {
+    let freed: LockedBox<Int>
+
+    init(made: LockedBox<Int>, freed: LockedBox<Int>) {
+        self.freed = freed
+        made.withLock { $0 += 1 }
+    }
+
+    deinit { freed.withLock { $0 += 1 } }
+}
+
 /// Instrumentation for one handle: how many threads are inside its handler right now.
 final class HandlerProbe: Sendable {
     let inside = Atomic<Int>(0)
@@ -81,7 +98,7 @@ extension RingPortTests {
                     started.store(true, ordering: .releasing)
                     usleep(300_000)
                 }
-                let onWorker = WorkerPool.callingThreadServes(port)
+                let onWorker = callingThreadServes(port)
                 handled.withLock { $0.append((completion.userValue, pthread_self(), onWorker)) }
             }
             let pool =
@@ -103,10 +120,43 @@ extension RingPortTests {
             #expect(handled.withLock { $0.last.map { pthread_equal($0.thread, pthread_self()) != 0 } } == true)
             // The calling thread handled it, and does not count as a worker (no per-worker state).
             #expect(handled.withLock { $0.map(\.onWorker) } == [true, false])
-            #expect(!WorkerPool.callingThreadServes(port))
+            #expect(!callingThreadServes(port))
             #expect(port.statistics.completionsWaiting == 0 && port.statistics.operationsInFlight == 0)
             port.close(handle)
             port.close()
+        }
+
+        /// What a pool's owner keeps for a worker (the server's write chunks, the async
+        /// executor's run list) is made once on the worker's thread, found again by its type
+        /// only, and freed when the worker's loop ends; other threads have no pool worker.
+        @Test func aWorkerKeepsItsOwnersStateUntilItsLoopEnds() throws {
+            let port = try CompletionPort()
+            defer { port.close() }
+            let made = LockedBox(0)
+            let freed = LockedBox(0)
+            let seen = LockedBox<[(state: ObjectIdentifier?, otherType: Bool)]>([])
+            let pool = WorkerPool(port: port, threadCount: 1) { _ in
+                guard let worker = CompletionWorker.poolWorkerOfCallingThread else {
+                    return seen.withLock { $0.append((nil, false)) }
+                }
+                worker._withUnsafeGuaranteedRef { worker in
+                    let state = worker.ownerState(CountedWorkerState.self) {
+                        CountedWorkerState(made: made, freed: freed)
+                    }
+                    let otherType = worker.ownerState(HandlerProbe.self) != nil
+                    seen.withLock { $0.append((state.map { ObjectIdentifier($0.takeUnretainedValue()) }, otherType)) }
+                }
+            }
+            try pool.start()
+            for value in 1...3 { try port.post(value: UInt64(value)) }
+            #expect(eventually { seen.withLock { $0.count } == 3 })
+            let states = seen.withLock { $0 }
+            #expect(states.allSatisfy { $0.state != nil && $0.state == states[0].state && !$0.otherType })
+            #expect(made.withLock { $0 } == 1)
+            #expect(freed.withLock { $0 } == 0, "kept while the worker runs")
+            pool.shutdown()
+            #expect(freed.withLock { $0 } == 1, "freed when the worker's loop ended")
+            #expect(CompletionWorker.poolWorkerOfCallingThread == nil)
         }
 
         /// A pool with a batch handler: 1,000 posted completions arrive exactly once, in batches

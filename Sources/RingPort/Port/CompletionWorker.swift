@@ -48,6 +48,10 @@ public final class CompletionWorker {
         capacity: CompletionWorker.releasedBufferCapacity)
     @exclusivity(unchecked) private var releasedBufferCount = 0
     private static let releasedBufferCapacity = 64
+    /// What the layer that runs this worker's ``WorkerPool`` keeps for it (``ownerState(_:orMake:)``),
+    /// retained, with its type.
+    @exclusivity(unchecked) private var ownerState: Unmanaged<AnyObject>?
+    @exclusivity(unchecked) private var ownerStateType: ObjectIdentifier?
 
     init(port: CompletionPort, ring: Ring, stopSignal: StopSignal?) {
         self.port = port
@@ -60,6 +64,7 @@ public final class CompletionWorker {
     deinit {
         detach()
         releasedBuffers.deallocate()
+        ownerState?.release()
     }
 
     /// Waits for one completion and returns it, or nil when `timeout` passed first (or the
@@ -231,12 +236,44 @@ public final class CompletionWorker {
         ring.recycleBuffersLocked(ids)?.release()
     }
 
+    // MARK: State the pool's owner keeps for the worker
+
+    /// The state of type `State` that the layer running this worker's pool keeps for it (the
+    /// server's write chunks, the async executor's run list): the one kept, or a new one from
+    /// `make`, kept from then on. nil, without calling `make`, when the worker keeps state of
+    /// another type.
+    ///
+    /// Call it only on the worker's own thread (found with ``poolWorkerOfCallingThread``): the
+    /// state is that thread's, with no lock. Unretained: the worker keeps it until the worker is
+    /// freed, when its pool thread's loop has ended; its deinit runs then, on that thread.
+    @inline(__always)
+    package func ownerState<State: AnyObject>(_ type: State.Type, orMake make: () -> State) -> Unmanaged<State>? {
+        if ownerState == nil {
+            ownerState = Unmanaged<AnyObject>.passRetained(make())
+            ownerStateType = ObjectIdentifier(type)
+        }
+        return ownerState(type)
+    }
+
+    /// The state of type `State` kept for this worker (see ``ownerState(_:orMake:)``), or nil.
+    @inline(__always)
+    package func ownerState<State: AnyObject>(_ type: State.Type) -> Unmanaged<State>? {
+        guard let ownerState, ownerStateType == ObjectIdentifier(type) else { return nil }
+        return Unmanaged<State>.fromOpaque(ownerState.toOpaque())
+    }
+
+    /// Whether this worker dequeues from `port`.
+    @inline(__always)
+    package func serves(_ port: CompletionPort) -> Bool {
+        self.port === port
+    }
+
     // MARK: The calling thread's pool worker
 
     /// The thread-specific slot naming the ``WorkerPool`` worker that runs on the thread,
     /// unretained: the pool's thread keeps its worker while the slot names it. nil when the
     /// process ran out of keys: then no thread has one (buffers are returned under the lock at
-    /// once, and per-worker caches are not kept).
+    /// once, and the layers above keep no per-worker state).
     private static let poolWorkerKey: pthread_key_t? = {
         var key = pthread_key_t()
         return pthread_key_create(&key, nil) == 0 ? key : nil
@@ -252,7 +289,7 @@ public final class CompletionWorker {
     /// The worker of a ``WorkerPool`` that runs on the calling thread, if any; valid on this
     /// thread while it runs the pool's loop (its handlers).
     @inline(__always)
-    static var poolWorkerOfCallingThread: Unmanaged<CompletionWorker>? {
+    package static var poolWorkerOfCallingThread: Unmanaged<CompletionWorker>? {
         guard let key = poolWorkerKey, let pointer = pthread_getspecific(key) else { return nil }
         return Unmanaged.fromOpaque(pointer)
     }

@@ -171,16 +171,6 @@ public final class WorkerPool: Sendable {
         serve(worker, while: { !stopSignal.isRequested }, waitingAtMost: { nil })
     }
 
-    /// Whether the calling thread is a worker of a pool on `port` (from the start of its loop
-    /// until the loop ends, before the worker detaches): what keeps per-worker state (the
-    /// server's ``ContextCache`` of write chunks) off other threads, such as the one that handles
-    /// what the workers left after they stopped (``handleRemaining(for:)``), where it would
-    /// outlive the pool.
-    package static func callingThreadServes(_ port: CompletionPort) -> Bool {
-        guard let worker = CompletionWorker.poolWorkerOfCallingThread else { return false }
-        return worker._withUnsafeGuaranteedRef { $0.port === port }
-    }
-
     /// Dequeues with `worker` and hands what comes to the handler while `proceed()` holds, each
     /// wait bounded by `wait()` (nil: as long as it takes); returns then, or when the port
     /// closed. Logs other errors and goes on.
