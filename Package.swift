@@ -43,11 +43,14 @@ let package = Package(
             pkgConfig: "liburing",
             providers: [.apt(["liburing-dev"])]
         ),
+        // The calling thread's pool worker as a C thread-local (Swift has none of its own).
+        .target(name: "CRingPortThread"),
         // The proactor: completion port, per-handle and per-I/O contexts, workers.
         .target(
             name: "RingPort",
             dependencies: [
                 "CLiburing",
+                "CRingPortThread",
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),

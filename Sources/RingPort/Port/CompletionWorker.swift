@@ -1,3 +1,4 @@
+import CRingPortThread
 import Glibc
 import Synchronization
 
@@ -270,27 +271,22 @@ public final class CompletionWorker {
 
     // MARK: The calling thread's pool worker
 
-    /// The thread-specific slot naming the ``WorkerPool`` worker that runs on the thread,
-    /// unretained: the pool's thread keeps its worker while the slot names it. nil when the
-    /// process ran out of keys: then no thread has one (buffers are returned under the lock at
-    /// once, and the layers above keep no per-worker state).
-    private static let poolWorkerKey: pthread_key_t? = {
-        var key = pthread_key_t()
-        return pthread_key_create(&key, nil) == 0 ? key : nil
-    }()
+    // The ``WorkerPool`` worker that runs on the calling thread is named by a C thread-local
+    // variable (`CRingPortThread`), unretained: the pool's thread keeps its worker while the
+    // variable names it. A pthread key cost a lazy global's check and a call into libc per
+    // look-up.
 
     /// Names `worker` (nil: none) as the calling thread's pool worker. The pool's threads set it
     /// around their dequeue loop.
     static func setPoolWorkerOfCallingThread(_ worker: CompletionWorker?) {
-        guard let key = poolWorkerKey else { return }
-        pthread_setspecific(key, worker.map { Unmanaged.passUnretained($0).toOpaque() })
+        CRingPortThread_setPoolWorker(worker.map { Unmanaged.passUnretained($0).toOpaque() })
     }
 
     /// The worker of a ``WorkerPool`` that runs on the calling thread, if any; valid on this
     /// thread while it runs the pool's loop (its handlers).
     @inline(__always)
     package static var poolWorkerOfCallingThread: Unmanaged<CompletionWorker>? {
-        guard let key = poolWorkerKey, let pointer = pthread_getspecific(key) else { return nil }
+        guard let pointer = CRingPortThread_getPoolWorker() else { return nil }
         return Unmanaged.fromOpaque(pointer)
     }
 
