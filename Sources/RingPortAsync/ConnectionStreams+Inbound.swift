@@ -107,8 +107,15 @@ extension ConnectionStreams {
             if let ready { return try ready.get() }
         }
 
-        return try await withTaskCancellationHandler {
-            try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<ByteBuffer?, any Error>) in
+        // The variants that inherit the caller's executor, like this function: the standard ones
+        // take an `isolation` parameter and switch to it on entry, on return and after the
+        // continuation resumes (nil here, the generic executor), each switch a look-up of the
+        // task's executor preference under its status lock. Two of the four switches per read
+        // are gone with them (docs/ARCHITECTURE.md, "Locks per message"); the other two are this
+        // function's own, after each call.
+        return try await _unsafeInheritExecutor_withTaskCancellationHandler {
+            try await _unsafeInheritExecutor_withUnsafeThrowingContinuation {
+                (continuation: UnsafeContinuation<ByteBuffer?, any Error>) in
                 var action = InboundAction()
                 let immediate: Result<ByteBuffer?, any Error>? = withInboundState { state in
                     if let buffer = takeBuffered(&state, &action) { return .success(buffer) }

@@ -124,8 +124,10 @@ extension ConnectionStreams {
             perform(&action)
             return
         }
-        try await withTaskCancellationHandler {
-            try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Void, any Error>) in
+        // Inheriting the caller's executor, as `next()` does (see there).
+        try await _unsafeInheritExecutor_withTaskCancellationHandler {
+            try await _unsafeInheritExecutor_withUnsafeThrowingContinuation {
+                (continuation: UnsafeContinuation<Void, any Error>) in
                 var action = OutboundAction()
                 let immediate: Result<Void, any Error>? = withOutboundState { state in
                     do throws(RingPortError) {
@@ -181,8 +183,10 @@ extension ConnectionStreams {
         }
         perform(&action)
         if let done { return try done.get() }
-        try await withTaskCancellationHandler {
-            try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Void, any Error>) in
+        // Inheriting the caller's executor, as `next()` does (see there).
+        try await _unsafeInheritExecutor_withTaskCancellationHandler {
+            try await _unsafeInheritExecutor_withUnsafeThrowingContinuation {
+                (continuation: UnsafeContinuation<Void, any Error>) in
                 let immediate: Result<Void, any Error>? = withOutboundState { state in
                     if let error = state.error { return .failure(error) }
                     if case .done = state.finish { return .success(()) }

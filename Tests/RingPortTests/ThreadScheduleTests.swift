@@ -34,13 +34,21 @@ extension RingPortTests {
             }
             let sleeping = try #require(ThreadSchedule(threadID: sleeper.id))
             let computing = try #require(ThreadSchedule(threadID: spinner.id))
-            let sleepingBefore = try #require(sleeping.read())
-            let computingBefore = try #require(computing.read())
-            usleep(50_000)
-            let sleepingAfter = try #require(sleeping.read())
-            let computingAfter = try #require(computing.read())
-            #expect(RingLeadership.wasBlocked(from: sleepingBefore, to: sleepingAfter))
-            #expect(!RingLeadership.wasBlocked(from: computingBefore, to: computingAfter))
+            // Three windows of 40 ms while both threads go on. The sleeper is blocked in each.
+            // The spinner must be seen active in at least one: a virtual CPU the hypervisor
+            // takes away (steal time) counts neither as running nor as waiting, and on this
+            // shared 2-CPU machine a single 50 ms window once lost 31 ms so.
+            var spinnerSeenActive = false
+            for _ in 0..<3 {
+                let sleepingBefore = try #require(sleeping.read())
+                let computingBefore = try #require(computing.read())
+                usleep(40_000)
+                let sleepingAfter = try #require(sleeping.read())
+                let computingAfter = try #require(computing.read())
+                #expect(RingLeadership.wasBlocked(from: sleepingBefore, to: sleepingAfter))
+                if !RingLeadership.wasBlocked(from: computingBefore, to: computingAfter) { spinnerSeenActive = true }
+            }
+            #expect(spinnerSeenActive, "a computing thread was not seen as blocked in at least one window")
         }
 
         @Test func aThreadWaitingForALockIsSeenWaitingForItsFutex() throws {
