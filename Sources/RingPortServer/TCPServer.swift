@@ -193,7 +193,7 @@ public final class TCPServer: Sendable {
     ///
     /// - Throws: `RingPortError` when the server cannot start (a worker thread or the first
     ///   accept refused): the server is shut down, its port closed, before the error is thrown;
-    ///   ``RingPortError/Code/invalidArgument`` when it was started or shut down before.
+    ///   `RingPortError.Code.invalidArgument` when it was started or shut down before.
     public func start() throws(RingPortError) {
         let started: Bool
         do {
