@@ -278,13 +278,14 @@ public final class AsyncPort: Sendable {
             return
         }
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            // Without a thread, the waiting happens on the caller's thread, which is only a
-            // problem if it is one of the workers.
+            // Without a thread of its own, the waiting happens on the caller's thread, or on
+            // Swift's global executor when the caller is one of the workers (which the stop
+            // waits for).
             let error = PThread.runDetached(name: "ringport-stop") { [self] in
                 stopWorkersAndPort()
                 continuation.resume()
             }
-            if let error { logger.error("shutdown: \(error); waited on the calling thread") }
+            if let error { logger.error("shutdown: \(error); stopping without a thread of its own") }
         }
     }
 

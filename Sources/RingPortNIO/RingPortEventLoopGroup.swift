@@ -141,11 +141,9 @@ public final class RingPortEventLoopGroup: EventLoopGroup, Sendable {
             queue.async { callback(EventLoopError.shutdown) }
             return
         }
-        let error = PThread.runDetached(name: "ringport-nio-stop") { [self] in
-            stop()
-            queue.async { callback(nil) }
-        }
-        if error != nil {
+        // Without a thread of its own, the group stops on the calling thread (or, from a loop's
+        // work, on Swift's global executor): the shutdown happens either way, once.
+        PThread.runDetached(name: "ringport-nio-stop") { [self] in
             stop()
             queue.async { callback(nil) }
         }

@@ -326,6 +326,38 @@ extension RingPortAsyncTests {
             #expect(await eventuallyAsync { released == nil }, "the port was kept by its connection")
         }
 
+        /// A shutdown called by a task on the port's workers when no thread can be created: the
+        /// stop, which waits for every worker to end, runs on the global executor. On the calling
+        /// worker it would wait for itself.
+        @Test(.timeLimit(.minutes(1))) func aShutdownFromAWorkerStopsWithoutAThreadOfItsOwn() async throws {
+            let descriptorsBefore = DescriptorSnapshot()
+            let io = try makeAsyncPort()
+            let (connection, client) = try await connectedPair(on: io)
+            let calledOnWorker = LockedBox<Bool?>(nil)
+            let stopped = LockedBox(false)
+            Task(executorPreference: io.executor) {
+                _ = try? await connection.read()  // resumed on the worker that handled it
+                calledOnWorker.withLock { $0 = CompletionWorker.poolWorkerOfCallingThread != nil }
+                PThread.creationFailuresToInject.store(1, ordering: .relaxed)
+                await io.shutdown()
+                stopped.withLock { $0 = true }
+            }
+            try client.send(Array("x".utf8))
+            #expect(
+                await eventuallyAsync(timeout: .seconds(30)) { stopped.withLock { $0 } }, "the shutdown never returned")
+            #expect(calledOnWorker.withLock { $0 } == true)
+            #expect(PThread.creationFailuresToInject.load(ordering: .relaxed) == 0, "a thread was started")
+            await #expect {
+                _ = try await connection.read()
+            } throws: { error in
+                (error as? RingPortError)?.code == .handleClosed
+            }
+            client.close()
+            #expect(
+                await eventuallyAsync { descriptorsBefore.allClosedAgain },
+                "still open: \(descriptorsBefore.openedSince)")
+        }
+
         /// A task that keeps its worker busy past the shutdown's timeout, with a completion of
         /// its connection waiting behind it: once the workers stopped, the shutdown hands that
         /// completion over on its own thread instead of dropping it at the close. The task's

@@ -91,6 +91,22 @@ extension RingPortNIOTests {
             }
         }
 
+        /// A shutdown when no thread can be created: the group stops on the calling thread, and
+        /// the callback comes once. (Before, the stop ran a second time, which waited forever
+        /// for loops that were gone.)
+        @Test(.timeLimit(.minutes(1))) func aShutdownWithoutAThreadOfItsOwnCallsBackOnce() async throws {
+            let group = try makeGroup()
+            let callbacks = LockedBox<[String]>([])
+            PThread.creationFailuresToInject.store(1, ordering: .relaxed)
+            group.shutdownGracefully(queue: .global()) { error in
+                callbacks.withLock { $0.append(error.map { "\($0)" } ?? "stopped") }
+            }
+            #expect(PThread.creationFailuresToInject.load(ordering: .relaxed) == 0, "a thread was started")
+            #expect(await eventuallyAsync { !callbacks.withLock { $0.isEmpty } })
+            try await Task.sleep(for: .milliseconds(200))  // a second callback would follow at once
+            #expect(callbacks.withLock { $0 } == ["stopped"])
+        }
+
         /// syncShutdownGracefully() from a loop's own work would wait for itself: the process
         /// stops with a message that says so, as on NIOPosix (an exit test, in a child process).
         @Test func syncShutdownFromALoopTraps() async {

@@ -159,6 +159,40 @@ extension RingPortTests {
             #expect(CompletionWorker.poolWorkerOfCallingThread == nil)
         }
 
+        /// Work handed to a thread of its own (a shutdown) when no thread can be created: on a
+        /// plain thread it runs there, before the call returns; from a pool worker it runs off the
+        /// pool's workers, since what it is for waits for every worker to stop.
+        @Test func workForAThreadOfItsOwnRunsOffThePoolWhenNoThreadCanStart() async throws {
+            let inline = LockedBox<(ran: Bool, onWorker: Bool)>((false, false))
+            PThread.creationFailuresToInject.store(1, ordering: .relaxed)
+            let inlineError = PThread.runDetached(name: "test-no-thread") {
+                inline.withLock { $0 = (true, CompletionWorker.poolWorkerOfCallingThread != nil) }
+            }
+            #expect(inlineError?.code == .systemCallFailed && inlineError?.errno == .resourceTemporarilyUnavailable)
+            #expect(inline.withLock { $0.ran && !$0.onWorker }, "ran on the calling thread before returning")
+
+            let port = try CompletionPort()
+            defer { port.close() }
+            let fromWorker = LockedBox<(error: RingPortError?, ran: Bool, onWorker: Bool)>((nil, false, true))
+            let pool = WorkerPool(port: port, threadCount: 1) { _ in
+                PThread.creationFailuresToInject.store(1, ordering: .relaxed)
+                let error = PThread.runDetached(name: "test-no-thread") {
+                    let onWorker = CompletionWorker.poolWorkerOfCallingThread != nil
+                    fromWorker.withLock {
+                        $0.ran = true; $0.onWorker = onWorker
+                    }
+                }
+                fromWorker.withLock { $0.error = error }
+            }
+            try pool.start()
+            try port.post(value: 1)
+            // Polled without blocking a thread: the work runs on Swift's global executor.
+            #expect(await eventuallyAsync { fromWorker.withLock { $0.ran && $0.error != nil } })
+            #expect(fromWorker.withLock { !$0.onWorker }, "ran on a pool worker")
+            pool.shutdown()
+            #expect(PThread.creationFailuresToInject.load(ordering: .relaxed) == 0)
+        }
+
         /// A pool with a batch handler: 1,000 posted completions arrive exactly once, in batches
         /// of at least one and at most `maximumBatch`.
         @Test func batchPoolHandsEveryCompletionOnceInBoundedBatches() throws {

@@ -1,5 +1,6 @@
 import CLiburing
 import Glibc
+import Synchronization
 
 /// A POSIX thread running a closure: RingPort's workers, and the few threads of the `ringport`
 /// tool (package access).
@@ -32,15 +33,18 @@ package struct PThread {
         var previous = sigset_t()
         pthread_sigmask(SIG_BLOCK, &blocked, &previous)
         defer { pthread_sigmask(SIG_SETMASK, &previous, nil) }
-        let result = pthread_create(
-            &thread, nil,
-            { argument in
-                // Ownership of the box passes to the new thread, which releases it.
-                let box = Unmanaged<Box>.fromOpaque(argument!).takeRetainedValue()
-                CLiburing_set_thread_name(box.name)
-                box.body()
-                return nil
-            }, box.toOpaque())
+        let result =
+            PThread.takeInjectedCreationFailure()
+            ? EAGAIN
+            : pthread_create(
+                &thread, nil,
+                { argument in
+                    // Ownership of the box passes to the new thread, which releases it.
+                    let box = Unmanaged<Box>.fromOpaque(argument!).takeRetainedValue()
+                    CLiburing_set_thread_name(box.name)
+                    box.body()
+                    return nil
+                }, box.toOpaque())
         guard result == 0 else {
             box.release()
             throw RingPortError(.systemCallFailed, operation: "pthread_create \(name)", errno: .init(rawValue: result))
@@ -49,8 +53,14 @@ package struct PThread {
         self.thread = thread
     }
 
-    /// Runs `body` on a new detached thread named `name`, or, when no thread can be created,
-    /// on the calling thread (blocking it until `body` returns); returns the error in that case.
+    /// Runs `body` on a new detached thread named `name`; returns nil then. When no thread can
+    /// be created, returns the error and runs `body` anyway:
+    /// - on the calling thread (blocking it until `body` returns), unless it is a worker of a
+    ///   ``WorkerPool``;
+    /// - on Swift's global concurrent executor when the calling thread is a pool worker, since
+    ///   the work this is for (a shutdown that stops the pools) waits for every worker to stop,
+    ///   the calling one included. Then this returns before `body` has run.
+    ///
     /// For blocking work (a shutdown that waits for operations to drain) started from a task,
     /// which must not hold a thread of Swift's cooperative pool.
     @discardableResult
@@ -59,9 +69,28 @@ package struct PThread {
             _ = try PThread(name: name, detached: true, body: body)
             return nil
         } catch {
-            body()
+            if CompletionWorker.poolWorkerOfCallingThread != nil {
+                Task.detached { body() }
+            } else {
+                body()
+            }
             return error
         }
+    }
+
+    /// Test seam: how many of the next thread creations fail with `EAGAIN`, as they do when
+    /// the process is out of threads.
+    package static let creationFailuresToInject = Atomic<Int>(0)
+
+    private static func takeInjectedCreationFailure() -> Bool {
+        var remaining = creationFailuresToInject.load(ordering: .relaxed)
+        while remaining > 0 {
+            let (exchanged, current) = creationFailuresToInject.compareExchange(
+                expected: remaining, desired: remaining - 1, ordering: .relaxed)
+            if exchanged { return true }
+            remaining = current
+        }
+        return false
     }
 
     /// The signals RingPort's threads block: SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2.
