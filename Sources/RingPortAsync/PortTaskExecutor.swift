@@ -187,14 +187,12 @@ final class WorkerJobs {
     /// valid on this thread while it runs the pool's loop).
     @inline(__always)
     static var current: Unmanaged<WorkerJobs>? {
-        guard let worker = CompletionWorker.poolWorkerOfCallingThread else { return nil }
-        return worker._withUnsafeGuaranteedRef { $0.ownerState(WorkerJobs.self) }
+        CompletionWorker.ownerStateOfCallingThread(WorkerJobs.self)
     }
 
     /// The calling thread's instance, created on first use, when the thread is a pool's worker;
     /// nil on any other thread.
     static func forCurrentThread() -> Unmanaged<WorkerJobs>? {
-        guard let worker = CompletionWorker.poolWorkerOfCallingThread else { return nil }
-        return worker._withUnsafeGuaranteedRef { $0.ownerState(WorkerJobs.self) { WorkerJobs() } }
+        CompletionWorker.ownerStateOfCallingThread(WorkerJobs.self) { WorkerJobs() }
     }
 }

@@ -40,10 +40,6 @@ final class WorkerWriteChunks {
     /// Unretained: the worker keeps it.
     @inline(__always)
     private static func forCallingThread(port: Unmanaged<CompletionPort>) -> Unmanaged<WorkerWriteChunks>? {
-        guard let worker = CompletionWorker.poolWorkerOfCallingThread else { return nil }
-        return worker._withUnsafeGuaranteedRef { worker in
-            guard port._withUnsafeGuaranteedRef({ worker.serves($0) }) else { return nil }
-            return worker.ownerState(WorkerWriteChunks.self) { WorkerWriteChunks() }
-        }
+        CompletionWorker.ownerStateOfCallingThread(WorkerWriteChunks.self, servingPort: port) { WorkerWriteChunks() }
     }
 }

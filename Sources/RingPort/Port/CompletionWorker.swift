@@ -78,7 +78,7 @@ public final class CompletionWorker {
     ///   fails for a reason other than a timeout or an interruption.
     public func dequeue(timeout: Duration? = nil) throws(RingPortError) -> Completion? {
         var result: Completion?
-        _ = try dequeue(budget: 1, deadline: Self.deadline(after: timeout)) { result = consume $0 }
+        _ = try dequeue(timeout: timeout) { result = consume $0 }
         return consume result
     }
 
@@ -275,6 +275,28 @@ public final class CompletionWorker {
     // variable (`CRingPortThread`), unretained: the pool's thread keeps its worker while the
     // variable names it. A pthread key cost a lazy global's check and a call into libc per
     // look-up.
+
+    /// The state of type `State` kept for the calling thread's pool worker
+    /// (``ownerState(_:orMake:)``), made with `make` on first use; nil when the calling thread
+    /// is not a pool worker, or, with `port`, not a worker of `port` (borrowed).
+    @inline(__always)
+    package static func ownerStateOfCallingThread<State: AnyObject>(
+        _ type: State.Type, servingPort port: Unmanaged<CompletionPort>? = nil, orMake make: () -> State
+    ) -> Unmanaged<State>? {
+        guard let worker = poolWorkerOfCallingThread else { return nil }
+        return worker._withUnsafeGuaranteedRef { worker in
+            if let port, !port._withUnsafeGuaranteedRef({ worker.serves($0) }) { return nil }
+            return worker.ownerState(type, orMake: make)
+        }
+    }
+
+    /// The state of type `State` kept for the calling thread's pool worker, or nil (none yet,
+    /// or not a pool worker's thread).
+    @inline(__always)
+    package static func ownerStateOfCallingThread<State: AnyObject>(_ type: State.Type) -> Unmanaged<State>? {
+        guard let worker = poolWorkerOfCallingThread else { return nil }
+        return worker._withUnsafeGuaranteedRef { $0.ownerState(type) }
+    }
 
     /// Names `worker` (nil: none) as the calling thread's pool worker. The pool's threads set it
     /// around their dequeue loop.
