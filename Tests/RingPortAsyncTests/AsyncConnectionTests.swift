@@ -338,7 +338,7 @@ extension RingPortAsyncTests {
             Task(executorPreference: io.executor) {
                 _ = try? await connection.read()  // resumed on the worker that handled it
                 calledOnWorker.withLock { $0 = CompletionWorker.poolWorkerOfCallingThread != nil }
-                PThread.creationFailuresToInject.store(1, ordering: .relaxed)
+                PThread.creationFailureCountdown.store(1, ordering: .relaxed)
                 await io.shutdown()
                 stopped.withLock { $0 = true }
             }
@@ -346,7 +346,7 @@ extension RingPortAsyncTests {
             #expect(
                 await eventuallyAsync(timeout: .seconds(30)) { stopped.withLock { $0 } }, "the shutdown never returned")
             #expect(calledOnWorker.withLock { $0 } == true)
-            #expect(PThread.creationFailuresToInject.load(ordering: .relaxed) == 0, "a thread was started")
+            #expect(PThread.creationFailureCountdown.load(ordering: .relaxed) == 0, "a thread was started")
             await #expect {
                 _ = try await connection.read()
             } throws: { error in

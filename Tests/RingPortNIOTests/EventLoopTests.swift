@@ -97,11 +97,11 @@ extension RingPortNIOTests {
         @Test(.timeLimit(.minutes(1))) func aShutdownWithoutAThreadOfItsOwnCallsBackOnce() async throws {
             let group = try makeGroup()
             let callbacks = LockedBox<[String]>([])
-            PThread.creationFailuresToInject.store(1, ordering: .relaxed)
+            PThread.creationFailureCountdown.store(1, ordering: .relaxed)
             group.shutdownGracefully(queue: .global()) { error in
                 callbacks.withLock { $0.append(error.map { "\($0)" } ?? "stopped") }
             }
-            #expect(PThread.creationFailuresToInject.load(ordering: .relaxed) == 0, "a thread was started")
+            #expect(PThread.creationFailureCountdown.load(ordering: .relaxed) == 0, "a thread was started")
             #expect(await eventuallyAsync { !callbacks.withLock { $0.isEmpty } })
             try await Task.sleep(for: .milliseconds(200))  // a second callback would follow at once
             #expect(callbacks.withLock { $0 } == ["stopped"])

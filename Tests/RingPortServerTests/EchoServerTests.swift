@@ -113,6 +113,34 @@ extension RingPortServerTests {
             #expect(descriptorsBefore.allClosedAgain, "still open: \(descriptorsBefore.openedSince)")
         }
 
+        /// A start that fails half-way (the third thread cannot be created): the error says
+        /// why, and nothing of the server outlives it. The workers that started have stopped,
+        /// the listening socket and the port's descriptors are closed, and the server does not
+        /// start again.
+        @Test func aStartThatFailsHalfWayLeavesNoThreadOrDescriptor() throws {
+            let descriptorsBefore = DescriptorSnapshot()
+            var configuration = try testServerConfiguration()
+            configuration.label = "halfway"
+            configuration.port.workerCount = 4
+            let server = try TCPServer(configuration: configuration, handler: EchoHandler())
+            let address = server.localAddress
+            PThread.creationFailureCountdown.store(3, ordering: .relaxed)
+            let error = #expect(throws: RingPortError.self) { try server.start() }
+            #expect(error?.code == .systemCallFailed && error?.errno == .resourceTemporarilyUnavailable, "\(error)")
+            #expect(PThread.creationFailureCountdown.load(ordering: .relaxed) == 0, "the third creation failed")
+            let serverThreads = {
+                ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? []).filter { task in
+                    let name = try? String(contentsOfFile: "/proc/self/task/\(task)/comm", encoding: .utf8)
+                    return name?.hasPrefix("ringport-halfwa") == true
+                }
+            }
+            #expect(eventually { serverThreads().isEmpty }, "server threads still running")
+            #expect(descriptorsBefore.allClosedAgain, "still open: \(descriptorsBefore.openedSince)")
+            #expect(throws: (any Error).self, "still listening") { try BlockingClient(connectingTo: address) }
+            let again = #expect(throws: RingPortError.self) { try server.start() }
+            #expect(again?.code == .invalidArgument)
+        }
+
         /// A handler that keeps its worker busy past the shutdown's grace period and timeout: the
         /// connection's close, posted behind it, is handled once the workers stopped (before,
         /// the port's close dropped it and the connection stayed open, with its objects).

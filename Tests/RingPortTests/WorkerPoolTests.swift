@@ -164,7 +164,7 @@ extension RingPortTests {
         /// pool's workers, since what it is for waits for every worker to stop.
         @Test func workForAThreadOfItsOwnRunsOffThePoolWhenNoThreadCanStart() async throws {
             let inline = LockedBox<(ran: Bool, onWorker: Bool)>((false, false))
-            PThread.creationFailuresToInject.store(1, ordering: .relaxed)
+            PThread.creationFailureCountdown.store(1, ordering: .relaxed)
             let inlineError = PThread.runDetached(name: "test-no-thread") {
                 inline.withLock { $0 = (true, CompletionWorker.poolWorkerOfCallingThread != nil) }
             }
@@ -175,7 +175,7 @@ extension RingPortTests {
             defer { port.close() }
             let fromWorker = LockedBox<(error: RingPortError?, ran: Bool, onWorker: Bool)>((nil, false, true))
             let pool = WorkerPool(port: port, threadCount: 1) { _ in
-                PThread.creationFailuresToInject.store(1, ordering: .relaxed)
+                PThread.creationFailureCountdown.store(1, ordering: .relaxed)
                 let error = PThread.runDetached(name: "test-no-thread") {
                     let onWorker = CompletionWorker.poolWorkerOfCallingThread != nil
                     fromWorker.withLock {
@@ -190,7 +190,7 @@ extension RingPortTests {
             #expect(await eventuallyAsync { fromWorker.withLock { $0.ran && $0.error != nil } })
             #expect(fromWorker.withLock { !$0.onWorker }, "ran on a pool worker")
             pool.shutdown()
-            #expect(PThread.creationFailuresToInject.load(ordering: .relaxed) == 0)
+            #expect(PThread.creationFailureCountdown.load(ordering: .relaxed) == 0)
         }
 
         /// A pool with a batch handler: 1,000 posted completions arrive exactly once, in batches

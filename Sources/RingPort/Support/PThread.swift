@@ -78,16 +78,17 @@ package struct PThread {
         }
     }
 
-    /// Test seam: how many of the next thread creations fail with `EAGAIN`, as they do when
-    /// the process is out of threads.
-    package static let creationFailuresToInject = Atomic<Int>(0)
+    /// Test seam: 0 (the default) creates threads as asked; `n` > 0 makes the `n`th thread
+    /// creation from now fail with `EAGAIN`, as it does when the process is out of threads (the
+    /// ones before it succeed, the count is back at 0 after it).
+    package static let creationFailureCountdown = Atomic<Int>(0)
 
     private static func takeInjectedCreationFailure() -> Bool {
-        var remaining = creationFailuresToInject.load(ordering: .relaxed)
+        var remaining = creationFailureCountdown.load(ordering: .relaxed)
         while remaining > 0 {
-            let (exchanged, current) = creationFailuresToInject.compareExchange(
+            let (exchanged, current) = creationFailureCountdown.compareExchange(
                 expected: remaining, desired: remaining - 1, ordering: .relaxed)
-            if exchanged { return true }
+            if exchanged { return remaining == 1 }
             remaining = current
         }
         return false
