@@ -43,7 +43,8 @@ let package = Package(
             pkgConfig: "liburing",
             providers: [.apt(["liburing-dev"])]
         ),
-        // The calling thread's pool worker as a C thread-local (Swift has none of its own).
+        // The calling thread's pool worker as a C thread-local (Swift has none of its own), and
+        // the address of the task it runs.
         .target(name: "CRingPortThread"),
         // The proactor: completion port, per-handle and per-I/O contexts, workers.
         .target(
@@ -80,6 +81,7 @@ let package = Package(
         .target(
             name: "RingPortAsync",
             dependencies: [
+                "CRingPortThread",
                 "RingPort",
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),

@@ -1,3 +1,4 @@
+import CRingPortThread
 import DequeModule
 import Glibc
 import RingPort
@@ -39,6 +40,12 @@ extension ConnectionStreams {
         var waiter: UnsafeContinuation<ByteBuffer?, any Error>?
         /// Last: single bytes.
         var receive = Receive.idle
+        /// Whether ``waiter`` belongs to the task of the cancellation scope
+        /// (``ConnectionStreams/beginCancellationScope()``), whose handler resumes it.
+        var waiterIsScoped = false
+        /// The scope's task was cancelled: its reads throw `CancellationError` (until the scope
+        /// ends; a task's cancellation is for good).
+        var scopeCancelled = false
         /// A consumer's cancellation handler ran while no consumer was waiting: it ran before
         /// the wait began (the task was cancelled already, or was cancelled meanwhile), or after
         /// the wait ended. The next wait asks the task itself (a hint, not the answer: the
@@ -107,6 +114,14 @@ extension ConnectionStreams {
             if let ready { return try ready.get() }
         }
 
+        // The read of a cancellation scope's own task waits without a handler of its own: the
+        // scope's handler covers the whole scope (see `beginCancellationScope()`).
+        if scopeTask.load(ordering: .relaxed) == Self.currentTaskIdentity() {
+            return try await _unsafeInheritExecutor_withUnsafeThrowingContinuation {
+                (continuation: UnsafeContinuation<ByteBuffer?, any Error>) in
+                wait(continuation, scoped: true)
+            }
+        }
         // The variants that inherit the caller's executor, like this function: the standard ones
         // take an `isolation` parameter and switch to it on entry, on return and after the
         // continuation resumes (nil here, the generic executor), each switch a look-up of the
@@ -116,38 +131,105 @@ extension ConnectionStreams {
         return try await _unsafeInheritExecutor_withTaskCancellationHandler {
             try await _unsafeInheritExecutor_withUnsafeThrowingContinuation {
                 (continuation: UnsafeContinuation<ByteBuffer?, any Error>) in
-                var action = InboundAction()
-                let immediate: Result<ByteBuffer?, any Error>? = withInboundState { state in
-                    if let buffer = takeBuffered(&state, &action) { return .success(buffer) }
-                    if let end = state.end { return end.result }
-                    guard state.waiter == nil else {
-                        return .failure(
-                            RingPortError(.contextInFlight, operation: "read: another task is already reading"))
-                    }
-                    if state.cancellationSeen {
-                        state.cancellationSeen = false
-                        if Task.isCancelled { return .failure(CancellationError()) }
-                    }
-                    state.waiter = continuation
-                    if case .idle = state.receive {
-                        state.receive = .armed
-                        action.post = inboundWatermarks.high - state.bufferedBytes
-                    }
-                    return nil
-                }
-                if let immediate { continuation.resume(with: immediate) }
-                perform(&action)
+                wait(continuation, scoped: false)
             }
         } onCancel: {
-            // Resumes the waiting consumer (one at a time reads, so it is this task's wait);
-            // the receive stays armed and what it delivers stays buffered.
-            let waiter = withInboundState { state in
-                defer { state.waiter = nil }
-                if state.waiter == nil { state.cancellationSeen = true }
-                return state.waiter
+            // Resumes the waiting consumer (one at a time reads, so it is this task's wait,
+            // unless the scope's task waits); the receive stays armed and what it delivers
+            // stays buffered.
+            let waiter = withInboundState { state -> UnsafeContinuation<ByteBuffer?, any Error>? in
+                guard let waiter = state.waiter, !state.waiterIsScoped else {
+                    state.cancellationSeen = true
+                    return nil
+                }
+                state.waiter = nil
+                return waiter
             }
             waiter?.resume(throwing: CancellationError())
         }
+    }
+
+    /// Makes `continuation` the waiting consumer, or resumes it at once (a buffer or the end
+    /// arrived meanwhile, another task waits already, or the task was cancelled). `scoped`: the
+    /// caller is the cancellation scope's task, whose cancellation the scope's handler reports.
+    private func wait(_ continuation: UnsafeContinuation<ByteBuffer?, any Error>, scoped: Bool) {
+        var action = InboundAction()
+        let immediate: Result<ByteBuffer?, any Error>? = withInboundState { state in
+            if let buffer = takeBuffered(&state, &action) { return .success(buffer) }
+            if let end = state.end { return end.result }
+            guard state.waiter == nil else {
+                return .failure(RingPortError(.contextInFlight, operation: "read: another task is already reading"))
+            }
+            if scoped {
+                if state.scopeCancelled { return .failure(CancellationError()) }
+            } else if state.cancellationSeen {
+                state.cancellationSeen = false
+                if Task.isCancelled { return .failure(CancellationError()) }
+            }
+            state.waiter = continuation
+            state.waiterIsScoped = scoped
+            if case .idle = state.receive {
+                state.receive = .armed
+                action.post = inboundWatermarks.high - state.bufferedBytes
+            }
+            return nil
+        }
+        if let immediate { continuation.resume(with: immediate) }
+        perform(&action)
+    }
+
+    // MARK: Cancellation scope
+
+    /// Opens the calling task's cancellation scope on the connection: one cancellation handler
+    /// for the task's reads until ``endCancellationScope(_:)``, instead of one per read (adding
+    /// and removing a handler takes the task's status lock twice per read).
+    /// ``TCPConnection/executeThenClose(_:)`` runs its body in one. Reads of other tasks (child
+    /// tasks of the body, for example) keep their own handlers; so does the calling task when
+    /// another scope of this connection is open already (then this returns nil).
+    ///
+    /// The handler is added through the runtime's entry points (`CRingPortThread`), not with
+    /// `withTaskCancellationHandler`, whose frames around the body took an idle connection's
+    /// task past its first allocator slab (about 1 KiB more per connection, measured).
+    @usableFromInline
+    func beginCancellationScope() -> UnsafeMutableRawPointer? {
+        let task = Self.currentTaskIdentity()
+        guard task != 0, scopeTask.compareExchange(expected: 0, desired: task, ordering: .relaxed).exchanged else {
+            return nil
+        }
+        withInboundState { $0.scopeCancelled = false }
+        // Unretained: the caller holds the streams until it ends the scope, which removes the
+        // handler.
+        return CRingPortThread_addScopeCancellationHandler(Unmanaged.passUnretained(self).toOpaque())
+    }
+
+    /// Closes the scope ``beginCancellationScope()`` opened (`record`, nil if it opened none), on
+    /// the same task, before the frame that opened it returns.
+    @usableFromInline
+    func endCancellationScope(_ record: UnsafeMutableRawPointer?) {
+        guard let record else { return }
+        CRingPortThread_removeScopeCancellationHandler(record)
+        scopeTask.store(0, ordering: .relaxed)
+    }
+
+    /// The scope's task was cancelled (on the cancelling thread): its waiting read throws, and
+    /// so do its later ones.
+    fileprivate func scopeWasCancelled() {
+        let waiter = withInboundState { state -> UnsafeContinuation<ByteBuffer?, any Error>? in
+            state.scopeCancelled = true
+            guard state.waiterIsScoped, let waiter = state.waiter else { return nil }
+            state.waiter = nil
+            return waiter
+        }
+        waiter?.resume(throwing: CancellationError())
+    }
+
+    /// The calling task's address (0 outside a task): what tells the scope's task from others.
+    /// Read from the concurrency runtime's own accessor (`CRingPortThread`), unretained:
+    /// `withUnsafeCurrentTask` retains and releases the task, and comparing it copied it once
+    /// more (two retains and two releases per read, counted).
+    @inline(__always)
+    static func currentTaskIdentity() -> UInt {
+        UInt(bitPattern: CRingPortThread_currentTask())
     }
 
     /// Pops the first buffered buffer, and arms the receive again when that brought the count
@@ -294,4 +376,12 @@ extension ConnectionStreams.InboundEnd {
         case .failed(let error): .failure(error)
         }
     }
+}
+
+/// The handler of a connection's cancellation scope (see
+/// `ConnectionStreams.beginCancellationScope()`), called by `CRingPortThread`'s trampoline with
+/// the unretained streams.
+@_cdecl("RingPortAsync_cancellationScopeCancelled")
+func cancellationScopeCancelled(_ streams: UnsafeMutableRawPointer) {
+    Unmanaged<ConnectionStreams>.fromOpaque(streams)._withUnsafeGuaranteedRef { $0.scopeWasCancelled() }
 }

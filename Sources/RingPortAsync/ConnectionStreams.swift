@@ -46,6 +46,10 @@ final class ConnectionStreams: MutexGuardedObject, @unchecked Sendable {
     /// its last byte leaves.
     let mayHaveResult = Atomic<Bool>(false)
     @exclusivity(unchecked) var outboundState = OutboundState()
+    /// The task running the connection's cancellation scope (``beginCancellationScope()``),
+    /// as ``currentTaskIdentity()`` gives it; 0 when none runs. Compared by the reading task
+    /// with its own, so relaxed: only the scope's own task can find it equal.
+    let scopeTask = Atomic<UInt>(0)
 
     /// The streams of `handle`, with a receive context of `asyncPort.receiveContexts`.
     init(handle: IOHandle, on asyncPort: AsyncPort) {

@@ -38,7 +38,9 @@ import struct NIOCore.ByteBuffer
 /// A read cancelled while it waits throws `CancellationError`; the receive stays armed and
 /// bytes that arrive later are returned by the next read: nothing is lost. A write cancelled
 /// while it waits for room throws `CancellationError` and has queued nothing; what was queued
-/// before is still sent.
+/// before is still sent. In ``executeThenClose(_:)`` one cancellation handler covers every read
+/// of the calling task (cheaper than one per read); once that task is cancelled, its reads
+/// return what is buffered and throw `CancellationError` instead of waiting.
 ///
 /// ## Errors
 /// `RingPortError`: `RingPortError.Code.systemCallFailed` with the kernel's `errno` (e.g.
@@ -142,6 +144,10 @@ public final class TCPConnection: Sendable {
     /// Runs `body` with the connection's inbound sequence and outbound writer, then closes the
     /// connection, also when `body` throws.
     ///
+    /// The calling task's reads in `body` share one cancellation handler, added when `body`
+    /// starts and removed when it returns, instead of adding and removing one per read; reads
+    /// by other tasks (child tasks of `body`, for example) keep their own.
+    ///
     /// Inlinable, like the inbound iterator's `next()` and the outbound `write(_:)`: their frames
     /// join the caller's, so that a connection's task needs less memory while it waits.
     @inlinable
@@ -149,6 +155,8 @@ public final class TCPConnection: Sendable {
         _ body: (_ inbound: Inbound, _ outbound: Outbound) async throws -> Result
     ) async throws -> Result {
         defer { close() }
+        let scope = streams.beginCancellationScope()
+        defer { streams.endCancellationScope(scope) }
         return try await body(inbound, outbound)
     }
 

@@ -169,6 +169,77 @@ extension RingPortAsyncTests {
             await expectCleanShutdown(io, descriptorsBefore: descriptorsBefore)
         }
 
+        /// Reads in `executeThenClose`, whose one cancellation handler covers all of its task's
+        /// reads: a waiting read throws CancellationError when the task is cancelled, bytes that
+        /// arrive afterwards are still returned, and a read that would wait in the cancelled task
+        /// throws at once.
+        @Test(.timeLimit(.minutes(1))) func readsInExecuteThenCloseAreCancelledWithTheirTaskAndLoseNothing()
+            async throws
+        {
+            let descriptorsBefore = DescriptorSnapshot()
+            let io = try makeAsyncPort()
+            let (connection, client) = try await connectedPair(on: io)
+            let firstFailed = LockedBox<(any Error)?>(nil)
+            let serving = Task(executorPreference: io.preferredExecutor) {
+                try await connection.executeThenClose { inbound, outbound -> (ByteBuffer?, (any Error)?) in
+                    var iterator = inbound.makeAsyncIterator()
+                    do {
+                        _ = try await iterator.next()
+                    } catch {
+                        firstFailed.withLock { $0 = error }
+                    }
+                    // Cancelled now; the bytes the test sends next are buffered, and returned.
+                    while inbound.bufferedByteCount == 0 { await Task.yield() }
+                    let second = try await iterator.next()
+                    if let second { try await outbound.write(second) }
+                    do {
+                        _ = try await iterator.next()
+                        return (second, nil)
+                    } catch {
+                        return (second, error)
+                    }
+                }
+            }
+            #expect(await eventuallyAsync { io.statistics.operationsInFlight == 1 }, "the receive is armed")
+            try await Task.sleep(for: .milliseconds(50))
+            serving.cancel()
+            #expect(await eventuallyAsync { firstFailed.withLock { $0 != nil } }, "the waiting read was not resumed")
+            #expect(firstFailed.withLock { $0 is CancellationError })
+            try client.send(Array("after".utf8))
+            let (second, third) = try await serving.value
+            #expect(second.bytes == Array("after".utf8))
+            #expect(try client.receive(count: 5) == Array("after".utf8))
+            #expect(third is CancellationError)
+            client.close()
+            await expectCleanShutdown(io, descriptorsBefore: descriptorsBefore)
+        }
+
+        /// A task that reads inside another task's `executeThenClose` (not its child) keeps its
+        /// own cancellation: cancelling the scope's task leaves its read waiting, and it gets
+        /// the next bytes.
+        @Test(.timeLimit(.minutes(1))) func cancellingAScopeLeavesAnotherTasksReadWaiting() async throws {
+            let descriptorsBefore = DescriptorSnapshot()
+            let io = try makeAsyncPort()
+            let (connection, client) = try await connectedPair(on: io)
+            let serving = Task(executorPreference: io.preferredExecutor) {
+                try await connection.executeThenClose { inbound, _ -> ByteBuffer? in
+                    let reader = Task(executorPreference: io.preferredExecutor) {
+                        var iterator = inbound.makeAsyncIterator()
+                        return try await iterator.next()
+                    }
+                    return try await reader.value
+                }
+            }
+            #expect(await eventuallyAsync { io.statistics.operationsInFlight == 1 }, "the receive is armed")
+            try await Task.sleep(for: .milliseconds(50))
+            serving.cancel()
+            try await Task.sleep(for: .milliseconds(50))
+            try client.send(Array("mine".utf8))
+            #expect(try await serving.value.bytes == Array("mine".utf8))
+            client.close()
+            await expectCleanShutdown(io, descriptorsBefore: descriptorsBefore)
+        }
+
         /// Cancelling reads while the peer's bytes are arriving: whichever wins each race — the
         /// cancellation (the bytes stay buffered for the next read) or the bytes — no byte is lost
         /// or reordered.
