@@ -134,19 +134,26 @@ extension ConnectionStreams {
                 wait(continuation, scoped: false)
             }
         } onCancel: {
-            // Resumes the waiting consumer (one at a time reads, so it is this task's wait,
-            // unless the scope's task waits); the receive stays armed and what it delivers
-            // stays buffered.
-            let waiter = withInboundState { state -> UnsafeContinuation<ByteBuffer?, any Error>? in
-                guard let waiter = state.waiter, !state.waiterIsScoped else {
-                    state.cancellationSeen = true
-                    return nil
-                }
-                state.waiter = nil
-                return waiter
-            }
-            waiter?.resume(throwing: CancellationError())
+            cancelWaitingRead(scoped: false)
         }
+    }
+
+    /// A cancellation handler ran: resumes the waiting read it covers with `CancellationError`
+    /// (the receive stays armed and what it delivers stays buffered). `scoped`: the scope's
+    /// handler, which covers the scope's task's wait and marks the scope cancelled; otherwise
+    /// a read's own handler, which covers any other wait (one at a time reads, so it is this
+    /// task's) and, finding none, leaves the hint that the next wait asks the task.
+    private func cancelWaitingRead(scoped: Bool) {
+        let waiter = withInboundState { state -> UnsafeContinuation<ByteBuffer?, any Error>? in
+            if scoped { state.scopeCancelled = true }
+            guard let waiter = state.waiter, state.waiterIsScoped == scoped else {
+                if !scoped { state.cancellationSeen = true }
+                return nil
+            }
+            state.waiter = nil
+            return waiter
+        }
+        waiter?.resume(throwing: CancellationError())
     }
 
     /// Makes `continuation` the waiting consumer, or resumes it at once (a buffer or the end
@@ -214,13 +221,7 @@ extension ConnectionStreams {
     /// The scope's task was cancelled (on the cancelling thread): its waiting read throws, and
     /// so do its later ones.
     fileprivate func scopeWasCancelled() {
-        let waiter = withInboundState { state -> UnsafeContinuation<ByteBuffer?, any Error>? in
-            state.scopeCancelled = true
-            guard state.waiterIsScoped, let waiter = state.waiter else { return nil }
-            state.waiter = nil
-            return waiter
-        }
-        waiter?.resume(throwing: CancellationError())
+        cancelWaitingRead(scoped: true)
     }
 
     /// The calling task's address (0 outside a task): what tells the scope's task from others.
