@@ -32,10 +32,6 @@ enum NIOSocketCalls {
         try check(Glibc.listen(descriptor, backlog), "listen")
     }
 
-    static func shutdown(_ descriptor: Int32, how: Int32) throws(IOError) {
-        try check(Glibc.shutdown(descriptor, how), "shutdown")
-    }
-
     static func setOption(_ descriptor: Int32, level: Int32, name: Int32, value: Int32) throws(IOError) {
         var value = value
         try check(

@@ -244,7 +244,7 @@ final class SocketChannel: BaseChannel, Channel, ChannelCore, @unchecked Sendabl
             if inFlightCount > 0 {
                 shutdownOutputAfterSend = true
             } else {
-                try? NIOSocketCalls.shutdown(handle.descriptor, how: Int32(SHUT_WR))
+                try? loop.port.shutdownWriting(handle)
             }
             promise?.succeed(())
             channelPipeline.syncOperations.fireUserInboundEventTriggered(ChannelEvent.outputClosed)
@@ -257,7 +257,7 @@ final class SocketChannel: BaseChannel, Channel, ChannelCore, @unchecked Sendabl
             readPending = false
             parked.removeAll()
             parkedEnd = false
-            try? NIOSocketCalls.shutdown(handle.descriptor, how: Int32(SHUT_RD))
+            try? loop.port.shutdownReading(handle)
             if receiving { _ = try? loop.port.cancel(receiveContext) }
             promise?.succeed(())
             channelPipeline.syncOperations.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
@@ -441,7 +441,7 @@ final class SocketChannel: BaseChannel, Channel, ChannelCore, @unchecked Sendabl
         guard flushedCount > 0 else {
             if shutdownOutputAfterSend {
                 shutdownOutputAfterSend = false
-                try? NIOSocketCalls.shutdown(handle.descriptor, how: Int32(SHUT_WR))
+                try? loop.port.shutdownWriting(handle)
             }
             return
         }

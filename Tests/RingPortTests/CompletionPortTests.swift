@@ -341,6 +341,44 @@ extension RingPortTests {
             #expect(descriptorsBefore.allClosedAgain, "still open: \(descriptorsBefore.openedSince)")
         }
 
+        /// `shutdownReading(_:)` ends receives on the handle (a receive completes with 0 bytes
+        /// although the peer sent nothing and keeps its side open) while sends still reach the
+        /// peer; after `close(_:)` it refuses with `handleClosed`.
+        @Test func shutdownReadingEndsReceivesKeepsSendingAndRefusesAClosedHandle() throws {
+            let descriptorsBefore = DescriptorSnapshot()
+            let port = try makeSingleRingPort()
+            let worker = port.makeWorker()
+
+            let (client, accepted) = try makeLoopbackTCPPair()
+            let handle = try port.associate(descriptor: accepted)
+            try port.shutdownReading(handle)
+            let context = IOContext(capacity: 16)
+            try port.read(handle, into: context)
+            let completion = try #require(try worker.dequeue(timeout: .seconds(5)))
+            #expect(completion.context === context)
+            #expect(completion.error == nil)
+            #expect(completion.bytesTransferred == 0, "the receive ends at once: \(completion)")
+
+            var message: [UInt8] = Array("sent after SHUT_RD".utf8)
+            #expect(send(accepted, &message, message.count, Int32(MSG_NOSIGNAL)) == message.count)
+            var received = [UInt8](repeating: 0, count: message.count)
+            #expect(recv(client, &received, received.count, Int32(MSG_WAITALL)) == message.count)
+            #expect(received == message)
+
+            port.close(handle)
+            do {
+                try port.shutdownReading(handle)
+                Issue.record("shutting down a closed handle must throw")
+            } catch {
+                #expect(error.code == .handleClosed)
+                #expect(error.operation.contains("SHUT_RD"), "the error names the call: \(error.operation)")
+            }
+            worker.detach()
+            port.close()
+            Glibc.close(client)
+            #expect(descriptorsBefore.allClosedAgain, "still open: \(descriptorsBefore.openedSince)")
+        }
+
         @Test func portCloseCancelsEverythingAndClosesOpenHandles() throws {
             let descriptorsBefore = DescriptorSnapshot()
             let port = try makeSingleRingPort()

@@ -78,7 +78,26 @@ public enum TCPSocket {
     /// - Throws: ``RingPortError/Code/systemCallFailed`` with `ENOTCONN` when the connection is
     ///   gone already.
     public static func shutdownWriting(_ descriptor: Int32) throws(RingPortError) {
-        try SystemCall.check(Glibc.shutdown(descriptor, Int32(SHUT_WR)), "shutdown(SHUT_WR)")
+        try shutdown(descriptor, .writing)
+    }
+
+    /// One side of a socket, for `shutdown(2)`.
+    enum ShutdownDirection {
+        case reading, writing
+
+        /// The call, as errors name it.
+        var callName: String {
+            switch self {
+            case .reading: "shutdown(SHUT_RD)"
+            case .writing: "shutdown(SHUT_WR)"
+            }
+        }
+    }
+
+    /// `shutdown(2)` of one side of `descriptor`.
+    static func shutdown(_ descriptor: Int32, _ direction: ShutdownDirection) throws(RingPortError) {
+        let how = direction == .reading ? SHUT_RD : SHUT_WR
+        try SystemCall.check(Glibc.shutdown(descriptor, Int32(how)), direction.callName)
     }
 
     /// Disables Nagle's algorithm (`TCP_NODELAY`).

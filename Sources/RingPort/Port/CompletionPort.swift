@@ -358,12 +358,27 @@ public final class CompletionPort: Sendable {
     ///   ``RingPortError/Code/systemCallFailed`` with `ENOTCONN` when the connection is gone
     ///   already, `ENOTSOCK` for a descriptor that is not a socket.
     public func shutdownWriting(_ handle: IOHandle) throws(RingPortError) {
+        try shutdown(handle, direction: .writing)
+    }
+
+    /// Shuts down the receiving side of a socket handle (`shutdown(SHUT_RD)`): receives on it end
+    /// (a receive completes with 0 bytes); sending goes on. Checked against ``close(_:)`` as
+    /// ``shutdownWriting(_:)`` is; any thread.
+    ///
+    /// - Throws: as ``shutdownWriting(_:)``.
+    public func shutdownReading(_ handle: IOHandle) throws(RingPortError) {
+        try shutdown(handle, direction: .reading)
+    }
+
+    /// `shutdown(2)` of one side of `handle`'s socket, under its ring's lock (see
+    /// ``shutdownWriting(_:)``).
+    private func shutdown(_ handle: IOHandle, direction: TCPSocket.ShutdownDirection) throws(RingPortError) {
         let ring = rings[handle.id.ring]
         try ring.lock.withLock { () throws(RingPortError) in
             guard !handle.isClosed else {
-                throw RingPortError(.handleClosed, operation: "shutdown(SHUT_WR) on handle \(handle.id)")
+                throw RingPortError(.handleClosed, operation: "\(direction.callName) on handle \(handle.id)")
             }
-            try TCPSocket.shutdownWriting(handle.descriptor)
+            try TCPSocket.shutdown(handle.descriptor, direction)
         }
     }
 
