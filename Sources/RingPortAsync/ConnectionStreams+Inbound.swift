@@ -143,7 +143,7 @@ extension ConnectionStreams {
     /// handler, which covers the scope's task's wait and marks the scope cancelled; otherwise
     /// a read's own handler, which covers any other wait (one at a time reads, so it is this
     /// task's) and, finding none, leaves the hint that the next wait asks the task.
-    private func cancelWaitingRead(scoped: Bool) {
+    fileprivate func cancelWaitingRead(scoped: Bool) {
         let waiter = withInboundState { state -> UnsafeContinuation<ByteBuffer?, any Error>? in
             if scoped { state.scopeCancelled = true }
             guard let waiter = state.waiter, state.waiterIsScoped == scoped else {
@@ -216,12 +216,6 @@ extension ConnectionStreams {
         guard let record else { return }
         CRingPortThread_removeScopeCancellationHandler(record)
         scopeTask.store(0, ordering: .relaxed)
-    }
-
-    /// The scope's task was cancelled (on the cancelling thread): its waiting read throws, and
-    /// so do its later ones.
-    fileprivate func scopeWasCancelled() {
-        cancelWaitingRead(scoped: true)
     }
 
     /// The calling task's address (0 outside a task): what tells the scope's task from others.
@@ -380,9 +374,10 @@ extension ConnectionStreams.InboundEnd {
 }
 
 /// The handler of a connection's cancellation scope (see
-/// `ConnectionStreams.beginCancellationScope()`), called by `CRingPortThread`'s trampoline with
-/// the unretained streams.
+/// `ConnectionStreams.beginCancellationScope()`), called on the cancelling thread by
+/// `CRingPortThread`'s trampoline with the unretained streams: the scope's task's waiting read
+/// throws, and so do its later ones.
 @_cdecl("RingPortAsync_cancellationScopeCancelled")
 func cancellationScopeCancelled(_ streams: UnsafeMutableRawPointer) {
-    Unmanaged<ConnectionStreams>.fromOpaque(streams)._withUnsafeGuaranteedRef { $0.scopeWasCancelled() }
+    Unmanaged<ConnectionStreams>.fromOpaque(streams)._withUnsafeGuaranteedRef { $0.cancelWaitingRead(scoped: true) }
 }
