@@ -130,7 +130,10 @@ public final class RingPortEventLoop: EventLoop, @unchecked Sendable {
             case .shutDown: promise.fail(EventLoopError.shutdown)
             }
         }
-        let delay = Duration.nanoseconds(max(0, deadline.uptimeNanoseconds - NIODeadline.now().uptimeNanoseconds))
+        // A deadline that passed already (`scheduleTask(in: .zero)` reads the clock before this
+        // does) is due at once: the unsigned difference would trap.
+        let now = NIODeadline.now().uptimeNanoseconds
+        let delay = Duration.nanoseconds(deadline.uptimeNanoseconds > now ? deadline.uptimeNanoseconds - now : 0)
         do {
             try port.timeout(after: min(delay, LoopTimer.longest), context: timer.context, handle: handle)
         } catch {

@@ -79,6 +79,30 @@ extension RingPortNIOTests {
                 eventually { descriptorsBefore.allClosedAgain }, "still open: \(descriptorsBefore.openedSince)")
         }
 
+        /// A task whose deadline has passed already runs at once, on the loop: with no delay,
+        /// with a deadline in the past, and as the first run of a repeated task without an
+        /// initial delay. (Before, the unsigned difference of the deadline and the clock trapped.)
+        @Test func tasksDueAlreadyRunAtOnce() throws {
+            try withGroupLeavingNoDescriptors { group in
+                let loop = group.next()
+                let now = try loop.scheduleTask(in: .zero) { loop.inEventLoop }.futureResult.wait()
+                #expect(now)
+                let past = try loop.scheduleTask(deadline: .now() - .seconds(1)) { 7 }.futureResult.wait()
+                #expect(past == 7)
+                let runs = Atomic<Int>(0)
+                let promise = loop.makePromise(of: Void.self)
+                let repeated = loop.scheduleRepeatedTask(initialDelay: .zero, delay: .milliseconds(1)) { task in
+                    if runs.wrappingAdd(1, ordering: .relaxed).newValue == 3 {
+                        task.cancel()
+                        promise.succeed()
+                    }
+                }
+                try promise.futureResult.wait()
+                _ = repeated
+                #expect(runs.load(ordering: .relaxed) == 3)
+            }
+        }
+
         /// A promise made on the loop completes its callbacks on the loop.
         @Test func futuresCompleteOnTheirLoop() throws {
             try withGroupLeavingNoDescriptors { group in
