@@ -85,16 +85,30 @@ class BaseChannel: @unchecked Sendable {
     /// Applies a lifecycle event and fires what it calls for; false when not allowed now.
     @discardableResult
     func transition(_ event: ChannelLifecycle.Event, promise: EventLoopPromise<Void>? = nil) -> Bool {
-        guard let callouts = lifecycle.handle(event) else { return false }
+        guard let callouts = enter(event) else { return false }
+        fire(callouts, promise: promise)
+        return true
+    }
+
+    /// The first half of ``transition(_:promise:)``: applies the event and returns what to fire,
+    /// or nil when it is not allowed now. For a caller with more to settle before user code runs
+    /// (a close fails its writes in between, and a callback of theirs that closes again must
+    /// find the channel closed).
+    func enter(_ event: ChannelLifecycle.Event) -> ChannelLifecycle.Callouts? {
+        guard let callouts = lifecycle.handle(event) else { return nil }
         activeFlag.store(lifecycle.isActive, ordering: .relaxed)
         if event == .register, let channel = self as? any Channel { loop.register(channel) }
+        return callouts
+    }
+
+    /// The second half of ``transition(_:promise:)``: succeeds `promise`, then fires `callouts`.
+    func fire(_ callouts: ChannelLifecycle.Callouts, promise: EventLoopPromise<Void>?) {
         promise?.succeed(())
         let pipeline = channelPipeline!.syncOperations
         if callouts.contains(.registered) { pipeline.fireChannelRegistered() }
         if callouts.contains(.active) { pipeline.fireChannelActive() }
         if callouts.contains(.inactive) { pipeline.fireChannelInactive() }
         if callouts.contains(.unregistered) { pipeline.fireChannelUnregistered() }
-        return true
     }
 
     /// The end of a close: later on the loop (handlers may still be walking the pipeline), the

@@ -55,9 +55,7 @@ final class SocketChannel: BaseChannel, Channel, ChannelCore, @unchecked Sendabl
     @exclusivity(unchecked) private var parkedEnd = false
     @exclusivity(unchecked) private var deliveryScheduled = false
     @exclusivity(unchecked) private var inputClosed = false
-    @exclusivity(unchecked) private var outputClosed = false
-    /// Shut the write side down once the send in flight completes (`close(mode: .output)`).
-    @exclusivity(unchecked) private var shutdownOutputAfterSend = false
+    @exclusivity(unchecked) private var output = Output.open
     @exclusivity(unchecked) private var connectPromise: EventLoopPromise<Void>?
     @exclusivity(unchecked) private var connecting = false
     @exclusivity(unchecked) private var writes = Deque<PendingWrite>()
@@ -79,7 +77,19 @@ final class SocketChannel: BaseChannel, Channel, ChannelCore, @unchecked Sendabl
     /// A queued write.
     private struct PendingWrite {
         var buffer: ByteBuffer
-        let promise: EventLoopPromise<Void>?
+        /// Taken out and failed when the channel closes while the write is in flight (its
+        /// buffer stays until the completion).
+        var promise: EventLoopPromise<Void>?
+    }
+
+    /// The write side.
+    private enum Output {
+        case open
+        /// `close(mode: .output)` was asked for: no more writes; the flushed ones are still
+        /// sent, then the side is shut down and the promise succeeds.
+        case closing(EventLoopPromise<Void>?)
+        /// Shut down (or the channel closed).
+        case shut
     }
 
     /// Takes a connected (accepted) or fresh socket.
@@ -158,12 +168,31 @@ final class SocketChannel: BaseChannel, Channel, ChannelCore, @unchecked Sendabl
 
     /// An accepted connection: registered, now active (reads start with `autoRead`).
     func becomeActive() {
+        // Registered and not closed: after a close the descriptor's number may be another
+        // socket's.
+        guard lifecycle.state == .registered else { return }
         cacheAddresses()
         guard transition(.activate) else { return }
-        if autoRead { channelPipeline.syncOperations.read() }
+        startActiveWork()
+    }
+
+    /// What waited for the channel to become active: the writes flushed meanwhile, and the
+    /// reads (`autoRead`, or one the pipeline asked for).
+    private func startActiveWork() {
+        if flushedCount > 0 && inFlightCount == 0 { sendFlushedAndComplete() }
+        guard lifecycle.isActive else { return }
+        if autoRead {
+            channelPipeline.syncOperations.read()
+        } else if readPending {
+            read0()
+        }
     }
 
     func bind0(to address: NIOCore.SocketAddress, promise: EventLoopPromise<Void>?) {
+        guard lifecycle.isOpen else {
+            promise?.fail(ChannelError.ioOnClosedChannel)
+            return
+        }
         do {
             try NIOSocketCalls.bind(handle.descriptor, to: address)
             promise?.succeed(())
@@ -197,7 +226,7 @@ final class SocketChannel: BaseChannel, Channel, ChannelCore, @unchecked Sendabl
             promise?.fail(ChannelError.ioOnClosedChannel)
             return
         }
-        guard !outputClosed else {
+        guard case .open = output else {
             promise?.fail(ChannelError.outputClosed)
             return
         }
@@ -213,12 +242,17 @@ final class SocketChannel: BaseChannel, Channel, ChannelCore, @unchecked Sendabl
     func flush0() {
         guard lifecycle.isOpen else { return }
         flushedCount = writes.count
-        if inFlightCount == 0 { sendFlushed() }
+        // Before the channel is active (a client still connecting: the connect holds the send
+        // context, and the socket cannot send yet) the flushed writes wait for the activation.
+        guard lifecycle.isActive, inFlightCount == 0 else { return }
+        sendFlushedAndComplete()
     }
 
     func read0() {
-        guard lifecycle.isActive, !inputClosed else { return }
+        guard lifecycle.isOpen, !inputClosed else { return }
         readPending = true
+        // Before the channel is active the read waits for the activation.
+        guard lifecycle.isActive else { return }
         if !parked.isEmpty || parkedEnd {
             scheduleParkedDelivery()
         } else if !receiving {
@@ -235,22 +269,27 @@ final class SocketChannel: BaseChannel, Channel, ChannelCore, @unchecked Sendabl
         case .all:
             close(error: error, promise: promise)
         case .output:
-            guard !outputClosed else {
+            guard case .open = output else {
                 promise?.fail(ChannelError.outputClosed)
                 return
             }
-            outputClosed = true
-            failWrites(from: inFlightCount, error: ChannelError.outputClosed)
-            if inFlightCount > 0 {
-                shutdownOutputAfterSend = true
-            } else {
-                try? loop.port.shutdownWriting(handle)
+            // The input is closed already: both sides closed, the channel closes (as NIOPosix).
+            if inputClosed {
+                close(error: error, promise: promise)
+                return
             }
-            promise?.succeed(())
-            channelPipeline.syncOperations.fireUserInboundEventTriggered(ChannelEvent.outputClosed)
+            // What was flushed is still sent; what was not fails. The side shuts down, the
+            // promise succeeds and `outputClosed` fires once the flushed writes are sent.
+            output = .closing(promise)
+            failWrites(from: flushedCount, error: ChannelError.outputClosed)
+            shutDownOutputIfSent()
         case .input:
             guard !inputClosed else {
                 promise?.fail(ChannelError.inputClosed)
+                return
+            }
+            if case .shut = output {
+                close(error: error, promise: promise)
                 return
             }
             inputClosed = true
@@ -369,7 +408,12 @@ final class SocketChannel: BaseChannel, Channel, ChannelCore, @unchecked Sendabl
     private func deliver(_ buffers: some Sequence<ByteBuffer>) {
         readPending = false
         let pipeline = channelPipeline.syncOperations
-        for buffer in buffers { pipeline.fireChannelRead(NIOAny(buffer)) }
+        for buffer in buffers {
+            // A handler may close the channel or its input on any of them: no reads after that.
+            guard lifecycle.isActive, !inputClosed else { break }
+            pipeline.fireChannelRead(NIOAny(buffer))
+        }
+        guard lifecycle.isActive else { return }
         pipeline.fireChannelReadComplete()
         if autoRead && lifecycle.isActive { pipeline.read() }
     }
@@ -405,7 +449,10 @@ final class SocketChannel: BaseChannel, Channel, ChannelCore, @unchecked Sendabl
     private func inputEnded() {
         inputClosed = true
         readPending = false
-        if allowRemoteHalfClosure {
+        if case .shut = output {
+            // Both sides are closed now.
+            close(error: ChannelError.eof, promise: nil)
+        } else if allowRemoteHalfClosure {
             channelPipeline.syncOperations.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
         } else {
             close(error: ChannelError.eof, promise: nil)
@@ -424,27 +471,34 @@ final class SocketChannel: BaseChannel, Channel, ChannelCore, @unchecked Sendabl
             return
         }
         cacheAddresses()
-        promise?.succeed(())
-        guard transition(.activate) else { return }
-        if autoRead { channelPipeline.syncOperations.read() }
+        // Active before the promise succeeds (its callbacks see an active channel), as NIOPosix.
+        guard transition(.activate, promise: promise) else {
+            promise?.fail(notNowError)
+            return
+        }
+        startActiveWork()
+    }
+
+    /// ``sendFlushed(completing:)``, then completes the promises of the empty writes it passed,
+    /// then shuts the write side down if that waited for the sends (`close(mode: .output)`).
+    private func sendFlushedAndComplete() {
+        var done: [EventLoopPromise<Void>] = []
+        sendFlushed(completing: &done)
+        for promise in done { promise.succeed(()) }
+        shutDownOutputIfSent()
     }
 
     /// Sends what was flushed and is not in flight: one buffer from its own storage, several in
-    /// one gathered send.
-    private func sendFlushed() {
-        // Empty writes complete at once, in order.
+    /// one gathered send. The promises of the empty writes before it go to `done`, for the
+    /// caller to complete after the send is posted: their callbacks may write and flush again,
+    /// which must find this send in flight.
+    private func sendFlushed(completing done: inout [EventLoopPromise<Void>]) {
         while flushedCount > 0, let first = writes.first, first.buffer.readableBytes == 0 {
             writes.removeFirst()
             flushedCount -= 1
-            first.promise?.succeed(())
+            if let promise = first.promise { done.append(promise) }
         }
-        guard flushedCount > 0 else {
-            if shutdownOutputAfterSend {
-                shutdownOutputAfterSend = false
-                try? loop.port.shutdownWriting(handle)
-            }
-            return
-        }
+        guard flushedCount > 0 else { return }
         let count = min(flushedCount, SocketChannel.gatheredBuffers)
         do {
             if count == 1 {
@@ -496,9 +550,26 @@ final class SocketChannel: BaseChannel, Channel, ChannelCore, @unchecked Sendabl
                 break
             }
         }
-        sendFlushed()
+        sendFlushed(completing: &done)
         updateWritability()
         for promise in done { promise.succeed(()) }
+        shutDownOutputIfSent()
+    }
+
+    /// Shuts the write side down once `close(mode: .output)` waits and every flushed write was
+    /// sent; then its promise succeeds and `outputClosed` fires (with the input closed already,
+    /// the channel closes).
+    private func shutDownOutputIfSent() {
+        guard case .closing(let promise) = output, flushedCount == 0, inFlightCount == 0, lifecycle.isOpen else {
+            return
+        }
+        output = .shut
+        // Through the port, which checks the handle against a concurrent close. A peer that is
+        // gone already (ENOTCONN) leaves nothing to shut.
+        try? loop.port.shutdownWriting(handle)
+        promise?.succeed(())
+        channelPipeline.syncOperations.fireUserInboundEventTriggered(ChannelEvent.outputClosed)
+        if inputClosed && lifecycle.isOpen { close(error: ChannelError.outputClosed, promise: nil) }
     }
 
     // MARK: Writability, failures, close (on the loop)
@@ -533,17 +604,33 @@ final class SocketChannel: BaseChannel, Channel, ChannelCore, @unchecked Sendabl
     /// Closes the channel: the socket's operations are cancelled (their completions come back,
     /// and only then the contexts are free), writes not in flight fail with `error`, then the
     /// lifecycle's events fire.
+    ///
+    /// The state is settled before any user code runs (NIOPosix's order): a callback of a failed
+    /// write or of the connect promise that closes again finds the channel closed. The writes in
+    /// flight fail now too, before the close promise and `channelInactive`; their buffers stay
+    /// until the send's completion.
     private func close(error: Error, promise: EventLoopPromise<Void>?) {
+        guard let callouts = enter(.close) else {
+            promise?.fail(ChannelError.alreadyClosed)
+            return
+        }
         loop.port.close(handle)
         readPending = false
-        outputClosed = true
         inputClosed = true
-        failWrites(from: inFlightCount, error: error)
-        if let connectPromise {
-            self.connectPromise = nil
-            connectPromise.fail(error)
+        var outputClosePromise: EventLoopPromise<Void>?
+        if case .closing(let promise) = output { outputClosePromise = promise }
+        output = .shut
+        let connectPromise = self.connectPromise
+        self.connectPromise = nil
+        var inFlightPromises: [EventLoopPromise<Void>] = []
+        for index in 0..<min(inFlightCount, writes.count) {
+            if let promise = writes[index].promise.take() { inFlightPromises.append(promise) }
         }
-        transition(.close, promise: promise)
+        for promise in inFlightPromises { promise.fail(error) }
+        failWrites(from: inFlightCount, error: error)
+        outputClosePromise?.fail(error)
+        connectPromise?.fail(error)
+        fire(callouts, promise: promise)
         finishClose(core: self)
         releaseContextsIfIdle()
     }

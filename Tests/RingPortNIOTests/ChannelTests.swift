@@ -180,7 +180,7 @@ extension RingPortNIOTests {
 
         /// With `allowRemoteHalfClosure`, the peer's FIN arrives as `inputClosed` and the channel
         /// can still answer; the peer reads the answer and then EOF after `close(mode: .output)`.
-        @Test func halfClosure() throws {
+        @Test(.timeLimit(.minutes(1))) func halfClosure() throws {
             try withRecordingServer(configure: { $0.childChannelOption(.allowRemoteHalfClosure, value: true) }) {
                 fixture in
                 let (recorder, client) = (fixture.recorder, fixture.client)
@@ -195,6 +195,88 @@ extension RingPortNIOTests {
                 var rest = [UInt8](repeating: 0, count: 16)
                 #expect(client.receiveSome(into: &rest) == 0)
                 #expect(recorder.received.withLock { $0 } == Array("question".utf8))
+                // Both sides closed: the channel closes (before, it stayed active for good).
+                try channel.closeFuture.wait()
+                #expect(!channel.isActive)
+                #expect(recorder.events.withLock { $0.contains("inactive") })
+            }
+        }
+
+        /// `close(mode: .output)` right after a flush: what was flushed is still sent, all of it,
+        /// before the peer reads the end of stream; the write side's promise succeeds then, and
+        /// a write after it fails. (Before, flushed writes not yet in flight failed with
+        /// `outputClosed` and the peer got a truncated stream.)
+        @Test(.timeLimit(.minutes(1))) func closingTheOutputSendsWhatWasFlushedFirst() throws {
+            try withRecordingServer { fixture in
+                let channel = try fixture.acceptedChannel()
+                var generator = SeededGenerator(state: 77)
+                let first = generator.bytes(count: 3 << 20)
+                let second = generator.bytes(count: 3 << 20)
+                // The first flush puts the first write in flight; the second is flushed behind it.
+                let (writes, closed) = try channel.eventLoop.submit {
+                    let writes = [first, second].map { bytes in
+                        let write = channel.write(ByteBuffer(bytes: bytes))
+                        channel.flush()
+                        return write
+                    }
+                    return (writes, channel.close(mode: .output))
+                }.wait()
+                var received: [UInt8] = []
+                var chunk = [UInt8](repeating: 0, count: 65536)
+                while true {
+                    let count = fixture.client.receiveSome(into: &chunk)
+                    guard count > 0 else { break }
+                    received += chunk.prefix(count)
+                }
+                #expect(received.count == first.count + second.count)
+                #expect(received == first + second)
+                for write in writes { try write.wait() }
+                try closed.wait()
+                #expect(fixture.recorder.events.withLock { $0.contains("outputClosed") })
+                #expect(throws: ChannelError.outputClosed) { try channel.writeAndFlush(ByteBuffer(string: "x")).wait() }
+                #expect(channel.isActive)
+            }
+        }
+
+        /// A write's callback that closes the channel while `close()` fails that write: the
+        /// outer close still completes, and the callback's close finds the channel closed.
+        /// (Before, the inner close ran the whole close and the outer promise never completed.)
+        @Test(.timeLimit(.minutes(1))) func aCloseInsideAFailedWritesCallbackLetsTheOuterCloseComplete() throws {
+            try withRecordingServer { fixture in
+                let channel = try fixture.acceptedChannel()
+                let innerClose = try channel.eventLoop.submit { () -> EventLoopFuture<Void> in
+                    let inner = channel.eventLoop.makePromise(of: Void.self)
+                    let write = channel.eventLoop.makePromise(of: Void.self)
+                    write.futureResult.whenFailure { _ in channel.close(promise: inner) }
+                    channel.write(ByteBuffer(string: "never flushed"), promise: write)
+                    return inner.futureResult
+                }.wait()
+                try channel.close().wait()
+                #expect(throws: ChannelError.alreadyClosed) { try innerClose.wait() }
+                #expect(!channel.isActive)
+            }
+        }
+
+        /// A client that writes and flushes in its initializer, before it is connected: the
+        /// bytes go out once the connection is up (before, the send on the unconnected socket
+        /// failed and closed the channel, and the connect with it).
+        @Test func writesFlushedBeforeTheConnectAreSentOnceConnected() throws {
+            try withGroupLeavingNoDescriptors { group in
+                let (server, port) = try startEchoServer(on: group)
+                let recorder = RecordingHandler()
+                let client = try RingPortClientBootstrap(group: group)
+                    .channelInitializer { channel in
+                        channel.eventLoop.makeCompletedFuture {
+                            try channel.pipeline.syncOperations.addHandler(recorder)
+                            channel.writeAndFlush(ByteBuffer(string: "hello early"), promise: nil)
+                        }
+                    }
+                    .connect(host: "127.0.0.1", port: port)
+                    .wait()
+                #expect(eventually { recorder.received.withLock { $0.count } >= 11 })
+                #expect(recorder.received.withLock { $0 } == Array("hello early".utf8))
+                try client.close().wait()
+                try server.close().wait()
             }
         }
     }
