@@ -112,7 +112,8 @@ public final class RingPortServerBootstrap {
                 outputs.store(output, for: child)
                 return output.map { _ in () }
             },
-            forwardsChildren: true)
+            forwardsChildren: true,
+            discard: { child in _ = outputs.take(for: child) })
         return try await bind(to: address) { channel in
             try channel.pipeline.syncOperations.addHandler(acceptor)
             return try NIOAsyncChannel<Output, Never>._wrapAsyncChannelWithTransformations(
@@ -167,19 +168,33 @@ public final class RingPortServerBootstrap {
         let childOptions: ChannelOptions.Storage
         let prepare: (@Sendable (Channel) -> EventLoopFuture<Void>)?
         let forwardsChildren: Bool
+        /// Forgets what `prepare` kept for a child that failed to come up (it is closed).
+        let discard: (@Sendable (Channel) -> Void)?
 
         init(
             childOptions: ChannelOptions.Storage, prepare: (@Sendable (Channel) -> EventLoopFuture<Void>)?,
-            forwardsChildren: Bool
+            forwardsChildren: Bool, discard: (@Sendable (Channel) -> Void)? = nil
         ) {
             self.childOptions = childOptions
             self.prepare = prepare
             self.forwardsChildren = forwardsChildren
+            self.discard = discard
+        }
+
+        /// A failed accept (`EMFILE`, `ENFILE`, `ENOMEM`: the listener tries again by itself
+        /// after a pause) stops here when the children go on to the async listener: there it
+        /// would end the inbound sequence, and the server with it (NIOPosix's async bootstrap
+        /// drops these errors too). Other errors, and all of them for a callback-style server,
+        /// go on down the pipeline.
+        func errorCaught(context: ChannelHandlerContext, error: Error) {
+            if forwardsChildren && error is IOError { return }
+            context.fireErrorCaught(error)
         }
 
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
             let child = unwrapInboundIn(data)
             let prepare = self.prepare
+            let discard = self.discard
             let childOptions = self.childOptions
             let forward = forwardsChildren ? NIOLoopBound(context, eventLoop: context.eventLoop) : nil
             child.eventLoop.execute {
@@ -195,6 +210,7 @@ public final class RingPortServerBootstrap {
                             forward.eventLoop.execute { forward.value.fireChannelRead(NIOAny(child)) }
                         }
                     case .failure:
+                        discard?(child)
                         child.close(promise: nil)
                     }
                 }

@@ -60,5 +60,47 @@ extension RingPortNIOTests {
             #expect(
                 eventually { descriptorsBefore.allClosedAgain }, "still open: \(descriptorsBefore.openedSince)")
         }
+
+        /// An accept that fails with `EMFILE` (injected) does not end the async listener's
+        /// sequence: the listener tries again and the next connection arrives. (Before, the
+        /// error went down the pipeline to NIOCore's async handler, which ended the sequence
+        /// with it, and the server with it.)
+        @Test(.timeLimit(.minutes(1))) func aFailedAcceptDoesNotEndTheAsyncListener() async throws {
+            let descriptorsBefore = DescriptorSnapshot()
+            var configuration = RingPortEventLoopGroup.Configuration()
+            configuration.port.ringCount = 1
+            configuration.port.workerCount = 3
+            let injection = FaultInjection(rules: [.init(.accept, error: .tooManyOpenFiles, probability: 1, limit: 1)])
+            configuration.port.faultInjection = injection
+            let group = try RingPortEventLoopGroup(configuration: configuration)
+            let server = try await RingPortServerBootstrap(group: group)
+                .bind(host: "127.0.0.1", port: 0) { child in
+                    child.eventLoop.makeCompletedFuture {
+                        try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: child)
+                    }
+                }
+            let address = try SocketAddress(
+                host: "127.0.0.1", port: UInt16(#require(server.channel.localAddress?.port)))
+            let accepted = Task {
+                try await server.executeThenClose { connections in
+                    for try await connection in connections {
+                        return try await connection.executeThenClose { inbound, _ in
+                            var iterator = inbound.makeAsyncIterator()
+                            return try await iterator.next().map { Array($0.readableBytesView) }
+                        }
+                    }
+                    return nil
+                }
+            }
+            let client = try await onThread { try BlockingClient(connectingTo: address) }
+            try client.send(Array("after the error".utf8))
+            #expect(try await accepted.value == Array("after the error".utf8))
+            #expect(injection.injectedCount >= 1, "the accept did fail once")
+            client.close()
+            try? await server.channel.close()
+            try await group.shutdownGracefully()
+            #expect(
+                eventually { descriptorsBefore.allClosedAgain }, "still open: \(descriptorsBefore.openedSince)")
+        }
     }
 }
