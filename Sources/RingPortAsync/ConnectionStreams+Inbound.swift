@@ -37,12 +37,11 @@ extension ConnectionStreams {
         var bufferedBytes = 0
         /// Why no more bytes will come, once that is known (the buffered ones still will).
         var end: InboundEnd?
+        /// The waiting consumer. Its task (``UnsafeContinuation/waitingTask``) is what a
+        /// cancellation handler compares with its own: each resumes only its own task's wait.
         var waiter: UnsafeContinuation<ByteBuffer?, any Error>?
         /// Last: single bytes.
         var receive = Receive.idle
-        /// Whether ``waiter`` belongs to the task of the cancellation scope
-        /// (``ConnectionStreams/beginCancellationScope()``), whose handler resumes it.
-        var waiterIsScoped = false
         /// The scope's task was cancelled: its reads throw `CancellationError` (until the scope
         /// ends; a task's cancellation is for good).
         var scopeCancelled = false
@@ -116,7 +115,8 @@ extension ConnectionStreams {
 
         // The read of a cancellation scope's own task waits without a handler of its own: the
         // scope's handler covers the whole scope (see `beginCancellationScope()`).
-        if scopeTask.load(ordering: .relaxed) == Self.currentTaskIdentity() {
+        let task = Self.currentTaskIdentity()
+        if scopeTask.load(ordering: .relaxed) == task {
             return try await _unsafeInheritExecutor_withUnsafeThrowingContinuation {
                 (continuation: UnsafeContinuation<ByteBuffer?, any Error>) in
                 wait(continuation, scoped: true)
@@ -134,19 +134,21 @@ extension ConnectionStreams {
                 wait(continuation, scoped: false)
             }
         } onCancel: {
-            cancelWaitingRead(scoped: false)
+            cancelWaitingRead(of: task, scoped: false)
         }
     }
 
-    /// A cancellation handler ran: resumes the waiting read it covers with `CancellationError`
-    /// (the receive stays armed and what it delivers stays buffered). `scoped`: the scope's
-    /// handler, which covers the scope's task's wait and marks the scope cancelled; otherwise
-    /// a read's own handler, which covers any other wait (one at a time reads, so it is this
-    /// task's) and, finding none, leaves the hint that the next wait asks the task.
-    fileprivate func cancelWaitingRead(scoped: Bool) {
+    /// The cancellation handler of `task`'s read, or of its scope (`scoped`), ran: resumes
+    /// `task`'s waiting read, if it is the one waiting, with `CancellationError` (the receive
+    /// stays armed and what it delivers stays buffered). Another task's wait is not touched:
+    /// a handler runs at once for a task cancelled already, also when that task's read is then
+    /// refused because another one waits. The scope's handler marks the scope cancelled; a
+    /// read's own handler that finds no wait of its task leaves the hint that the next wait
+    /// asks its task.
+    fileprivate func cancelWaitingRead(of task: UInt, scoped: Bool) {
         let waiter = withInboundState { state -> UnsafeContinuation<ByteBuffer?, any Error>? in
             if scoped { state.scopeCancelled = true }
-            guard let waiter = state.waiter, state.waiterIsScoped == scoped else {
+            guard let waiter = state.waiter, waiter.waitingTask == task else {
                 if !scoped { state.cancellationSeen = true }
                 return nil
             }
@@ -160,6 +162,7 @@ extension ConnectionStreams {
     /// arrived meanwhile, another task waits already, or the task was cancelled). `scoped`: the
     /// caller is the cancellation scope's task, whose cancellation the scope's handler reports.
     private func wait(_ continuation: UnsafeContinuation<ByteBuffer?, any Error>, scoped: Bool) {
+        assert(continuation.waitingTask == Self.currentTaskIdentity(), "a continuation is not its task")
         var action = InboundAction()
         let immediate: Result<ByteBuffer?, any Error>? = withInboundState { state in
             if let buffer = takeBuffered(&state, &action) { return .success(buffer) }
@@ -174,7 +177,6 @@ extension ConnectionStreams {
                 if Task.isCancelled { return .failure(CancellationError()) }
             }
             state.waiter = continuation
-            state.waiterIsScoped = scoped
             if case .idle = state.receive {
                 state.receive = .armed
                 action.post = inboundWatermarks.high - state.bufferedBytes
@@ -198,24 +200,41 @@ extension ConnectionStreams {
     /// `withTaskCancellationHandler`, whose frames around the body took an idle connection's
     /// task past its first allocator slab (about 1 KiB more per connection, measured).
     @usableFromInline
-    func beginCancellationScope() -> UnsafeMutableRawPointer? {
+    func beginCancellationScope() -> CancellationScope {
         let task = Self.currentTaskIdentity()
         guard task != 0, scopeTask.compareExchange(expected: 0, desired: task, ordering: .relaxed).exchanged else {
-            return nil
+            return CancellationScope(isOpen: false, record: nil)
         }
         withInboundState { $0.scopeCancelled = false }
         // Unretained: the caller holds the streams until it ends the scope, which removes the
-        // handler.
-        return CRingPortThread_addScopeCancellationHandler(Unmanaged.passUnretained(self).toOpaque())
+        // handler. For a task cancelled already the runtime runs the handler at once and keeps
+        // no record (nil): the scope is open all the same, and cancelled.
+        return CancellationScope(
+            isOpen: true, record: CRingPortThread_addScopeCancellationHandler(Unmanaged.passUnretained(self).toOpaque())
+        )
     }
 
-    /// Closes the scope ``beginCancellationScope()`` opened (`record`, nil if it opened none), on
-    /// the same task, before the frame that opened it returns.
+    /// Closes the scope ``beginCancellationScope()`` returned, on the same task, before the frame
+    /// that opened it returns.
     @usableFromInline
-    func endCancellationScope(_ record: UnsafeMutableRawPointer?) {
-        guard let record else { return }
-        CRingPortThread_removeScopeCancellationHandler(record)
+    func endCancellationScope(_ scope: CancellationScope) {
+        guard scope.isOpen else { return }
+        if let record = scope.record { CRingPortThread_removeScopeCancellationHandler(record) }
         scopeTask.store(0, ordering: .relaxed)
+    }
+
+    /// What ``beginCancellationScope()`` did: opened the scope or not (another one is open), and
+    /// the handler's record in the task, if the runtime kept one.
+    @usableFromInline
+    struct CancellationScope {
+        @usableFromInline let isOpen: Bool
+        @usableFromInline let record: UnsafeMutableRawPointer?
+
+        @usableFromInline
+        init(isOpen: Bool, record: UnsafeMutableRawPointer?) {
+            self.isOpen = isOpen
+            self.record = record
+        }
     }
 
     /// The calling task's address (0 outside a task): what tells the scope's task from others.
@@ -379,5 +398,17 @@ extension ConnectionStreams.InboundEnd {
 /// throws, and so do its later ones.
 @_cdecl("RingPortAsync_cancellationScopeCancelled")
 func cancellationScopeCancelled(_ streams: UnsafeMutableRawPointer) {
-    Unmanaged<ConnectionStreams>.fromOpaque(streams)._withUnsafeGuaranteedRef { $0.cancelWaitingRead(scoped: true) }
+    Unmanaged<ConnectionStreams>.fromOpaque(streams)._withUnsafeGuaranteedRef { streams in
+        streams.cancelWaitingRead(of: streams.scopeTask.load(ordering: .relaxed), scoped: true)
+    }
+}
+
+extension UnsafeContinuation {
+    /// The address of the task this continuation resumes, comparable with
+    /// ``ConnectionStreams/currentTaskIdentity()``: in the concurrency runtime a continuation is
+    /// its task (`swift_continuation_init` returns the task), and the continuation value is that
+    /// pointer. Checked where a wait begins (in debug builds: every test run).
+    var waitingTask: UInt {
+        UInt(bitPattern: unsafeBitCast(self, to: UnsafeRawPointer.self))
+    }
 }

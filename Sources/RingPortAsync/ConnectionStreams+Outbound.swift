@@ -124,6 +124,7 @@ extension ConnectionStreams {
             perform(&action)
             return
         }
+        let task = Self.currentTaskIdentity()
         // Inheriting the caller's executor, as `next()` does (see there).
         try await _unsafeInheritExecutor_withTaskCancellationHandler {
             try await _unsafeInheritExecutor_withUnsafeThrowingContinuation {
@@ -152,7 +153,7 @@ extension ConnectionStreams {
                 perform(&action)
             }
         } onCancel: {
-            cancelWriter()
+            cancelWriter(of: task)
         }
     }
 
@@ -183,6 +184,7 @@ extension ConnectionStreams {
         }
         perform(&action)
         if let done { return try done.get() }
+        let task = Self.currentTaskIdentity()
         // Inheriting the caller's executor, as `next()` does (see there).
         try await _unsafeInheritExecutor_withTaskCancellationHandler {
             try await _unsafeInheritExecutor_withUnsafeThrowingContinuation {
@@ -202,15 +204,19 @@ extension ConnectionStreams {
                 if let immediate { continuation.resume(with: immediate) }
             }
         } onCancel: {
-            cancelWriter()
+            cancelWriter(of: task)
         }
     }
 
-    private func cancelWriter() {
-        // One writer waits at a time, so the waiter is the cancelled task's.
-        let waiter = withOutboundState { state in
-            defer { state.waiter = nil }
-            return state.waiter
+    /// The cancellation handler of `task`'s write or `finish()` ran: resumes `task`'s waiting
+    /// writer, if it is the one waiting, with `CancellationError`. Another task's wait is not
+    /// touched (a handler runs at once for a task cancelled already, also when its write is then
+    /// refused because another writer waits).
+    private func cancelWriter(of task: UInt) {
+        let waiter = withOutboundState { state -> Waiter? in
+            guard let waiter = state.waiter, waiter.continuation.waitingTask == task else { return nil }
+            state.waiter = nil
+            return waiter
         }
         waiter?.continuation.resume(throwing: CancellationError())
     }

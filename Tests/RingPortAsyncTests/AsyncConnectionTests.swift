@@ -530,6 +530,76 @@ extension RingPortAsyncTests {
             await expectCleanShutdown(io, descriptorsBefore: descriptorsBefore)
         }
 
+        /// A read by a task cancelled already, while another task's read waits: the second read
+        /// is refused (`contextInFlight`), and its cancellation handler, which runs at once,
+        /// leaves the other task's wait alone, which gets the next bytes. (Before, the handler
+        /// resumed whichever read waited, the other task's, with CancellationError.)
+        @Test(.timeLimit(.minutes(1))) func aCancelledTasksReadLeavesAnotherTasksWaitAlone() async throws {
+            let descriptorsBefore = DescriptorSnapshot()
+            let io = try makeAsyncPort()
+            let (connection, client) = try await connectedPair(on: io)
+            let first = Task { try await connection.read() }
+            #expect(await eventuallyAsync { io.statistics.operationsInFlight == 1 })
+            try await Task.sleep(for: .milliseconds(20))  // the first read is waiting
+            let started = AsyncStream<Void>.makeStream()
+            let cancelled = Task { () async throws -> ByteBuffer? in
+                for await _ in started.stream {}
+                return try await connection.read()
+            }
+            cancelled.cancel()
+            started.continuation.finish()
+            await #expect {
+                _ = try await cancelled.value
+            } throws: { error in
+                (error as? RingPortError)?.code == .contextInFlight
+            }
+            try client.send([4, 5, 6])
+            #expect(try await first.value.bytes == [4, 5, 6])
+            client.close()
+            connection.close()
+            await expectCleanShutdown(io, descriptorsBefore: descriptorsBefore)
+        }
+
+        /// The same for writes: while one writer waits for room (the peer does not read), a
+        /// write by a task cancelled already is refused and leaves the waiting writer alone,
+        /// whose bytes go out once the peer reads. (Before, the cancelled task's handler took the
+        /// other writer's wait, which threw CancellationError and queued nothing.)
+        @Test(.timeLimit(.minutes(1))) func aCancelledTasksWriteLeavesAnotherTasksWaitAlone() async throws {
+            let descriptorsBefore = DescriptorSnapshot()
+            let io = try makeAsyncPort()
+            let (connection, client) = try await connectedPair(on: io)
+            let chunk = ByteBuffer(repeating: 0x44, count: 65536)
+            let written = LockedBox(0)
+            let writer = Task(executorPreference: io.executor) {
+                while written.withLock({ $0 }) < 1_000 {
+                    try await connection.write(chunk)
+                    written.withLock { $0 += 1 }
+                }
+            }
+            let count = try await settledCount(written)  // the writer waits for room
+            let started = AsyncStream<Void>.makeStream()
+            let cancelled = Task { () async throws in
+                for await _ in started.stream {}
+                try await connection.write(ByteBuffer(string: "never"))
+            }
+            cancelled.cancel()
+            started.continuation.finish()
+            await #expect {
+                try await cancelled.value
+            } throws: { error in
+                (error as? RingPortError)?.code == .contextInFlight
+            }
+            // The waiting write goes on: the peer reads it and the next one.
+            let expected = (count + 2) * 65536
+            let received = try await onThread { try client.receive(count: expected) }
+            #expect(received.count == expected && received.allSatisfy { $0 == 0x44 })
+            writer.cancel()
+            _ = try? await writer.value
+            client.close()
+            connection.close()
+            await expectCleanShutdown(io, descriptorsBefore: descriptorsBefore)
+        }
+
         /// A `for try await` loop over `inbound` in an actor stays on the actor. The iterator's
         /// `next(isolation:)` is `nonisolated(nonsending)`: its caller does not switch back to
         /// its executor when it returns, so this holds only if the iterator itself resumes on
