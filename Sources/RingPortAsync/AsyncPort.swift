@@ -70,8 +70,11 @@ public final class AsyncPort: Sendable {
         case globalExecutor
     }
 
-    /// The completion port. Use it for operations of your own; the async layer's handles and
-    /// contexts are its own (do not post on them).
+    /// The completion port: for its statistics, its features, and calls that complete nothing
+    /// (`associate`, `close`). The port's workers dequeue every completion for the async layer
+    /// and drop those of operations it did not post (an accepted descriptor is closed, a
+    /// received buffer released): post your own operations on a port of your own. The async
+    /// layer's handles and contexts are its own (do not post on them).
     public let port: CompletionPort
     /// The task executor on the port's worker threads.
     public let executor: PortTaskExecutor
@@ -157,6 +160,31 @@ public final class AsyncPort: Sendable {
     /// Throws `RingPortError.Code.portClosed` once ``shutdown()`` has begun.
     func checkRunning(_ operation: @autoclosure () -> String) throws(RingPortError) {
         if isShutDown { throw RingPortError(.portClosed, operation: operation()) }
+    }
+
+    /// Associates `descriptor` with the port (which owns it from now on, also when this throws),
+    /// unless ``shutdown()`` has begun. Checked after the association: ``shutdown()`` marks the
+    /// port stopping before it closes every handle, under each ring's lock, so a handle
+    /// associated after that sweep sees the mark here and is closed at once, instead of living
+    /// on with operations whose completions the port's close would drop (a task waiting on one
+    /// would wait forever).
+    func associate(
+        descriptor: Int32, peerAddress: SocketAddress?, for operation: @autoclosure () -> String
+    )
+        throws(RingPortError) -> IOHandle
+    {
+        let handle: IOHandle
+        do {
+            handle = try port.associate(descriptor: descriptor, peerAddress: peerAddress)
+        } catch {
+            SystemCall.close(descriptor)
+            throw error
+        }
+        if isShutDown {
+            port.close(handle)
+            throw RingPortError(.portClosed, operation: operation())
+        }
+        return handle
     }
 
     // MARK: Completions (worker threads)

@@ -52,10 +52,11 @@ struct ByteBufferCache {
         return buffer
     }
 
-    /// Keeps `buffer` for a later ``take(capacity:)`` unless it is too big to keep; a full cache
-    /// first hands part of itself to the depot (without one, the buffer is dropped).
+    /// Keeps `buffer` for a later ``take(capacity:)`` unless its storage is too big to keep (a
+    /// slice of a large buffer would keep all of it); a full cache first hands part of itself to
+    /// the depot (without one, the buffer is dropped).
     mutating func recycle(_ buffer: consuming ByteBuffer) {
-        guard buffer.capacity <= Self.maximumCapacity else { return }
+        guard buffer.storageCapacity <= Self.maximumCapacity else { return }
         if buffers.count == Self.maximumCount {
             guard let depot else { return }
             depot.deposit(lastOf: &buffers, count: Self.exchangeCount)

@@ -72,13 +72,7 @@ public final class TCPConnection: Sendable {
     /// Wraps a connected socket (the connection owns it from now on, also when this throws:
     /// then it is closed).
     init(descriptor: Int32, peerAddress: SocketAddress?, on asyncPort: AsyncPort) throws(RingPortError) {
-        let handle: IOHandle
-        do {
-            handle = try asyncPort.port.associate(descriptor: descriptor, peerAddress: peerAddress)
-        } catch {
-            SystemCall.close(descriptor)
-            throw error
-        }
+        let handle = try asyncPort.associate(descriptor: descriptor, peerAddress: peerAddress, for: "connection")
         streams = ConnectionStreams(handle: handle, on: asyncPort)
         asyncPort.memorySweep.connectionOpened()
     }
@@ -100,6 +94,9 @@ public final class TCPConnection: Sendable {
     public static func connect(to address: SocketAddress, on asyncPort: AsyncPort) async throws -> TCPConnection {
         try asyncPort.checkRunning("connect to \(address)")
         let descriptor = try TCPSocket.makeSocket(family: address.protocolFamily)
+        // Set on the socket before it is the port's: afterwards its number is only good while
+        // the handle is open, which a shutdown's sweep may end at any moment.
+        try? TCPSocket.setNoDelay(descriptor)
         let connection = try TCPConnection(descriptor: descriptor, peerAddress: address, on: asyncPort)
         // The connect's context holds the address for the kernel in its scratch memory.
         let slot = OperationSlot(port: asyncPort.port, context: asyncPort.bareContexts.take())
@@ -119,7 +116,6 @@ public final class TCPConnection: Sendable {
             connection.close()
             throw error
         }
-        try? TCPSocket.setNoDelay(handle.descriptor)
         return connection
     }
 

@@ -57,11 +57,11 @@ public final class TCPListener: Sendable {
         let handle: IOHandle
         do {
             localAddress = try TCPSocket.localAddress(of: descriptor)
-            handle = try asyncPort.port.associate(descriptor: descriptor)
         } catch {
             SystemCall.close(descriptor)
             throw error
         }
+        handle = try asyncPort.associate(descriptor: descriptor, peerAddress: nil, for: "listen on \(address)")
         return TCPListener(handle: handle, localAddress: localAddress, asyncPort: asyncPort)
     }
 
@@ -104,10 +104,15 @@ public final class TCPListener: Sendable {
         try acceptor.claim("accept")
         defer { acceptor.relinquish() }
         while true {
+            // Closed first: a connection kept from a cancelled accept is not handed out by a
+            // closed listener (`close()` closes it, and so does the shutdown's sweep, here).
+            if handle.isClosed {
+                if let (descriptor, _) = takeLeftover() { SystemCall.close(descriptor) }
+                return nil
+            }
             if let (descriptor, peerAddress) = takeLeftover() {
                 return try TCPListener.connection(descriptor, peerAddress, on: asyncPort)
             }
-            if handle.isClosed { return nil }
             let handle = self.handle
             let port = asyncPort.port
             let outcome = await acceptor.perform { context throws(RingPortError) in

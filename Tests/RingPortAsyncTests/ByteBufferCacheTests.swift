@@ -73,6 +73,26 @@ extension RingPortAsyncTests {
             #expect(grown.readableBytes == 0 && grown.capacity >= 1000)
         }
 
+        /// A small slice of a large buffer (a body sent in parts) is not kept: it would keep the
+        /// whole storage alive. (Before, the slice's own length was checked against the limit.)
+        @Test func aSliceOfALargeBufferIsNotKept() {
+            var cache = ByteBufferCache()
+            var large = ByteBufferAllocator().buffer(capacity: 1 << 20)
+            large.writeBytes([UInt8](repeating: 9, count: 1 << 20))
+            let slice = large.getSlice(at: 0, length: 4096)!
+            let largeStorage = storageAddress(of: large)
+            #expect(storageAddress(of: slice) == largeStorage)
+            cache.recycle(slice)
+            let taken = cache.take(capacity: 128)
+            #expect(storageAddress(of: taken) != largeStorage, "the slice of 1 MiB was kept")
+
+            // A buffer of the largest size kept is kept.
+            let full = ByteBufferAllocator().buffer(capacity: ByteBufferCache.maximumCapacity)
+            let fullStorage = storageAddress(of: full)
+            cache.recycle(full)
+            #expect(storageAddress(of: cache.take(capacity: 128)) == fullStorage)
+        }
+
         @Test func theDepotKeepsAtMostItsLimitAndTrimsWhatStayedIdle() {
             let depot = ByteBufferDepot()
             var cache = ByteBufferCache(depot: depot)
