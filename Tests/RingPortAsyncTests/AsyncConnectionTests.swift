@@ -541,23 +541,31 @@ extension RingPortAsyncTests {
             let first = Task { try await connection.read() }
             #expect(await eventuallyAsync { io.statistics.operationsInFlight == 1 })
             try await Task.sleep(for: .milliseconds(20))  // the first read is waiting
-            let started = AsyncStream<Void>.makeStream()
-            let cancelled = Task { () async throws -> ByteBuffer? in
-                for await _ in started.stream {}
-                return try await connection.read()
-            }
-            cancelled.cancel()
-            started.continuation.finish()
-            await #expect {
-                _ = try await cancelled.value
-            } throws: { error in
-                (error as? RingPortError)?.code == .contextInFlight
-            }
+            await expectRefusedInACancelledTask { _ = try await connection.read() }
             try client.send([4, 5, 6])
             #expect(try await first.value.bytes == [4, 5, 6])
             client.close()
             connection.close()
             await expectCleanShutdown(io, descriptorsBefore: descriptorsBefore)
+        }
+
+        /// Runs `operation` in a task cancelled before it starts, and expects it to be refused
+        /// with `contextInFlight` (another task waits already).
+        func expectRefusedInACancelledTask(
+            sourceLocation: SourceLocation = #_sourceLocation, _ operation: @escaping @Sendable () async throws -> Void
+        ) async {
+            let started = AsyncStream<Void>.makeStream()
+            let cancelled = Task {
+                for await _ in started.stream {}
+                try await operation()
+            }
+            cancelled.cancel()
+            started.continuation.finish()
+            await #expect(sourceLocation: sourceLocation) {
+                try await cancelled.value
+            } throws: { error in
+                (error as? RingPortError)?.code == .contextInFlight
+            }
         }
 
         /// The same for writes: while one writer waits for room (the peer does not read), a
@@ -577,18 +585,7 @@ extension RingPortAsyncTests {
                 }
             }
             let count = try await settledCount(written)  // the writer waits for room
-            let started = AsyncStream<Void>.makeStream()
-            let cancelled = Task { () async throws in
-                for await _ in started.stream {}
-                try await connection.write(ByteBuffer(string: "never"))
-            }
-            cancelled.cancel()
-            started.continuation.finish()
-            await #expect {
-                try await cancelled.value
-            } throws: { error in
-                (error as? RingPortError)?.code == .contextInFlight
-            }
+            await expectRefusedInACancelledTask { try await connection.write(ByteBuffer(string: "never")) }
             // The waiting write goes on: the peer reads it and the next one.
             let expected = (count + 2) * 65536
             let received = try await onThread { try client.receive(count: expected) }
