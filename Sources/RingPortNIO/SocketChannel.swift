@@ -602,13 +602,13 @@ final class SocketChannel: BaseChannel, Channel, ChannelCore, @unchecked Sendabl
     }
 
     /// Closes the channel: the socket's operations are cancelled (their completions come back,
-    /// and only then the contexts are free), writes not in flight fail with `error`, then the
-    /// lifecycle's events fire.
+    /// and only then the contexts are free), every write, a waiting `close(mode: .output)` and
+    /// the connect fail with `error`, then the lifecycle's events fire.
     ///
     /// The state is settled before any user code runs (NIOPosix's order): a callback of a failed
     /// write or of the connect promise that closes again finds the channel closed. The writes in
-    /// flight fail now too, before the close promise and `channelInactive`; their buffers stay
-    /// until the send's completion.
+    /// flight fail first, in order, before the close promise and `channelInactive`; their
+    /// buffers stay until the send's completion.
     private func close(error: Error, promise: EventLoopPromise<Void>?) {
         guard let callouts = enter(.close) else {
             promise?.fail(ChannelError.alreadyClosed)
