@@ -292,8 +292,15 @@ public final class Connection: @unchecked Sendable {
     /// The server asks the connection to close (shutdown or idle timeout).
     func closeRequested(_ reason: CloseReason, graceful: Bool) {
         if reason == .idleTimeout {
-            // The sweep saw no progress; make sure it is still so now that we run.
-            guard state.phase == .open, isIdle(at: .coarseNow) else { return }
+            // The sweep saw no progress; make sure it is still so now that we run. A connection
+            // closing gracefully is cut too: one whose peer stopped reading would otherwise wait
+            // for good to send what is queued (sends count as progress, so one still draining is
+            // not cut).
+            switch state.phase {
+            case .open, .draining: break
+            case .unopened, .closed, .finished: return
+            }
+            guard isIdle(at: .coarseNow) else { return }
             resources.counters.idleTimeouts.add(1, ordering: .relaxed)
         }
         apply(graceful ? .closeGracefully(reason) : .closeNow(reason))

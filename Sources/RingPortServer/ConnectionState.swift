@@ -5,12 +5,16 @@ import SystemPackage
 /// ``apply(_:writeQueueIsEmpty:)``, that moves it and says what the connection must do.
 ///
 /// ```
-///            closeGracefully             write queue empty,            last completion in
-///   open ─────────────────▶ draining ──── no receive in flight ──▶ closed ─────────────▶ finished
-///     │                                         ▲                   ▲
-///     └──────────────── closeNow ───────────────┴───────────────────┘
+///            opened          closeGracefully           write queue empty,          last completion in
+///   unopened ──────▶ open ──────────────▶ draining ── no receive in flight ──▶ closed ──────────────▶ finished
+///                     │                                        ▲                ▲
+///                     └───────────────── closeNow ─────────────┴────────────────┘
 /// ```
 ///
+/// - **unopened**: accepted, its *open* command not run yet. Requests to close (a shutdown
+///   posted to every connection just after this one was accepted) are ignored: the open runs
+///   next and closes the connection itself when the server is stopping. Nothing else could
+///   tell the handler of a close it was never told the open of.
 /// - **open**: reading (unless ``Reading/paused`` for backpressure, waiting for provided buffers,
 ///   or ended by the peer) and writing.
 /// - **draining**: closing gracefully. No more reading (the receive is cancelled); what arrived is
@@ -27,6 +31,7 @@ import SystemPackage
 /// connection's completions.
 struct ConnectionState {
     enum Phase: Equatable {
+        case unopened
         case open
         case draining(Connection.CloseReason)
         case closed(Connection.CloseReason)
@@ -105,7 +110,7 @@ struct ConnectionState {
         static let closeDescriptor = Actions(rawValue: 1 << 2)
     }
 
-    private(set) var phase = Phase.open
+    private(set) var phase = Phase.unopened
     private(set) var reading = Reading.active
     private(set) var receiveInFlight = false
     private(set) var sendInFlight = false
@@ -120,7 +125,7 @@ struct ConnectionState {
     /// Why the connection is closing or closed; nil while open.
     var closeReason: Connection.CloseReason? {
         switch phase {
-        case .open: nil
+        case .unopened, .open: nil
         case .draining(let reason), .closed(let reason), .finished(let reason): reason
         }
     }
@@ -129,7 +134,7 @@ struct ConnectionState {
     /// until it closes.
     var descriptorIsOpen: Bool {
         switch phase {
-        case .open, .draining: true
+        case .unopened, .open, .draining: true
         case .closed, .finished: false
         }
     }
@@ -145,7 +150,7 @@ struct ConnectionState {
         var actions: Actions = []
         switch event {
         case .opened:
-            break
+            if phase == .unopened { phase = .open }
         case .receivePosted:
             receiveInFlight = true
         case .receiveFinished(let outcome):
@@ -197,6 +202,8 @@ struct ConnectionState {
     /// already closing keeps its first reason, and closes now if asked to.
     private mutating func startClosing(_ reason: Connection.CloseReason, graceful: Bool) -> Actions {
         switch phase {
+        case .unopened:
+            return []
         case .open:
             if graceful {
                 phase = .draining(reason)

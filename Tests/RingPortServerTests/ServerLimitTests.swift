@@ -79,6 +79,28 @@ extension RingPortServerTests {
             }
         }
 
+        /// A connection closing gracefully (the peer sent its FIN) whose peer never reads what is
+        /// still queued for it: the idle timeout closes it too, instead of leaving it draining
+        /// for good with its descriptor and queue (before, the idle check skipped every
+        /// connection that was closing).
+        @Test func aClosingConnectionWhosePeerDoesNotReadIsClosedAtTheIdleTimeout() throws {
+            try withServer(configure: {
+                $0.idleTimeout = .milliseconds(400)
+                $0.maximumQueuedWriteBytes = 64 << 20
+            }) { server in
+                let client = try BlockingClient(connectingTo: server.localAddress, receiveTimeout: .seconds(5))
+                var small: Int32 = 4096
+                setsockopt(client.descriptor, SOL_SOCKET, SO_RCVBUF, &small, socklen_t(MemoryLayout<Int32>.size))
+                // More than the kernel's socket buffers take: the rest of the echo stays queued.
+                try client.send([UInt8](repeating: 0x21, count: 16 << 20))
+                shutdown(client.descriptor, Int32(SHUT_WR))
+                #expect(eventually { server.statistics.open == 0 }, "the draining connection was not closed")
+                #expect(server.statistics.idleTimeouts == 1)
+                client.setResetOnClose()
+                client.close()
+            }
+        }
+
         @Test func aClientThatNeverReadsCannotGrowServerMemory() throws {
             let limit = 256 * 1024
             try withServer(configure: {
