@@ -37,7 +37,9 @@ public struct HTTPPlaintextHandler: ConnectionHandler {
     /// Parses the requests `bytes` completes and answers them in one write; closes the
     /// connection after answering a request that does not keep it alive, or an invalid one.
     public func connection(_ connection: Connection, received bytes: ReceivedBytes) {
-        guard let state = connection.userState as? HTTPConnectionState else { return }
+        // After the last response (one that closes, or an error's), nothing more is answered:
+        // the connection still delivers what arrived while it closes.
+        guard let state = connection.userState as? HTTPConnectionState, !state.answeredLast else { return }
         state.date.refresh()
         var closeAfterResponses = false
         let error = bytes.withUnsafeBytes { received in
@@ -58,6 +60,7 @@ public struct HTTPPlaintextHandler: ConnectionHandler {
             state.output.removeAll(keepingCapacity: true)
         }
         if closeAfterResponses {
+            state.answeredLast = true
             connection.close()
         }
     }
@@ -70,6 +73,9 @@ final class HTTPConnectionState: @unchecked Sendable {
     var date = HTTPDate()
     /// Responses built during one receive, written together.
     var output: [UInt8] = []
+    /// The response that closes the connection went out (to a request that does not keep it
+    /// alive, or for an invalid one): later requests are not answered (RFC 9112, 9.6).
+    var answeredLast = false
 
     init(parser: HTTPRequestParser) {
         self.parser = parser
