@@ -41,6 +41,8 @@ public final class TCPServer: Sendable {
         /// client trickling one byte at a time (slowloris) is closed.
         public var idleTimeoutCountsReceivedBytes = true
         /// Bytes queued for sending per connection beyond which the server stops reading from it.
+        /// What the receive delivers before it stops (at most the socket's receive buffer) is
+        /// still queued, so the queue may pass this by that much.
         public var maximumQueuedWriteBytes = 1 << 20
         /// Writes of an application context at least this large use a zero-copy send.
         public var zeroCopyThreshold = 64 * 1024
