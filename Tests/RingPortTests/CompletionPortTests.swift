@@ -203,6 +203,34 @@ extension RingPortTests {
             port.close()
         }
 
+        /// An accept names its peer's address in its context; an accept on the same context that
+        /// is then cancelled names none (before, it still named the earlier peer).
+        @Test func aCancelledAcceptNamesNoPeerAddress() throws {
+            let port = try makeSingleRingPort()
+            let listenerDescriptor = try TCPSocket.makeListener(address: SocketAddress(host: "127.0.0.1", port: 0))
+            let address = try TCPSocket.localAddress(of: listenerDescriptor)
+            let listener = try port.associate(descriptor: listenerDescriptor)
+            let worker = port.makeWorker()
+            let context = IOContext(capacity: 0)
+            try port.accept(on: listener, context: context)
+            let client = try TCPSocket.connect(to: address)
+            defer { close(client) }
+            let accepted = try #require(try worker.dequeue(timeout: .seconds(5)))
+            let descriptor = try #require(accepted.acceptedDescriptor)
+            defer { close(descriptor) }
+            let clientAddress = try TCPSocket.localAddress(of: client)
+            #expect(context.acceptedPeerAddress == clientAddress)
+
+            try port.accept(on: listener, context: context)
+            #expect(try port.cancel(context))
+            let cancelled = try #require(try worker.dequeue(timeout: .seconds(5)))
+            #expect(cancelled.isCancelled)
+            #expect(context.acceptedPeerAddress == nil)
+            port.close(listener)
+            worker.detach()
+            port.close()
+        }
+
         @Test func readAndWriteMoveBytesThroughTheKernel() throws {
             let port = try makeSingleRingPort()
             let (left, right) = try makeSocketPair()

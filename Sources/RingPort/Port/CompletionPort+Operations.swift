@@ -140,7 +140,9 @@ extension CompletionPort {
         let addressLength = context.scratchAddressLength
         try post(onRing: listener.id.ring, .accept, handle: listener, context: context) { entry in
             // The kernel writes the peer address into the context's scratch memory, which the
-            // context (held by the in-flight table) keeps alive until the completion.
+            // context (held by the in-flight table) keeps alive until the completion. An accept
+            // that fails writes nothing: no family, so no earlier peer's address is read back.
+            address.pointee.ss_family = sa_family_t(AF_UNSPEC)
             addressLength.pointee = socklen_t(MemoryLayout<sockaddr_storage>.size)
             address.withMemoryRebound(to: sockaddr.self, capacity: 1) { socketAddress in
                 io_uring_prep_accept(entry, descriptor, socketAddress, addressLength, Int32(SOCK_CLOEXEC.rawValue))
@@ -155,7 +157,10 @@ extension CompletionPort {
     /// reported (use `getpeername`).
     public func acceptMultishot(on listener: IOHandle, context: IOContext) throws(RingPortError) {
         let descriptor = listener.descriptor
+        // No address is reported: none is left from an earlier accept on the context either.
+        let addressLength = context.scratchAddressLength
         try post(onRing: listener.id.ring, .accept, handle: listener, context: context) { entry in
+            addressLength.pointee = 0
             io_uring_prep_multishot_accept(entry, descriptor, nil, nil, Int32(SOCK_CLOEXEC.rawValue))
         }
     }
