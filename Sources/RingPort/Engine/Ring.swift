@@ -240,7 +240,11 @@ final class Ring: @unchecked Sendable {
             _ = queues.enter(toSubmit: 0, waitFor: 1, timeout: 0)
         }
         reapLocked()
-        return takeReadyLocked(budget: budget, worker: worker, held: &held, deliver: deliver)
+        let taken = takeReadyLocked(budget: budget, worker: worker, held: &held, deliver: deliver)
+        // Submitting may let the lock go (a full submission queue): a worker that attached
+        // meanwhile may be asleep in the kernel already, unaware of what was reaped here.
+        if leadership.attachedWorkers > 0 && !ready.isEmpty { notifyLeaderLocked() }
+        return taken
     }
 
     /// Wakes every worker of the ring (the pool is stopping): the standbys, and the leader out
