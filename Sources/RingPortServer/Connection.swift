@@ -55,7 +55,8 @@ public final class Connection: @unchecked Sendable {
         }
     }
 
-    /// The connection's handle identity (ring, slot, generation): never reused while the port lives.
+    /// The connection's handle identity (ring, slot, generation): not reused until its slot was
+    /// reused 2³² times (see `IOHandle.ID`).
     public var id: IOHandle.ID { handle.id }
     /// The peer's address.
     public let peerAddress: SocketAddress?

@@ -24,9 +24,9 @@ public final class IOHandle: @unchecked Sendable {
     // cost 12–14% of the server's CPU per message (measured with -enforce-exclusivity=unchecked
     // against the default build; docs/ARCHITECTURE.md).
 
-    /// A handle's identity for keying the application's tables: a slot and a generation that
-    /// is never reused while the port lives, unlike the descriptor number, which the kernel
-    /// hands out again as soon as it is closed.
+    /// A handle's identity for keying the application's tables: a slot and a generation, not
+    /// reused until one slot of its ring has been reused 2³² times (the generation is 32 bits),
+    /// unlike the descriptor number, which the kernel hands out again as soon as it is closed.
     public struct ID: Hashable, Sendable, CustomStringConvertible {
         /// The ring that owns the handle (an index into the port's rings).
         public let ring: Int
