@@ -23,6 +23,17 @@ func startMultishotReceive(
     return (port, worker, handle, context, right)
 }
 
+/// Whether this kernel ends a multishot receive at a byte limit (Linux 6.17+), probed once.
+let kernelHonoursMultishotReceiveLimit: Bool = {
+    var configuration = CompletionPort.Configuration()
+    configuration.backend = .ioURing
+    configuration.ringCount = 1
+    configuration.providedBuffers = .init(count: 2, size: 64)
+    guard let port = try? CompletionPort(configuration: configuration) else { return false }
+    defer { port.close() }
+    return port.features.multishotReceiveLimit
+}()
+
 extension RingPortTests {
     @Suite struct MultishotTests {
         @Test func probeFindsTheFeaturesOfThisKernel() throws {
@@ -132,6 +143,62 @@ extension RingPortTests {
             #expect(received.withLock { $0 } == sent)
             #expect(eventually { port.statistics.buffersOutstanding == 0 })
             #expect(outstandingAfterRelease.withLock { $0 }.allSatisfy { $0 == 1 })
+            port.close(handle)
+            #expect(eventually { port.statistics.operationsInFlight == 0 })
+            workers.shutdown()
+            port.close()
+        }
+
+        /// A multishot receive limited to 8 KiB that a takeover migrates (the new leader cancels
+        /// it and submits it again from its own thread) keeps what is left of its limit: it ends
+        /// after 8 KiB in all. Before, the request went again with its whole limit: 6 KiB before
+        /// the takeover and 8 KiB after.
+        @Test(.enabled(if: kernelHonoursMultishotReceiveLimit))
+        func aLimitedReceiveKeepsWhatIsLeftOfItsLimitAcrossATakeover() throws {
+            var configuration = CompletionPort.Configuration()
+            configuration.backend = .ioURing
+            configuration.ringCount = 1
+            configuration.workerCount = 3
+            configuration.stallThreshold = .milliseconds(2)
+            configuration.providedBuffers = .init(count: 64, size: 1024)
+            configuration.logger.logLevel = .error
+            let port = try CompletionPort(configuration: configuration)
+            let (left, right) = try makeSocketPair()
+            defer { close(right) }
+            let handle = try port.associate(descriptor: left)
+            let delivered = LockedBox(0)
+            let ended = LockedBox(false)
+            let workers = WorkerPool(port: port) { completion in
+                // The posted completion's handler blocks: a standby takes the ring over.
+                if completion.operation == .user {
+                    usleep(50_000)
+                    return
+                }
+                if let buffer = completion.receivedBuffer {
+                    delivered.withLock { $0 += buffer.count }
+                    buffer.release()
+                }
+                if !completion.hasMore { ended.withLock { $0 = true } }
+            }
+            try workers.start()
+            try port.receiveMultishot(handle, context: IOContext(capacity: 0), limit: 8192)
+            let message = [UInt8](repeating: 0x6B, count: 1024)
+            for count in 1...6 {
+                #expect(write(right, message, message.count) == message.count)
+                #expect(eventually { delivered.withLock { $0 } == count * 1024 })
+            }
+            let takeoversBefore = port.statistics.leaderTakeovers
+            try port.post(value: 1)
+            #expect(eventually { port.statistics.leaderTakeovers > takeoversBefore }, "no takeover")
+            usleep(200_000)  // the new leader migrated the receive; the old one is back and parked
+            for _ in 1...8 {
+                _ = write(right, message, message.count)
+                usleep(2_000)
+            }
+            #expect(eventually { ended.withLock { $0 } }, "the receive did not end")
+            usleep(50_000)
+            let total = delivered.withLock { $0 }
+            #expect(total >= 8192 && total <= 8192 + 1024, "delivered \(total) bytes")
             port.close(handle)
             #expect(eventually { port.statistics.operationsInFlight == 0 })
             workers.shutdown()

@@ -366,6 +366,17 @@ final class Ring: @unchecked Sendable {
         }
     }
 
+    /// A multishot receive limited to a number of bytes in all (its `optlen`, where liburing 2.3
+    /// has `file_index`) delivered `delivered` of them: the kept SQE, which a migration submits
+    /// again, asks for what is left of the limit (at least 1), not the whole of it once more.
+    private func deductFromKeptLimitLocked(slot: UInt32, delivered: UInt32) {
+        let index = Int(slot)
+        guard UInt32(migratableSubmissions[index].opcode) == IORING_OP_RECV.rawValue else { return }
+        let limit = migratableSubmissions[index].file_index
+        guard limit > 0 else { return }
+        migratableSubmissions[index].file_index = limit > delivered ? limit - delivered : 1
+    }
+
     private func keepMigratableSubmission(_ submission: io_uring_sqe, slot: UInt32) {
         let index = Int(slot)
         if index >= migratableSubmissions.count {
@@ -655,6 +666,9 @@ final class Ring: @unchecked Sendable {
                 operations[userData.slot].postedResult = entry.res
                 return
             }
+        }
+        if !isFinal && entry.res > 0 && operations[userData.slot].canMigrate {
+            deductFromKeptLimitLocked(slot: userData.slot, delivered: UInt32(entry.res))
         }
         let record = isFinal ? operations.remove(slot: userData.slot) : operations[userData.slot]
         if isFinal, let context = record.context {
