@@ -34,7 +34,7 @@ public final class TCPServer: Sendable {
         public var port = CompletionPort.Configuration()
         /// Connections open at once; more are closed as soon as they are accepted.
         public var maximumConnections = 16384
-        /// Close a connection that made no progress for this long (nil: never).
+        /// Close a connection that made no progress for this long (nil: never; otherwise positive).
         public var idleTimeout: Duration? = .seconds(60)
         /// Whether received bytes count as progress for the idle timeout. A framed protocol sets
         /// this to false and calls ``Connection/markProgress()`` per complete request, so that a
@@ -146,6 +146,10 @@ public final class TCPServer: Sendable {
         }
         if case .pool(let depth) = configuration.acceptStrategy, depth < 1 {
             throw RingPortError(.invalidArgument, operation: "accept pool depth \(depth)")
+        }
+        if let idleTimeout = configuration.idleTimeout, idleTimeout <= .zero {
+            // Zero would close every connection at the first sweep: nil is "never".
+            throw RingPortError(.invalidArgument, operation: "idle timeout \(idleTimeout) (nil disables it)")
         }
         self.configuration = configuration
         let port = try CompletionPort(configuration: configuration.port)

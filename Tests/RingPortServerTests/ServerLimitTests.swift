@@ -30,6 +30,18 @@ extension RingPortServerTests {
             #expect(error?.code == .invalidArgument)
         }
 
+        /// An idle timeout of zero or less would close every connection at the first sweep: it
+        /// is refused (nil is the way to turn the timeout off).
+        @Test(arguments: [Duration.zero, .milliseconds(-5)])
+        func anIdleTimeoutThatIsNotPositiveIsRejected(timeout: Duration) throws {
+            var configuration = try testServerConfiguration()
+            configuration.idleTimeout = timeout
+            let error = #expect(throws: RingPortError.self) {
+                _ = try TCPServer(configuration: configuration, handler: EchoHandler())
+            }
+            #expect(error?.code == .invalidArgument)
+        }
+
         @Test func connectionsBeyondTheLimitAreRefusedWhileOthersAreServed() throws {
             try withServer(configure: { $0.maximumConnections = 10 }) { server in
                 let held = try (0..<10).map { _ in try BlockingClient(connectingTo: server.localAddress) }
