@@ -8,9 +8,10 @@ import SystemPackage
 ///
 /// ## Threads
 /// Use a connection only inside the ``ConnectionHandler`` callbacks of that connection: the port
-/// runs them one at a time, so the connection needs no lock. (The server reaches a connection
-/// from other threads only by posting a completion on its handle, which the port serialises
-/// with the rest.)
+/// runs them one at a time, so the connection needs no lock. From any other thread (a broadcast,
+/// a reply computed elsewhere), hand the work to ``execute(_:)``, which runs it in a completion
+/// of the connection's handle, serialised with the callbacks. (The server itself reaches a
+/// connection from other threads only that way too.)
 ///
 /// ## Writing
 /// Writes are queued in order and sent one at a time; a short send is finished before the next
@@ -67,7 +68,8 @@ public final class Connection: @unchecked Sendable {
     let resources: ServerResources
     /// The context of the receive (and of its retry timer after `ENOBUFS`).
     let receiveContext: IOContext
-    /// The bookkeeping context of sends from provided buffers.
+    /// The bookkeeping context of sends from provided buffers, and of the linger timer (a
+    /// lingering connection sends nothing).
     private let sendContext: IOContext
 
     // Confined to the connection's callbacks.
@@ -92,7 +94,8 @@ public final class Connection: @unchecked Sendable {
         self.resources = resources
         receiveContext = resources.receiveContexts.take()
         sendContext = resources.bookkeepingContexts.take()
-        state = ConnectionState(multishotReceive: resources.multishotReceive)
+        state = ConnectionState(
+            multishotReceive: resources.multishotReceive, lingers: resources.lingeringCloseTimeout != nil)
         lastProgress = Atomic(MonotonicInstant.coarseNow.nanoseconds)
     }
 
@@ -102,8 +105,8 @@ public final class Connection: @unchecked Sendable {
     /// sends what is queued, and what is written until its descriptor closes.
     public var isClosing: Bool { state.closeReason != nil }
 
-    /// Whether writes are still accepted: until the descriptor is closed.
-    private var acceptsWrites: Bool { state.descriptorIsOpen }
+    /// Whether writes are still accepted: until the connection lingers or its descriptor closes.
+    private var acceptsWrites: Bool { state.exchangesData }
 
     /// Queues a copy of `bytes` for sending.
     public func write(_ bytes: UnsafeRawBufferPointer) {
@@ -168,8 +171,52 @@ public final class Connection: @unchecked Sendable {
     }
 
     /// Closes the connection after everything queued is sent. Reading stops at once.
+    ///
+    /// Unless the peer has closed its side already, the close lingers
+    /// (``TCPServer/Configuration/lingeringCloseTimeout``): once everything is sent, the write
+    /// side is shut down (the peer reads an end of stream), and what the peer still sends is read
+    /// and dropped until it closes its side or the timeout passes; then the descriptor closes.
+    /// Nothing is delivered to the handler meanwhile. The handler hears of the close
+    /// (``ConnectionHandler/connectionClosed(_:reason:)``) when the descriptor has closed.
     public func close() {
         apply(.closeGracefully(.closedByHandler))
+    }
+
+    /// Runs `body` with the connection on one of the port's workers, serialised with the
+    /// connection's ``ConnectionHandler`` callbacks: how code on another thread writes to the
+    /// connection or closes it. Any thread.
+    ///
+    /// `body` runs once, unless the connection finishes first (its handler's
+    /// ``ConnectionHandler/connectionClosed(_:reason:)`` ran): then it is dropped without running.
+    /// A connection closing gracefully still runs it, and still sends what it writes until its
+    /// descriptor closes. The same rules as for a callback apply inside: return quickly.
+    ///
+    /// - Throws: `RingPortError` with code `handleClosed` when the connection's descriptor is
+    ///   closed already, `portClosed` when the server has stopped; the port's
+    ///   errors when the completion cannot be posted (a full completion queue).
+    public func execute(_ body: @escaping @Sendable (Connection) -> Void) throws(RingPortError) {
+        let context = resources.bookkeepingContexts.take()
+        let request = Unmanaged.passRetained(ExecuteRequest(body))
+        context.userValue = UInt64(UInt(bitPattern: request.toOpaque()))
+        do {
+            try resources.port.post(
+                handle: handle, context: context, value: ServerCore.ConnectionCommand.execute.rawValue)
+        } catch {
+            Self.takeExecuteRequest(from: context, resources: resources)
+            throw error
+        }
+    }
+
+    /// Takes the request of ``execute(_:)`` out of its completion's context and gives the
+    /// context back: the closure, to run (or to drop).
+    @discardableResult
+    static func takeExecuteRequest(
+        from context: IOContext, resources: ServerResources
+    ) -> @Sendable (Connection) -> Void {
+        let pointer = UnsafeRawPointer(bitPattern: UInt(context.userValue)).unsafelyUnwrapped
+        context.userValue = 0
+        resources.bookkeepingContexts.recycle(context)
+        return Unmanaged<ExecuteRequest>.fromOpaque(pointer).takeRetainedValue().body
     }
 
     /// Counts a request the handler rejected (malformed, too large) in the server's statistics.
@@ -215,9 +262,13 @@ public final class Connection: @unchecked Sendable {
                 // Every provided buffer of the ring is out: receive again as soon as one comes back.
                 resources.counters.bufferExhaustions.add(1, ordering: .relaxed)
                 apply(.receiveFinished(.noBuffers))
-                if state.reading == .waitingForBuffers { resources.waitForBuffers(self) }
+                if state.reading == .waitingForBuffers && !resources.waitForBuffers(self) {
+                    apply(.buffersAvailable)
+                }
             } else {
-                resources.counters.connectionErrors.add(1, ordering: .relaxed)
+                // A peer that resets the connection while it lingers (closing with bytes
+                // unread) did what lingering waits for: not an error.
+                if !state.isLingering { resources.counters.connectionErrors.add(1, ordering: .relaxed) }
                 apply(.receiveFinished(.failed(error)))
             }
             return
@@ -231,9 +282,10 @@ public final class Connection: @unchecked Sendable {
         withCounters { $0.bytesReceived.add(count, ordering: .relaxed) }
         if resources.idleTimeoutCountsReceivedBytes { markProgress() }
         // Bytes that arrived are delivered until the descriptor closes, also while closing
-        // gracefully: a request received before a shutdown still gets its answer.
+        // gracefully: a request received before a shutdown still gets its answer. A lingering
+        // connection drops them.
         if let buffer = completion.receivedBuffer {
-            if state.descriptorIsOpen {
+            if state.exchangesData {
                 deliveredBuffer = buffer
                 deliveredBufferRetained = false
                 buffer.withUnsafeBytes { deliver(ReceivedBytes(storage: $0, providedBuffer: buffer)) }
@@ -241,7 +293,7 @@ public final class Connection: @unchecked Sendable {
             }
             if !deliveredBufferRetained { release(buffer) }
             deliveredBufferRetained = false
-        } else if state.descriptorIsOpen {
+        } else if state.exchangesData {
             receiveContext.withUnsafeBytes {
                 deliver(ReceivedBytes(storage: UnsafeRawBufferPointer(rebasing: $0[0..<count]), providedBuffer: nil))
             }
@@ -290,6 +342,11 @@ public final class Connection: @unchecked Sendable {
         apply(.buffersAvailable)
     }
 
+    /// The linger timer completed: it fired (close now), or the descriptor's close cancelled it.
+    func lingerTimerCompleted(_ completion: Completion) {
+        apply(.lingerTimerFinished(expired: completion.error == nil))
+    }
+
     /// The server asks the connection to close (shutdown or idle timeout).
     func closeRequested(_ reason: CloseReason, graceful: Bool) {
         if reason == .idleTimeout {
@@ -298,7 +355,7 @@ public final class Connection: @unchecked Sendable {
             // for good to send what is queued (sends count as progress, so one still draining is
             // not cut).
             switch state.phase {
-            case .open, .draining: break
+            case .open, .draining, .lingering: break
             case .unopened, .closed, .finished: return
             }
             guard isIdle(at: .coarseNow) else { return }
@@ -342,6 +399,25 @@ public final class Connection: @unchecked Sendable {
         }
         if actions.contains(.postReceive) {
             postReceive()
+        }
+        if actions.contains(.beginLingering) {
+            beginLingering()
+        }
+    }
+
+    /// Shuts down the write side (everything queued was sent) and posts the linger timer; the
+    /// receive that drops what still arrives was posted just before. If either fails (the peer
+    /// is gone already, the port is closing), the descriptor closes at once.
+    private func beginLingering() {
+        guard let timeout = resources.lingeringCloseTimeout else { return }
+        do {
+            try withPort { port throws(RingPortError) in
+                try port.shutdownWriting(handle)
+                try port.timeout(after: timeout, context: sendContext, handle: handle)
+            }
+            apply(.lingerTimerPosted)
+        } catch {
+            apply(.closeNow(state.closeReason ?? .closedByHandler))
         }
     }
 
@@ -453,5 +529,15 @@ public final class Connection: @unchecked Sendable {
             resources.counters.connectionErrors.add(1, ordering: .relaxed)
         }
         apply(.closeNow(state.closeReason ?? .failed(error.errno ?? .ioError)))
+    }
+}
+
+/// The closure of ``Connection/execute(_:)``, boxed to travel in a context's `userValue`
+/// (retained there until the completion takes it).
+private final class ExecuteRequest: Sendable {
+    let body: @Sendable (Connection) -> Void
+
+    init(_ body: @escaping @Sendable (Connection) -> Void) {
+        self.body = body
     }
 }

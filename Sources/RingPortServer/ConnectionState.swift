@@ -1,14 +1,16 @@
 import SystemPackage
 
 /// The lifecycle of a ``Connection``: where it is (``Phase``), whether it reads (``Reading``),
-/// which of its two operations are in flight, and the one transition function,
+/// which of its operations are in flight, and the one transition function,
 /// ``apply(_:writeQueueIsEmpty:)``, that moves it and says what the connection must do.
 ///
 /// ```
 ///            opened          closeGracefully           write queue empty,          last completion in
 ///   unopened ──────▶ open ──────────────▶ draining ── no receive in flight ──▶ closed ──────────────▶ finished
-///                     │                                        ▲                ▲
-///                     └───────────────── closeNow ─────────────┴────────────────┘
+///                     │                       │                                ▲  ▲
+///                     │                       └── (closed by the handler, ──▶ lingering ── peer's FIN,
+///                     │                            the peer still sending)        timer, error
+///                     └───────────────────────── closeNow ────────────────────────┘
 /// ```
 ///
 /// - **unopened**: accepted, its *open* command not run yet. Requests to close (a shutdown
@@ -18,7 +20,14 @@ import SystemPackage
 /// - **open**: reading (unless ``Reading/paused`` for backpressure, waiting for provided buffers,
 ///   or ended by the peer) and writing.
 /// - **draining**: closing gracefully. No more reading (the receive is cancelled); what arrived is
-///   still delivered and what is queued is sent; then the descriptor closes.
+///   still delivered and what is queued is sent; then the descriptor closes — or, when the
+///   handler closed the connection and the peer has not ended its side, the connection lingers.
+/// - **lingering** (a lingering close): the write side is shut down, so the peer reads the
+///   last response and then an end of stream; what still arrives is read and dropped until the
+///   peer closes its side, a receive fails, or the linger timer fires. Closing the descriptor
+///   at once would make the kernel answer the peer's unread or later bytes with a reset, and a
+///   reset can destroy the response the peer has not read yet: a client still uploading a body
+///   the server refused (413) would see "connection reset" instead of the status.
 /// - **closed**: the descriptor is closed, so the port cancels what is in flight; the connection
 ///   waits for those completions.
 /// - **finished**: every completion is in; the connection gave back its contexts and the server
@@ -34,6 +43,7 @@ struct ConnectionState {
         case unopened
         case open
         case draining(Connection.CloseReason)
+        case lingering(Connection.CloseReason)
         case closed(Connection.CloseReason)
         case finished(Connection.CloseReason)
     }
@@ -97,6 +107,11 @@ struct ConnectionState {
         case closeGracefully(Connection.CloseReason)
         /// Close the descriptor now (the port cancels what is in flight).
         case closeNow(Connection.CloseReason)
+        /// The linger timer was posted.
+        case lingerTimerPosted
+        /// The linger timer's completion arrived: it fired (`expired`), or was cancelled by the
+        /// descriptor's close.
+        case lingerTimerFinished(expired: Bool)
     }
 
     /// What the connection must do after an event.
@@ -108,40 +123,52 @@ struct ConnectionState {
         static let cancelReceive = Actions(rawValue: 1 << 1)
         /// Close the handle (and so the descriptor).
         static let closeDescriptor = Actions(rawValue: 1 << 2)
+        /// Shut down the write side and post the linger timer (after any receive to post).
+        static let beginLingering = Actions(rawValue: 1 << 3)
     }
 
     private(set) var phase = Phase.unopened
     private(set) var reading = Reading.active
     private(set) var receiveInFlight = false
     private(set) var sendInFlight = false
+    private(set) var lingerTimerInFlight = false
     /// Whether receives are multishot: pausing then cancels the one in flight (a plain receive
     /// is let finish: it is the last).
     private let multishotReceive: Bool
+    /// Whether a connection the handler closes lingers (the server has a linger timeout).
+    private let lingers: Bool
 
-    init(multishotReceive: Bool) {
+    init(multishotReceive: Bool, lingers: Bool) {
         self.multishotReceive = multishotReceive
+        self.lingers = lingers
     }
 
     /// Why the connection is closing or closed; nil while open.
     var closeReason: Connection.CloseReason? {
         switch phase {
         case .unopened, .open: nil
-        case .draining(let reason), .closed(let reason), .finished(let reason): reason
+        case .draining(let reason), .lingering(let reason), .closed(let reason), .finished(let reason): reason
         }
     }
 
-    /// Whether the descriptor is still open: bytes received are delivered and writes are sent
-    /// until it closes.
-    var descriptorIsOpen: Bool {
+    /// Whether bytes received are delivered and writes are sent: until the connection lingers
+    /// or its descriptor closes.
+    var exchangesData: Bool {
         switch phase {
         case .unopened, .open, .draining: true
-        case .closed, .finished: false
+        case .lingering, .closed, .finished: false
         }
+    }
+
+    /// Whether the connection lingers: it drops what it receives until it closes.
+    var isLingering: Bool {
+        if case .lingering = phase { return true }
+        return false
     }
 
     /// Whether a send may be posted now.
     var canSend: Bool {
-        descriptorIsOpen && !sendInFlight
+        exchangesData && !sendInFlight
     }
 
     /// The transition function: moves the state for `event` and returns what the connection must
@@ -186,14 +213,30 @@ struct ConnectionState {
             actions.formUnion(startClosing(reason, graceful: true))
         case .closeNow(let reason):
             actions.formUnion(startClosing(reason, graceful: false))
+        case .lingerTimerPosted:
+            lingerTimerInFlight = true
+        case .lingerTimerFinished(let expired):
+            lingerTimerInFlight = false
+            if expired { actions.formUnion(startClosing(.closedByHandler, graceful: false)) }
         }
         // What holds in every state, whatever the event.
-        if phase == .open && reading == .active && !receiveInFlight {
-            actions.insert(.postReceive)
-        }
         if case .draining(let reason) = phase, writeQueueIsEmpty, !receiveInFlight {
+            if lingers && reason == .closedByHandler && reading != .ended {
+                phase = .lingering(reason)
+                if reading == .paused { reading = .active }
+                actions.insert(.beginLingering)
+            } else {
+                phase = .closed(reason)
+                actions.insert(.closeDescriptor)
+            }
+        }
+        if case .lingering(let reason) = phase, reading == .ended {
+            // The peer closed its side: nothing is left to drop.
             phase = .closed(reason)
             actions.insert(.closeDescriptor)
+        }
+        if phase == .open || isLingering, reading == .active, !receiveInFlight {
+            actions.insert(.postReceive)
         }
         return actions
     }
@@ -211,7 +254,7 @@ struct ConnectionState {
             }
             phase = .closed(reason)
             return .closeDescriptor
-        case .draining(let first):
+        case .draining(let first), .lingering(let first):
             if graceful { return [] }
             phase = .closed(first)
             return .closeDescriptor
@@ -222,7 +265,9 @@ struct ConnectionState {
 
     /// Closed with nothing in flight → finished: returns the reason, once.
     mutating func finishIfDone() -> Connection.CloseReason? {
-        guard case .closed(let reason) = phase, !receiveInFlight, !sendInFlight else { return nil }
+        guard case .closed(let reason) = phase, !receiveInFlight, !sendInFlight, !lingerTimerInFlight else {
+            return nil
+        }
         phase = .finished(reason)
         return reason
     }

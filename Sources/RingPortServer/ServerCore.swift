@@ -34,6 +34,8 @@ final class ServerCore: Sendable {
         case idleCheck = 4
         /// Provided buffers are back after `ENOBUFS`.
         case buffersAvailable = 5
+        /// Run the closure of `Connection.execute(_:)` (in the completion's context).
+        case execute = 6
     }
 
     let port: CompletionPort
@@ -113,13 +115,22 @@ final class ServerCore: Sendable {
         switch completion.operation {
         case .accept:
             acceptCompleted(completion)
-        case .timeout:
-            timerFired(completion)
-        case .read, .write, .user:
+        case .read, .write, .user, .timeout:
             // A connection's completion. Its handle points at the connection, unretained: the
             // connection stays in `connections` until it finishes, and finishing clears the
             // pointer first, in a completion of the same handle (nothing runs concurrently).
-            guard let owner = completion.handle?.unretainedOwner else { return }
+            // The server's own timers (the sweep, an accept's back-off) have no connection.
+            guard let owner = completion.handle?.unretainedOwner else {
+                if completion.operation == .timeout {
+                    timerFired(completion)
+                } else if completion.operation == .user, completion.userValue == ConnectionCommand.execute.rawValue,
+                    let context = completion.context
+                {
+                    // The connection finished first: the closure is dropped.
+                    Connection.takeExecuteRequest(from: context, resources: resources)
+                }
+                return
+            }
             owner._withUnsafeGuaranteedRef { object in
                 handle(completion, of: unsafeDowncast(object, to: Connection.self))
             }
@@ -137,6 +148,8 @@ final class ServerCore: Sendable {
             }
         case .write:
             connection.sendCompleted(completion)
+        case .timeout:
+            connection.lingerTimerCompleted(completion)
         default:
             guard let command = ConnectionCommand(rawValue: completion.userValue) else { return }
             switch command {
@@ -145,6 +158,10 @@ final class ServerCore: Sendable {
             case .forceClose: connection.closeRequested(.serverShutdown, graceful: false)
             case .idleCheck: connection.closeRequested(.idleTimeout, graceful: false)
             case .buffersAvailable: connection.buffersAvailable()
+            case .execute:
+                if let context = completion.context {
+                    Connection.takeExecuteRequest(from: context, resources: resources)(connection)
+                }
             }
         }
         finishIfDone(connection)

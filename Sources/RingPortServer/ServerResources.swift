@@ -23,6 +23,9 @@ final class ServerResources: Sendable {
     /// Close a connection idle for this long (``TCPServer/Configuration/idleTimeout``); nil: never.
     let idleTimeout: Duration?
     let idleTimeoutCountsReceivedBytes: Bool
+    /// How long a connection the handler closed lingers at most
+    /// (``TCPServer/Configuration/lingeringCloseTimeout``); nil: it does not.
+    let lingeringCloseTimeout: Duration?
     let writeChunkSize: Int
     /// Per ring: provided buffers held in write queues (echoed without a copy), and how many
     /// may be. See ``pinBuffer(onRing:)``.
@@ -52,6 +55,7 @@ final class ServerResources: Sendable {
         maximumQueuedWriteBytes = configuration.maximumQueuedWriteBytes
         idleTimeout = configuration.idleTimeout
         idleTimeoutCountsReceivedBytes = configuration.idleTimeoutCountsReceivedBytes
+        lingeringCloseTimeout = configuration.lingeringCloseTimeout
         writeChunkSize = configuration.writeChunkSize
         starved = (0..<port.ringCount).map { _ in LockedValue([]) }
         pinnedBuffers = (0..<port.ringCount).map { _ in PinnedBufferCount() }
@@ -95,10 +99,28 @@ final class ServerResources: Sendable {
         SystemInfo.returnFreeMemoryToSystem()
     }
 
-    /// Remembers a connection that found its ring out of provided buffers.
-    func waitForBuffers(_ connection: Connection) {
-        starved[connection.id.ring].withLock { $0.append(connection) }
+    /// Remembers a connection that found its ring out of provided buffers, to wake it when one
+    /// comes back; returns false, and leaves it out, when a buffer is free already: the
+    /// connection receives again at once.
+    ///
+    /// The buffers its own receive filled may all be back by now: released by its handler on
+    /// this worker, for the worker's next pass through the ring's lock, before it was listed. No
+    /// later release would wake it, and it waited for the sweep (a second): a single client
+    /// uploading faster than the handler returns buffers stalled that long at each exhaustion.
+    func waitForBuffers(_ connection: Connection) -> Bool {
+        let ring = connection.id.ring
+        starved[ring].withLock { $0.append(connection) }
         starvedCount.add(1, ordering: .releasing)
+        guard port.hasFreeProvidedBuffer(onRing: ring) else { return true }
+        let removed = starved[ring].withLock { list in
+            guard let index = list.lastIndex(where: { $0 === connection }) else { return false }
+            list.remove(at: index)
+            return true
+        }
+        // Not listed any more: a release woke it meanwhile (its wake-up is on the way).
+        guard removed else { return true }
+        starvedCount.subtract(1, ordering: .relaxed)
+        return false
     }
 
     /// Gives a connection's provided `buffer` of `ring` back and wakes one connection waiting

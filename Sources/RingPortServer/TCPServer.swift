@@ -40,6 +40,16 @@ public final class TCPServer: Sendable {
         /// this to false and calls ``Connection/markProgress()`` per complete request, so that a
         /// client trickling one byte at a time (slowloris) is closed.
         public var idleTimeoutCountsReceivedBytes = true
+        /// How long a connection the handler closed (``Connection/close()``) lingers at most: its
+        /// write side shut down once everything is sent, it reads and drops what the peer still
+        /// sends until the peer closes its side (nil: the descriptor closes as soon as everything
+        /// is sent; otherwise positive).
+        ///
+        /// Closing a socket with bytes unread, or before the peer's last bytes arrive, makes the
+        /// kernel answer with a reset, and a reset can destroy the response the peer has not read
+        /// yet: an HTTP client still uploading a body the server refused would see "connection
+        /// reset" instead of the 413. The timeout bounds what a peer that keeps sending can hold.
+        public var lingeringCloseTimeout: Duration? = .seconds(2)
         /// Bytes queued for sending per connection beyond which the server stops reading from it.
         /// What the receive delivers before it stops (at most the socket's receive buffer) is
         /// still queued, so the queue may pass this by that much.
@@ -150,6 +160,10 @@ public final class TCPServer: Sendable {
         if let idleTimeout = configuration.idleTimeout, idleTimeout <= .zero {
             // Zero would close every connection at the first sweep: nil is "never".
             throw RingPortError(.invalidArgument, operation: "idle timeout \(idleTimeout) (nil disables it)")
+        }
+        if let linger = configuration.lingeringCloseTimeout, linger <= .zero {
+            throw RingPortError(
+                .invalidArgument, operation: "lingering close timeout \(linger) (nil disables lingering)")
         }
         self.configuration = configuration
         let port = try CompletionPort(configuration: configuration.port)

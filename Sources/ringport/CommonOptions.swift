@@ -80,6 +80,13 @@ struct ServerOptions: ParsableArguments {
     @Option(help: "Seconds without progress before a connection is closed (0: never).")
     var idleTimeout: Double = 60
 
+    @Option(
+        help: """
+            Seconds a connection the handler closed lingers at most, reading and dropping what the \
+            peer still sends so that its last response is not lost to a reset (0: close at once).
+            """)
+    var lingerTimeout: Double = 2
+
     @Option(help: "Bytes queued for sending per connection beyond which the server stops reading from it.")
     var maxWriteQueue = 1 << 20
 
@@ -116,7 +123,9 @@ struct ServerOptions: ParsableArguments {
         if bufferCount < 0 || (bufferCount > 0 && bufferCount & (bufferCount - 1) != 0) {
             throw ValidationError("--buffer-count must be 0 or a power of two")
         }
-        if idleTimeout < 0 || gracePeriod < 0 { throw ValidationError("timeouts must not be negative") }
+        if idleTimeout < 0 || gracePeriod < 0 || lingerTimeout < 0 {
+            throw ValidationError("timeouts must not be negative")
+        }
         if completionBatch < 1 { throw ValidationError("--completion-batch must be at least 1") }
     }
 
@@ -130,6 +139,7 @@ struct ServerOptions: ParsableArguments {
         configuration.receiveBufferSize = bufferSize
         configuration.maximumConnections = maxConnections
         configuration.idleTimeout = idleTimeout > 0 ? .milliseconds(Int64(idleTimeout * 1000)) : nil
+        configuration.lingeringCloseTimeout = lingerTimeout > 0 ? .milliseconds(Int64(lingerTimeout * 1000)) : nil
         configuration.maximumQueuedWriteBytes = maxWriteQueue
         configuration.zeroCopyThreshold = zeroCopyThreshold
         configuration.completionBatch = completionBatch

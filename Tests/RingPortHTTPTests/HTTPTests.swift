@@ -163,6 +163,72 @@ extension RingPortHTTPTests {
             }
         }
 
+        /// A client still uploading a body the server refused reads the 413, then an end of
+        /// stream, and every byte of its upload is taken: the server lingers (write side shut,
+        /// what arrives dropped) until the client closes. Closing at once, with the upload unread,
+        /// answered it with a reset: the client's sends failed (`EPIPE`, `ECONNRESET`), and
+        /// a client that sends before it reads lost the status.
+        @Test func aClientUploadingARefusedBodyReadsTheStatusThenAnEndOfStream() throws {
+            try withHTTPServer { server in
+                let client = try BlockingClient(connectingTo: server.localAddress)
+                // More than the socket buffers of both ends hold, so that the upload is still
+                // going when the response is sent.
+                let bodySize = 32 << 20
+                try client.send(
+                    Array("POST /plaintext HTTP/1.1\r\nHost: t\r\nContent-Length: \(bodySize)\r\n\r\n".utf8))
+                // The upload goes on in a thread of its own while this one reads.
+                let uploadError = LockedBox<Int32?>(nil)
+                let descriptor = client.descriptor
+                let upload = try PThread(name: "test-upload") {
+                    let chunk = [UInt8](repeating: UInt8(ascii: "a"), count: 65536)
+                    for _ in 0..<(bodySize / chunk.count) {
+                        do {
+                            try BlockingClient(descriptor: descriptor).send(chunk)
+                        } catch {
+                            uploadError.withLock { $0 = (error as? POSIXError)?.code.rawValue ?? -1 }
+                            return
+                        }
+                    }
+                }
+                let responses = try readResponses(from: client, count: 2)
+                #expect(responses.map(\.status) == [413])
+                #expect(try client.receive(count: 1) == [], "an end of stream, not a reset")
+                upload.join()
+                #expect(uploadError.withLock { $0 } == nil, "every send of the upload succeeded")
+                #expect(server.statistics.open == 1, "the connection lingers until the client closes")
+                client.close()
+                #expect(eventually { server.statistics.open == 0 })
+                #expect(server.statistics.connectionErrors == 0)
+            }
+        }
+
+        /// A client that neither closes nor stops sending after its last response is cut off
+        /// when the linger timeout passes (the idle timeout, a minute, plays no part).
+        @Test func aLingeringConnectionClosesAtTheLingerTimeout() throws {
+            try withHTTPServer(configure: { $0.lingeringCloseTimeout = .milliseconds(300) }) { server in
+                let client = try BlockingClient(connectingTo: server.localAddress)
+                defer { client.close() }
+                try client.send(Array("GARBAGE\r\n\r\n".utf8))
+                #expect(try readResponses(from: client, count: 2).map(\.status) == [400])
+                // Bytes sent now are dropped: no answer.
+                try client.send(Array("GET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n".utf8))
+                #expect(try client.receive(count: 1) == [])
+                #expect(eventually { server.statistics.open == 0 })
+                #expect(server.statistics.closed == 1 && server.statistics.idleTimeouts == 0)
+            }
+        }
+
+        /// Without a linger timeout the descriptor closes as soon as the response is sent.
+        @Test func aServerWithoutALingerTimeoutClosesAtOnce() throws {
+            try withHTTPServer(configure: { $0.lingeringCloseTimeout = nil }) { server in
+                let client = try BlockingClient(connectingTo: server.localAddress)
+                defer { client.close() }
+                try client.send(Array("GARBAGE\r\n\r\n".utf8))
+                #expect(try readResponses(from: client, count: 2).map(\.status) == [400])
+                #expect(eventually { server.statistics.open == 0 })
+            }
+        }
+
         @Test func http10ClosesAfterTheResponse() throws {
             try withHTTPServer { server in
                 let client = try BlockingClient(connectingTo: server.localAddress)

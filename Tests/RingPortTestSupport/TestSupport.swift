@@ -39,6 +39,11 @@ package struct BlockingClient {
         setsockopt(descriptor, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
     }
 
+    /// A client on a connected socket of the caller's (which keeps owning it).
+    package init(descriptor: Int32) {
+        self.descriptor = descriptor
+    }
+
     package func send(_ bytes: [UInt8]) throws {
         var sent = 0
         while sent < bytes.count {

@@ -723,6 +723,18 @@ final class Ring: @unchecked Sendable {
         lock.withLock { recycleBufferLocked(id) }?.release()
     }
 
+    /// Whether the provided buffer ring has a buffer for the kernel to fill now, once the
+    /// buffers the calling pool worker released and keeps for its next pass through the lock are
+    /// back (they go back here). False without provided buffers.
+    func hasFreeProvidedBuffer() -> Bool {
+        lock.withLock {
+            if let worker = CompletionWorker.poolWorkerOfCallingThread {
+                worker._withUnsafeGuaranteedRef { $0.returnReleasedBuffersLocked(ofHomeRing: self) }
+            }
+            return withBufferRing { $0.outstanding < $0.count } ?? false
+        }
+    }
+
     /// Gives a provided buffer back to the kernel: on a pool worker's thread, for its own ring,
     /// with the worker's next pass through the lock; elsewhere at once.
     func recycleBuffer(_ id: UInt16) {

@@ -306,6 +306,15 @@ public final class CompletionPort: Sendable {
         rings.allSatisfy { $0.bufferRing != nil }
     }
 
+    /// Whether ring `ring` has a provided buffer for the kernel to fill now. The buffers that
+    /// handlers on the calling pool worker released, and that would go back with the worker's
+    /// next pass through the ring's lock, go back first. For a receive that ended with `ENOBUFS`
+    /// (``RingPortError/Code`` `noBufferSpace`): whether to receive again at once, or to wait
+    /// for a buffer to come back. Any thread.
+    package func hasFreeProvidedBuffer(onRing ring: Int) -> Bool {
+        rings[ring].hasFreeProvidedBuffer()
+    }
+
     // MARK: Handles
 
     /// Associates a descriptor with the port and returns its handle (the completion key).
