@@ -55,10 +55,7 @@ public struct HTTPPlaintextHandler: ConnectionHandler {
             state.appendError(error)
             closeAfterResponses = true
         }
-        if !state.output.isEmpty {
-            state.output.withUnsafeBytes { connection.write($0) }
-            state.output.removeAll(keepingCapacity: true)
-        }
+        state.flushOutput { connection.write($0) }
         if closeAfterResponses {
             state.answeredLast = true
             connection.close()
@@ -77,9 +74,25 @@ final class HTTPConnectionState: @unchecked Sendable {
     /// alive, or for an invalid one): later requests are not answered (RFC 9112, 9.6).
     var answeredLast = false
 
+    /// The output buffer's storage kept between receives. A burst of pipelined requests (a
+    /// 16 KiB receive of short requests asks for some 80 KiB of responses) grows it past this;
+    /// it is then freed, not kept for the connection's life.
+    static let keptOutputCapacity = 16384
+
     init(parser: HTTPRequestParser) {
         self.parser = parser
         output.reserveCapacity(4096)
+    }
+
+    /// Hands the responses built (if any) to `write`, then empties the buffer.
+    func flushOutput(to write: (UnsafeRawBufferPointer) -> Void) {
+        guard !output.isEmpty else { return }
+        output.withUnsafeBytes { write($0) }
+        if output.capacity > Self.keptOutputCapacity {
+            output = []
+        } else {
+            output.removeAll(keepingCapacity: true)
+        }
     }
 
     private static let body = Array("Hello, World!".utf8)
