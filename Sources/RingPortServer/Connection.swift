@@ -66,7 +66,7 @@ public final class Connection: @unchecked Sendable {
 
     let handle: IOHandle
     let resources: ServerResources
-    /// The context of the receive (and of its retry timer after `ENOBUFS`).
+    /// The context of the receive.
     let receiveContext: IOContext
     /// The bookkeeping context of sends from provided buffers, and of the linger timer (a
     /// lingering connection sends nothing).
@@ -102,7 +102,8 @@ public final class Connection: @unchecked Sendable {
     // MARK: The handler's API
 
     /// Whether the connection is closing (or closed). A connection closing gracefully still
-    /// sends what is queued, and what is written until its descriptor closes.
+    /// sends what is queued, and what is written until it lingers (see ``close()``) or its
+    /// descriptor closes; later writes are dropped.
     public var isClosing: Bool { state.closeReason != nil }
 
     /// Whether writes are still accepted: until the connection lingers or its descriptor closes.
@@ -172,7 +173,8 @@ public final class Connection: @unchecked Sendable {
 
     /// Closes the connection after everything queued is sent. Reading stops at once.
     ///
-    /// Unless the peer has closed its side already, the close lingers
+    /// Unless the peer has closed its side already (or the server was closing the connection
+    /// already: a shutdown, the idle timeout), the close lingers
     /// (``TCPServer/Configuration/lingeringCloseTimeout``): once everything is sent, the write
     /// side is shut down (the peer reads an end of stream), and what the peer still sends is read
     /// and dropped until it closes its side or the timeout passes; then the descriptor closes.
@@ -188,12 +190,14 @@ public final class Connection: @unchecked Sendable {
     ///
     /// `body` runs once, unless the connection finishes first (its handler's
     /// ``ConnectionHandler/connectionClosed(_:reason:)`` ran): then it is dropped without running.
-    /// A connection closing gracefully still runs it, and still sends what it writes until its
-    /// descriptor closes. The same rules as for a callback apply inside: return quickly.
+    /// A connection closing gracefully still runs it; what it writes is sent unless the
+    /// connection lingers already (``isClosing`` tells). The same rules as for a callback apply
+    /// inside: return quickly. A closure still queued when the server's port closes (a shutdown
+    /// whose last wait timed out) is dropped with the port's completions, and what it captured
+    /// with it only when the process ends.
     ///
     /// - Throws: `RingPortError` with code `handleClosed` when the connection's descriptor is
-    ///   closed already, `portClosed` when the server has stopped; the port's
-    ///   errors when the completion cannot be posted (a full completion queue).
+    ///   closed already, `portClosed` when the server has stopped.
     public func execute(_ body: @escaping @Sendable (Connection) -> Void) throws(RingPortError) {
         let context = resources.bookkeepingContexts.take()
         let request = Unmanaged.passRetained(ExecuteRequest(body))
@@ -262,7 +266,7 @@ public final class Connection: @unchecked Sendable {
                 // Every provided buffer of the ring is out: receive again as soon as one comes back.
                 resources.counters.bufferExhaustions.add(1, ordering: .relaxed)
                 apply(.receiveFinished(.noBuffers))
-                if state.reading == .waitingForBuffers && !resources.waitForBuffers(self) {
+                if state.waitsForBuffers && !resources.waitForBuffers(self) {
                     apply(.buffersAvailable)
                 }
             } else {
@@ -342,9 +346,9 @@ public final class Connection: @unchecked Sendable {
         apply(.buffersAvailable)
     }
 
-    /// The linger timer completed: it fired (close now), or the descriptor's close cancelled it.
+    /// The linger timer completed: it fired or was cancelled; a connection still lingering closes.
     func lingerTimerCompleted(_ completion: Completion) {
-        apply(.lingerTimerFinished(expired: completion.error == nil))
+        apply(.lingerTimerFinished)
     }
 
     /// The server asks the connection to close (shutdown or idle timeout).
@@ -368,6 +372,7 @@ public final class Connection: @unchecked Sendable {
     /// and returns the reason, once. The server then calls the handler's `connectionClosed`.
     func finishIfDone() -> CloseReason? {
         guard let reason = state.finishIfDone() else { return nil }
+        resources.stopWaitingForBuffers(self)
         while !writeQueue.isEmpty {
             finishFirstEntry()
         }

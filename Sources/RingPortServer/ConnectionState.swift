@@ -109,9 +109,9 @@ struct ConnectionState {
         case closeNow(Connection.CloseReason)
         /// The linger timer was posted.
         case lingerTimerPosted
-        /// The linger timer's completion arrived: it fired (`expired`), or was cancelled by the
-        /// descriptor's close.
-        case lingerTimerFinished(expired: Bool)
+        /// The linger timer's completion arrived: it fired, or was cancelled (by the
+        /// descriptor's close, or by the port). A connection still lingering closes now.
+        case lingerTimerFinished
     }
 
     /// What the connection must do after an event.
@@ -158,6 +158,12 @@ struct ConnectionState {
         case .unopened, .open, .draining: true
         case .lingering, .closed, .finished: false
         }
+    }
+
+    /// Whether the connection waits for provided buffers to receive again: open or lingering,
+    /// its last receive ended with `ENOBUFS`.
+    var waitsForBuffers: Bool {
+        reading == .waitingForBuffers && (phase == .open || isLingering)
     }
 
     /// Whether the connection lingers: it drops what it receives until it closes.
@@ -215,15 +221,21 @@ struct ConnectionState {
             actions.formUnion(startClosing(reason, graceful: false))
         case .lingerTimerPosted:
             lingerTimerInFlight = true
-        case .lingerTimerFinished(let expired):
+        case .lingerTimerFinished:
+            // Expired, or cancelled: by the descriptor's close (closed already, nothing to do),
+            // or by the port without being asked (its submitting thread exited, or a leader
+            // change could not submit it again). A lingering connection without its timer
+            // would linger without bound: it closes now either way.
             lingerTimerInFlight = false
-            if expired { actions.formUnion(startClosing(.closedByHandler, graceful: false)) }
+            actions.formUnion(startClosing(.closedByHandler, graceful: false))
         }
         // What holds in every state, whatever the event.
         if case .draining(let reason) = phase, writeQueueIsEmpty, !receiveInFlight {
             if lingers && reason == .closedByHandler && reading != .ended {
                 phase = .lingering(reason)
-                if reading == .paused { reading = .active }
+                // Receive again, also after an `ENOBUFS` while draining (the wait for buffers
+                // is for connections that read; a lingering one finds out again).
+                if reading == .paused || reading == .waitingForBuffers { reading = .active }
                 actions.insert(.beginLingering)
             } else {
                 phase = .closed(reason)

@@ -112,15 +112,8 @@ final class ServerResources: Sendable {
         starved[ring].withLock { $0.append(connection) }
         starvedCount.add(1, ordering: .releasing)
         guard port.hasFreeProvidedBuffer(onRing: ring) else { return true }
-        let removed = starved[ring].withLock { list in
-            guard let index = list.lastIndex(where: { $0 === connection }) else { return false }
-            list.remove(at: index)
-            return true
-        }
         // Not listed any more: a release woke it meanwhile (its wake-up is on the way).
-        guard removed else { return true }
-        starvedCount.subtract(1, ordering: .relaxed)
-        return false
+        return !unlist(connection)
     }
 
     /// Gives a connection's provided `buffer` of `ring` back and wakes one connection waiting
@@ -132,9 +125,39 @@ final class ServerResources: Sendable {
     func release(_ buffer: ReceivedBuffer, onRing ring: Int) {
         guard starvedCount.load(ordering: .relaxed) > 0 else { return buffer.release() }
         buffer.releaseNow()
-        guard let connection = starved[ring].withLock({ $0.popLast() }) else { return }
-        starvedCount.subtract(1, ordering: .relaxed)
-        try? port.post(handle: connection.handle, value: ServerCore.ConnectionCommand.buffersAvailable.rawValue)
+        // One that closed meanwhile cannot take the wake-up (the post fails): the next one does.
+        while let connection = starved[ring].withLock({ $0.popLast() }) {
+            starvedCount.subtract(1, ordering: .relaxed)
+            if wake(connection) { return }
+        }
+    }
+
+    /// Tells `connection` that buffers are back (a completion on its handle); returns whether the
+    /// post succeeded (it fails once the connection is closed).
+    @discardableResult
+    private func wake(_ connection: Connection) -> Bool {
+        (try? port.post(handle: connection.handle, value: ServerCore.ConnectionCommand.buffersAvailable.rawValue))
+            != nil
+    }
+
+    /// Forgets a connection that finished while it waited for buffers (its entry would keep it
+    /// alive).
+    func stopWaitingForBuffers(_ connection: Connection) {
+        guard starvedCount.load(ordering: .relaxed) > 0 else { return }
+        unlist(connection)
+    }
+
+    /// Takes `connection` off its ring's list of connections waiting for buffers; returns
+    /// whether it was listed.
+    @discardableResult
+    private func unlist(_ connection: Connection) -> Bool {
+        let removed = starved[connection.id.ring].withLock { list in
+            guard let index = list.lastIndex(where: { $0 === connection }) else { return false }
+            list.remove(at: index)
+            return true
+        }
+        if removed { starvedCount.subtract(1, ordering: .relaxed) }
+        return removed
     }
 
     /// Wakes every connection waiting for buffers (the idle sweep's safety net).
@@ -145,7 +168,7 @@ final class ServerResources: Sendable {
                 defer { list.removeAll() }; return list
             }) {
                 starvedCount.subtract(1, ordering: .relaxed)
-                try? port.post(handle: connection.handle, value: ServerCore.ConnectionCommand.buffersAvailable.rawValue)
+                wake(connection)
             }
         }
     }

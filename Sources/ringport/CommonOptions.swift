@@ -129,6 +129,12 @@ struct ServerOptions: ParsableArguments {
         if completionBatch < 1 { throw ValidationError("--completion-batch must be at least 1") }
     }
 
+    /// A timeout option in seconds: nil for 0 (none); otherwise at least a microsecond, so that
+    /// a tiny value is not rounded to the zero the server refuses.
+    private static func timeout(seconds: Double) -> Duration? {
+        seconds > 0 ? .microseconds(max(1, Int64(seconds * 1_000_000))) : nil
+    }
+
     /// The server configuration these options describe.
     func serverConfiguration(label: String) throws -> TCPServer.Configuration {
         var configuration = TCPServer.Configuration(address: try listen.address())
@@ -138,8 +144,8 @@ struct ServerOptions: ParsableArguments {
         configuration.port.providedBuffers = bufferCount > 0 ? .init(count: bufferCount, size: bufferSize) : nil
         configuration.receiveBufferSize = bufferSize
         configuration.maximumConnections = maxConnections
-        configuration.idleTimeout = idleTimeout > 0 ? .milliseconds(Int64(idleTimeout * 1000)) : nil
-        configuration.lingeringCloseTimeout = lingerTimeout > 0 ? .milliseconds(Int64(lingerTimeout * 1000)) : nil
+        configuration.idleTimeout = Self.timeout(seconds: idleTimeout)
+        configuration.lingeringCloseTimeout = Self.timeout(seconds: lingerTimeout)
         configuration.maximumQueuedWriteBytes = maxWriteQueue
         configuration.zeroCopyThreshold = zeroCopyThreshold
         configuration.completionBatch = completionBatch

@@ -60,7 +60,7 @@ extension RingPortServerTests {
             #expect(state.apply(.receiveFinished(.endOfStream), writeQueueIsEmpty: true) == .closeDescriptor)
             #expect(state.phase == .closed(.closedByHandler))
             #expect(state.finishIfDone() == nil, "the timer is still in flight")
-            #expect(state.apply(.lingerTimerFinished(expired: false), writeQueueIsEmpty: true) == [])
+            #expect(state.apply(.lingerTimerFinished, writeQueueIsEmpty: true) == [])
             #expect(state.finishIfDone() == .closedByHandler)
         }
 
@@ -72,7 +72,7 @@ extension RingPortServerTests {
                 state.apply(.receiveFinished(.cancelled), writeQueueIsEmpty: true) == [.beginLingering, .postReceive])
             _ = state.apply(.receivePosted, writeQueueIsEmpty: true)
             _ = state.apply(.lingerTimerPosted, writeQueueIsEmpty: true)
-            #expect(state.apply(.lingerTimerFinished(expired: true), writeQueueIsEmpty: true) == .closeDescriptor)
+            #expect(state.apply(.lingerTimerFinished, writeQueueIsEmpty: true) == .closeDescriptor)
             #expect(state.phase == .closed(.closedByHandler))
             #expect(state.finishIfDone() == nil, "the receive is still in flight")
             #expect(state.apply(.receiveFinished(.cancelled), writeQueueIsEmpty: true) == [])
@@ -99,6 +99,24 @@ extension RingPortServerTests {
             #expect(noLinger.finishIfDone() == .closedByHandler)
         }
 
+        /// A linger timer the port cancelled without being asked (its submitting thread exited)
+        /// closes the connection too: lingering on without it would have no bound. Before, only
+        /// an expired timer closed. And a receive out of buffers while draining does not leave
+        /// the lingering connection waiting for buffers it is not listed for.
+        @Test func aLingeringConnectionWhoseTimerIsCancelledCloses() {
+            var state = openConnection()
+            #expect(state.apply(.receiveFinished(.noBuffers), writeQueueIsEmpty: false) == [])
+            #expect(state.waitsForBuffers)
+            _ = state.apply(.closeGracefully(.closedByHandler), writeQueueIsEmpty: false)
+            #expect(!state.waitsForBuffers, "a draining connection does not read")
+            _ = state.apply(.sendPosted, writeQueueIsEmpty: false)
+            #expect(state.apply(.sendFinished(.sent), writeQueueIsEmpty: true) == [.beginLingering, .postReceive])
+            _ = state.apply(.receivePosted, writeQueueIsEmpty: true)
+            _ = state.apply(.lingerTimerPosted, writeQueueIsEmpty: true)
+            #expect(state.apply(.lingerTimerFinished, writeQueueIsEmpty: true) == .closeDescriptor)
+            #expect(state.phase == .closed(.closedByHandler))
+        }
+
         /// A reset (or any failed receive) while lingering closes at once.
         @Test func aResetWhileLingeringClosesAtOnce() {
             var state = openConnection()
@@ -109,7 +127,7 @@ extension RingPortServerTests {
             #expect(
                 state.apply(.receiveFinished(.failed(.connectionReset)), writeQueueIsEmpty: true) == .closeDescriptor)
             #expect(state.phase == .closed(.closedByHandler))
-            _ = state.apply(.lingerTimerFinished(expired: false), writeQueueIsEmpty: true)
+            _ = state.apply(.lingerTimerFinished, writeQueueIsEmpty: true)
             #expect(state.finishIfDone() == .closedByHandler)
         }
     }

@@ -87,6 +87,38 @@ extension RingPortTests {
             #expect(statistics.submittedOperations == statistics.completedOperations)
         }
 
+        /// Two receives wait on one socket, bytes arrive, and the later receive is cancelled
+        /// before anything reaped them: the bytes go to the earlier receive, in order, and the
+        /// later one ends cancelled. (The epoll backend gave a cancelled receive one last try,
+        /// which took the bytes ahead of the earlier receive.)
+        @Test func aCancelledReceiveDoesNotTakeBytesMeantForAnEarlierOne() throws {
+            let port = try makeSingleRingPort()
+            let worker = port.makeWorker()
+            let (left, right) = try makeSocketPair()
+            defer { close(right) }
+            let handle = try port.associate(descriptor: left)
+            let first = IOContext(capacity: 16)
+            let second = IOContext(capacity: 16)
+            try port.read(handle, into: first)
+            try port.read(handle, into: second)
+            #expect(try worker.dequeue(timeout: .zero) == nil, "both receives wait for data")
+            let bytes = Array("hello".utf8)
+            #expect(bytes.withUnsafeBytes { write(right, $0.baseAddress, $0.count) } == bytes.count)
+            usleep(20_000)
+            _ = try port.cancel(second)
+            var completions: [Completion] = []
+            for _ in 0..<2 {
+                completions.append(try #require(try worker.dequeue(timeout: .seconds(5))))
+            }
+            let ofFirst = try #require(completions.first { $0.context === first })
+            let ofSecond = try #require(completions.first { $0.context === second })
+            #expect(ofFirst.bytesTransferred == bytes.count && first.bytes(in: 0..<bytes.count) == bytes)
+            #expect(ofSecond.isCancelled, "\(ofSecond)")
+            port.close(handle)
+            worker.detach()
+            port.close()
+        }
+
         @Test func cancellingAMultishotReceiveMidStreamLosesNoByte() throws {
             let (port, worker, handle, context, right) = try startMultishotReceive(buffers: 16, size: 512)
             defer { close(right) }

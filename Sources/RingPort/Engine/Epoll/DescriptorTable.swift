@@ -177,6 +177,14 @@ struct DescriptorTable {
         return operation
     }
 
+    /// Whether the waiting operation whose `user_data` is `userData` is the first of its
+    /// direction on its descriptor (no operation waiting before it would be served first).
+    func isFirstInItsQueue(userData: UInt64) -> Bool {
+        guard let slot = slotsByUserData[userData] else { return false }
+        let operation = slots[Int(slot)]
+        return first(operation.direction, on: operation.descriptor)?.entry.user_data == userData
+    }
+
     /// Removes the waiting operation whose `user_data` is `userData`, wherever it waits.
     mutating func remove(userData: UInt64) -> WaitingOperation? {
         guard let slot = slotsByUserData[userData] else { return nil }

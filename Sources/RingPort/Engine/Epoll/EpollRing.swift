@@ -419,14 +419,17 @@ final class EpollRing: RingQueues {
     private func cancelLocked(_ entry: io_uring_sqe) {
         guard entry.cancel_flags == 0 else { return complete(entry.user_data, -EINVAL) }
         let target = entry.addr
+        let isFirstInItsQueue = descriptors.isFirstInItsQueue(userData: target)
         if let waiting = descriptors.remove(userData: target) {
             // A receive gets one last try first: data that arrived since the last readiness
             // event is taken rather than left behind a cancellation, as the kernel completes a
-            // request whose data is there before the cancellation reaches it. A send does not:
-            // its cancellation wins unless it already sent (as a send waiting for room does in
-            // io_uring), so that a cancelled send leaves the socket as it was.
+            // request whose data is there before the cancellation reaches it. Only the first
+            // receive waiting on the descriptor: one behind another would take the bytes ahead
+            // of it. A send does not: its cancellation wins unless it already sent (as a send
+            // waiting for room does in io_uring), so that a cancelled send leaves the socket as
+            // it was.
             let kind = descriptors[waiting.descriptor].kind
-            if waiting.direction == .read,
+            if waiting.direction == .read, isFirstInItsQueue,
                 case .completed(let result, _) = ReadinessAttempt.perform(
                     waiting.entry, kind: kind, isConnecting: waiting.isConnecting)
             {
