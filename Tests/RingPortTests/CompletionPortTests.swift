@@ -320,6 +320,34 @@ extension RingPortTests {
             #expect(port.statistics.openHandles == 0)
         }
 
+        /// TCP urgent data: a receive stops short at the urgent mark with the bytes after it
+        /// already queued. The next receive gets them at once, without new data arriving. (The
+        /// epoll backend took the short receive for an emptied socket and let the next one wait
+        /// for an edge that never came.)
+        @Test func bytesAfterTheUrgentMarkAreReceivedWithoutNewData() throws {
+            let port = try makeSingleRingPort()
+            let worker = port.makeWorker()
+            let (client, accepted) = try makeLoopbackTCPPair()
+            defer { Glibc.close(client) }
+            let handle = try port.associate(descriptor: accepted)
+            // "c" is the urgent byte (out of band); the stream carries "ab" then "def".
+            #expect(send(client, "abc", 3, Int32(MSG_OOB)) == 3)
+            #expect(send(client, "def", 3, 0) == 3)
+            usleep(20_000)
+            let context = IOContext(capacity: 4096)
+            var received: [UInt8] = []
+            for _ in 0..<4 where received.count < 5 {
+                try port.read(handle, into: context)
+                let completion = try #require(try worker.dequeue(timeout: .seconds(5)), "a receive waited for good")
+                try #require(completion.bytesTransferred > 0, "\(completion)")
+                received += context.bytes(in: 0..<completion.bytesTransferred)
+            }
+            #expect(received == Array("abdef".utf8))
+            port.close(handle)
+            worker.detach()
+            port.close()
+        }
+
         /// `shutdownWriting(_:)` ends the peer's stream while the handle is open, and after
         /// `close(_:)` refuses without touching the descriptor's old number, here forced to be
         /// another live socket's (the check and the shutdown happen under the ring's lock, which

@@ -41,6 +41,10 @@ struct DescriptorTable {
         /// `EPOLLERR` seen): receives never block again, so a short one does not mean that
         /// another must wait for an event (none would come: that edge was already reported).
         var readEnded = false
+        /// The peer sent TCP urgent data (`EPOLLPRI` seen). A receive stops short at the urgent
+        /// mark with the bytes after it already queued, and no new edge reports them: from then
+        /// on a short receive does not mean the socket is empty.
+        var sawUrgentData = false
         /// `O_NONBLOCK` was set on it here (listeners, pipes, eventfds).
         var isNonBlocking = false
 
@@ -55,7 +59,7 @@ struct DescriptorTable {
         mutating func record(_ attempt: ReadinessAttempt, _ direction: Direction) -> Bool {
             switch attempt {
             case .completed(_, let drained):
-                if drained && !readEnded { mayRead = false }
+                if drained && !readEnded && !sawUrgentData { mayRead = false }
             case .wouldBlock:
                 if direction == .read { mayRead = false } else { mayWrite = false }
             case .connecting:

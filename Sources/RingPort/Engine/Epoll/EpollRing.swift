@@ -51,10 +51,12 @@ final class EpollRing: RingQueues {
     private static let wakeTag = UInt64.max
     /// Readiness events taken per wait.
     private static let eventCapacity = 128
-    /// The epoll events every descriptor is registered for.
+    /// The epoll events every descriptor is registered for. `EPOLLPRI`: TCP urgent data, at
+    /// whose mark a receive stops short with bytes still queued (see `Descriptor.sawUrgentData`).
     private static let registeredEvents =
-        CLiburing_EPOLLIN | CLiburing_EPOLLOUT | CLiburing_EPOLLRDHUP | CLiburing_EPOLLET
-    private static let readEvents = CLiburing_EPOLLIN | CLiburing_EPOLLRDHUP | CLiburing_EPOLLHUP | CLiburing_EPOLLERR
+        CLiburing_EPOLLIN | CLiburing_EPOLLPRI | CLiburing_EPOLLOUT | CLiburing_EPOLLRDHUP | CLiburing_EPOLLET
+    private static let readEvents =
+        CLiburing_EPOLLIN | CLiburing_EPOLLPRI | CLiburing_EPOLLRDHUP | CLiburing_EPOLLHUP | CLiburing_EPOLLERR
     private static let writeEvents = CLiburing_EPOLLOUT | CLiburing_EPOLLHUP | CLiburing_EPOLLERR
     private static let endEvents = CLiburing_EPOLLRDHUP | CLiburing_EPOLLHUP | CLiburing_EPOLLERR
 
@@ -208,7 +210,9 @@ final class EpollRing: RingQueues {
             let events = buffer.baseAddress!.assumingMemoryBound(to: epoll_event.self)
             var count = CLiburing_epoll_wait(epoll, events, Int32(Self.eventCapacity), wait, withTimespec ? 1 : 0)
             engineLock.lock()
-            if count == -ENOSYS && withTimespec {
+            // Missing (before 5.11), or filtered by a seccomp profile that predates it: those
+            // answer ENOSYS or EPERM, which epoll_pwait2 itself never returns here.
+            if (count == -ENOSYS || count == -EPERM) && withTimespec {
                 waitsWithTimespec = false
                 engineLock.unlock()
                 count = CLiburing_epoll_wait(epoll, events, Int32(Self.eventCapacity), wait, 0)
@@ -353,6 +357,7 @@ final class EpollRing: RingQueues {
         if readable { state.mayRead = true }
         if writable { state.mayWrite = true }
         if flags & Self.endEvents != 0 { state.readEnded = true }
+        if flags & CLiburing_EPOLLPRI != 0 { state.sawUrgentData = true }
         descriptors[descriptor] = state
         if readable { runWaitingLocked(.read, on: descriptor) }
         if writable { runWaitingLocked(.write, on: descriptor) }
