@@ -70,6 +70,56 @@ extension RingPortTests {
                 #expect(secondRanDuringFirst.load(ordering: .acquiring) == 0, "the second waited for the busy leader")
             }
         }
+
+        /// A leader the application drives itself detaches while two pool workers are parked;
+        /// whichever standby its detach wakes takes the vacant ring, and the other must be the
+        /// sentry: a handler of the new leader that then sleeps is taken over. Only the first
+        /// standby to park watches; had the detach woken that one, the other stayed parked
+        /// without a timer and nobody watched the ring any more (now whoever leaves the standbys
+        /// wakes another to watch). With glibc the detach's signal goes to the longest waiter,
+        /// which is not the sentry (it parks again at every watch), so this run does not meet
+        /// that case; it checks the ring keeps its takeovers across a leader's detach.
+        @Test func aRingWhoseLeaderDetachedKeepsASentry() throws {
+            for _ in 0..<6 {
+                var configuration = CompletionPort.Configuration()
+                configuration.ringCount = 1
+                configuration.stallThreshold = .milliseconds(5)
+                let port = try CompletionPort(configuration: configuration)
+                defer { port.close() }
+                // The application's worker leads first: in the kernel for 100 ms.
+                let leading = try PThread(name: "test-app-leader") {
+                    let applicationWorker = port.makeWorker()
+                    _ = try? applicationWorker.dequeue(timeout: .milliseconds(100))
+                    applicationWorker.detach()
+                }
+                usleep(20_000)
+                let finishedFirst = Atomic<Bool>(false)
+                let secondRanDuringFirst = Atomic<Int>(-1)
+                let pool = WorkerPool(port: port, threadCount: 2) { completion in
+                    if completion.userValue == 1 {
+                        try? port.post(value: 2)
+                        // Longer than the sentry's longest watch (it stretches to 100 ms while
+                        // the leader waits in the kernel, as the idle ring's did).
+                        usleep(300_000)
+                        finishedFirst.store(true, ordering: .releasing)
+                    } else {
+                        secondRanDuringFirst.store(
+                            finishedFirst.load(ordering: .acquiring) ? 0 : 1, ordering: .releasing)
+                    }
+                }
+                try pool.start()
+                defer { pool.shutdown() }
+                leading.join()
+                // The pool's workers: one leads the vacant ring, the other parks.
+                usleep(30_000)
+                try port.post(value: 1)
+                #expect(
+                    eventually {
+                        secondRanDuringFirst.load(ordering: .acquiring) >= 0 && finishedFirst.load(ordering: .acquiring)
+                    })
+                #expect(secondRanDuringFirst.load(ordering: .acquiring) == 1, "a standby took over the sleeping leader")
+            }
+        }
     }
 }
 

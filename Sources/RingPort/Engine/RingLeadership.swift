@@ -111,6 +111,10 @@ final class RingLeadership {
         if leader == worker {
             leader = nil
             state = .none
+            // Forgotten, so that the next leader counts as a new thread even when it is a new
+            // thread under the same `pthread_t` (glibc hands an exited thread's out again): a new
+            // epoch, and scheduler statistics read from the right thread.
+            leaderThread = pthread_t()
             if parkedWorkers > 0 { lock.signal() }
         }
         attachedWorkers -= 1
@@ -146,11 +150,11 @@ final class RingLeadership {
         leaderComesBack = comesBack
         var tookOver = false
         if leader != worker {
-            if leader != nil {
-                tookOver = true
-                if parkedWorkers > 0 && !sentryParked { lock.signal() }
-            }
+            tookOver = leader != nil
             leader = worker
+            // The new leader may have been the sentry (a takeover, or the vacant ring taken by
+            // the standby a detaching leader woke).
+            keepASentry()
         }
         let thread = pthread_self()
         if pthread_equal(leaderThread, thread) == 0 {
@@ -183,10 +187,24 @@ final class RingLeadership {
     }
 
     /// `worker` returned from `dequeue` with completions: counts as the leader's progress if it
-    /// leads.
+    /// leads; a standby that leaves to handle them may have been the sentry.
     @inline(__always)
     func ran(_ worker: ObjectIdentifier) {
-        if leader == worker { leaderRan() }
+        if leader == worker {
+            leaderRan()
+        } else {
+            keepASentry()
+        }
+    }
+
+    /// A worker that may have been the sentry leaves the standbys (to lead, or to handle
+    /// completions): when others are parked and none of them watches, one is woken, and parks
+    /// again as the sentry. Only the first standby to park watches; the rest wait for a signal,
+    /// so without this a ring could be left with no sentry, and a leader blocked in a handler
+    /// with nobody to take over.
+    @inline(__always)
+    private func keepASentry() {
+        if parkedWorkers > 0 && !sentryParked { lock.signal() }
     }
 
     /// The leader is about to wait in the kernel (without the lock).
