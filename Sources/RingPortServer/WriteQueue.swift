@@ -16,6 +16,10 @@ import RingPort
 /// Where the next bytes to send start is kept here (``Entry/start``), not in the context: the
 /// context's own bookkeeping (`IOContext.count`, `offset`) is left alone.
 ///
+/// The first entry is stored inline (in the connection), the rest in a deque: most connections
+/// have at most one entry queued, and at 1,000 connections the deque's separate storage was a
+/// cache miss on every send completion (1.5% of the echo server's CPU).
+///
 /// Thread-safety: none; confined, like its connection, to the connection's completions.
 struct WriteQueue {
     /// One entry.
@@ -42,13 +46,21 @@ struct WriteQueue {
         var remaining: Int { end - start }
     }
 
-    private var entries = Deque<Entry>()
+    /// The entry to send next; nil when the queue is empty.
+    private(set) var first: Entry?
+    /// The entries after ``first`` (empty while ``first`` is nil).
+    private var rest = Deque<Entry>()
 
-    var isEmpty: Bool { entries.isEmpty }
-    var count: Int { entries.count }
+    var isEmpty: Bool { first == nil }
+    var count: Int { first == nil ? 0 : 1 + rest.count }
 
-    /// The entry to send next.
-    var first: Entry? { entries.first }
+    private mutating func append(_ entry: Entry) {
+        if first == nil {
+            first = entry
+        } else {
+            rest.append(entry)
+        }
+    }
 
     /// Appends bytes copied into `chunk` (which the queue now owns), `end` of them filled.
     mutating func appendCopied(_ chunk: consuming IOContext, filled end: Int) {
@@ -56,18 +68,18 @@ struct WriteQueue {
         // the optimiser removes (released after the append, it was a retain and a release per
         // chunk).
         let context = Unmanaged.passRetained(consume chunk)
-        entries.append(Entry(source: .copied, context: context, buffer: nil, start: 0, end: end))
+        append(Entry(source: .copied, context: context, buffer: nil, start: 0, end: end))
     }
 
     /// Appends a provided buffer to send back whole.
     mutating func appendProvided(_ buffer: ReceivedBuffer) {
-        entries.append(Entry(source: .provided, context: nil, buffer: buffer, start: 0, end: buffer.count))
+        append(Entry(source: .provided, context: nil, buffer: buffer, start: 0, end: buffer.count))
     }
 
     /// Appends `range` of the application's `context` (which the queue holds until the entry
     /// leaves it).
     mutating func appendOwned(_ context: IOContext, range: Range<Int>) {
-        entries.append(
+        append(
             Entry(
                 source: .owned, context: Unmanaged.passRetained(context), buffer: nil, start: range.lowerBound,
                 end: range.upperBound))
@@ -77,24 +89,34 @@ struct WriteQueue {
     /// may still grow (`capacity` bytes in all, and not the one being sent when `sending`).
     /// Returns how many were copied.
     mutating func appendToLastChunk(_ bytes: UnsafeRawBufferPointer, capacity: Int, sending: Bool) -> Int {
-        guard let last = entries.indices.last, entries[last].source == .copied, entries[last].end < capacity,
-            !(sending && last == 0), let chunk = entries[last].context
-        else { return 0 }
-        let count = min(bytes.count, capacity - entries[last].end)
+        if rest.isEmpty {
+            // The last entry is the first: not while it is being sent.
+            guard !sending, first != nil else { return 0 }
+            return Self.append(bytes, toChunk: &first!, capacity: capacity)
+        }
+        return Self.append(bytes, toChunk: &rest[rest.count - 1], capacity: capacity)
+    }
+
+    /// Copies what fits of `bytes` into `entry` when it is a copied chunk not full yet.
+    private static func append(_ bytes: UnsafeRawBufferPointer, toChunk entry: inout Entry, capacity: Int) -> Int {
+        guard entry.source == .copied, entry.end < capacity, let chunk = entry.context else { return 0 }
+        let count = min(bytes.count, capacity - entry.end)
         let destination = chunk._withUnsafeGuaranteedRef { $0.unsafeBytes }
-        (destination + entries[last].end).copyMemory(from: bytes.baseAddress!, byteCount: count)
-        entries[last].end += count
+        (destination + entry.end).copyMemory(from: bytes.baseAddress!, byteCount: count)
+        entry.end += count
         return count
     }
 
     /// `count` bytes of the first entry were sent.
     mutating func advanceFirst(by count: Int) {
-        entries[0].start += count
+        first!.start += count
     }
 
     /// Removes the first entry and hands it over: the caller owns its context's reference (take
     /// it with `takeRetainedValue()`) or its provided buffer.
     mutating func removeFirst() -> Entry {
-        entries.removeFirst()
+        let entry = first!
+        first = rest.popFirst()
+        return entry
     }
 }

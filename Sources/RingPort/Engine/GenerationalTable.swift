@@ -1,3 +1,5 @@
+import CLiburing
+
 /// A table of entries addressed by slot + generation.
 ///
 /// A slot's generation changes every time its entry is removed, so an address held past the
@@ -56,6 +58,19 @@ struct GenerationalTable<Element> {
     /// Whether `slot` holds a live entry of `generation`.
     func contains(slot: UInt32, generation: UInt32) -> Bool {
         Int(slot) < entries.count && entries[Int(slot)].generation == generation && entries[Int(slot)].element != nil
+    }
+
+    /// Starts fetching the entry at `slot` into the cache (nothing when there is none).
+    @inline(__always)
+    func prefetch(slot: UInt32) {
+        guard Int(slot) < entries.count else { return }
+        entries.withUnsafeBufferPointer { CLiburing_prefetch_for_writing($0.baseAddress.unsafelyUnwrapped + Int(slot)) }
+    }
+
+    /// The element at `slot`, or nil (for a look that must not trap on a stale slot).
+    @inline(__always)
+    func elementIfPresent(at slot: UInt32) -> Element? {
+        Int(slot) < entries.count ? entries[Int(slot)].element : nil
     }
 
     /// The live entry at `slot`. The slot must hold one.

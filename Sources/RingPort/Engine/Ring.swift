@@ -621,6 +621,7 @@ final class Ring: @unchecked Sendable {
         withUnsafeTemporaryAllocation(of: UnsafeMutablePointer<io_uring_cqe>?.self, capacity: 64) { batch in
             while true {
                 let count = queues.peekCompletions(into: batch)
+                if count > 1 { prefetchLocked(UnsafeBufferPointer(rebasing: batch[0..<count])) }
                 for position in 0..<count {
                     consumeLocked(batch[position].unsafelyUnwrapped.pointee)
                 }
@@ -630,6 +631,35 @@ final class Ring: @unchecked Sendable {
             }
         }
         return total
+    }
+
+    /// Starts fetching what consuming `entries` touches — their records in the operations table,
+    /// then each record's context and handle, then the handle's owner — so that the cache misses of a batch overlap
+    /// instead of coming one after another (at 1,000 connections these objects are cold).
+    @inline(__always)
+    private func prefetchLocked(_ entries: UnsafeBufferPointer<UnsafeMutablePointer<io_uring_cqe>?>) {
+        for entry in entries {
+            let userData = UserData(rawValue: entry.unsafelyUnwrapped.pointee.user_data)
+            if !userData.isInternal { operations.prefetch(slot: userData.slot) }
+        }
+        for entry in entries {
+            let userData = UserData(rawValue: entry.unsafelyUnwrapped.pointee.user_data)
+            guard !userData.isInternal, let record = operations.elementIfPresent(at: userData.slot) else { continue }
+            // Both objects span two cache lines; their hot fields lie in each.
+            if let context = record.context { CLiburing_prefetch_object(context.toOpaque()) }
+            if let handle = record.handle { CLiburing_prefetch_object(handle.toOpaque()) }
+        }
+        // Then what the layer above keeps for each handle (the server's connection), which its
+        // handler touches first; the handles' lines are arriving by now.
+        for entry in entries {
+            let userData = UserData(rawValue: entry.unsafelyUnwrapped.pointee.user_data)
+            guard !userData.isInternal, let record = operations.elementIfPresent(at: userData.slot),
+                let handle = record.handle
+            else { continue }
+            handle._withUnsafeGuaranteedRef { handle in
+                if let owner = handle.unretainedOwner { CLiburing_prefetch_object(owner.toOpaque()) }
+            }
+        }
     }
 
     /// Turns one CQE into a ``Completion`` (or drops it, counted, when it is internal or stale).
