@@ -182,12 +182,15 @@ start_server() {
 # ---------------------------------------------------------------------------------------
 # Runs and summary
 
-# run_rounds: every round runs every server once, in the order given, each on a fresh port
-# with its output in $work/NAME.roundR.log: start_server, then the script's run_server.
+# run_rounds: every round runs every server once, each on a fresh port with its output in
+# $work/NAME.roundR.log: start_server, then the script's run_server. The order rotates: round R
+# starts with server mod N, so that no server always runs first, or always right after
+# the same one (a server's place in the round moved its ratios by up to 15% on this VM).
 run_rounds() {
-    local i name log
+    local i k name log
     for ((round = 1; round <= rounds; round++)); do
-        for i in "${!names[@]}"; do
+        for ((k = 0; k < ${#names[@]}; k++)); do
+            i=$(((round - 1 + k) % ${#names[@]}))
             name=${names[$i]}
             next_port
             log="$work/$name.round$round.log"
