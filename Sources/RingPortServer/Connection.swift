@@ -200,8 +200,7 @@ public final class Connection: @unchecked Sendable {
     ///   closed already, `portClosed` when the server has stopped.
     public func execute(_ body: @escaping @Sendable (Connection) -> Void) throws(RingPortError) {
         let context = resources.bookkeepingContexts.take()
-        let request = Unmanaged.passRetained(ExecuteRequest(body))
-        context.userValue = UInt64(UInt(bitPattern: request.toOpaque()))
+        context.attachment = ExecuteRequest(body)
         do {
             try resources.port.post(
                 handle: handle, context: context, value: ServerCore.ConnectionCommand.execute.rawValue)
@@ -217,10 +216,10 @@ public final class Connection: @unchecked Sendable {
     static func takeExecuteRequest(
         from context: IOContext, resources: ServerResources
     ) -> @Sendable (Connection) -> Void {
-        let pointer = UnsafeRawPointer(bitPattern: UInt(context.userValue)).unsafelyUnwrapped
-        context.userValue = 0
+        let request = unsafeDowncast(context.attachment.unsafelyUnwrapped, to: ExecuteRequest.self)
+        context.attachment = nil
         resources.bookkeepingContexts.recycle(context)
-        return Unmanaged<ExecuteRequest>.fromOpaque(pointer).takeRetainedValue().body
+        return request.body
     }
 
     /// Counts a request the handler rejected (malformed, too large) in the server's statistics.
@@ -537,8 +536,7 @@ public final class Connection: @unchecked Sendable {
     }
 }
 
-/// The closure of ``Connection/execute(_:)``, boxed to travel in a context's `userValue`
-/// (retained there until the completion takes it).
+/// The closure of ``Connection/execute(_:)``, boxed to travel as a context's `attachment`.
 private final class ExecuteRequest: Sendable {
     let body: @Sendable (Connection) -> Void
 
