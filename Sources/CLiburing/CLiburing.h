@@ -100,13 +100,9 @@ static inline void CLiburing_setMultishotReceiveLimit(struct io_uring_sqe *sqe, 
     sqe->file_index = limit;
 }
 
-/// Asks the CPU to bring the cache line at `address` in for writing, without waiting for it: the
-/// objects of the next completions are fetched side by side instead of one miss after another.
-static inline void CLiburing_prefetch_for_writing(const void *address) {
-    __builtin_prefetch(address, 1, 3);
-}
-
-/// Prefetches the first two cache lines of an object (see `CLiburing_prefetch_for_writing`).
+/// Asks the CPU to bring the first two cache lines of the object at `address` in for writing,
+/// without waiting for them: the objects of a batch of completions are fetched side by side
+/// instead of one miss after another.
 static inline void CLiburing_prefetch_object(const void *address) {
     __builtin_prefetch(address, 1, 3);
     __builtin_prefetch((const char *)address + 64, 1, 3);

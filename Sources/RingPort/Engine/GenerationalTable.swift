@@ -1,5 +1,3 @@
-import CLiburing
-
 /// A table of entries addressed by slot + generation.
 ///
 /// A slot's generation changes every time its entry is removed, so an address held past the
@@ -17,6 +15,13 @@ struct GenerationalTable<Element> {
     }
 
     private var entries: [Entry] = []
+    /// Where `entries` keeps its elements, for ``addressForPrefetch(slot:)`` only: read without touching
+    /// the array (taking the address per call retained and released its storage). Refreshed
+    /// when an append may have moved the elements; a stale address would be harmless anyway (a
+    /// prefetch never faults).
+    private var entriesAddress: UnsafeRawPointer?
+    /// `entries.count` as of the same refresh (the table never shrinks).
+    private var entriesAddressCount = 0
     private var freeSlots: [UInt32] = []
     /// The number of live entries.
     private(set) var count = 0
@@ -38,6 +43,8 @@ struct GenerationalTable<Element> {
         }
         precondition(entries.count <= Int(Self.maximumSlot), "generational table is full")
         entries.append(Entry(element: element, generation: 1))
+        entriesAddress = entries.withUnsafeBufferPointer { UnsafeRawPointer($0.baseAddress) }
+        entriesAddressCount = entries.count
         return (UInt32(entries.count - 1), 1)
     }
 
@@ -60,17 +67,19 @@ struct GenerationalTable<Element> {
         Int(slot) < entries.count && entries[Int(slot)].generation == generation && entries[Int(slot)].element != nil
     }
 
-    /// Starts fetching the entry at `slot` into the cache (nothing when there is none).
-    @inline(__always)
-    func prefetch(slot: UInt32) {
-        guard Int(slot) < entries.count else { return }
-        entries.withUnsafeBufferPointer { CLiburing_prefetch_for_writing($0.baseAddress.unsafelyUnwrapped + Int(slot)) }
-    }
-
     /// The element at `slot`, or nil (for a look that must not trap on a stale slot).
     @inline(__always)
     func elementIfPresent(at slot: UInt32) -> Element? {
         Int(slot) < entries.count ? entries[Int(slot)].element : nil
+    }
+
+    /// Where the entry at `slot` lies, to prefetch it (nil when there is none). The caller
+    /// prefetches after this returns: a call into C while the table is borrowed from its owner
+    /// made the compiler copy the table, retaining its two arrays.
+    @inline(__always)
+    func addressForPrefetch(slot: UInt32) -> UnsafeRawPointer? {
+        guard let base = entriesAddress, Int(slot) < entriesAddressCount else { return nil }
+        return base + Int(slot) * MemoryLayout<Entry>.stride
     }
 
     /// The live entry at `slot`. The slot must hold one.
