@@ -192,7 +192,10 @@ public final class Connection: @unchecked Sendable {
     /// ``ConnectionHandler/connectionClosed(_:reason:)`` ran): then it is dropped without running.
     /// A connection closing gracefully still runs it; what it writes is sent unless the
     /// connection lingers already (``isClosing`` tells). The same rules as for a callback apply
-    /// inside: return quickly. A closure still queued when the server's port closes (a shutdown
+    /// inside: return quickly. A handler that keeps connections to reach them this way must let
+    /// each go in ``ConnectionHandler/connectionClosed(_:reason:)``: a connection references the
+    /// server's resources, which reference the handler, so one kept past its close keeps the
+    /// whole server alive. A closure still queued when the server's port closes (a shutdown
     /// whose last wait timed out) is dropped with the port's completions, and what it captured
     /// with it only when the process ends.
     ///
@@ -345,8 +348,11 @@ public final class Connection: @unchecked Sendable {
         apply(.buffersAvailable)
     }
 
-    /// The linger timer completed: it fired or was cancelled; a connection still lingering closes.
-    func lingerTimerCompleted(_ completion: Completion) {
+    /// A timeout on the connection's handle completed. The linger timer (its context is the
+    /// connection's bookkeeping context) fired or was cancelled: a connection still lingering
+    /// closes. A timer the handler posted on the handle itself is not the connection's business.
+    func timeoutCompleted(_ completion: Completion) {
+        guard completion.context === sendContext else { return }
         apply(.lingerTimerFinished)
     }
 

@@ -227,7 +227,7 @@ struct ConnectionState {
             // change could not submit it again). A lingering connection without its timer
             // would linger without bound: it closes now either way.
             lingerTimerInFlight = false
-            actions.formUnion(startClosing(.closedByHandler, graceful: false))
+            if isLingering { actions.formUnion(startClosing(.closedByHandler, graceful: false)) }
         }
         // What holds in every state, whatever the event.
         if case .draining(let reason) = phase, writeQueueIsEmpty, !receiveInFlight {

@@ -149,7 +149,7 @@ final class ServerCore: Sendable {
         case .write:
             connection.sendCompleted(completion)
         case .timeout:
-            connection.lingerTimerCompleted(completion)
+            connection.timeoutCompleted(completion)
         default:
             guard let command = ConnectionCommand(rawValue: completion.userValue) else { return }
             switch command {

@@ -4,12 +4,18 @@ import RingPortServer
 import RingPortTestSupport
 import Testing
 
-/// Keeps every connection it opens, for a test to reach them from its own thread; echoes.
+/// Keeps every open connection, for a test to reach them from its own thread; echoes. It lets
+/// each go when it closes: a connection references the server's resources, which reference the
+/// handler, so one kept past its close would keep the whole server alive.
 final class KeepingHandler: ConnectionHandler {
     let connections = LockedBox<[Connection]>([])
 
     func connectionOpened(_ connection: Connection) {
         connections.withLock { $0.append(connection) }
+    }
+
+    func connectionClosed(_ connection: Connection, reason: Connection.CloseReason) {
+        connections.withLock { $0.removeAll { $0 === connection } }
     }
 
     func connection(_ connection: Connection, received bytes: ReceivedBytes) {
