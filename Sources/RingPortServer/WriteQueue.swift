@@ -52,7 +52,6 @@ struct WriteQueue {
     private var rest = Deque<Entry>()
 
     var isEmpty: Bool { first == nil }
-    var count: Int { first == nil ? 0 : 1 + rest.count }
 
     private mutating func append(_ entry: Entry) {
         if first == nil {

@@ -20,8 +20,6 @@ struct GenerationalTable<Element> {
     /// when an append may have moved the elements; a stale address would be harmless anyway (a
     /// prefetch never faults).
     private var entriesAddress: UnsafeRawPointer?
-    /// `entries.count` as of the same refresh (the table never shrinks).
-    private var entriesAddressCount = 0
     private var freeSlots: [UInt32] = []
     /// The number of live entries.
     private(set) var count = 0
@@ -44,7 +42,6 @@ struct GenerationalTable<Element> {
         precondition(entries.count <= Int(Self.maximumSlot), "generational table is full")
         entries.append(Entry(element: element, generation: 1))
         entriesAddress = entries.withUnsafeBufferPointer { UnsafeRawPointer($0.baseAddress) }
-        entriesAddressCount = entries.count
         return (UInt32(entries.count - 1), 1)
     }
 
@@ -78,7 +75,7 @@ struct GenerationalTable<Element> {
     /// made the compiler copy the table, retaining its two arrays.
     @inline(__always)
     func addressForPrefetch(slot: UInt32) -> UnsafeRawPointer? {
-        guard let base = entriesAddress, Int(slot) < entriesAddressCount else { return nil }
+        guard let base = entriesAddress, Int(slot) < entries.count else { return nil }
         return base + Int(slot) * MemoryLayout<Entry>.stride
     }
 

@@ -658,9 +658,13 @@ final class Ring: @unchecked Sendable {
                 CLiburing_prefetch_object(address)
             }
         }
-        for entry in entries {
+        // The record of an entry's operation (none for internal ones or stale slots).
+        func record(of entry: UnsafeMutablePointer<io_uring_cqe>?) -> OperationRecord? {
             let userData = UserData(rawValue: entry.unsafelyUnwrapped.pointee.user_data)
-            guard !userData.isInternal, let record = operations.elementIfPresent(at: userData.slot) else { continue }
+            return userData.isInternal ? nil : operations.elementIfPresent(at: userData.slot)
+        }
+        for entry in entries {
+            guard let record = record(of: entry) else { continue }
             // Both objects span two cache lines; their hot fields lie in each.
             if let context = record.context { CLiburing_prefetch_object(context.toOpaque()) }
             if let handle = record.handle { CLiburing_prefetch_object(handle.toOpaque()) }
@@ -668,10 +672,7 @@ final class Ring: @unchecked Sendable {
         // Then what the layer above keeps for each handle (the server's connection), which its
         // handler touches first; the handles' lines are arriving by now.
         for entry in entries {
-            let userData = UserData(rawValue: entry.unsafelyUnwrapped.pointee.user_data)
-            guard !userData.isInternal, let record = operations.elementIfPresent(at: userData.slot),
-                let handle = record.handle
-            else { continue }
+            guard let handle = record(of: entry)?.handle else { continue }
             handle._withUnsafeGuaranteedRef { handle in
                 if let owner = handle.unretainedOwner { CLiburing_prefetch_object(owner.toOpaque()) }
             }
