@@ -100,9 +100,8 @@ extension RingPortServerTests {
                 $0.idleTimeout = .milliseconds(400)
                 $0.maximumQueuedWriteBytes = 64 << 20
             }) { server in
-                let client = try BlockingClient(connectingTo: server.localAddress, receiveTimeout: .seconds(5))
-                var small: Int32 = 4096
-                setsockopt(client.descriptor, SOL_SOCKET, SO_RCVBUF, &small, socklen_t(MemoryLayout<Int32>.size))
+                let client = try BlockingClient(
+                    connectingTo: server.localAddress, receiveTimeout: .seconds(5), receiveBufferSize: 4096)
                 // More than the kernel's socket buffers take: the rest of the echo stays queued.
                 try client.send([UInt8](repeating: 0x21, count: 16 << 20))
                 shutdown(client.descriptor, Int32(SHUT_WR))
@@ -121,9 +120,8 @@ extension RingPortServerTests {
                 // kernel has written into it) stays small beside the bound checked below.
                 $0.port.providedBuffers = .init(count: 64, size: 16384)
             }) { server in
-                let hog = try BlockingClient(connectingTo: server.localAddress, receiveTimeout: .seconds(2))
-                var small: Int32 = 64 * 1024
-                setsockopt(hog.descriptor, SOL_SOCKET, SO_RCVBUF, &small, socklen_t(MemoryLayout<Int32>.size))
+                let hog = try BlockingClient(
+                    connectingTo: server.localAddress, receiveTimeout: .seconds(2), receiveBufferSize: 64 * 1024)
                 let before = residentBytes()
                 // Push 64 MiB without reading: the sends stall once the server stops reading.
                 let chunk = [UInt8](repeating: 0x5A, count: 1 << 20)
