@@ -117,7 +117,9 @@ extension ConnectionStreams {
         var unqueued: ByteBuffer? = consume buffer
         try withOutboundState { state throws(RingPortError) in
             try checkWritable(state)
-            guard state.queuedBytes < outboundWatermarks.high else { return }
+            // A writer waiting for room goes first: between the watermarks, a write that did
+            // not wait would otherwise pass it.
+            guard state.queuedBytes < outboundWatermarks.high, state.waiter == nil else { return }
             enqueue(unqueued.take().unsafelyUnwrapped, &state, &action)
         }
         guard let buffer = unqueued else {
@@ -136,14 +138,14 @@ extension ConnectionStreams {
                     } catch {
                         return .failure(error)
                     }
-                    if state.queuedBytes < outboundWatermarks.low {
-                        enqueue(buffer, &state, &action)
-                        return .success(())
-                    }
                     guard state.waiter == nil else {
                         return .failure(
                             RingPortError(
                                 .contextInFlight, operation: "write: another task is already waiting to write"))
+                    }
+                    if state.queuedBytes < outboundWatermarks.low {
+                        enqueue(buffer, &state, &action)
+                        return .success(())
                     }
                     if Task.isCancelled { return .failure(CancellationError()) }
                     state.waiter = .write(continuation, buffer)

@@ -32,7 +32,8 @@ import struct NIOCore.ByteBuffer
 ///
 /// ## Thread-safety
 /// All members may be called from any task. One task reads at a time, and one write waits for
-/// room at a time; a second concurrent one throws `RingPortError.Code.contextInFlight`.
+/// room at a time; a second concurrent one, or any write while one waits, throws
+/// `RingPortError.Code.contextInFlight`.
 ///
 /// ## Cancellation
 /// A read cancelled while it waits throws `CancellationError`; the receive stays armed and
@@ -281,8 +282,10 @@ public final class TCPConnection: Sendable {
         ///
         /// - Throws: the `RingPortError` that failed an earlier send (e.g. `ECONNRESET`,
         ///   `EPIPE`), `RingPortError.Code.handleClosed` once the connection is closed,
-        ///   `RingPortError.Code.invalidArgument` after ``finish()``, `CancellationError` when
-        ///   cancelled while waiting (then nothing was queued).
+        ///   `RingPortError.Code.invalidArgument` after ``finish()``,
+        ///   `RingPortError.Code.contextInFlight` while another task's write waits for room
+        ///   (nothing is queued ahead of it), `CancellationError` when cancelled while waiting
+        ///   (then nothing was queued).
         @inlinable
         nonisolated(nonsending) public func write(_ buffer: consuming ByteBuffer) async throws {
             try await streams.write(buffer)
