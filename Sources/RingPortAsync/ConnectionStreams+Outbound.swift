@@ -100,6 +100,13 @@ extension ConnectionStreams {
         withOutboundState { $0.queuedBytes }
     }
 
+    /// Whether a write waits for room (tests wait for this state).
+    var hasWaitingWriter: Bool {
+        withOutboundState { state in
+            if case .write = state.waiter { true } else { false }
+        }
+    }
+
     // MARK: Writers
 
     /// Queues `buffer` for sending; waits first while `outboundWatermarks.high` bytes are queued.

@@ -408,10 +408,9 @@ extension IntegrationTests {
             ])
             let process = server.process
             defer { if process.isRunning { process.terminate() } }
-            let hog = try BlockingClient(connectingTo: server.address, receiveTimeout: .seconds(2))
+            let hog = try BlockingClient(
+                connectingTo: server.address, receiveTimeout: .seconds(2), receiveBufferSize: 16 * 1024)
             defer { hog.close() }
-            var small: Int32 = 16 * 1024
-            setsockopt(hog.descriptor, SOL_SOCKET, SO_RCVBUF, &small, socklen_t(MemoryLayout<Int32>.size))
             // Send until two sends in a row make no progress for 2 s each (EAGAIN after the send
             // timeout): every buffer on the way is full and the server, its write queue over the
             // limit, has stopped reading. One stalled send is not enough: a server starved of

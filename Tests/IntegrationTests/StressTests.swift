@@ -480,8 +480,10 @@ func descriptorExhaustionRound(_ server: StressServer, seed: UInt64) throws -> D
     }
     result.firstWave = served.count
     result.peak = server.footprint
-    // Those held are still served.
+    // Those held are still served (the server holds them: a late echo is a slow machine, not a
+    // client left waiting).
     for index in served {
+        setReceiveTimeout(clients[index], .seconds(5))
         let again = stressPayload(count: 512, seed: seed + 1000 + UInt64(index))
         if sendAll(clients[index], again), receiveExactly(clients[index], count: 512) == again {
             result.heldServedAgain += 1

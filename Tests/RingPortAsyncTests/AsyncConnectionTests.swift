@@ -291,8 +291,9 @@ extension RingPortAsyncTests {
                     writes.withLock { $0 += 1 }
                 }
             }
-            let writesBeforeReset = try await settledCount(writes)
-            #expect(connection.outbound.queuedByteCount >= 65536 / 2 && io.statistics.operationsInFlight == 1)
+            let writesBeforeReset = try await countOnceTheWriterWaits(connection, writes)
+            #expect(connection.outbound.queuedByteCount >= 65536 / 2)
+            #expect(await eventuallyAsync { io.statistics.operationsInFlight == 1 })
             try await Task.sleep(for: .milliseconds(50))
             #expect(writes.withLock { $0 } == writesBeforeReset, "the writer waits")
             client.setResetOnClose()
@@ -380,16 +381,20 @@ extension RingPortAsyncTests {
                 let io = try makeAsyncPort()
                 released = io
                 let (connection, client) = try await connectedPair(on: io)
+                let readReturned = LockedBox(false)
                 let busy = Task(executorPreference: io.executor) {
                     // Resumed on the worker that handled the receive, which handles the
                     // connection until this returns: the end of stream it causes waits.
                     let bytes = try await connection.read()
+                    readReturned.withLock { $0 = true }
                     client.close()
                     usleep(100_000)
                     return bytes
                 }
                 try client.send(Array("x".utf8))
-                try await Task.sleep(for: .milliseconds(30))
+                // The task's read returned, and the task is in its sleep (before the shutdown
+                // closes the connection).
+                #expect(await eventuallyAsync { readReturned.withLock { $0 } })
                 connection.close()
                 await io.shutdown()
                 #expect(try await busy.value.map { String(buffer: $0) } == "x")
@@ -584,7 +589,7 @@ extension RingPortAsyncTests {
                     written.withLock { $0 += 1 }
                 }
             }
-            let count = try await settledCount(written)  // the writer waits for room
+            let count = try await countOnceTheWriterWaits(connection, written)
             await expectRefusedInACancelledTask { try await connection.write(ByteBuffer(string: "never")) }
             // The waiting write goes on: the peer reads it and the next one.
             let expected = (count + 2) * 65536

@@ -1,9 +1,10 @@
 import Foundation
 import Glibc
 import RingPort
-import RingPortAsync
 import RingPortTestSupport
 import Testing
+
+@testable import RingPortAsync
 
 extension AsyncPort.Resumption: CustomTestStringConvertible {
     public var testDescription: String {
@@ -54,17 +55,24 @@ extension Optional<ByteBuffer> {
     var bytes: [UInt8]? { map(\.bytes) }
 }
 
-/// Waits until `count` stops changing for 300 ms (up to 30 s) and returns it: a writer that
-/// writes as long as it can has settled once the loopback socket buffers stop growing.
-func settledCount(_ count: LockedBox<Int>) async throws -> Int {
-    var last = -1
-    for _ in 0..<100 {
+/// Waits (up to 30 s) until a write on `connection` waits for room and `count` has not changed
+/// for 300 ms while it did, and returns `count`. A writer that counts each write once it returned
+/// has then counted all but the waiting one. Waiting once is not enough: the loopback socket
+/// buffers grow for a while (autotuning), which lets the waiting write go on.
+func countOnceTheWriterWaits(
+    _ connection: TCPConnection, _ count: LockedBox<Int>, sourceLocation: SourceLocation = #_sourceLocation
+) async throws -> Int {
+    let deadline = ContinuousClock.now + .seconds(30)
+    var waitingAt: Int?
+    while ContinuousClock.now < deadline {
         let now = count.withLock { $0 }
-        if now == last { return now }
-        last = now
-        try await Task.sleep(for: .milliseconds(300))
+        let waiting = connection.streams.hasWaitingWriter
+        if waiting && now == waitingAt { return now }
+        waitingAt = waiting ? now : nil
+        try await Task.sleep(for: .milliseconds(waiting ? 300 : 20))
     }
-    return last
+    Issue.record("no write settled waiting for room", sourceLocation: sourceLocation)
+    return count.withLock { $0 }
 }
 
 /// The name of the calling thread.

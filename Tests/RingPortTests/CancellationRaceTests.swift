@@ -262,7 +262,7 @@ extension RingPortTests {
                     outcomes.partial += 1
                 }
                 // Everything sent reaches the peer; then nothing more comes.
-                _ = eventually(timeout: .seconds(2)) { received.withLock { $0.count } >= filled + sent }
+                _ = eventually(timeout: .seconds(30)) { received.withLock { $0.count } >= filled + sent }
                 usleep(2_000)
                 stop.withLock { $0 = true }
                 reader.join()
