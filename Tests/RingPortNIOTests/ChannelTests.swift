@@ -140,16 +140,24 @@ extension RingPortNIOTests {
                     }
                 }
                 #expect(eventually { gate.isHolding })
-                usleep(200_000)
+                // The peer gets as far as the socket buffers let it (a few MiB) and stops: the
+                // channel stopped receiving rather than buffering what arrived. Its count holds
+                // for 300 ms then (waited for: a loaded machine runs the sender late).
+                var sentAt = -1
+                #expect(
+                    eventually(timeout: .seconds(30)) {
+                        let now = sent.withLock { $0 }
+                        defer { sentAt = now }
+                        if now == sentAt { return true }
+                        usleep(300_000)
+                        return false
+                    }, "the peer's send went on while reads were held")
+                #expect(sentAt < stream.count)
                 let heldAt = gate.received.withLock { $0.count }
-                let sentAt = sent.withLock { $0 }
                 usleep(200_000)
                 #expect(
                     gate.received.withLock { $0.count } == heldAt, "bytes reached the pipeline while reads were held")
-                // The peer got as far as the socket buffers let it (a few MiB), not much further: the
-                // channel stopped receiving rather than buffering what arrived.
-                let sentHeld = sent.withLock { $0 }
-                #expect(sentHeld == sentAt, "the peer's send went on while reads were held")
+                #expect(sent.withLock { $0 } == sentAt, "the peer's send went on while reads were held")
                 gate.release()
                 #expect(
                     eventually { gate.received.withLock { $0.count } == stream.count },
