@@ -119,7 +119,12 @@ extension ConnectionStreams {
     /// Consumes `buffer`: the caller's last copy moves into the queue without a retain.
     @usableFromInline
     nonisolated(nonsending) func write(_ buffer: consuming ByteBuffer) async throws {
-        guard buffer.readableBytes > 0 else { return }
+        guard buffer.readableBytes > 0 else {
+            // Nothing to send, but the same answer as any write: after a finish, a close or a
+            // failed send it throws.
+            try withOutboundState { state throws(RingPortError) in try checkWritable(state) }
+            return
+        }
         var action = OutboundAction()
         var unqueued: ByteBuffer? = consume buffer
         try withOutboundState { state throws(RingPortError) in
@@ -170,6 +175,7 @@ extension ConnectionStreams {
     /// an end of stream); returns when that happened. Later writes throw. Idempotent.
     ///
     /// - Throws: the error that failed a send (then nothing more is sent);
+    ///   `RingPortError.Code.contextInFlight` while a write waits for room (nothing changed);
     ///   `CancellationError` when cancelled while waiting (the shutdown still happens once the
     ///   queue is sent).
     func finish() async throws {
@@ -182,7 +188,14 @@ extension ConnectionStreams {
             switch state.finish {
             case .done: return .success(())
             case .requested: break
-            case .open: state.finish = .requested
+            case .open:
+                // Refused without a change: requested now, the shutdown would follow the waiting
+                // write, and every later write would fail, while this call reports an error.
+                guard state.waiter == nil else {
+                    return .failure(
+                        RingPortError(.contextInFlight, operation: "finish: another task is already waiting to write"))
+                }
+                state.finish = .requested
             }
             if state.sending == 0 && state.queue.isEmpty {
                 state.finish = .done

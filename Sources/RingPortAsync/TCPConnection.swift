@@ -300,8 +300,9 @@ public final class TCPConnection: Sendable {
         /// reads an end of stream; receiving goes on. Returns when the last byte was handed to
         /// the kernel and the side was shut. Later writes throw. Idempotent.
         ///
-        /// - Throws: the error that failed a send; `CancellationError` when cancelled while
-        ///   waiting (the shutdown still happens once the queue is sent).
+        /// - Throws: the error that failed a send; `RingPortError.Code.contextInFlight` while
+        ///   another task's write waits for room (nothing changed); `CancellationError` when
+        ///   cancelled while waiting (the shutdown still happens once the queue is sent).
         public func finish() async throws {
             try await streams.finish()
         }

@@ -150,11 +150,17 @@ public final class TCPListener: Sendable {
         }
     }
 
+    /// The connection of an accepted descriptor; nil when the port shut down meanwhile (the
+    /// descriptor is closed), as for a closed listener.
     private static func connection(
         _ descriptor: Int32, _ peerAddress: SocketAddress?, on asyncPort: AsyncPort
-    ) throws(RingPortError) -> TCPConnection {
+    ) throws(RingPortError) -> TCPConnection? {
         try? TCPSocket.setNoDelay(descriptor)
-        return try TCPConnection(descriptor: descriptor, peerAddress: peerAddress, on: asyncPort)
+        do {
+            return try TCPConnection(descriptor: descriptor, peerAddress: peerAddress, on: asyncPort)
+        } catch  where error.code == .portClosed {
+            return nil
+        }
     }
 
     private func keepLeftover(_ descriptor: Int32, _ peerAddress: SocketAddress?) {

@@ -143,6 +143,12 @@ extension RingPortAsyncTests {
             } throws: { error in
                 (error as? RingPortError)?.code == .invalidArgument
             }
+            // An empty write is answered as any write (before, it returned without a check).
+            await #expect {
+                try await connection.write(ByteBuffer())
+            } throws: { error in
+                (error as? RingPortError)?.code == .invalidArgument
+            }
 
             let received = try await onThread { try client.receive(count: request.count + 1) }
             #expect(received == request, "every byte, then the end of stream")
@@ -152,6 +158,45 @@ extension RingPortAsyncTests {
             var answer: [UInt8] = []
             for try await buffer in connection.inbound { answer += buffer.readableBytesView }
             #expect(answer == reply)
+            connection.close()
+            await #expect {
+                try await connection.write(ByteBuffer())
+            } throws: { error in
+                (error as? RingPortError)?.code == .handleClosed
+            }
+            await expectCleanShutdown(io, descriptorsBefore: descriptorsBefore)
+        }
+
+        /// A finish() while another task's write waits for room is refused and changes nothing:
+        /// the write side stays open, a later write is queued, and the peer gets every byte with
+        /// no end of stream. (Before, the refused finish had been recorded: the shutdown followed
+        /// the waiting write, and every later write threw.)
+        @Test(.timeLimit(.minutes(1))) func aFinishWhileAWriteWaitsIsRefusedAndChangesNothing() async throws {
+            let descriptorsBefore = DescriptorSnapshot()
+            let io = try makeAsyncPort()
+            let (connection, client) = try await connectedPair(on: io)
+            let chunk = ByteBuffer(repeating: 0x55, count: 65536)
+            let written = LockedBox(0)
+            let writer = Task(executorPreference: io.executor) {
+                while true {
+                    try await connection.write(chunk)
+                    written.withLock { $0 += 1 }
+                }
+            }
+            _ = try await countOnceTheWriterWaits(connection, written)
+            await #expect {
+                try await connection.outbound.finish()
+            } throws: { error in
+                (error as? RingPortError)?.code == .contextInFlight
+            }
+            writer.cancel()
+            await #expect(throws: CancellationError.self) { try await writer.value }
+            // The cancelled write queued nothing; this one goes after what the others queued.
+            try await connection.write([0x66])
+            let count = written.withLock { $0 } * 65536
+            let received = try await onThread { try client.receive(count: count + 1) }
+            #expect(received.count == count + 1 && received.last == 0x66, "every byte, with no end of stream before")
+            client.close()
             connection.close()
             await expectCleanShutdown(io, descriptorsBefore: descriptorsBefore)
         }
