@@ -47,9 +47,10 @@ extension ConnectionStreams {
         var scopeCancelled = false
         /// A consumer's cancellation handler ran while no consumer was waiting: it ran before
         /// the wait began (the task was cancelled already, or was cancelled meanwhile), or after
-        /// the wait ended. The next wait asks the task itself (a hint, not the answer: the
-        /// consumer may be another task by then), so that a wait that is not cancelled does not
-        /// pay `Task.isCancelled` (a retain and a release of the task).
+        /// the wait ended. Waits ask their task while it is set (a hint, not the answer: the
+        /// consumer may be another task by then), and the cancelled task's wait clears it, so
+        /// that a wait that is not cancelled does not pay `Task.isCancelled` (a retain and a
+        /// release of the task) once the hint served.
         var cancellationSeen = false
     }
 
@@ -172,9 +173,11 @@ extension ConnectionStreams {
             }
             if scoped {
                 if state.scopeCancelled { return .failure(CancellationError()) }
-            } else if state.cancellationSeen {
+            } else if state.cancellationSeen, Task.isCancelled {
+                // Cleared only by the cancelled task's own wait: another task's wait (a second
+                // reader, refused or between waits) would take the hint from it.
                 state.cancellationSeen = false
-                if Task.isCancelled { return .failure(CancellationError()) }
+                return .failure(CancellationError())
             }
             state.waiter = continuation
             if case .idle = state.receive {
