@@ -9,7 +9,7 @@ extension RingPortTests {
     /// one that is busy or preempted (it would gain nothing, and the requests the old leader
     /// armed would keep waking it).
     @Suite struct TakeoverTests {
-        /// How a handler spends its stall while the next completion waits behind it.
+        /// How a handler spends 50 ms while the next completion waits behind it.
         enum Stall: String, CaseIterable, CustomTestStringConvertible {
             /// Asleep in a system call: the leader is blocked.
             case sleeping
@@ -31,12 +31,13 @@ extension RingPortTests {
             }
         }
 
-        /// A handler posts a second completion (queued for the leader to submit) and stalls:
-        /// asleep, a standby takes the ring over, submits and handles the second meanwhile;
-        /// computing, nobody does, and the second waits for the leader. The sleep lasts 250 ms:
-        /// the ring was idle before the post, so the sentry may be in a sleep of up to 100 ms
-        /// (``RingLeadership/idleSentryInterval``) when the handler starts, and takes over at
-        /// the watch after the one that finds the leader working.
+        /// A handler posts a second completion (queued for the leader to submit) and stalls for
+        /// 50 ms: asleep, a standby takes the ring over, submits and handles the second meanwhile;
+        /// computing, nobody does, and the second waits for the leader. The ring was idle for
+        /// 300 ms before, so the sentry sleeps its longest then (100 ms,
+        /// ``RingLeadership/idleSentryInterval``): the leader's return from the kernel wakes it
+        /// to watch every threshold again. (Before, it slept on, and the 50 ms were over before
+        /// it looked: 6 of 6 runs failed.)
         @Test(arguments: Stall.allCases)
         func onlyABlockedLeaderIsTakenOver(stall: Stall) throws {
             var configuration = CompletionPort.Configuration()
@@ -49,7 +50,7 @@ extension RingPortTests {
             let pool = WorkerPool(port: port, threadCount: 3) { completion in
                 if completion.userValue == 1 {
                     try? port.post(value: 2)
-                    stall.spend(stall == .sleeping ? .milliseconds(250) : .milliseconds(50))
+                    stall.spend(.milliseconds(50))
                     finishedFirst.store(true, ordering: .releasing)
                 } else {
                     secondRanDuringFirst.store(finishedFirst.load(ordering: .acquiring) ? 0 : 1, ordering: .releasing)
@@ -57,8 +58,9 @@ extension RingPortTests {
             }
             try pool.start()
             defer { pool.shutdown() }
-            // Let the pool settle (a leader waiting in the kernel, standbys parked).
-            usleep(20_000)
+            // Let the pool settle (a leader waiting in the kernel, standbys parked) and the
+            // sentry's sleep grow to its longest.
+            usleep(300_000)
             try port.post(value: 1)
             #expect(
                 eventually {

@@ -211,7 +211,7 @@ final class Ring: @unchecked Sendable {
         lock.unlock()
         let result = queues.enter(toSubmit: toSubmit, waitFor: waitFor, timeout: timeout)
         lock.lock()
-        leadership.leaderRan()
+        leadership.leaderReturnedFromKernel()
         counters.kernelEnters &+= 1
         reapLocked()
         if result < 0 {

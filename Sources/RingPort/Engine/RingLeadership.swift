@@ -115,7 +115,7 @@ final class RingLeadership {
             // thread under the same `pthread_t` (glibc hands an exited thread's out again): a new
             // epoch, and scheduler statistics read from the right thread.
             leaderThread = pthread_t()
-            if parkedWorkers > 0 { lock.signal() }
+            wakeOneStandby()
         }
         attachedWorkers -= 1
     }
@@ -186,6 +186,19 @@ final class RingLeadership {
         progress &+= 1
     }
 
+    /// The leader returned from the kernel: it runs, and a sentry that found it idle there and
+    /// sleeps longer than a threshold now (up to ``idleSentryInterval``) is woken to watch every
+    /// threshold again. Without this, a handler that blocks right after an idle stretch went
+    /// unwatched for the rest of the sentry's sleep. At most one wake-up per such stretch.
+    @inline(__always)
+    func leaderReturnedFromKernel() {
+        leaderRan()
+        if sentryParked && sentryInterval > stallThreshold {
+            sentryInterval = stallThreshold
+            lock.signalSecond()
+        }
+    }
+
     /// `worker` returned from `dequeue` with completions: counts as the leader's progress if it
     /// leads; a standby that leaves to handle them may have been the sentry.
     @inline(__always)
@@ -234,7 +247,7 @@ final class RingLeadership {
         let observedThread = leaderThreadID
         let before = state == .running ? readLeaderSchedule() : nil
         let wakeUp = MonotonicInstant(nanoseconds: now.nanoseconds &+ sentryInterval)
-        lock.wait(until: min(deadline, wakeUp))
+        lock.waitOnSecond(until: min(deadline, wakeUp))
         sentryParked = false
         if state == .waitingInKernel {
             sentryInterval = min(sentryInterval &* 2, RingLeadership.idleSentryInterval)
@@ -289,9 +302,15 @@ final class RingLeadership {
         return leaderSchedule?.read()
     }
 
-    /// Wakes one parked worker, if any (work arrived while nobody leads).
+    /// Wakes one parked worker, if any (work arrived while nobody leads, or the leader
+    /// detached): one that waits for a signal, or else the sentry, which waits on the second
+    /// condition.
     func wakeOneStandby() {
-        if parkedWorkers > 0 { lock.signal() }
+        if parkedWorkers > (sentryParked ? 1 : 0) {
+            lock.signal()
+        } else if sentryParked {
+            lock.signalSecond()
+        }
     }
 
     /// Wakes every parked worker (the pool is stopping).
