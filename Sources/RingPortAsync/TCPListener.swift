@@ -158,8 +158,9 @@ public final class TCPListener: Sendable {
         try? TCPSocket.setNoDelay(descriptor)
         do {
             return try TCPConnection(descriptor: descriptor, peerAddress: peerAddress, on: asyncPort)
-        } catch  where error.code == .portClosed {
-            return nil
+        } catch {
+            if error.code == .portClosed { return nil }
+            throw error
         }
     }
 
