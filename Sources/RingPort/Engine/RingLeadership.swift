@@ -186,14 +186,17 @@ final class RingLeadership {
         progress &+= 1
     }
 
-    /// The leader returned from the kernel: it runs, and a sentry that found it idle there and
-    /// sleeps longer than a threshold now (up to ``idleSentryInterval``) is woken to watch every
-    /// threshold again. Without this, a handler that blocks right after an idle stretch went
-    /// unwatched for the rest of the sentry's sleep. At most one wake-up per such stretch.
+    /// The leader returned from the kernel: it runs, and a sentry that found it idle there at
+    /// two watches in a row, and so sleeps four thresholds or more now (up to
+    /// ``idleSentryInterval``), is woken to watch every threshold again. Without this, a handler
+    /// that blocks right after an idle stretch went unwatched for the rest of the sentry's sleep.
+    /// A sleep of two thresholds (the leader was in the kernel at one watch, as it is at many
+    /// under load) is left to run: waking the sentry then doubled the server's voluntary context
+    /// switches at 1,000 connections, for 5 ms less before a takeover.
     @inline(__always)
     func leaderReturnedFromKernel() {
         leaderRan()
-        if sentryParked && sentryInterval > stallThreshold {
+        if sentryParked && sentryInterval >= 4 &* stallThreshold {
             sentryInterval = stallThreshold
             lock.signalSecond()
         }
