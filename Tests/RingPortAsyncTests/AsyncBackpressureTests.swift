@@ -97,15 +97,9 @@ extension RingPortAsyncTests {
             let descriptorsBefore = DescriptorSnapshot()
             let io = try makeAsyncPort()
             let (connection, client) = try await connectedPair(on: io)
-            let chunk = ByteBuffer(repeating: 0x33, count: 65536)
-            let written = LockedBox(0)
-            let writer = Task(executorPreference: io.executor) {
-                while true {
-                    try await connection.write(chunk)
-                    written.withLock { $0 += 1 }
-                }
-            }
-            _ = try await countOnceTheWriterWaits(connection, written)
+            let writing = try await WaitingWriter(
+                writing: ByteBuffer(repeating: 0x33, count: 65536), to: connection, on: io)
+            let (writer, written) = (writing.task, writing.written)
             let queued = connection.outbound.queuedByteCount
             #expect(queued >= 65536 / 2, "the writer waits with the queue above half the watermark")
             writer.cancel()
@@ -175,15 +169,9 @@ extension RingPortAsyncTests {
             let descriptorsBefore = DescriptorSnapshot()
             let io = try makeAsyncPort()
             let (connection, client) = try await connectedPair(on: io)
-            let chunk = ByteBuffer(repeating: 0x55, count: 65536)
-            let written = LockedBox(0)
-            let writer = Task(executorPreference: io.executor) {
-                while true {
-                    try await connection.write(chunk)
-                    written.withLock { $0 += 1 }
-                }
-            }
-            _ = try await countOnceTheWriterWaits(connection, written)
+            let writing = try await WaitingWriter(
+                writing: ByteBuffer(repeating: 0x55, count: 65536), to: connection, on: io)
+            let (writer, written) = (writing.task, writing.written)
             await #expect {
                 try await connection.outbound.finish()
             } throws: { error in

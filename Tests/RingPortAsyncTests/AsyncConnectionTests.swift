@@ -284,14 +284,8 @@ extension RingPortAsyncTests {
             // high watermark, and the one operation in flight is the send (nothing reads, so no
             // receive is armed).
             let chunk = ByteBuffer(repeating: 0x5A, count: 1 << 20)
-            let writes = LockedBox(0)
-            let writing = Task(executorPreference: io.executor) {
-                while true {
-                    try await connection.write(chunk)
-                    writes.withLock { $0 += 1 }
-                }
-            }
-            let writesBeforeReset = try await countOnceTheWriterWaits(connection, writes)
+            let writer = try await WaitingWriter(writing: chunk, to: connection, on: io)
+            let (writing, writes, writesBeforeReset) = (writer.task, writer.written, writer.countWhenWaiting)
             #expect(connection.outbound.queuedByteCount >= 65536 / 2)
             #expect(await eventuallyAsync { io.statistics.operationsInFlight == 1 })
             try await Task.sleep(for: .milliseconds(50))
@@ -582,14 +576,8 @@ extension RingPortAsyncTests {
             let io = try makeAsyncPort()
             let (connection, client) = try await connectedPair(on: io)
             let chunk = ByteBuffer(repeating: 0x44, count: 65536)
-            let written = LockedBox(0)
-            let writer = Task(executorPreference: io.executor) {
-                while written.withLock({ $0 }) < 1_000 {
-                    try await connection.write(chunk)
-                    written.withLock { $0 += 1 }
-                }
-            }
-            let count = try await countOnceTheWriterWaits(connection, written)
+            let writing = try await WaitingWriter(writing: chunk, to: connection, on: io)
+            let (writer, count) = (writing.task, writing.countWhenWaiting)
             await expectRefusedInACancelledTask { try await connection.write(ByteBuffer(string: "never")) }
             // The waiting write goes on: the peer reads it and the next one.
             let expected = (count + 2) * 65536

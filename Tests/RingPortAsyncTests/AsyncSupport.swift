@@ -75,6 +75,31 @@ func countOnceTheWriterWaits(
     return count.withLock { $0 }
 }
 
+/// A task on `io`'s workers that writes `chunk` to `connection` until a write throws, counting
+/// the writes that returned, and the count once one of its writes waits for room
+/// (``countOnceTheWriterWaits(_:_:sourceLocation:)``): the peer does not read.
+struct WaitingWriter {
+    let task: Task<Void, any Error>
+    let written: LockedBox<Int>
+    /// Writes that had returned when the writer was found waiting.
+    let countWhenWaiting: Int
+
+    init(
+        writing chunk: ByteBuffer, to connection: TCPConnection, on io: AsyncPort,
+        sourceLocation: SourceLocation = #_sourceLocation
+    ) async throws {
+        let written = LockedBox(0)
+        task = Task(executorPreference: io.executor) {
+            while true {
+                try await connection.write(chunk)
+                written.withLock { $0 += 1 }
+            }
+        }
+        self.written = written
+        countWhenWaiting = try await countOnceTheWriterWaits(connection, written, sourceLocation: sourceLocation)
+    }
+}
+
 /// The name of the calling thread.
 func currentThreadName() -> String {
     let name = (try? String(contentsOfFile: "/proc/thread-self/comm", encoding: .utf8)) ?? ""
