@@ -121,8 +121,13 @@ extension ConnectionStreams {
     nonisolated(nonsending) func write(_ buffer: consuming ByteBuffer) async throws {
         guard buffer.readableBytes > 0 else {
             // Nothing to send, but the same answer as any write: after a finish, a close or a
-            // failed send it throws.
-            try withOutboundState { state throws(RingPortError) in try checkWritable(state) }
+            // failed send, or while a writer waits, it throws.
+            try withOutboundState { state throws(RingPortError) in
+                try checkWritable(state)
+                guard state.waiter == nil else {
+                    throw RingPortError(.contextInFlight, operation: "write: another task is already waiting to write")
+                }
+            }
             return
         }
         var action = OutboundAction()
@@ -172,10 +177,12 @@ extension ConnectionStreams {
     }
 
     /// Sends what is queued, then shuts the write side down (`shutdown(SHUT_WR)`: the peer reads
-    /// an end of stream); returns when that happened. Later writes throw. Idempotent.
+    /// an end of stream); returns when that happened. Later writes throw. Once it returned,
+    /// calling it again returns at once.
     ///
     /// - Throws: the error that failed a send (then nothing more is sent);
-    ///   `RingPortError.Code.contextInFlight` while a write waits for room (nothing changed);
+    ///   `RingPortError.Code.contextInFlight` while a write waits for room, or another
+    ///   `finish()` waits for the queue to drain (nothing changed);
     ///   `CancellationError` when cancelled while waiting (the shutdown still happens once the
     ///   queue is sent).
     func finish() async throws {

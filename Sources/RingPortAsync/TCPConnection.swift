@@ -298,11 +298,13 @@ public final class TCPConnection: Sendable {
 
         /// Sends what is queued, then shuts the write side down (`shutdown(SHUT_WR)`): the peer
         /// reads an end of stream; receiving goes on. Returns when the last byte was handed to
-        /// the kernel and the side was shut. Later writes throw. Idempotent.
+        /// the kernel and the side was shut. Later writes throw. Once it returned, calling it
+        /// again returns at once.
         ///
         /// - Throws: the error that failed a send; `RingPortError.Code.contextInFlight` while
-        ///   another task's write waits for room (nothing changed); `CancellationError` when
-        ///   cancelled while waiting (the shutdown still happens once the queue is sent).
+        ///   another task's write waits for room, or another `finish()` waits for the queue to
+        ///   drain (nothing changed); `CancellationError` when cancelled while waiting (the
+        ///   shutdown still happens once the queue is sent).
         public func finish() async throws {
             try await streams.finish()
         }

@@ -177,6 +177,11 @@ extension RingPortAsyncTests {
             } throws: { error in
                 (error as? RingPortError)?.code == .contextInFlight
             }
+            await #expect {
+                try await connection.write(ByteBuffer())
+            } throws: { error in
+                (error as? RingPortError)?.code == .contextInFlight
+            }
             writer.cancel()
             await #expect(throws: CancellationError.self) { try await writer.value }
             // The cancelled write queued nothing; this one goes after what the others queued.

@@ -65,8 +65,10 @@ func countOnceTheWriterWaits(
     let deadline = ContinuousClock.now + .seconds(30)
     var waitingAt: Int?
     while ContinuousClock.now < deadline {
-        let now = count.withLock { $0 }
+        // The state first: a writer that resumed, counted and waits again between the two reads
+        // would otherwise be counted one short.
         let waiting = connection.streams.hasWaitingWriter
+        let now = count.withLock { $0 }
         if waiting && now == waitingAt { return now }
         waitingAt = waiting ? now : nil
         try await Task.sleep(for: .milliseconds(waiting ? 300 : 20))

@@ -26,6 +26,10 @@ extension RingPortTests {
             let sleeper = try startThread {
                 while !done.load(ordering: .relaxed) { usleep(20_000) }
             }
+            defer {
+                done.store(true, ordering: .relaxed)
+                sleeper.thread.join()
+            }
             let spinner = try startThread {
                 var spins: UInt64 = 0
                 while !done.load(ordering: .relaxed) { spins &+= 1 }
@@ -33,7 +37,6 @@ extension RingPortTests {
             }
             defer {
                 done.store(true, ordering: .relaxed)
-                sleeper.thread.join()
                 spinner.thread.join()
             }
             let sleeping = try #require(ThreadSchedule(threadID: sleeper.id))

@@ -8,9 +8,10 @@ import Glibc
 ///   that enters the kernel for the ring while workers are attached. It submits, waits, reaps,
 ///   and handles what it reaped.
 /// - **Standbys park.** The other attached workers wait on the ring's condition (``park(now:deadline:hasWork:)``);
-///   a worker leaves the lead with ``resign(_:)`` (detaching) and a parked one is signalled.
-/// - **One sentry.** The first standby to park is the sentry: it wakes every ``stallThreshold``
-///   (doubling up to ``idleSentryInterval`` while the leader sleeps in the kernel) and reports the
+///   a worker leaves the lead by detaching (``detach(_:)``) and a parked one is woken.
+/// - **One sentry.** The first standby to park is the sentry, which waits on the lock's second
+///   condition: it wakes every ``stallThreshold`` (doubling up to ``idleSentryInterval`` while the
+///   leader sleeps in the kernel; the leader's return wakes it from a long sleep) and reports the
 ///   leader stalled when the leader's progress count did not move for a whole threshold while
 ///   work waited *and* the leader was blocked meanwhile. The caller then takes the ring over
 ///   (``take(by:)`` counts it).
@@ -30,8 +31,8 @@ import Glibc
 ///   preempted thread.
 ///
 /// ## Threads
-/// Every method is called with the ring's lock held (``lock``, whose condition the standbys wait
-/// on). A class, not a struct: a parked worker waits inside ``park(now:deadline:hasWork:)``
+/// Every method is called with the ring's lock held (``lock``, whose conditions the standbys and
+/// the sentry wait on). A class, not a struct: a parked worker waits inside ``park(now:deadline:hasWork:)``
 /// while other workers change the leadership.
 final class RingLeadership {
     // Stored properties marked @exclusivity(unchecked) skip Swift's dynamic exclusivity checks:
@@ -51,10 +52,14 @@ final class RingLeadership {
     /// The longest the sentry sleeps while its leader is idle in the kernel.
     static let idleSentryInterval: UInt64 = 100_000_000
 
-    /// The ring's lock: its condition is where standbys park.
+    /// The ring's lock: its condition is where standbys park, its second one where the sentry
+    /// does.
     private let lock: ConditionMutex
     /// How long a leader may stay inside one handler before the sentry takes over (nanoseconds).
     let stallThreshold: UInt64
+    /// A sentry sleep this long or longer is cut short by the leader's return from the kernel
+    /// (see ``leaderReturnedFromKernel()``): four thresholds, at most ``idleSentryInterval``.
+    private let longSentrySleep: UInt64
 
     @exclusivity(unchecked) private var leader: ObjectIdentifier?
     /// Whether the leader is a worker that comes back to `dequeue` until it is stopped (a
@@ -95,6 +100,8 @@ final class RingLeadership {
         self.lock = lock
         self.stallThreshold = stallThreshold.nanosecondsClamped
         sentryInterval = self.stallThreshold
+        let (four, overflow) = self.stallThreshold.multipliedReportingOverflow(by: 4)
+        longSentrySleep = min(overflow ? .max : four, RingLeadership.idleSentryInterval)
     }
 
     // MARK: Attaching
@@ -196,9 +203,11 @@ final class RingLeadership {
     @inline(__always)
     func leaderReturnedFromKernel() {
         leaderRan()
-        if sentryParked && sentryInterval >= 4 &* stallThreshold {
+        if sentryInterval >= longSentrySleep && sentryInterval > stallThreshold {
+            // Also when no sentry is parked (it left to handle completions): the next one to
+            // park watches every threshold while the leader runs.
             sentryInterval = stallThreshold
-            lock.signalSecond()
+            if sentryParked { lock.signalSecond() }
         }
     }
 
@@ -305,15 +314,15 @@ final class RingLeadership {
         return leaderSchedule?.read()
     }
 
-    /// Wakes one parked worker, if any (work arrived while nobody leads, or the leader
-    /// detached): one that waits for a signal, or else the sentry, which waits on the second
-    /// condition.
+    /// Wakes a parked worker, if any (work arrived while nobody leads, or the leader detached):
+    /// one that waits for a signal, and the sentry too. `parkedWorkers` also counts standbys
+    /// that have left the condition (timed out, woken) and not yet taken the lock back, so a
+    /// signal to the condition alone may wake nobody while the sentry sleeps on; nobody leads,
+    /// which is rare, so both are woken.
     func wakeOneStandby() {
-        if parkedWorkers > (sentryParked ? 1 : 0) {
-            lock.signal()
-        } else if sentryParked {
-            lock.signalSecond()
-        }
+        guard parkedWorkers > 0 else { return }
+        lock.signal()
+        if sentryParked { lock.signalSecond() }
     }
 
     /// Wakes every parked worker (the pool is stopping).
