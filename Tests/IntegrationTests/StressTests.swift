@@ -812,7 +812,9 @@ func slowloris(_ server: StressServer, heads: Int, bodies: Int, seed: UInt64) th
         let descriptor: Int32
         let trickle: [UInt8]
         var position = 0
-        /// When the server last saw a complete request (the connect, or the answered head).
+        /// When the server last saw a complete request, at the latest: the connect, or the
+        /// moment before the complete head was sent. (Not when its answer arrived: a test process
+        /// that runs late would see the answer late and measure the idle time short.)
         var idleSince = ContinuousClock.now
         var nextSend = ContinuousClock.now
         var closedAfter: Duration?
@@ -856,11 +858,11 @@ func slowloris(_ server: StressServer, heads: Int, bodies: Int, seed: UInt64) th
         } else {
             // A complete request announcing a body, whose body then trickles.
             let request = Array("GET /plaintext HTTP/1.1\r\nHost: stress\r\nContent-Length: 1000\r\n\r\n".utf8)
+            let client = Slow(
+                descriptor: descriptor, trickle: [UInt8](repeating: UInt8(ascii: "b"), count: 1000),
+                awaitingAnswer: true)
             _ = request.withUnsafeBytes { send(descriptor, $0.baseAddress!, $0.count, Int32(MSG_NOSIGNAL)) }
-            slow.append(
-                Slow(
-                    descriptor: descriptor, trickle: [UInt8](repeating: UInt8(ascii: "b"), count: 1000),
-                    awaitingAnswer: true))
+            slow.append(client)
         }
     }
     var buffer = [UInt8](repeating: 0, count: 4096)
@@ -884,7 +886,6 @@ func slowloris(_ server: StressServer, heads: Int, bodies: Int, seed: UInt64) th
                         && String(decoding: buffer[0..<count], as: UTF8.self).hasPrefix("HTTP/1.1 200")
                     {
                         client.awaitingAnswer = false
-                        client.idleSince = .now
                     } else {
                         result.notes.append(
                             "unexpected \(count) bytes: \(String(decoding: buffer[0..<min(count, 40)], as: UTF8.self))")
