@@ -120,23 +120,15 @@ extension ConnectionStreams {
     @usableFromInline
     nonisolated(nonsending) func write(_ buffer: consuming ByteBuffer) async throws {
         guard buffer.readableBytes > 0 else {
-            // Nothing to send, but the same answer as any write: after a finish, a close or a
-            // failed send, or while a writer waits, it throws.
-            try withOutboundState { state throws(RingPortError) in
-                try checkWritable(state)
-                guard state.waiter == nil else {
-                    throw RingPortError(.contextInFlight, operation: "write: another task is already waiting to write")
-                }
-            }
+            // Nothing to send, but the same answer as any write.
+            try withOutboundState { state throws(RingPortError) in try checkWritable(state) }
             return
         }
         var action = OutboundAction()
         var unqueued: ByteBuffer? = consume buffer
         try withOutboundState { state throws(RingPortError) in
             try checkWritable(state)
-            // A writer waiting for room goes first: between the watermarks, a write that did
-            // not wait would otherwise pass it.
-            guard state.queuedBytes < outboundWatermarks.high, state.waiter == nil else { return }
+            guard state.queuedBytes < outboundWatermarks.high else { return }
             enqueue(unqueued.take().unsafelyUnwrapped, &state, &action)
         }
         guard let buffer = unqueued else {
@@ -154,11 +146,6 @@ extension ConnectionStreams {
                         try checkWritable(state)
                     } catch {
                         return .failure(error)
-                    }
-                    guard state.waiter == nil else {
-                        return .failure(
-                            RingPortError(
-                                .contextInFlight, operation: "write: another task is already waiting to write"))
                     }
                     if state.queuedBytes < outboundWatermarks.low {
                         enqueue(buffer, &state, &action)
@@ -250,11 +237,19 @@ extension ConnectionStreams {
         waiter?.continuation.resume(throwing: CancellationError())
     }
 
+    /// Whether a write may queue now: the outbound side has not failed, the connection is open,
+    /// the write side was not finished, and no other writer waits for room (it goes first:
+    /// between the watermarks, a write that did not wait would otherwise pass it). Every write
+    /// asks, also an empty one.
     private func checkWritable(_ state: borrowing OutboundState) throws(RingPortError) {
         if let error = state.error { throw error }
         if handle.isClosed { throw RingPortError(.handleClosed, operation: "write on a closed connection") }
-        if case .open = state.finish { return }
-        throw RingPortError(.invalidArgument, operation: "write after the write side was finished")
+        guard case .open = state.finish else {
+            throw RingPortError(.invalidArgument, operation: "write after the write side was finished")
+        }
+        guard state.waiter == nil else {
+            throw RingPortError(.contextInFlight, operation: "write: another task is already waiting to write")
+        }
     }
 
     /// Appends `buffer` to the queue and posts a send if none is in flight.
