@@ -507,7 +507,7 @@ final class Ring: @unchecked Sendable {
         case .waitingInKernel:
             ringDoorbellLocked()
         case .none:
-            leadership.wakeOneStandby()
+            leadership.wakeStandbyToLead()
         case .running:
             break
         }

@@ -58,7 +58,8 @@ final class RingLeadership {
     /// How long a leader may stay inside one handler before the sentry takes over (nanoseconds).
     let stallThreshold: UInt64
     /// A sentry sleep this long or longer is cut short by the leader's return from the kernel
-    /// (see ``leaderReturnedFromKernel()``): four thresholds, at most ``idleSentryInterval``.
+    /// (see ``leaderReturnedFromKernel()``): four thresholds, at most ``idleSentryInterval``;
+    /// `.max` (never) when that is not longer than a threshold.
     private let longSentrySleep: UInt64
 
     @exclusivity(unchecked) private var leader: ObjectIdentifier?
@@ -101,7 +102,8 @@ final class RingLeadership {
         self.stallThreshold = stallThreshold.nanosecondsClamped
         sentryInterval = self.stallThreshold
         let (four, overflow) = self.stallThreshold.multipliedReportingOverflow(by: 4)
-        longSentrySleep = min(overflow ? .max : four, RingLeadership.idleSentryInterval)
+        let long = min(overflow ? .max : four, RingLeadership.idleSentryInterval)
+        longSentrySleep = long > self.stallThreshold ? long : .max
     }
 
     // MARK: Attaching
@@ -122,7 +124,7 @@ final class RingLeadership {
             // thread under the same `pthread_t` (glibc hands an exited thread's out again): a new
             // epoch, and scheduler statistics read from the right thread.
             leaderThread = pthread_t()
-            wakeOneStandby()
+            wakeStandbyToLead()
         }
         attachedWorkers -= 1
     }
@@ -203,7 +205,7 @@ final class RingLeadership {
     @inline(__always)
     func leaderReturnedFromKernel() {
         leaderRan()
-        if sentryInterval >= longSentrySleep && sentryInterval > stallThreshold {
+        if sentryInterval >= longSentrySleep {
             // Also when no sentry is parked (it left to handle completions): the next one to
             // park watches every threshold while the leader runs.
             sentryInterval = stallThreshold
@@ -314,12 +316,12 @@ final class RingLeadership {
         return leaderSchedule?.read()
     }
 
-    /// Wakes a parked worker, if any (work arrived while nobody leads, or the leader detached):
-    /// one that waits for a signal, and the sentry too. `parkedWorkers` also counts standbys
-    /// that have left the condition (timed out, woken) and not yet taken the lock back, so a
-    /// signal to the condition alone may wake nobody while the sentry sleeps on; nobody leads,
-    /// which is rare, so both are woken.
-    func wakeOneStandby() {
+    /// Wakes a parked worker to take the vacant lead, if any is parked (work arrived while nobody
+    /// leads, or the leader detached): one that waits for a signal, and the sentry too.
+    /// `parkedWorkers` also counts standbys that have left the condition (timed out, woken) and
+    /// not yet taken the lock back, so a signal to the condition alone may wake nobody while the
+    /// sentry sleeps on; nobody leads, which is rare, so both are woken.
+    func wakeStandbyToLead() {
         guard parkedWorkers > 0 else { return }
         lock.signal()
         if sentryParked { lock.signalSecond() }
