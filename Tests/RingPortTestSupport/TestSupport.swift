@@ -42,9 +42,9 @@ package struct BlockingClient {
         if var size = receiveBufferSize {
             let socket = try TCPSocket.makeSocket(family: address.protocolFamily)
             setsockopt(socket, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
-            let result = withSocketAddress(of: address) { Glibc.connect(socket, $0, $1) }
-            guard result == 0 else {
-                let error = POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO)
+            do {
+                try TCPSocket.connect(socket, to: address)
+            } catch {
                 Glibc.close(socket)
                 throw error
             }
@@ -182,32 +182,4 @@ package func firstDifference(_ left: some Collection<UInt8>, _ right: some Colle
 /// wake: tests that count wake-ups do not hold there.
 package let isRunningUnderASanitizer: Bool = ["__tsan_init", "__asan_init"].contains { (symbol: String) in
     dlsym(UnsafeMutableRawPointer(bitPattern: 0), symbol) != nil
-}
-
-/// Calls `body` with `address` as a `sockaddr_in` or `sockaddr_in6`.
-private func withSocketAddress<Result>(
-    of address: SocketAddress, _ body: (UnsafePointer<sockaddr>, socklen_t) -> Result
-) -> Result {
-    let bytes = address.addressBytes
-    switch address.family {
-    case .ipv4:
-        var storage = sockaddr_in()
-        storage.sin_family = sa_family_t(AF_INET)
-        storage.sin_port = address.port.bigEndian
-        withUnsafeMutableBytes(of: &storage.sin_addr) { $0.copyBytes(from: bytes.prefix(4)) }
-        return withUnsafePointer(to: &storage) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-    case .ipv6:
-        var storage = sockaddr_in6()
-        storage.sin6_family = sa_family_t(AF_INET6)
-        storage.sin6_port = address.port.bigEndian
-        storage.sin6_scope_id = address.scopeID
-        withUnsafeMutableBytes(of: &storage.sin6_addr) { $0.copyBytes(from: bytes.prefix(16)) }
-        return withUnsafePointer(to: &storage) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                body($0, socklen_t(MemoryLayout<sockaddr_in6>.size))
-            }
-        }
-    }
 }

@@ -50,13 +50,20 @@ public enum TCPSocket {
     /// Connects a new socket to `address`, blocking until connected. The caller owns it.
     public static func connect(to address: SocketAddress) throws(RingPortError) -> Int32 {
         let descriptor = try makeSocket(family: address.protocolFamily)
-        let result = address.withSocketAddress { Glibc.connect(descriptor, $0, $1) }
-        if result != 0 {
-            let error = Errno(rawValue: Glibc.errno)
+        do {
+            try connect(descriptor, to: address)
+        } catch {
             SystemCall.close(descriptor)
-            throw RingPortError(.systemCallFailed, operation: "connect \(address)", errno: error)
+            throw error
         }
         return descriptor
+    }
+
+    /// Connects the caller's socket (from ``makeSocket(family:)``) to `address`, blocking until
+    /// connected: for options that must be set before the connect (`SO_RCVBUF`, whose window
+    /// the handshake announces). The caller keeps owning it, also when this throws.
+    public static func connect(_ descriptor: Int32, to address: SocketAddress) throws(RingPortError) {
+        try SystemCall.check(address.withSocketAddress { Glibc.connect(descriptor, $0, $1) }, "connect \(address)")
     }
 
     /// The address a socket is bound to (`getsockname`), e.g. to learn the port the kernel
