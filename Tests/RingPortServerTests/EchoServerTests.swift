@@ -128,13 +128,7 @@ extension RingPortServerTests {
             let error = #expect(throws: RingPortError.self) { try server.start() }
             #expect(error?.code == .systemCallFailed && error?.errno == .resourceTemporarilyUnavailable, "\(error)")
             #expect(PThread.creationFailureCountdown.load(ordering: .relaxed) == 0, "the third creation failed")
-            let serverThreads = {
-                ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? []).filter { task in
-                    let name = try? String(contentsOfFile: "/proc/self/task/\(task)/comm", encoding: .utf8)
-                    return name?.hasPrefix("ringport-halfwa") == true
-                }
-            }
-            #expect(eventually { serverThreads().isEmpty }, "server threads still running")
+            #expect(eventually { threadCount(named: "ringport-halfwa") == 0 }, "server threads still running")
             #expect(descriptorsBefore.allClosedAgain, "still open: \(descriptorsBefore.openedSince)")
             #expect(throws: (any Error).self, "still listening") { try BlockingClient(connectingTo: address) }
             let again = #expect(throws: RingPortError.self) { try server.start() }

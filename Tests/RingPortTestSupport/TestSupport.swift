@@ -8,6 +8,16 @@ package func threadCount() -> Int {
     (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task").count) ?? -1
 }
 
+/// The number of threads of this process whose name (/proc/self/task/TID/comm, at most 15
+/// bytes) starts with `prefix`: a pool's own, while other threads come and go.
+package func threadCount(named prefix: String) -> Int {
+    let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? []
+    return tasks.filter { task in
+        let name = try? String(contentsOfFile: "/proc/self/task/\(task)/comm", encoding: .utf8)
+        return name?.hasPrefix(prefix) == true
+    }.count
+}
+
 /// A connected pair of Unix stream sockets.
 package func makeSocketPair() throws -> (Int32, Int32) {
     var descriptors: [Int32] = [0, 0]

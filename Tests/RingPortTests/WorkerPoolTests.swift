@@ -57,17 +57,10 @@ extension RingPortTests {
             let pool = WorkerPool(port: port, name: "countedpool") { _ in }
             #expect(pool.threadCount == cpus * 2 + 2)
             // The pool's own threads, by name: others of the process come and go meanwhile.
-            func poolThreads() -> Int {
-                let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? []
-                return tasks.filter { task in
-                    let name = (try? String(contentsOfFile: "/proc/self/task/\(task)/comm", encoding: .utf8)) ?? ""
-                    return name.hasPrefix("countedpool-")
-                }.count
-            }
             try pool.start()
-            #expect(eventually { poolThreads() == cpus * 2 + 2 })
+            #expect(eventually { threadCount(named: "countedpool-") == cpus * 2 + 2 })
             pool.shutdown()
-            #expect(eventually { poolThreads() == 0 })
+            #expect(eventually { threadCount(named: "countedpool-") == 0 })
             port.close()
         }
 
