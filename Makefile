@@ -203,8 +203,9 @@ perf-tools:
 	fi
 
 # Where the echo server's CPU goes: 128-byte ping-pong over 64 connections (PROFILE_ARGS to change
-# it, e.g. PROFILE_ARGS="--connections 1000"), perf cpu-clock samples of the server; prints the
-# kernel and user-space shares and the top user-space symbols.
+# it, e.g. PROFILE_ARGS="--connections 1000 --rounds 5"), perf cpu-clock samples of the server in
+# three rounds (~35 s); prints each round's user-space share and samples per 1,000 messages, the
+# median round's kernel and user-space shares and its top user-space symbols.
 PROFILE_ARGS ?=
 profile: release perf-tools
 	Benchmarks/scripts/profile.sh $(PROFILE_ARGS)

@@ -149,7 +149,7 @@ lines += ["", "CPU per message, max ÷ min: RingPort **{:.3f}**, C liburing {:.3
     spreads.get("ringport", float("nan")), spreads.get("c_liburing", float("nan"))), ""]
 share = re.search(r"user-space share: ([\d.]+)%", profile)
 lines += ["## Where the server's CPU goes", "",
-          f"`make profile` (perf `cpu-clock` samples of `ringport echo` under 128 B × 64 ping-pong): "
+          f"`make profile` (perf `cpu-clock` samples of `ringport echo` under 128 B × 64 ping-pong, the median of three fresh servers): "
           f"user-space share of the server's CPU **{share.group(1) if share else '?'}%**.", "", "```",
           profile.strip(), "```", ""]
 open(out, "w").write("\n".join(lines))
