@@ -163,6 +163,82 @@ extension RingPortTests {
             port.close()
         }
 
+        /// On the epoll backend two threads perform file reads and writes, each job on a
+        /// duplicate of the file's descriptor (closing the handle must never let a job touch a
+        /// reused number). The jobs queued at once on one descriptor share one duplicate: with
+        /// both threads held inside a read (their buffers' pages trapped), 64 more queued reads
+        /// of the file hold one extra descriptor, not 64, and it closes with the last of them.
+        /// Every read still gets its own bytes.
+        @Test(.enabled(if: PageFaultTrap.isAvailable, "needs /dev/userfaultfd to hold the pool's threads"))
+        func queuedFileJobsOfOneDescriptorShareOneDuplicate() throws {
+            let file = TemporaryFile()
+            defer { file.remove() }
+            var random = SeededGenerator(state: 17)
+            let content = random.bytes(count: 65536)
+            try Data(content).write(to: URL(fileURLWithPath: file.path))
+            let port = try makeSingleRingPort(entries: 128, backend: .epoll)
+            let worker = port.makeWorker()
+            let before = DescriptorSnapshot()
+            let handle = try port.openFile(atPath: file.path, access: .readOnly)
+            let name = URL(fileURLWithPath: file.path).lastPathComponent
+            func descriptorsOfTheFile() -> Int { before.openedSince.filter { $0.hasSuffix(name) }.count }
+
+            // Two reads into trapped pages hold the pool's two threads inside `pread`.
+            var traps: [PageFaultTrap] = []
+            var blocked: [(context: IOContext, range: Range<Int>)] = []
+            for index in 0..<2 {
+                let context = IOContext(capacity: 1 << 20)
+                let trap = try context.withUnsafeMutableBytes { bytes throws(PageFaultTrap.Failure) in
+                    try PageFaultTrap(bytes)
+                }
+                let range = trap.trappedRange.lowerBound..<(trap.trappedRange.lowerBound + 4096)
+                context.userValue = UInt64(1000 + index)
+                try port.read(handle, into: context, range: range, atOffset: 0)
+                traps.append(trap)
+                blocked.append((context, range))
+            }
+            // A dequeue that does not wait submits what was posted.
+            #expect(try worker.dequeue(timeout: .zero) == nil)
+            for trap in traps {
+                try #require(trap.waitForBlockedTouches(1, timeout: .seconds(10)))
+            }
+
+            // 64 reads queue behind them.
+            let reads = (0..<64).map { index in (offset: index * 1000, context: IOContext(capacity: 512)) }
+            for (index, read) in reads.enumerated() {
+                read.context.userValue = UInt64(index)
+                try port.read(handle, into: read.context, atOffset: Int64(read.offset))
+            }
+            #expect(try worker.dequeue(timeout: .zero) == nil)
+            // The handle's descriptor and one duplicate (there were 64 + 2 duplicates).
+            #expect(descriptorsOfTheFile() == 2)
+
+            for trap in traps { trap.release() }
+            var done = Set<UInt64>()
+            for _ in 0..<(reads.count + blocked.count) {
+                let completion = try #require(try worker.dequeue(timeout: .seconds(10)))
+                let context = try #require(completion.context)
+                done.insert(context.userValue)
+                #expect(completion.error == nil)
+                if context.userValue >= 1000 {
+                    let range = blocked[Int(context.userValue - 1000)].range
+                    #expect(completion.bytesTransferred == 4096)
+                    #expect(firstDifference(context.bytes(in: range), content[0..<4096]) == nil)
+                } else {
+                    let offset = reads[Int(context.userValue)].offset
+                    #expect(completion.bytesTransferred == 512)
+                    #expect(firstDifference(context.bytes(in: 0..<512), content[offset..<(offset + 512)]) == nil)
+                }
+            }
+            #expect(done.count == reads.count + blocked.count)
+            // The last job closed the duplicate before its completion was posted.
+            #expect(descriptorsOfTheFile() == 1)
+            port.close(handle)
+            worker.detach()
+            port.close()
+            #expect(descriptorsOfTheFile() == 0)
+        }
+
         /// What the kernel refuses comes back as its errno: reading a write-only descriptor or
         /// writing a read-only one is `EBADF`; opening fails with the `open(2)` errno; a negative
         /// offset is refused before anything is queued. Handles close their descriptors.

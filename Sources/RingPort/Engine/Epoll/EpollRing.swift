@@ -69,6 +69,10 @@ final class EpollRing: RingQueues {
     @exclusivity(unchecked) private var published = Deque<io_uring_sqe>()
     @exclusivity(unchecked) private var descriptors = DescriptorTable()
     @exclusivity(unchecked) private var timers = TimerHeap()
+    /// The duplicate that the file jobs of each descriptor share (see ``FileOperationPool``),
+    /// held weakly: it closes when its last job ends. Forgotten when the descriptor number is
+    /// closed through the ring or associated again (then it may name another file).
+    @exclusivity(unchecked) private var fileDuplicates: [Int32: WeakFileDuplicate] = [:]
     /// Completions produced under `engineLock`, posted together.
     @exclusivity(unchecked) private var produced: [io_uring_cqe] = []
     /// Whether `epoll_pwait2` is there (cleared on the first `ENOSYS`).
@@ -164,6 +168,7 @@ final class EpollRing: RingQueues {
             for operation in descriptors.removeAll(on: descriptor) {
                 complete(operation.entry.user_data, -ECANCELED)
             }
+            fileDuplicates[descriptor] = nil
             postProducedLocked()
         }
     }
@@ -386,15 +391,23 @@ final class EpollRing: RingQueues {
     // MARK: Files, timers, cancellation, close (engineLock held)
 
     private func submitFileJobLocked(_ entry: io_uring_sqe, isWrite: Bool) {
-        // The job works on a duplicate (see FileOperationPool).
-        let duplicate = fcntl(entry.fd, F_DUPFD_CLOEXEC, 0)
-        guard duplicate >= 0 else { return complete(entry.user_data, -Glibc.errno) }
+        // The job works on a duplicate, the one the descriptor's other jobs hold if any is left
+        // (see FileOperationPool).
+        let duplicate: FileOperationPool.SharedDuplicate
+        if let shared = fileDuplicates[entry.fd]?.duplicate {
+            duplicate = shared
+        } else {
+            let descriptor = fcntl(entry.fd, F_DUPFD_CLOEXEC, 0)
+            guard descriptor >= 0 else { return complete(entry.user_data, -Glibc.errno) }
+            duplicate = FileOperationPool.SharedDuplicate(owning: descriptor)
+            fileDuplicates[entry.fd] = WeakFileDuplicate(duplicate: duplicate)
+        }
         let job = FileOperationPool.Job(
-            userData: entry.user_data, isWrite: isWrite, descriptor: duplicate,
+            userData: entry.user_data, isWrite: isWrite, file: duplicate,
             buffer: UnsafeMutableRawPointer(bitPattern: UInt(entry.addr)), count: Int(entry.len),
             offset: entry.off == UInt64.max ? -1 : Int64(bitPattern: entry.off))
+        // A job that could not be queued lets its duplicate go with it.
         if let error = files.enqueue(job) {
-            SystemCall.close(duplicate)
             complete(entry.user_data, error)
         }
     }
@@ -471,6 +484,8 @@ final class EpollRing: RingQueues {
         for operation in descriptors.removeAll(on: descriptor) {
             complete(operation.entry.user_data, -ECANCELED)
         }
+        // Running jobs keep their duplicate; the next job of this number dups the new file.
+        fileDuplicates[descriptor] = nil
         // The operation's result is its completion's, as io_uring's close reports it: not
         // SystemCall.close, which treats EBADF as the caller's bug.
         complete(entry.user_data, Glibc.close(descriptor) == 0 ? 0 : -Glibc.errno)
@@ -491,4 +506,9 @@ final class EpollRing: RingQueues {
         produced.withUnsafeBufferPointer { completions.post($0) }
         produced.removeAll(keepingCapacity: true)
     }
+}
+
+/// A weak reference to a file's shared duplicate (see ``FileOperationPool/SharedDuplicate``).
+struct WeakFileDuplicate {
+    weak var duplicate: FileOperationPool.SharedDuplicate?
 }

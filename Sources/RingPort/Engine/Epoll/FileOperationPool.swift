@@ -5,10 +5,12 @@ import Glibc
 /// The threads that perform an ``EpollRing``'s positioned reads and writes of regular files,
 /// which epoll cannot wait for (a regular file is always "ready"; its reads block on the disk).
 ///
-/// Each job works on a duplicate of the descriptor, made when the job is queued and closed when
-/// it ends, so that closing the original (as a handle's close does right after cancelling)
-/// never lets a job touch a descriptor number the process has reused meanwhile. A finished job
-/// posts its completion to the ring's completion queue and wakes the ring's waiting thread.
+/// Each job works on a duplicate of the descriptor (a ``SharedDuplicate``), so that closing the
+/// original (as a handle's close does right after cancelling) never lets a job touch a
+/// descriptor number the process has reused meanwhile. The jobs of one descriptor queued or
+/// running at once share one duplicate, closed when the last of them ends: 512 queued reads of
+/// one file hold one extra descriptor, not 512. A finished job lets its duplicate go, then posts
+/// its completion to the ring's completion queue and wakes the ring's waiting thread.
 ///
 /// ## Threads
 /// `threadCount` threads, started with the first job; the queue and the set of running jobs are
@@ -16,12 +18,28 @@ import Glibc
 final class FileOperationPool: @unchecked Sendable {
     // @unchecked: the mutable state is guarded by `lock`; the rest is immutable.
 
+    /// A duplicate of a file's descriptor, shared by the jobs of that descriptor and closed when
+    /// the last of them lets it go (on the thread that let it go). The ring keeps a weak
+    /// reference to find it for the next job.
+    final class SharedDuplicate: Sendable {
+        let descriptor: Int32
+
+        /// Takes ownership of `descriptor`.
+        init(owning descriptor: Int32) {
+            self.descriptor = descriptor
+        }
+
+        deinit {
+            SystemCall.close(descriptor)
+        }
+    }
+
     /// One read or write.
     struct Job {
         var userData: UInt64
         var isWrite: Bool
-        /// A duplicate of the operation's descriptor, owned by the job.
-        var descriptor: Int32
+        /// The duplicate of the operation's descriptor the job works on.
+        var file: SharedDuplicate
         var buffer: UnsafeMutableRawPointer?
         var count: Int
         /// The file offset; -1 (`UInt64.max` in the SQE) reads or writes at the file position.
@@ -76,8 +94,8 @@ final class FileOperationPool: @unchecked Sendable {
     func cancel(userData: UInt64) -> CancelOutcome {
         lock.withLock {
             if let index = queue.firstIndex(where: { $0.userData == userData }) {
-                let job = queue.remove(at: index)
-                SystemCall.close(job.descriptor)
+                // The job, and with it its reference to the duplicate, goes.
+                queue.remove(at: index)
                 return .removed
             }
             return running.contains(userData) ? .running : .notFound
@@ -103,14 +121,16 @@ final class FileOperationPool: @unchecked Sendable {
                 lock.wait()
                 continue
             }
-            running.append(job.userData)
+            let userData = job.userData
+            running.append(userData)
             lock.unlock()
-            let result = Self.perform(job)
-            SystemCall.close(job.descriptor)
+            // The job is consumed: its duplicate is let go (and closed if no other job holds
+            // it) before the completion is posted.
+            let result = Self.perform(consume job)
             lock.withLock {
-                if let index = running.firstIndex(of: job.userData) { running.remove(at: index) }
+                if let index = running.firstIndex(of: userData) { running.remove(at: index) }
             }
-            completions.post(userData: job.userData, result: result)
+            completions.post(userData: userData, result: result)
             wake()
             lock.lock()
         }
@@ -118,14 +138,16 @@ final class FileOperationPool: @unchecked Sendable {
     }
 
     /// The read or write, retried when interrupted. Returns the byte count or a negated errno.
-    private static func perform(_ job: Job) -> Int32 {
+    private static func perform(_ job: consuming Job) -> Int32 {
+        // `job` (and its reference to the duplicate) ends with this call, at the latest.
+        let descriptor = job.file.descriptor
         while true {
             let result: Int
             switch (job.isWrite, job.offset < 0) {
-            case (false, false): result = pread(job.descriptor, job.buffer, job.count, off_t(job.offset))
-            case (false, true): result = read(job.descriptor, job.buffer, job.count)
-            case (true, false): result = pwrite(job.descriptor, job.buffer, job.count, off_t(job.offset))
-            case (true, true): result = write(job.descriptor, job.buffer, job.count)
+            case (false, false): result = pread(descriptor, job.buffer, job.count, off_t(job.offset))
+            case (false, true): result = read(descriptor, job.buffer, job.count)
+            case (true, false): result = pwrite(descriptor, job.buffer, job.count, off_t(job.offset))
+            case (true, true): result = write(descriptor, job.buffer, job.count)
             }
             if result >= 0 { return Int32(clamping: result) }
             if errno != EINTR { return -errno }
