@@ -239,6 +239,49 @@ extension RingPortTests {
             #expect(descriptorsOfTheFile() == 0)
         }
 
+        /// On the epoll backend, a file read that never returns (held inside `pread` by a
+        /// trapped page, as a read on a hung mount is) does not hang the port's close: the close
+        /// waits for the port's drain deadline, then returns with the read's context kept alive.
+        /// When the read returns later, its thread posts nothing and ends.
+        @Test(.enabled(if: PageFaultTrap.isAvailable, "needs /dev/userfaultfd to hold a pool thread"))
+        func aFileReadThatNeverReturnsDoesNotHangThePortsClose() throws {
+            let file = TemporaryFile()
+            defer { file.remove() }
+            var random = SeededGenerator(state: 19)
+            try Data(random.bytes(count: 8192)).write(to: URL(fileURLWithPath: file.path))
+            let fileThreadsBefore = threadCount(named: "ringport-file")
+            let port = try makeSingleRingPort(backend: .epoll)
+            let worker = port.makeWorker()
+            let handle = try port.openFile(atPath: file.path, access: .readOnly)
+            let context = IOContext(capacity: 1 << 20)
+            // The port keeps the context of a read that did not complete at its close, for good:
+            // a global keeps this one reachable, so that the leak checker does not report it.
+            contextsKeptByClosedPorts.withLock { $0.append(context) }
+            let trap = try context.withUnsafeMutableBytes { bytes throws(PageFaultTrap.Failure) in
+                try PageFaultTrap(bytes)
+            }
+            try port.read(
+                handle, into: context, range: trap.trappedRange.lowerBound..<(trap.trappedRange.lowerBound + 4096),
+                atOffset: 0)
+            #expect(try worker.dequeue(timeout: .zero) == nil)
+            try #require(trap.waitForBlockedTouches(1, timeout: .seconds(10)))
+            worker.detach()
+
+            let closed = DispatchSemaphore(value: 0)
+            Thread.detachNewThread {
+                port.close()
+                closed.signal()
+            }
+            // The drain deadline is 10 s; the pool's threads get 1 s more.
+            let closedInTime = closed.wait(timeout: .now() + 60) == .success
+            trap.release()
+            #expect(closedInTime, "the port's close waited for a read that never returns")
+            if !closedInTime { closed.wait() }
+            #expect(context.isInFlight)
+            // The released read's thread ends without posting (the ring is gone).
+            #expect(eventually { threadCount(named: "ringport-file") == fileThreadsBefore })
+        }
+
         /// What the kernel refuses comes back as its errno: reading a write-only descriptor or
         /// writing a read-only one is `EBADF`; opening fails with the `open(2)` errno; a negative
         /// offset is refused before anything is queued. Handles close their descriptors.
@@ -308,3 +351,6 @@ private struct TemporaryFile {
         unlink(path)
     }
 }
+
+/// Contexts that a closed port keeps on purpose (their operations never completed).
+private let contextsKeptByClosedPorts = LockedBox<[IOContext]>([])

@@ -108,4 +108,10 @@ package struct PThread {
     package func join() {
         pthread_join(thread, nil)
     }
+
+    /// Lets the thread free its resources when it ends, instead of being joined (for a thread
+    /// that may never end in time). Called at most once, instead of ``join()``.
+    package func detach() {
+        pthread_detach(thread)
+    }
 }

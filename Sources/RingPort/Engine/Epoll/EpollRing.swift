@@ -51,6 +51,9 @@ final class EpollRing: RingQueues {
     private static let wakeTag = UInt64.max
     /// Readiness events taken per wait.
     private static let eventCapacity = 128
+    /// How long ``close()`` waits for the file pool's threads. The ring has waited for its
+    /// operations before (10 s), so a thread still busy then is stuck (a hung mount).
+    private static let fileThreadsStopTimeout = Duration.seconds(1)
     /// The epoll events every descriptor is registered for. `EPOLLPRI`: TCP urgent data, at
     /// whose mark a receive stops short with bytes still queued (see `Descriptor.sawUrgentData`).
     private static let registeredEvents =
@@ -129,11 +132,12 @@ final class EpollRing: RingQueues {
     override var isOpen: Bool { isSetUp }
 
     /// Stops the file pool, closes the epoll instance and the wake-up eventfd. Operations still
-    /// waiting are dropped (the ring has drained what it could).
+    /// waiting are dropped (the ring has drained what it could); a file read or write still
+    /// running after ``fileThreadsStopTimeout`` is left to end on its own thread.
     override func close() {
         guard isSetUp else { return }
         isSetUp = false
-        files.stop()
+        files.stop(waitingAtMost: Self.fileThreadsStopTimeout)
         SystemCall.close(epoll)
         SystemCall.close(wakeDescriptor)
     }

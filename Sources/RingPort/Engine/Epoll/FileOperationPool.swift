@@ -14,7 +14,8 @@ import Glibc
 ///
 /// ## Threads
 /// `threadCount` threads, started with the first job; the queue and the set of running jobs are
-/// guarded by `lock`. ``stop()`` joins them.
+/// guarded by `lock`. ``stop(waitingAtMost:)`` joins them, or, when one is still inside a read
+/// or write (a file on a hung mount), leaves them to end on their own.
 final class FileOperationPool: @unchecked Sendable {
     // @unchecked: the mutable state is guarded by `lock`; the rest is immutable.
 
@@ -63,6 +64,11 @@ final class FileOperationPool: @unchecked Sendable {
     @exclusivity(unchecked) private var running: [UInt64] = []
     @exclusivity(unchecked) private var threads: [PThread] = []
     @exclusivity(unchecked) private var stopping = false
+    /// Threads started and not yet out of their loop.
+    @exclusivity(unchecked) private var liveThreads = 0
+    /// Set when ``stop(waitingAtMost:)`` gave up waiting: a job that ends afterwards posts no
+    /// completion and wakes nobody (the ring's queue and eventfd may be gone).
+    @exclusivity(unchecked) private var abandoned = false
 
     init(threadCount: Int, completions: UserCompletionQueue, wake: @escaping @Sendable () -> Void) {
         self.threadCount = threadCount
@@ -78,6 +84,7 @@ final class FileOperationPool: @unchecked Sendable {
                 for index in 0..<threadCount {
                     do throws(RingPortError) {
                         threads.append(try PThread(name: "ringport-file\(index)") { [self] in run() })
+                        liveThreads += 1
                     } catch {
                         if threads.isEmpty { return -(error.errno?.rawValue ?? EAGAIN) }
                         break
@@ -102,15 +109,26 @@ final class FileOperationPool: @unchecked Sendable {
         }
     }
 
-    /// Stops the threads after the jobs already queued, and joins them.
-    func stop() {
-        let joined = lock.withLock { () -> [PThread] in
+    /// Stops the threads after the jobs already queued, and joins them if they end within
+    /// `timeout`. Otherwise (a read or write stuck on a hung mount) it returns without them:
+    /// they end on their own when their calls return, posting nothing and waking nobody. The
+    /// memory such a job reads into or writes from must then stay valid: the ring keeps the
+    /// contexts of operations that did not complete at its close.
+    func stop(waitingAtMost timeout: Duration) {
+        let (stopped, ended) = lock.withLock { () -> ([PThread], Bool) in
             stopping = true
             lock.broadcast()
+            let deadline = MonotonicInstant.now.advanced(by: timeout)
+            while liveThreads > 0 && MonotonicInstant.now < deadline {
+                lock.wait(until: deadline)
+            }
+            if liveThreads > 0 { abandoned = true }
             defer { threads = [] }
-            return threads
+            return (threads, liveThreads == 0)
         }
-        for thread in joined { thread.join() }
+        for thread in stopped {
+            if ended { thread.join() } else { thread.detach() }
+        }
     }
 
     private func run() {
@@ -127,13 +145,16 @@ final class FileOperationPool: @unchecked Sendable {
             // The job is consumed: its duplicate is let go (and closed if no other job holds
             // it) before the completion is posted.
             let result = Self.perform(consume job)
-            lock.withLock {
-                if let index = running.firstIndex(of: userData) { running.remove(at: index) }
-            }
+            lock.lock()
+            if let index = running.firstIndex(of: userData) { running.remove(at: index) }
+            if abandoned { break }
+            // Under the lock, so that a stop that gives up waiting cannot close the ring's
+            // eventfd between the check above and this wake-up.
             completions.post(userData: userData, result: result)
             wake()
-            lock.lock()
         }
+        liveThreads -= 1
+        lock.broadcast()
         lock.unlock()
     }
 
