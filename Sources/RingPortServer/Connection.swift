@@ -78,6 +78,9 @@ public final class Connection: @unchecked Sendable {
     @exclusivity(unchecked) private var writeQueue = WriteQueue()
     /// Bytes queued and not yet sent.
     @exclusivity(unchecked) public private(set) var queuedBytes = 0
+    /// Bytes sent since the sends last counted as progress (see
+    /// ``TCPServer/Configuration/minimumSendRate``).
+    @exclusivity(unchecked) private var sentSinceProgress = 0
     /// The provided buffer being delivered, and whether the handler kept it.
     @exclusivity(unchecked) private var deliveredBuffer: ReceivedBuffer?
     @exclusivity(unchecked) private var deliveredBufferRetained = false
@@ -330,8 +333,13 @@ public final class Connection: @unchecked Sendable {
         }
         let sent = completion.bytesTransferred
         withCounters { $0.bytesSent.add(sent, ordering: .relaxed) }
-        markProgress()
         queuedBytes -= sent
+        // Progress when the peer has taken everything, or enough for the minimum send rate.
+        sentSinceProgress += sent
+        if queuedBytes == 0 || sentSinceProgress >= resources.sendProgressBytes {
+            sentSinceProgress = 0
+            markProgress()
+        }
         writeQueue.advanceFirst(by: sent)
         if writeQueue.first?.remaining == 0 {
             finishFirstEntry()

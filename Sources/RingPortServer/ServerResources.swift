@@ -23,6 +23,9 @@ final class ServerResources: Sendable {
     /// Close a connection idle for this long (``TCPServer/Configuration/idleTimeout``); nil: never.
     let idleTimeout: Duration?
     let idleTimeoutCountsReceivedBytes: Bool
+    /// Bytes sent that count as progress for the idle timeout while more wait to be sent
+    /// (``TCPServer/Configuration/minimumSendRate`` × the idle timeout; 1 without a rate).
+    let sendProgressBytes: Int
     /// How long a connection the handler closed lingers at most
     /// (``TCPServer/Configuration/lingeringCloseTimeout``); nil: it does not.
     let lingeringCloseTimeout: Duration?
@@ -55,12 +58,22 @@ final class ServerResources: Sendable {
         maximumQueuedWriteBytes = configuration.maximumQueuedWriteBytes
         idleTimeout = configuration.idleTimeout
         idleTimeoutCountsReceivedBytes = configuration.idleTimeoutCountsReceivedBytes
+        sendProgressBytes = Self.sendProgressBytes(
+            minimumSendRate: configuration.minimumSendRate, idleTimeout: configuration.idleTimeout)
         lingeringCloseTimeout = configuration.lingeringCloseTimeout
         writeChunkSize = configuration.writeChunkSize
         starved = (0..<port.ringCount).map { _ in LockedValue([]) }
         pinnedBuffers = (0..<port.ringCount).map { _ in PinnedBufferCount() }
         pinnedBufferBudget = (configuration.port.providedBuffers?.count ?? 0) / 4
         finishedWritingCallback = finishedWriting
+    }
+
+    /// `rate` bytes per second over `idleTimeout`, at least 1; 1 without either.
+    static func sendProgressBytes(minimumSendRate rate: Int?, idleTimeout: Duration?) -> Int {
+        guard let rate, let idleTimeout else { return 1 }
+        let (seconds, attoseconds) = idleTimeout.components
+        let bytes = Double(rate) * (Double(seconds) + Double(attoseconds) / 1e18)
+        return max(1, Int(min(bytes, Double(Int.max / 2))))
     }
 
     /// Reserves the right to keep one provided buffer of `ring` in a write queue until its send

@@ -40,6 +40,17 @@ public final class TCPServer: Sendable {
         /// this to false and calls ``Connection/markProgress()`` per complete request, so that a
         /// client trickling one byte at a time (slowloris) is closed.
         public var idleTimeoutCountsReceivedBytes = true
+        /// The slowest a peer may read what the connection has to send, in bytes per second over
+        /// the idle timeout (nil: any rate). While bytes wait to be sent, sends count as progress
+        /// for the idle timeout only when they empty the write queue or add up to
+        /// `minimumSendRate` × ``idleTimeout`` bytes since the last progress. A peer that reads
+        /// slower (a slow-read attack: a byte every few seconds, holding its connection and its
+        /// queued bytes for good) is closed at the idle timeout, counted as one.
+        ///
+        /// 240 bytes per second by default (the minimum response rate of ASP.NET Core's server):
+        /// 14,400 bytes per minute with the default idle timeout. A response smaller than that is
+        /// never affected: it empties the queue. Positive when set.
+        public var minimumSendRate: Int? = 240
         /// How long a connection the handler closed (``Connection/close()``) lingers at most: its
         /// write side shut down once everything is sent, it reads and drops what the peer still
         /// sends until the peer closes its side (nil: the descriptor closes as soon as everything
@@ -160,6 +171,9 @@ public final class TCPServer: Sendable {
         if let idleTimeout = configuration.idleTimeout, idleTimeout <= .zero {
             // Zero would close every connection at the first sweep: nil is "never".
             throw RingPortError(.invalidArgument, operation: "idle timeout \(idleTimeout) (nil disables it)")
+        }
+        if let rate = configuration.minimumSendRate, rate <= 0 {
+            throw RingPortError(.invalidArgument, operation: "minimum send rate \(rate) (nil disables it)")
         }
         if let linger = configuration.lingeringCloseTimeout, linger <= .zero {
             throw RingPortError(

@@ -82,6 +82,13 @@ struct ServerOptions: ParsableArguments {
 
     @Option(
         help: """
+            Bytes per second a peer must read, over the idle timeout, while the server has bytes \
+            for it; a slower one is closed at the idle timeout (0: any rate).
+            """)
+    var minimumSendRate = 240
+
+    @Option(
+        help: """
             Seconds a connection the handler closed lingers at most, reading and dropping what the \
             peer still sends so that its last response is not lost to a reset (0: close at once).
             """)
@@ -127,6 +134,7 @@ struct ServerOptions: ParsableArguments {
             throw ValidationError("timeouts must not be negative")
         }
         if completionBatch < 1 { throw ValidationError("--completion-batch must be at least 1") }
+        if minimumSendRate < 0 { throw ValidationError("--minimum-send-rate must not be negative") }
     }
 
     /// A timeout option in seconds: nil for 0 (none); otherwise at least a microsecond, so that
@@ -145,6 +153,7 @@ struct ServerOptions: ParsableArguments {
         configuration.receiveBufferSize = bufferSize
         configuration.maximumConnections = maxConnections
         configuration.idleTimeout = Self.timeout(seconds: idleTimeout)
+        configuration.minimumSendRate = minimumSendRate > 0 ? minimumSendRate : nil
         configuration.lingeringCloseTimeout = Self.timeout(seconds: lingerTimeout)
         configuration.maximumQueuedWriteBytes = maxWriteQueue
         configuration.zeroCopyThreshold = zeroCopyThreshold

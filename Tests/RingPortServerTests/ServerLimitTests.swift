@@ -1,9 +1,10 @@
 import Foundation
 import Glibc
 import RingPort
-import RingPortServer
 import RingPortTestSupport
 import Testing
+
+@testable import RingPortServer
 
 extension RingPortServerTests {
     @Suite struct ServerLimitTests {
@@ -36,6 +37,17 @@ extension RingPortServerTests {
         func anIdleTimeoutThatIsNotPositiveIsRejected(timeout: Duration) throws {
             var configuration = try testServerConfiguration()
             configuration.idleTimeout = timeout
+            let error = #expect(throws: RingPortError.self) {
+                _ = try TCPServer(configuration: configuration, handler: EchoHandler())
+            }
+            #expect(error?.code == .invalidArgument)
+        }
+
+        /// A minimum send rate of zero or less is refused (nil is the way to allow any rate).
+        @Test(arguments: [0, -240])
+        func aMinimumSendRateThatIsNotPositiveIsRejected(rate: Int) throws {
+            var configuration = try testServerConfiguration()
+            configuration.minimumSendRate = rate
             let error = #expect(throws: RingPortError.self) {
                 _ = try TCPServer(configuration: configuration, handler: EchoHandler())
             }
@@ -112,6 +124,61 @@ extension RingPortServerTests {
             }
         }
 
+        /// A peer that reads a little, often, but slower than the minimum send rate while the
+        /// server has bytes for it (a slow-read attack) makes no progress: it is closed at the
+        /// idle timeout. A peer that reads as fast as it can gets everything.
+        @Test func aPeerThatReadsSlowerThanTheMinimumSendRateIsClosedAtTheIdleTimeout() throws {
+            try withServer(
+                handler: SmallSendBufferEcho(),
+                configure: {
+                    $0.idleTimeout = .seconds(1)
+                    // 256 KiB per idle timeout; the slow reader below takes about 20 KiB per second.
+                    $0.minimumSendRate = 256 * 1024
+                    $0.maximumQueuedWriteBytes = 64 << 20
+                }
+            ) { server in
+                let payload = [UInt8](repeating: 0x21, count: 16 << 20)
+                let fast = try BlockingClient(connectingTo: server.localAddress, receiveTimeout: .seconds(30))
+                // The server reads it all (its queue takes 64 MiB) and queues the echo.
+                try fast.send(payload)
+                let echoed = try fast.receive(count: payload.count)
+                // Closed before the comparison, which may take longer than the idle timeout.
+                fast.close()
+                #expect(eventually { server.statistics.open == 0 })
+                #expect(server.statistics.idleTimeouts == 0)
+                #expect(echoed.count == payload.count)
+                #expect(firstDifference(echoed, payload) == nil)
+
+                let slow = try BlockingClient(
+                    connectingTo: server.localAddress, receiveTimeout: .seconds(5), receiveBufferSize: 4096)
+                try slow.send(payload)
+                shutdown(slow.descriptor, Int32(SHUT_WR))
+                // 1 KiB every 50 ms, until the test is done: every few reads let a send of the
+                // server complete, which counted as progress before the minimum rate.
+                let done = LockedBox(false)
+                let received = LockedBox(0)
+                let reader = Thread {
+                    var buffer = [UInt8](repeating: 0, count: 1024)
+                    while !done.withLock({ $0 }) {
+                        let count = slow.receiveSome(into: &buffer)
+                        guard count > 0 else { break }
+                        received.withLock { $0 += count }
+                        usleep(50_000)
+                    }
+                }
+                reader.start()
+                let closed = eventually(timeout: .seconds(30)) { server.statistics.open == 0 }
+                done.withLock { $0 = true }
+                #expect(closed, "the slow reader was not closed")
+                #expect(server.statistics.idleTimeouts == 1)
+                #expect(received.withLock { $0 } < payload.count)
+                // Wait for the reader (its receive times out in 5 s at most) before closing.
+                #expect(eventually(timeout: .seconds(10)) { reader.isFinished })
+                slow.setResetOnClose()
+                slow.close()
+            }
+        }
+
         @Test func aClientThatNeverReadsCannotGrowServerMemory() throws {
             let limit = 256 * 1024
             try withServer(configure: {
@@ -144,5 +211,19 @@ extension RingPortServerTests {
                 #expect(eventually { server.statistics.open == 0 })
             }
         }
+    }
+}
+
+/// The echo on connections whose send buffer stays at 4 KiB (`SO_SNDBUF`; the kernel's own grows
+/// to megabytes on loopback): a send then completes each time a slow reader takes a few KiB, as
+/// on a network where the buffer has not grown, instead of once a megabyte has drained.
+private struct SmallSendBufferEcho: ConnectionHandler {
+    func connectionOpened(_ connection: Connection) {
+        var size: Int32 = 4096
+        setsockopt(connection.handle.descriptor, SOL_SOCKET, SO_SNDBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+    }
+
+    func connection(_ connection: Connection, received bytes: ReceivedBytes) {
+        connection.write(bytes)
     }
 }

@@ -254,9 +254,10 @@ extension RingPortTests {
             let worker = port.makeWorker()
             let handle = try port.openFile(atPath: file.path, access: .readOnly)
             let context = IOContext(capacity: 1 << 20)
-            // The port keeps the context of a read that did not complete at its close, for good:
-            // a global keeps this one reachable, so that the leak checker does not report it.
-            contextsKeptByClosedPorts.withLock { $0.append(context) }
+            // The port keeps the context and the handle of a read that did not complete at its
+            // close, for good: a global keeps them reachable, so that the leak checker does not
+            // report them.
+            objectsKeptByClosedPorts.withLock { $0 += [context, handle] }
             let trap = try context.withUnsafeMutableBytes { bytes throws(PageFaultTrap.Failure) in
                 try PageFaultTrap(bytes)
             }
@@ -352,5 +353,5 @@ private struct TemporaryFile {
     }
 }
 
-/// Contexts that a closed port keeps on purpose (their operations never completed).
-private let contextsKeptByClosedPorts = LockedBox<[IOContext]>([])
+/// Contexts and handles that a closed port keeps on purpose (their operations never completed).
+private let objectsKeptByClosedPorts = LockedBox<[AnyObject]>([])
