@@ -334,7 +334,8 @@ public final class Connection: @unchecked Sendable {
         let sent = completion.bytesTransferred
         withCounters { $0.bytesSent.add(sent, ordering: .relaxed) }
         queuedBytes -= sent
-        // Progress when the peer has taken everything, or enough for the minimum send rate.
+        // Progress when the peer has taken everything, or enough for the minimum send rate
+        // since the bytes began to wait or since the last progress.
         sentSinceProgress += sent
         if queuedBytes == 0 || sentSinceProgress >= resources.sendProgressBytes {
             sentSinceProgress = 0
@@ -369,8 +370,8 @@ public final class Connection: @unchecked Sendable {
         if reason == .idleTimeout {
             // The sweep saw no progress; make sure it is still so now that we run. A connection
             // closing gracefully is cut too: one whose peer stopped reading would otherwise wait
-            // for good to send what is queued (sends count as progress, so one still draining is
-            // not cut).
+            // for good to send what is queued (sends count as progress at the minimum send
+            // rate, so one still draining at that rate is not cut).
             switch state.phase {
             case .open, .draining, .lingering: break
             case .unopened, .closed, .finished: return
@@ -440,6 +441,12 @@ public final class Connection: @unchecked Sendable {
     }
 
     private func queued(_ count: Int) {
+        if queuedBytes == 0 && count > 0 {
+            // Bytes begin to wait: the minimum send rate is measured from here, not from a
+            // progress long before (a reply after a quiet minute).
+            sentSinceProgress = 0
+            markProgress()
+        }
         queuedBytes += count
         flush()
     }

@@ -40,16 +40,20 @@ public final class TCPServer: Sendable {
         /// this to false and calls ``Connection/markProgress()`` per complete request, so that a
         /// client trickling one byte at a time (slowloris) is closed.
         public var idleTimeoutCountsReceivedBytes = true
-        /// The slowest a peer may read what the connection has to send, in bytes per second over
-        /// the idle timeout (nil: any rate). While bytes wait to be sent, sends count as progress
-        /// for the idle timeout only when they empty the write queue or add up to
-        /// `minimumSendRate` × ``idleTimeout`` bytes since the last progress. A peer that reads
-        /// slower (a slow-read attack: a byte every few seconds, holding its connection and its
-        /// queued bytes for good) is closed at the idle timeout, counted as one.
+        /// The slowest a peer may read what the connection has to send, in bytes per second
+        /// over the idle timeout (nil: any rate). Once bytes wait to be sent, the connection
+        /// makes progress for the idle timeout when its write queue empties, or each time
+        /// `minimumSendRate` × ``idleTimeout`` bytes have been sent since the bytes began to wait
+        /// or since the last progress; sends in between do not count. A peer that reads at least
+        /// at this rate is never cut. One that reads slower (a slow-read attack: a few bytes
+        /// every few seconds, each letting a send complete, which used to count as progress) is
+        /// closed at the idle timeout, and counted as one.
         ///
         /// 240 bytes per second by default (the minimum response rate of ASP.NET Core's server):
-        /// 14,400 bytes per minute with the default idle timeout. A response smaller than that is
-        /// never affected: it empties the queue. Positive when set.
+        /// 14,400 bytes a minute with the default idle timeout. With
+        /// ``idleTimeoutCountsReceivedBytes``, bytes the peer sends count as progress too: a slow
+        /// reader that keeps sending stays open until its queue passes
+        /// ``maximumQueuedWriteBytes`` and the server stops reading from it. Positive when set.
         public var minimumSendRate: Int? = 240
         /// How long a connection the handler closed (``Connection/close()``) lingers at most: its
         /// write side shut down once everything is sent, it reads and drops what the peer still

@@ -43,6 +43,41 @@ extension RingPortServerTests {
             #expect(error?.code == .invalidArgument)
         }
 
+        /// The minimum send rate is measured from when bytes begin to wait, not from the last
+        /// progress before them: a reply after a quiet spell, read at more than the rate, is
+        /// not cut.
+        @Test func aReplyAfterAQuietSpellIsMeasuredFromWhenItWasQueued() throws {
+            try withServer(
+                handler: SmallSendBufferEcho(),
+                configure: {
+                    $0.idleTimeout = .seconds(3)
+                    $0.minimumSendRate = 64 * 1024
+                    // Only sends count: the request itself is not progress.
+                    $0.idleTimeoutCountsReceivedBytes = false
+                    $0.maximumQueuedWriteBytes = 64 << 20
+                }
+            ) { server in
+                let client = try BlockingClient(
+                    connectingTo: server.localAddress, receiveTimeout: .seconds(5), receiveBufferSize: 4096)
+                // Quiet for most of the idle timeout, then a request whose echo is read at about
+                // 160 KiB per second (8 KiB every 50 ms), 2.5 times the rate.
+                usleep(2_800_000)
+                let payload = [UInt8](repeating: 0x5C, count: 512 * 1024)
+                try client.send(payload)
+                var buffer = [UInt8](repeating: 0, count: 8192)
+                var received = 0
+                while received < payload.count {
+                    let count = client.receiveSome(into: &buffer)
+                    guard count > 0 else { break }
+                    received += count
+                    usleep(50_000)
+                }
+                #expect(received == payload.count, "the reply was cut after \(received) bytes")
+                #expect(server.statistics.idleTimeouts == 0)
+                client.close()
+            }
+        }
+
         /// A minimum send rate of zero or less is refused (nil is the way to allow any rate).
         @Test(arguments: [0, -240])
         func aMinimumSendRateThatIsNotPositiveIsRejected(rate: Int) throws {
@@ -131,9 +166,10 @@ extension RingPortServerTests {
             try withServer(
                 handler: SmallSendBufferEcho(),
                 configure: {
-                    $0.idleTimeout = .seconds(1)
-                    // 256 KiB per idle timeout; the slow reader below takes about 20 KiB per second.
-                    $0.minimumSendRate = 256 * 1024
+                    $0.idleTimeout = .seconds(3)
+                    // 192 KiB per idle timeout. The slow reader below takes about 20 KiB per
+                    // second; the fast one, through a 4 KiB send buffer, tens of megabytes.
+                    $0.minimumSendRate = 64 * 1024
                     $0.maximumQueuedWriteBytes = 64 << 20
                 }
             ) { server in
