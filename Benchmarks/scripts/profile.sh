@@ -35,12 +35,13 @@ while (($# > 0)); do
         *) echo "usage: $0 [--connections N] [--size B] [--seconds S] [--rounds R] [--command CMD] [--server ARGS]" >&2; exit 1 ;;
     esac
 done
+[[ $rounds =~ ^[1-9][0-9]*$ ]] || { echo "profile: --rounds must be a positive number" >&2; exit 1; }
 ringport=${RINGPORT:-.build/release/ringport}
 [ -x "$ringport" ] || { echo "profile: build $ringport first (make release)" >&2; exit 1; }
 command -v perf >/dev/null || { echo "profile: perf not found (apt-get install linux-perf)" >&2; exit 1; }
 work=$(mktemp -d)
 server=""
-trap '[ -n "$server" ] && kill "$server" 2>/dev/null; rm -rf "$work"' EXIT
+trap '{ [ -n "$server" ] && kill "$server" 2>/dev/null; } || true; rm -rf "$work"' EXIT
 
 # profile_round N: one fresh server under load, recorded into $work/perf.N.data, the load's report
 # in $work/load.N.json.
@@ -66,7 +67,8 @@ echo "profile: ringport $command $server_args under ringport load ($connections 
 for round in $(seq "$rounds"); do
     profile_round "$round"
     perf report -i "$work/perf.$round.data" --no-children --sort dso --stdio -g none -F sample,dso 2>/dev/null \
-        | grep -v '^#' | grep -v '^$' >"$work/dso.$round.txt" || true
+        | grep -v '^#' | grep -v '^$' >"$work/dso.$round.txt" \
+        || { echo "profile: perf report of round $round failed" >&2; exit 1; }
 done
 
 # One line per round; the median round's number on the last line of $work/median.

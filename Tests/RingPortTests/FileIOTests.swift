@@ -280,7 +280,7 @@ extension RingPortTests {
             if !closedInTime { closed.wait() }
             #expect(context.isInFlight)
             // The released read's thread ends without posting (the ring is gone).
-            #expect(eventually { threadCount(named: "ringport-file") == fileThreadsBefore })
+            #expect(eventually { threadCount(named: "ringport-file") <= fileThreadsBefore })
         }
 
         /// What the kernel refuses comes back as its errno: reading a write-only descriptor or
