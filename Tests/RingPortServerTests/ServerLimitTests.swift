@@ -22,41 +22,36 @@ extension RingPortServerTests {
             }
         }
 
-        @Test func aCompletionBatchBelowOneIsRejected() throws {
+        /// Expects `TCPServer` to refuse the test configuration changed by `change` as an
+        /// invalid argument.
+        private func expectRefused(
+            _ change: (inout TCPServer.Configuration) -> Void, sourceLocation: SourceLocation = #_sourceLocation
+        ) throws {
             var configuration = try testServerConfiguration()
-            configuration.completionBatch = 0
-            let error = #expect(throws: RingPortError.self) {
+            change(&configuration)
+            let error = #expect(throws: RingPortError.self, sourceLocation: sourceLocation) {
                 _ = try TCPServer(configuration: configuration, handler: EchoHandler())
             }
-            #expect(error?.code == .invalidArgument)
+            #expect(error?.code == .invalidArgument, sourceLocation: sourceLocation)
+        }
+
+        @Test func aCompletionBatchBelowOneIsRejected() throws {
+            try expectRefused { $0.completionBatch = 0 }
         }
 
         /// An idle timeout of zero or less would close every connection at the first sweep: it
         /// is refused (nil is the way to turn the timeout off).
         @Test(arguments: [Duration.zero, .milliseconds(-5)])
         func anIdleTimeoutThatIsNotPositiveIsRejected(timeout: Duration) throws {
-            var configuration = try testServerConfiguration()
-            configuration.idleTimeout = timeout
-            let error = #expect(throws: RingPortError.self) {
-                _ = try TCPServer(configuration: configuration, handler: EchoHandler())
-            }
-            #expect(error?.code == .invalidArgument)
+            try expectRefused { $0.idleTimeout = timeout }
         }
 
         /// The minimum send rate is measured from when bytes begin to wait, not from the last
         /// progress before them: a reply after a quiet spell, read at more than the rate, is
         /// not cut.
         @Test func aReplyAfterAQuietSpellIsMeasuredFromWhenItWasQueued() throws {
-            try withServer(
-                handler: SmallSendBufferEcho(),
-                configure: {
-                    $0.idleTimeout = .seconds(3)
-                    $0.minimumSendRate = 64 * 1024
-                    // Only sends count: the request itself is not progress.
-                    $0.idleTimeoutCountsReceivedBytes = false
-                    $0.maximumQueuedWriteBytes = 64 << 20
-                }
-            ) { server in
+            // Only sends count: the request itself is not progress.
+            try withSendRateServer(countingReceivedBytes: false) { server in
                 let client = try BlockingClient(
                     connectingTo: server.localAddress, receiveTimeout: .seconds(5), receiveBufferSize: 4096)
                 // Quiet for most of the idle timeout, then a request whose echo is read at about
@@ -81,12 +76,7 @@ extension RingPortServerTests {
         /// A minimum send rate of zero or less is refused (nil is the way to allow any rate).
         @Test(arguments: [0, -240])
         func aMinimumSendRateThatIsNotPositiveIsRejected(rate: Int) throws {
-            var configuration = try testServerConfiguration()
-            configuration.minimumSendRate = rate
-            let error = #expect(throws: RingPortError.self) {
-                _ = try TCPServer(configuration: configuration, handler: EchoHandler())
-            }
-            #expect(error?.code == .invalidArgument)
+            try expectRefused { $0.minimumSendRate = rate }
         }
 
         @Test func connectionsBeyondTheLimitAreRefusedWhileOthersAreServed() throws {
@@ -163,16 +153,9 @@ extension RingPortServerTests {
         /// server has bytes for it (a slow-read attack) makes no progress: it is closed at the
         /// idle timeout. A peer that reads as fast as it can gets everything.
         @Test func aPeerThatReadsSlowerThanTheMinimumSendRateIsClosedAtTheIdleTimeout() throws {
-            try withServer(
-                handler: SmallSendBufferEcho(),
-                configure: {
-                    $0.idleTimeout = .seconds(3)
-                    // 192 KiB per idle timeout. The slow reader below takes about 20 KiB per
-                    // second; the fast one, through a 4 KiB send buffer, tens of megabytes.
-                    $0.minimumSendRate = 64 * 1024
-                    $0.maximumQueuedWriteBytes = 64 << 20
-                }
-            ) { server in
+            // The slow reader below takes about 20 KiB per second; the fast one, through a
+            // 4 KiB send buffer, tens of megabytes.
+            try withSendRateServer(countingReceivedBytes: true) { server in
                 let payload = [UInt8](repeating: 0x21, count: 16 << 20)
                 let fast = try BlockingClient(connectingTo: server.localAddress, receiveTimeout: .seconds(30))
                 // The server reads it all (its queue takes 64 MiB) and queues the echo.
@@ -248,6 +231,20 @@ extension RingPortServerTests {
             }
         }
     }
+}
+
+/// Runs `body` with an echo server for the minimum send rate's tests: 4 KiB send buffers
+/// (``SmallSendBufferEcho``), a 3 s idle timeout, a rate of 64 KiB/s (192 KiB per idle timeout),
+/// and a 64 MiB write queue so that the server reads a whole request before echoing it.
+private func withSendRateServer(countingReceivedBytes: Bool, _ body: (TCPServer) throws -> Void) throws {
+    try withServer(
+        handler: SmallSendBufferEcho(),
+        configure: {
+            $0.idleTimeout = .seconds(3)
+            $0.minimumSendRate = 64 * 1024
+            $0.idleTimeoutCountsReceivedBytes = countingReceivedBytes
+            $0.maximumQueuedWriteBytes = 64 << 20
+        }, body)
 }
 
 /// The echo on connections whose send buffer stays at 4 KiB (`SO_SNDBUF`; the kernel's own grows
