@@ -184,10 +184,13 @@ extension RingPortAsyncTests {
             }
             writer.cancel()
             await #expect(throws: CancellationError.self) { try await writer.value }
-            // The cancelled write queued nothing; this one goes after what the others queued.
-            try await connection.write([0x66])
+            // The cancelled write queued nothing; this one goes after what the others queued. It
+            // waits for room while the queue holds the high watermark (the last chunk not sent
+            // at all), so the peer reads meanwhile.
             let count = written.withLock { $0 } * 65536
-            let received = try await onThread { try client.receive(count: count + 1) }
+            async let receiving = onThread { try client.receive(count: count + 1) }
+            try await connection.write([0x66])
+            let received = try await receiving
             #expect(received.count == count + 1 && received.last == 0x66, "every byte, with no end of stream before")
             client.close()
             connection.close()
