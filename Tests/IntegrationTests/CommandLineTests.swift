@@ -131,8 +131,13 @@ struct RunningRingport {
     /// nothing, and returns the summary.
     func expectCleanStop(sourceLocation: SourceLocation = #_sourceLocation) throws -> String {
         terminate()
-        #expect(process.terminationReason == .exit, sourceLocation: sourceLocation)
-        #expect(process.terminationStatus == 0, sourceLocation: sourceLocation)
+        // What the server logged, when it did not exit cleanly: a sanitizer's report (exit
+        // status 66) or a crash says there what happened.
+        let log =
+            process.terminationReason == .exit && process.terminationStatus == 0
+            ? "" : logLines.all.joined(separator: "\n")
+        #expect(process.terminationReason == .exit, "\(log)", sourceLocation: sourceLocation)
+        #expect(process.terminationStatus == 0, "\(log)", sourceLocation: sourceLocation)
         let summary = try #require(summary, sourceLocation: sourceLocation)
         #expect(summary.hasSuffix(" 0 lost"), "\(summary)", sourceLocation: sourceLocation)
         return summary
