@@ -71,8 +71,7 @@ final class ServerResources: Sendable {
     /// `rate` bytes per second over `idleTimeout`, at least 1; 1 without either.
     static func sendProgressBytes(minimumSendRate rate: Int?, idleTimeout: Duration?) -> Int {
         guard let rate, let idleTimeout else { return 1 }
-        let (seconds, attoseconds) = idleTimeout.components
-        let bytes = Double(rate) * (Double(seconds) + Double(attoseconds) / 1e18)
+        let bytes = Double(rate) * Double(idleTimeout.nanosecondsClamped) / 1e9
         return max(1, Int(min(bytes, Double(Int.max / 2))))
     }
 

@@ -169,10 +169,7 @@ final class EpollRing: RingQueues {
         engineLock.withLock {
             // Anything left from an earlier descriptor with this number (closed without
             // IORING_OP_CLOSE) is stale; the kernel removed it from the epoll set when it closed.
-            for operation in descriptors.removeAll(on: descriptor) {
-                complete(operation.entry.user_data, -ECANCELED)
-            }
-            fileDuplicates[descriptor] = nil
+            forgetLocked(descriptor)
             postProducedLocked()
         }
     }
@@ -485,14 +482,21 @@ final class EpollRing: RingQueues {
         if descriptors[descriptor].isRegistered {
             _ = CLiburing_epoll_unregister(epoll, descriptor)
         }
-        for operation in descriptors.removeAll(on: descriptor) {
-            complete(operation.entry.user_data, -ECANCELED)
-        }
-        // Running jobs keep their duplicate; the next job of this number dups the new file.
-        fileDuplicates[descriptor] = nil
+        forgetLocked(descriptor)
         // The operation's result is its completion's, as io_uring's close reports it: not
         // SystemCall.close, which treats EBADF as the caller's bug.
         complete(entry.user_data, Glibc.close(descriptor) == 0 ? 0 : -Glibc.errno)
+    }
+
+    /// Forgets what is known of descriptor number `descriptor`, which is closed or names
+    /// another file now: its waiting operations complete with `ECANCELED`, and its file jobs'
+    /// shared duplicate is not handed to later jobs (running ones keep it; the next job of this
+    /// number duplicates what the number names then).
+    private func forgetLocked(_ descriptor: Int32) {
+        for operation in descriptors.removeAll(on: descriptor) {
+            complete(operation.entry.user_data, -ECANCELED)
+        }
+        fileDuplicates[descriptor] = nil
     }
 
     // MARK: Completions (engineLock held)
