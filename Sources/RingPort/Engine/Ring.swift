@@ -352,14 +352,18 @@ final class Ring: @unchecked Sendable {
 
     // MARK: Migrating requests to a new leader thread
 
-    /// Whether an SQE of `opcode` waits on the network and may be cancelled and submitted again
-    /// unchanged: receives and sends (a cancelled send has sent nothing), accepts, timeouts
-    /// (absolute, see ``CompletionPort/timeout(after:context:handle:)``).
+    /// Whether an SQE of `opcode` may wait on the network for long and be cancelled and
+    /// submitted again unchanged: receives, accepts, timeouts (absolute, see
+    /// ``CompletionPort/timeout(after:context:handle:)``).
+    ///
+    /// Sends are not kept: one that the old leader submitted completes once, waking that thread
+    /// once, while keeping a copy of every send's SQE cost each echoed message a read of the
+    /// entry just written, which stalls on the stores still in flight to it.
     @inline(__always)
     static func waitsOnTheNetwork(_ opcode: UInt8) -> Bool {
         switch UInt32(opcode) {
-        case IORING_OP_RECV.rawValue, IORING_OP_SEND.rawValue, IORING_OP_RECVMSG.rawValue,
-            IORING_OP_SENDMSG.rawValue, IORING_OP_ACCEPT.rawValue, IORING_OP_TIMEOUT.rawValue:
+        case IORING_OP_RECV.rawValue, IORING_OP_RECVMSG.rawValue, IORING_OP_ACCEPT.rawValue,
+            IORING_OP_TIMEOUT.rawValue:
             true
         default:
             false

@@ -37,6 +37,10 @@ extension CompletionPort {
     /// send fewer bytes than asked (``Completion/bytesTransferred``); post the rest again.
     /// `SIGPIPE` is never raised (`MSG_NOSIGNAL`); a vanished peer completes with `EPIPE` or
     /// `ECONNRESET`.
+    ///
+    /// Keep one send in flight per stream socket, as the server and async layers do: the rest of
+    /// a short send must go before the next bytes, and io_uring does not order two sends that
+    /// both wait for room in the socket (the later one can go first).
     public func write(_ handle: IOHandle, from context: IOContext, range: Range<Int>) throws(RingPortError) {
         try validate(range, in: context, operation: .write)
         let descriptor = handle.descriptor
