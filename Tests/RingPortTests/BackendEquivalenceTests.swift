@@ -204,6 +204,34 @@ extension RingPortTests {
             #expect(buffer == Array("hello".utf8))
             port.close(handle)
         }
+
+        /// A receive posted on a socket whose connect is still under way, to a closed port: the
+        /// refusal ends both. Before, on the epoll backend, the receive took the socket's error
+        /// and the connect waited for good.
+        @Test(arguments: backends)
+        func aRefusedConnectWithAReceiveQueuedBehindItStillCompletes(backend: CompletionPort.Backend) throws {
+            let port = try makeSingleRingPort(backend: backend)
+            defer { port.close() }
+            let worker = port.makeWorker()
+            defer { worker.detach() }
+            let listener = try TCPSocket.makeListener(address: SocketAddress(host: "127.0.0.1", port: 0))
+            let closedAddress = try TCPSocket.localAddress(of: listener)
+            close(listener)
+            for _ in 1...20 {
+                let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+                let handle = try port.associate(descriptor: descriptor)
+                try port.connect(handle, to: closedAddress, context: IOContext(capacity: 0))
+                try port.read(handle, into: IOContext(capacity: 16))
+                var results: [IOOperation: Int32] = [:]
+                while results.count < 2, let completion = try worker.dequeue(timeout: .seconds(5)) {
+                    results[completion.operation] = completion.result
+                }
+                try #require(results.count == 2, "only \(results) completed")
+                #expect(results[.connect] == -ECONNREFUSED, "\(results)")
+                #expect(results[.read].map { $0 <= 0 } == true, "\(results)")
+                port.close(handle)
+            }
+        }
     }
 }
 

@@ -304,7 +304,9 @@ final class EpollRing: RingQueues {
             switch attempt {
             case .completed(let result, _):
                 descriptors[descriptor] = state
-                return complete(entry.user_data, result)
+                complete(entry.user_data, result)
+                if direction == .read { failConnectWhoseErrorWasTakenLocked(on: descriptor, by: result) }
+                return
             case .wouldBlock:
                 break
             case .connecting:
@@ -380,6 +382,7 @@ final class EpollRing: RingQueues {
             case .completed(let result, _):
                 descriptors.removeFirst(direction, on: descriptor)
                 complete(operation.entry.user_data, result)
+                if direction == .read { failConnectWhoseErrorWasTakenLocked(on: descriptor, by: result) }
             case .wouldBlock:
                 break
             case .connecting:
@@ -387,6 +390,19 @@ final class EpollRing: RingQueues {
             }
             guard mayGoOn else { return }
         }
+    }
+
+    /// A read or receive on `descriptor` completed with `result`. When it failed while a connect
+    /// waits on the same socket, it may have taken the error of the failed connection attempt
+    /// (`SO_ERROR` is read once): the connect then completes with that error too, instead of
+    /// waiting for an event that never comes.
+    private func failConnectWhoseErrorWasTakenLocked(on descriptor: Int32, by result: Int32) {
+        guard result < 0, result != -ECANCELED,
+            let connect = descriptors.first(.write, on: descriptor), connect.isConnecting,
+            ReadinessAttempt.connectFailedWithoutError(descriptor)
+        else { return }
+        descriptors.removeFirst(.write, on: descriptor)
+        complete(connect.entry.user_data, result)
     }
 
     // MARK: Files, timers, cancellation, close (engineLock held)
@@ -454,6 +470,7 @@ final class EpollRing: RingQueues {
             {
                 complete(target, result)
                 complete(entry.user_data, -ENOENT)
+                failConnectWhoseErrorWasTakenLocked(on: waiting.descriptor, by: result)
             } else {
                 complete(target, -ECANCELED)
                 complete(entry.user_data, 0)

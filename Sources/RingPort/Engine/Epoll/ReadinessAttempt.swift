@@ -77,6 +77,22 @@ enum ReadinessAttempt {
     }
 
     /// The outcome of a connect that was under way: its error, or still connecting.
+    /// Whether the connect under way on TCP socket `descriptor` failed and its error was taken
+    /// already (by a receive that ran before the connect's own check): no error is left in
+    /// `SO_ERROR`, and the socket is closed instead of still sending its SYN. A connect checking
+    /// the socket then would find it neither failed nor connected, and wait for good.
+    static func connectFailedWithoutError(_ descriptor: Int32) -> Bool {
+        var error: Int32 = 0
+        var length = socklen_t(MemoryLayout<Int32>.size)
+        guard getsockopt(descriptor, SOL_SOCKET, SO_ERROR, &error, &length) == 0, error == 0 else { return false }
+        var information = tcp_info()
+        var informationLength = socklen_t(MemoryLayout<tcp_info>.size)
+        guard getsockopt(descriptor, Int32(IPPROTO_TCP), TCP_INFO, &information, &informationLength) == 0 else {
+            return false
+        }
+        return information.tcpi_state == UInt8(TCP_CLOSE)
+    }
+
     private static func connectOutcome(_ descriptor: Int32) -> ReadinessAttempt {
         var error: Int32 = 0
         var length = socklen_t(MemoryLayout<Int32>.size)
