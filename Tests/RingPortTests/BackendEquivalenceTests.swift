@@ -176,9 +176,7 @@ extension RingPortTests {
             defer { port.close() }
             let worker = port.makeWorker()
             defer { worker.detach() }
-            let listener = try TCPSocket.makeListener(address: SocketAddress(host: "127.0.0.1", port: 0))
-            let listening = try TCPSocket.localAddress(of: listener)
-            close(listener)
+            let listening = try loopbackAddressNobodyListensOn()
             let refusedHandle = try port.associate(descriptor: socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0))
             try port.connect(refusedHandle, to: listening, context: IOContext(capacity: 0))
             let refused = try #require(try worker.dequeue(timeout: .seconds(5)))
@@ -214,9 +212,7 @@ extension RingPortTests {
             defer { port.close() }
             let worker = port.makeWorker()
             defer { worker.detach() }
-            let listener = try TCPSocket.makeListener(address: SocketAddress(host: "127.0.0.1", port: 0))
-            let closedAddress = try TCPSocket.localAddress(of: listener)
-            close(listener)
+            let closedAddress = try loopbackAddressNobodyListensOn()
             for _ in 1...20 {
                 let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
                 let handle = try port.associate(descriptor: descriptor)
@@ -233,6 +229,14 @@ extension RingPortTests {
             }
         }
     }
+}
+
+/// A loopback TCP address that a listener had a moment ago and nobody listens on now: a connect
+/// to it is refused.
+private func loopbackAddressNobodyListensOn() throws -> SocketAddress {
+    let listener = try TCPSocket.makeListener(address: SocketAddress(host: "127.0.0.1", port: 0))
+    defer { close(listener) }
+    return try TCPSocket.localAddress(of: listener)
 }
 
 /// Runs `body` with a one-ring port on `backend`, a worker for this thread, and a loopback TCP
