@@ -395,14 +395,14 @@ final class EpollRing: RingQueues {
     /// A read or receive on `descriptor` completed with `result`. When it failed while a connect
     /// waits on the same socket, it may have taken the error of the failed connection attempt
     /// (`SO_ERROR` is read once): the connect then completes with that error too, instead of
-    /// waiting for an event that never comes.
+    /// waiting for an event that never comes (see ``ReadinessAttempt/connectResult(_:afterReadFailedWith:)``).
     private func failConnectWhoseErrorWasTakenLocked(on descriptor: Int32, by result: Int32) {
         guard result < 0, result != -ECANCELED,
             let connect = descriptors.first(.write, on: descriptor), connect.isConnecting,
-            ReadinessAttempt.connectFailedWithoutError(descriptor)
+            let connectResult = ReadinessAttempt.connectResult(descriptor, afterReadFailedWith: result)
         else { return }
         descriptors.removeFirst(.write, on: descriptor)
-        complete(connect.entry.user_data, result)
+        complete(connect.entry.user_data, connectResult)
     }
 
     // MARK: Files, timers, cancellation, close (engineLock held)

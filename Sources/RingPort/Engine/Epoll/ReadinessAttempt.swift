@@ -76,29 +76,36 @@ enum ReadinessAttempt {
         return error == EINPROGRESS || error == EINTR ? .connecting : .completed(-error, drained: false)
     }
 
-    /// The outcome of a connect that was under way: its error, or still connecting.
-    /// Whether the connect under way on TCP socket `descriptor` failed and its error was taken
-    /// already (by a receive that ran before the connect's own check): no error is left in
-    /// `SO_ERROR`, and the socket is closed instead of still sending its SYN. A connect checking
-    /// the socket then would find it neither failed nor connected, and wait for good.
-    static func connectFailedWithoutError(_ descriptor: Int32) -> Bool {
-        var error: Int32 = 0
-        var length = socklen_t(MemoryLayout<Int32>.size)
-        guard getsockopt(descriptor, SOL_SOCKET, SO_ERROR, &error, &length) == 0, error == 0 else { return false }
+    /// The result the connect under way on TCP socket `descriptor` ended with, learnt after a
+    /// read on the socket failed with `readResult`; nil while the connect is still under way.
+    ///
+    /// A failed connection attempt leaves its error in `SO_ERROR`, which reading clears: when one
+    /// is there it is the connect's now (this read cleared it). When none is left but the socket
+    /// is closed instead of still sending its SYN, the failed read took it: the connect ends with
+    /// the read's result. Checking later, the connect would find the socket neither failed nor
+    /// connected, and wait for good.
+    static func connectResult(_ descriptor: Int32, afterReadFailedWith readResult: Int32) -> Int32? {
+        guard let error = pendingError(of: descriptor) else { return nil }
+        if error != 0 { return -error }
         var information = tcp_info()
         var informationLength = socklen_t(MemoryLayout<tcp_info>.size)
         guard getsockopt(descriptor, Int32(IPPROTO_TCP), TCP_INFO, &information, &informationLength) == 0 else {
-            return false
+            return nil
         }
-        return information.tcpi_state == UInt8(TCP_CLOSE)
+        return information.tcpi_state == UInt8(TCP_CLOSE) ? readResult : nil
     }
 
-    private static func connectOutcome(_ descriptor: Int32) -> ReadinessAttempt {
+    /// The socket's pending error (`SO_ERROR`, cleared by reading it), or nil when it cannot be
+    /// read (`errno` says why).
+    private static func pendingError(of descriptor: Int32) -> Int32? {
         var error: Int32 = 0
         var length = socklen_t(MemoryLayout<Int32>.size)
-        guard getsockopt(descriptor, SOL_SOCKET, SO_ERROR, &error, &length) == 0 else {
-            return .completed(-Glibc.errno, drained: false)
-        }
+        return getsockopt(descriptor, SOL_SOCKET, SO_ERROR, &error, &length) == 0 ? error : nil
+    }
+
+    /// The outcome of a connect that was under way: its error, or still connecting.
+    private static func connectOutcome(_ descriptor: Int32) -> ReadinessAttempt {
+        guard let error = pendingError(of: descriptor) else { return .completed(-Glibc.errno, drained: false) }
         if error != 0 { return .completed(-error, drained: false) }
         var peer = sockaddr_storage()
         var peerLength = socklen_t(MemoryLayout<sockaddr_storage>.size)
