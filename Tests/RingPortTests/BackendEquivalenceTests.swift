@@ -172,35 +172,33 @@ extension RingPortTests {
         /// closed port completes with `ECONNREFUSED`.
         @Test(arguments: backends)
         func connectsCompleteWithTheirResult(backend: CompletionPort.Backend) throws {
-            let port = try makeSingleRingPort(backend: backend)
-            defer { port.close() }
-            let worker = port.makeWorker()
-            defer { worker.detach() }
-            let listening = try loopbackAddressNobodyListensOn()
-            let refusedHandle = try port.associate(descriptor: socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0))
-            try port.connect(refusedHandle, to: listening, context: IOContext(capacity: 0))
-            let refused = try #require(try worker.dequeue(timeout: .seconds(5)))
-            #expect(refused.error == .connectionRefused)
-            port.close(refusedHandle)
+            try withPortAndWorker(on: backend) { port, worker in
+                let listening = try loopbackAddressNobodyListensOn()
+                let refusedHandle = try port.associate(descriptor: socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0))
+                try port.connect(refusedHandle, to: listening, context: IOContext(capacity: 0))
+                let refused = try #require(try worker.dequeue(timeout: .seconds(5)))
+                #expect(refused.error == .connectionRefused)
+                port.close(refusedHandle)
 
-            let open = try TCPSocket.makeListener(address: SocketAddress(host: "127.0.0.1", port: 0))
-            defer { close(open) }
-            let handle = try port.associate(descriptor: socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0))
-            try port.connect(handle, to: TCPSocket.localAddress(of: open), context: IOContext(capacity: 0))
-            let connected = try #require(try worker.dequeue(timeout: .seconds(5)))
-            #expect(connected.operation == .connect)
-            #expect(connected.result == 0)
-            let accepted = accept(open, nil, nil)
-            defer { close(accepted) }
-            #expect(accepted >= 0)
-            let context = IOContext(capacity: 5)
-            _ = context.copyBytes(from: Array("hello".utf8))
-            try port.write(handle, from: context, range: 0..<5)
-            #expect(try #require(try worker.dequeue(timeout: .seconds(5))).result == 5)
-            var buffer = [UInt8](repeating: 0, count: 5)
-            #expect(recv(accepted, &buffer, 5, Int32(MSG_WAITALL)) == 5)
-            #expect(buffer == Array("hello".utf8))
-            port.close(handle)
+                let open = try TCPSocket.makeListener(address: SocketAddress(host: "127.0.0.1", port: 0))
+                defer { close(open) }
+                let handle = try port.associate(descriptor: socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0))
+                try port.connect(handle, to: TCPSocket.localAddress(of: open), context: IOContext(capacity: 0))
+                let connected = try #require(try worker.dequeue(timeout: .seconds(5)))
+                #expect(connected.operation == .connect)
+                #expect(connected.result == 0)
+                let accepted = accept(open, nil, nil)
+                defer { close(accepted) }
+                #expect(accepted >= 0)
+                let context = IOContext(capacity: 5)
+                _ = context.copyBytes(from: Array("hello".utf8))
+                try port.write(handle, from: context, range: 0..<5)
+                #expect(try #require(try worker.dequeue(timeout: .seconds(5))).result == 5)
+                var buffer = [UInt8](repeating: 0, count: 5)
+                #expect(recv(accepted, &buffer, 5, Int32(MSG_WAITALL)) == 5)
+                #expect(buffer == Array("hello".utf8))
+                port.close(handle)
+            }
         }
 
         /// A receive posted on a socket whose connect is still under way, to a closed port: the
@@ -208,24 +206,22 @@ extension RingPortTests {
         /// and the connect waited for good.
         @Test(arguments: backends)
         func aRefusedConnectWithAReceiveQueuedBehindItStillCompletes(backend: CompletionPort.Backend) throws {
-            let port = try makeSingleRingPort(backend: backend)
-            defer { port.close() }
-            let worker = port.makeWorker()
-            defer { worker.detach() }
-            let closedAddress = try loopbackAddressNobodyListensOn()
-            for _ in 1...20 {
-                let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
-                let handle = try port.associate(descriptor: descriptor)
-                try port.connect(handle, to: closedAddress, context: IOContext(capacity: 0))
-                try port.read(handle, into: IOContext(capacity: 16))
-                var results: [IOOperation: Int32] = [:]
-                while results.count < 2, let completion = try worker.dequeue(timeout: .seconds(5)) {
-                    results[completion.operation] = completion.result
+            try withPortAndWorker(on: backend) { port, worker in
+                let closedAddress = try loopbackAddressNobodyListensOn()
+                for _ in 1...20 {
+                    let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+                    let handle = try port.associate(descriptor: descriptor)
+                    try port.connect(handle, to: closedAddress, context: IOContext(capacity: 0))
+                    try port.read(handle, into: IOContext(capacity: 16))
+                    var results: [IOOperation: Int32] = [:]
+                    while results.count < 2, let completion = try worker.dequeue(timeout: .seconds(5)) {
+                        results[completion.operation] = completion.result
+                    }
+                    try #require(results.count == 2, "only \(results) completed")
+                    #expect(results[.connect] == -ECONNREFUSED, "\(results)")
+                    #expect(results[.read].map { $0 <= 0 } == true, "\(results)")
+                    port.close(handle)
                 }
-                try #require(results.count == 2, "only \(results) completed")
-                #expect(results[.connect] == -ECONNREFUSED, "\(results)")
-                #expect(results[.read].map { $0 <= 0 } == true, "\(results)")
-                port.close(handle)
             }
         }
     }
@@ -239,6 +235,18 @@ private func loopbackAddressNobodyListensOn() throws -> SocketAddress {
     return try TCPSocket.localAddress(of: listener)
 }
 
+/// Runs `body` with a one-ring port on `backend` and a worker for this thread; detaches the
+/// worker and closes the port afterwards.
+private func withPortAndWorker(
+    on backend: CompletionPort.Backend, _ body: (CompletionPort, CompletionWorker) throws -> Void
+) throws {
+    let port = try makeSingleRingPort(backend: backend)
+    defer { port.close() }
+    let worker = port.makeWorker()
+    defer { worker.detach() }
+    try body(port, worker)
+}
+
 /// Runs `body` with a one-ring port on `backend`, a worker for this thread, and a loopback TCP
 /// connection: the accepted end associated with the port (`handle`), the client end a plain
 /// socket. Closes all of them afterwards.
@@ -246,13 +254,11 @@ private func withConnection(
     on backend: CompletionPort.Backend,
     _ body: (CompletionPort, CompletionWorker, _ client: Int32, IOHandle) throws -> Void
 ) throws {
-    let port = try makeSingleRingPort(backend: backend)
-    defer { port.close() }
-    let worker = port.makeWorker()
-    defer { worker.detach() }
-    let (client, accepted) = try makeLoopbackTCPPair()
-    defer { close(client) }
-    let handle = try port.associate(descriptor: accepted)
-    defer { port.close(handle) }
-    try body(port, worker, client, handle)
+    try withPortAndWorker(on: backend) { port, worker in
+        let (client, accepted) = try makeLoopbackTCPPair()
+        defer { close(client) }
+        let handle = try port.associate(descriptor: accepted)
+        defer { port.close(handle) }
+        try body(port, worker, client, handle)
+    }
 }
