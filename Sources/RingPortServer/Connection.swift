@@ -81,6 +81,9 @@ public final class Connection: @unchecked Sendable {
     /// Bytes sent since the sends last counted as progress (see
     /// ``TCPServer/Configuration/minimumSendRate``).
     @exclusivity(unchecked) private var sentSinceProgress = 0
+    /// Whether the receive being delivered to the handler marked progress (its bytes count as
+    /// progress): set for the handler's call only.
+    @exclusivity(unchecked) private var progressMarkedByDelivery = false
     /// The provided buffer being delivered, and whether the handler kept it.
     @exclusivity(unchecked) private var deliveredBuffer: ReceivedBuffer?
     @exclusivity(unchecked) private var deliveredBufferRetained = false
@@ -289,7 +292,11 @@ public final class Connection: @unchecked Sendable {
             return
         }
         withCounters { $0.bytesReceived.add(count, ordering: .relaxed) }
-        if resources.idleTimeoutCountsReceivedBytes { markProgress() }
+        if resources.idleTimeoutCountsReceivedBytes {
+            markProgress()
+            progressMarkedByDelivery = true
+        }
+        defer { progressMarkedByDelivery = false }
         // Bytes that arrived are delivered until the descriptor closes, also while closing
         // gracefully: a request received before a shutdown still gets its answer. A lingering
         // connection drops them.
@@ -443,9 +450,12 @@ public final class Connection: @unchecked Sendable {
     private func queued(_ count: Int) {
         if queuedBytes == 0 && count > 0 {
             // Bytes begin to wait: the minimum send rate is measured from here, not from a
-            // progress long before (a reply after a quiet minute).
+            // progress long before (a reply after a quiet minute). A reply to the bytes being
+            // delivered measures from their receive, which marked progress just before the
+            // handler's call: no second reading of the clock (a handler that blocked for long
+            // would take its time out of the peer's).
             sentSinceProgress = 0
-            markProgress()
+            if !progressMarkedByDelivery { markProgress() }
         }
         queuedBytes += count
         flush()
