@@ -127,7 +127,10 @@ struct ConnectionState {
         static let beginLingering = Actions(rawValue: 1 << 3)
     }
 
-    private(set) var phase = Phase.unopened
+    // The phase is declared last. Its tag is read with a 4-byte load around the tag's byte, and
+    // declared first it shared that load with the flags after it: a load over a flag just
+    // stored cannot take its value from the store and waits for it to reach the cache (a
+    // store-forwarding stall). That wait held half of `apply`'s samples under an echo load.
     private(set) var reading = Reading.active
     private(set) var receiveInFlight = false
     private(set) var sendInFlight = false
@@ -137,6 +140,7 @@ struct ConnectionState {
     private let multishotReceive: Bool
     /// Whether a connection the handler closes lingers (the server has a linger timeout).
     private let lingers: Bool
+    private(set) var phase = Phase.unopened
 
     init(multishotReceive: Bool, lingers: Bool) {
         self.multishotReceive = multishotReceive
