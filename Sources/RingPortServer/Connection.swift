@@ -348,8 +348,7 @@ public final class Connection: @unchecked Sendable {
             sentSinceProgress = 0
             markProgress()
         }
-        writeQueue.advanceFirst(by: sent)
-        if writeQueue.first?.remaining == 0 {
+        if writeQueue.advanceFirst(by: sent) {
             finishFirstEntry()
         }
         apply(.sendFinished(.sent))

@@ -106,9 +106,14 @@ struct WriteQueue {
         return count
     }
 
-    /// `count` bytes of the first entry were sent.
-    mutating func advanceFirst(by count: Int) {
+    /// `count` bytes of the first entry were sent. Returns whether that was the rest of it:
+    /// then the entry is left as it was, for ``removeFirst()`` next (which copies it whole, and
+    /// a copy right after a store to `start` waited for that store to reach the cache: a
+    /// store-forwarding stall, two thirds of the connection's removal of a sent entry).
+    mutating func advanceFirst(by count: Int) -> Bool {
+        if first!.remaining == count { return true }
         first!.start += count
+        return false
     }
 
     /// Removes the first entry and hands it over: the caller owns its context's reference (take
