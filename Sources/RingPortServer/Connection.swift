@@ -291,7 +291,7 @@ public final class Connection: @unchecked Sendable {
             apply(.receiveFinished(.endOfStream))
             return
         }
-        withCounters { $0.bytesReceived.add(count, ordering: .relaxed) }
+        withCounters { $0.bytesReceived.wrappingAdd(count, ordering: .relaxed) }
         if resources.idleTimeoutCountsReceivedBytes {
             markProgress()
             progressMarkedByDelivery = true
@@ -339,7 +339,7 @@ public final class Connection: @unchecked Sendable {
             return
         }
         let sent = completion.bytesTransferred
-        withCounters { $0.bytesSent.add(sent, ordering: .relaxed) }
+        withCounters { $0.bytesSent.wrappingAdd(sent, ordering: .relaxed) }
         queuedBytes -= sent
         // Progress when the peer has taken everything, or enough for the minimum send rate
         // since the bytes began to wait or since the last progress.

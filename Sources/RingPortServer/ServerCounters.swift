@@ -11,6 +11,9 @@ final class ServerCounters: Sendable {
     let accepted = Atomic<Int>(0)
     let refused = Atomic<Int>(0)
     let closed = Atomic<Int>(0)
+    /// Bytes received and sent: added to on every message with `wrappingAdd`, one locked add,
+    /// where `add` loads the value and loops on a compare-and-swap to check for an overflow that
+    /// 2^63 bytes would take nearly three years at 100 GB/s to reach.
     let bytesReceived = Atomic<Int>(0)
     let bytesSent = Atomic<Int>(0)
     let idleTimeouts = Atomic<Int>(0)
