@@ -58,8 +58,9 @@ struct OperationRecord {
         get { flags.contains(.injected) }
         set { flags.update(.injected, to: newValue) }
     }
-    /// The request waits on the network and can be cancelled and submitted again unchanged (a
-    /// receive, a send, an accept, an absolute timeout): its SQE is kept for that.
+    /// The request may wait on the network for long and can be cancelled and submitted again
+    /// unchanged (a receive, an accept, an absolute timeout; see `Ring.waitsOnTheNetwork(_:)`):
+    /// its SQE is kept for that.
     var canMigrate: Bool {
         get { flags.contains(.canMigrate) }
         set { flags.update(.canMigrate, to: newValue) }
